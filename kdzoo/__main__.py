@@ -1,0 +1,3 @@
+from kdzoo.cli import main
+
+main()

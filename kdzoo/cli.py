@@ -1,0 +1,161 @@
+"""The ``kdzoo`` command line: run, list, show, eval."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import click
+import yaml
+
+from kdzoo import checkpoint
+from kdzoo.config import RunConfig, config_from_dict, load_config
+from kdzoo.errors import KdzooError
+from kdzoo.plugins import registry
+from kdzoo.typed import as_dict
+
+
+def one_line_errors(fn):
+    """A :class:`KdzooError` becomes ``Error: <message>`` and exit code 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KdzooError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kdzoo")
+def main() -> None:
+    """kdzoo: knowledge distillation for any timm teacher/student pair, one plugin per method."""
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    name = config.train.name or f"{'+'.join(config.methods)}-{config.student.model}-seed{config.train.seed}"
+    return Path(config.train.out_dir) / name
+
+
+def fresh_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... so an earlier run is never overwritten."""
+    if not (base / "last.pt").exists():
+        return base
+    n = 2
+    while (base.with_name(f"{base.name}-{n}") / "last.pt").exists():
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
+def latest_run_dir(base: Path) -> Path:
+    candidates = [p for p in base.parent.glob(f"{base.name}*") if (p / "last.pt").is_file()]
+    candidates = [p for p in candidates if p == base or p.name[len(base.name) :].lstrip("-").isdigit()]
+    if not candidates:
+        raise KdzooError(f"nothing to resume: no checkpoint under {base} (run without --resume first)")
+    return max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime)
+
+
+@main.command()
+@click.option("--method", "-m", "methods", multiple=True, help="Method to apply; repeat to stack methods.")
+@click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s), merged in order.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option(
+    "--resume", is_flag=False, flag_value="auto", default=None, metavar="[auto|RUN_DIR]",
+    help="Continue from the last checkpoint: of the latest run with this config (auto) or of RUN_DIR.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@one_line_errors
+def run(methods, configs, overrides, resume, quiet) -> None:
+    """Distill a teacher into a student with one or more methods."""
+    from kdzoo.engine import Trainer
+
+    reg = registry()
+    state = None
+    if resume and resume != "auto":
+        path = Path(resume)
+        state = checkpoint.load(path if path.suffix == ".pt" else path / "last.pt")
+        config = config_from_dict(state["config"], reg.config_classes())
+        run_dir = path.parent if path.suffix == ".pt" else path
+    else:
+        config = load_config(list(configs), list(overrides), list(methods), reg.config_classes())
+        if resume == "auto":
+            run_dir = latest_run_dir(default_run_dir(config))
+            state = checkpoint.load(run_dir / "last.pt")
+            config = config_from_dict(state["config"], reg.config_classes())
+        else:
+            run_dir = fresh_run_dir(default_run_dir(config))
+    if state is not None and not quiet:
+        pos = state["position"]
+        click.echo(f"resuming {run_dir} at stage {pos['stage'] + 1}, epoch {pos['epoch'] + 1}", err=True)
+    trainer = Trainer(config, reg, run_dir, show_progress=False if quiet else None)
+    summary = trainer.fit(resume=state)
+    teacher = "n/a" if summary["teacher_top1"] is None else f"{summary['teacher_top1']:.2f}%"
+    click.echo(
+        f"teacher {summary['teacher']}: top-1 {teacher} | student {summary['student']}: "
+        f"top-1 {summary['student_top1']:.2f}% (best {summary['student_best_top1']:.2f}%) | "
+        f"{summary['wall_time_s']:.0f} s | run dir: {summary['run_dir']}"
+    )
+
+
+@main.command("list")
+def list_cmd() -> None:
+    """Installed methods, their papers and the plugins they come from."""
+    reg = registry()
+    for name, info in sorted(reg.methods.items()):
+        source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
+        click.echo(f"{name:<14} {info.summary}\n{'':<14} paper: {info.paper}\n{'':<14} plugin: {source}")
+    for plugin, error in sorted(reg.failures.items()):
+        click.echo(f"{'[failed]':<14} plugin '{plugin}' did not load: {error}")
+
+
+@main.command()
+@click.argument("method")
+@one_line_errors
+def show(method: str) -> None:
+    """A method's config with its defaults (YAML, ready to paste under its name in a config file)."""
+    info = registry().get(method)
+    click.echo(f"# {info.name}: {info.summary}\n# paper: {info.paper}")
+    defaults = as_dict(info.config_class()) if dataclasses.is_dataclass(info.config_class) else {}
+    click.echo(yaml.safe_dump({info.name: defaults}, sort_keys=False).rstrip())
+
+
+@main.command("eval")
+@click.argument("checkpoint_path", metavar="CHECKPOINT")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.* keys.")
+@one_line_errors
+def eval_cmd(checkpoint_path: str, overrides) -> None:
+    """Accuracy of the student saved in a run's checkpoint (last.pt) on its validation data."""
+    from kdzoo.config import merge, parse_override
+    from kdzoo.data import load_data
+    from kdzoo.engine import pick_device
+    from kdzoo.metrics import evaluate
+    from kdzoo.models import create_model
+
+    state = checkpoint.load(checkpoint_path)
+    if "config" not in state or "student" not in state:
+        raise KdzooError(f"{checkpoint_path} is not a kdzoo run checkpoint (no config/student inside)")
+    raw = state["config"]
+    for text in overrides:
+        path, value = parse_override(text)
+        update: dict = value
+        for part in reversed(path):
+            update = {part: update}
+        raw = merge(raw, update)
+    config = config_from_dict(raw, registry().config_classes())
+    data = load_data(config.data, config.train.seed)
+    student_cfg = dataclasses.replace(config.student, pretrained=False, checkpoint=None)
+    model = create_model(student_cfg, "student", data.num_classes, data.in_chans)
+    model.load_state_dict(state["student"])
+    device = pick_device(config.train.device)
+    model.to(device)
+    scores = evaluate(model, data.val.to(device).epoch(0), data.num_classes)
+    click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,240 @@
+"""Datasets that need no download: the embedded digits, and local Fashion-MNIST, CIFAR, ImageFolder.
+
+Small image sets are held in memory at native resolution and turned into model inputs a batch at
+a time (resize to ``img_size``, normalise, augment), which is fast on CPU and GPU alike. Batch
+order and augmentation draw from a generator seeded by (seed, epoch), so an epoch is the same
+whether the run was interrupted before it or not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdzoo.config import DataConfig
+from kdzoo.errors import KdzooError, close_matches
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class TensorBatches:
+    """Mini-batches over an in-memory image tensor (N, C, H, W), uint8 or float in [0, 1]."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        img_size: int,
+        norm: Normalisation,
+        train: bool,
+        augment: bool = False,
+        flip: bool = False,
+        seed: int = 0,
+    ):
+        self.images, self.labels = images, labels.long()
+        self.batch_size, self.img_size, self.norm = batch_size, img_size, norm
+        self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        if self.train:
+            return len(self.labels) // self.batch_size or 1  # drop the ragged last batch
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> TensorBatches:
+        self.device = torch.device(device)
+        return self
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of one epoch; training order depends only on (seed, epoch)."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self._prepare(self.images[idx], gen)
+            yield x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+
+    def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        if self.augment:
+            x = random_shift(x, max(1, self.img_size // 8), gen)
+            if self.flip:
+                flip = torch.rand(len(x), generator=gen) < 0.5
+                x[flip] = x[flip].flip(-1)
+        mean = torch.tensor(self.norm.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.norm.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
+    """Random crop after zero padding by ``pad`` pixels (the CIFAR recipe), per sample."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+@dataclass
+class DataBundle:
+    """Train and validation batches plus what the models must be built for."""
+
+    name: str
+    train: TensorBatches
+    val: TensorBatches
+    num_classes: int
+    in_chans: int
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed per-class split: the same val set for every run with the same seed."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        k = int(round(len(idx) * val_fraction))
+        val.extend(idx[:k])
+        train.extend(idx[k:])
+    return np.sort(np.array(train)), np.sort(np.array(val))
+
+
+def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataBundle:
+    (xt, yt), (xv, yv) = train_xy, val_xy
+    if cfg.train_limit is not None:
+        xt, yt = xt[: cfg.train_limit], yt[: cfg.train_limit]
+    common = dict(img_size=cfg.img_size, norm=norm)
+    return DataBundle(
+        name,
+        TensorBatches(xt, yt, cfg.batch_size, train=True, augment=cfg.augment, flip=flip, seed=seed, **common),
+        TensorBatches(xv, yv, cfg.eval_batch_size, train=False, **common),
+        num_classes,
+        xt.shape[1],
+    )
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1,797 8x8 scans, values 0..16), shipped inside kdzoo."""
+    with resources.files("kdzoo.assets").joinpath("digits.csv.gz").open("rb") as raw:
+        table = np.loadtxt(gzip.open(raw), delimiter=",", dtype=np.float32)
+    return table[:, :-1].reshape(-1, 1, 8, 8) / 16.0, table[:, -1].astype(np.int64)
+
+
+def digits(cfg: DataConfig, seed: int) -> DataBundle:
+    images, labels = load_digits_arrays()
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=0)  # fixed: comparable across seeds
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    norm = Normalisation((0.305,), (0.376,))
+    return _bundle("digits", cfg, seed, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), 10, norm, flip=False)
+
+
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def _fashion_raw_dir(root: Path) -> Path:
+    """torchvision reads unpacked idx files from ``<root>/FashionMNIST/raw``; unpack .gz beside a cache."""
+    if all((root / "FashionMNIST" / "raw" / f).is_file() for f in FASHION_FILES):
+        return root
+    sources = {f: next((p for p in (root / f, root / f"{f}.gz") if p.is_file()), None) for f in FASHION_FILES}
+    missing = [f for f, p in sources.items() if p is None]
+    if missing:
+        raise KdzooError(
+            f"Fashion-MNIST not found under {root}: missing {', '.join(missing)} (.gz or unpacked); "
+            f"on Debian: apt-get install dataset-fashion-mnist, or set data.root"
+        )
+    from kdzoo.paths import cache_dir
+
+    out = cache_dir() / "fashion_mnist"
+    raw = out / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        if not (raw / name).is_file():
+            tmp = raw / f"{name}.tmp"
+            with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(raw / name)
+    return out
+
+
+def fashion_mnist(cfg: DataConfig, seed: int) -> DataBundle:
+    from torchvision.datasets import FashionMNIST
+
+    root = _fashion_raw_dir(Path(cfg.root or DEBIAN_FASHION_ROOT))
+    train = FashionMNIST(str(root), train=True, download=False)
+    test = FashionMNIST(str(root), train=False, download=False)
+    norm = Normalisation((0.286,), (0.353,))
+    return _bundle(
+        "fashion_mnist", cfg, seed,
+        (train.data.unsqueeze(1), train.targets), (test.data.unsqueeze(1), test.targets), 10, norm, flip=True,
+    )
+
+
+def _cifar(cls_name: str, folder: str, num_classes: int, norm: Normalisation) -> Callable[[DataConfig, int], DataBundle]:
+    def load(cfg: DataConfig, seed: int) -> DataBundle:
+        import torchvision.datasets as tvd
+
+        root = Path(cfg.root or "data")
+        if not (root / folder).is_dir():
+            raise KdzooError(
+                f"{cls_name} not found: expected {root / folder}/ (the python version); "
+                f"kdzoo never downloads, put it there or set data.root"
+            )
+        make = getattr(tvd, cls_name)
+        train, test = make(str(root), train=True, download=False), make(str(root), train=False, download=False)
+
+        def as_tensor(ds):
+            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+        return _bundle(cls_name.lower(), cfg, seed, as_tensor(train), as_tensor(test), num_classes, norm, flip=True)
+
+    return load
+
+
+def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
+    """Random images whose class is a fixed pattern plus noise: learnable, instant, for tests."""
+    gen = torch.Generator().manual_seed(1234)
+    patterns = torch.rand(10, 3, 8, 8, generator=gen)
+    labels = torch.arange(640) % 10
+    images = (patterns[labels] + 0.3 * torch.randn(640, 3, 8, 8, generator=gen)).clamp(0, 1)
+    norm = Normalisation((0.5,) * 3, (0.3,) * 3)
+    return _bundle("synthetic", cfg, seed, (images[:512], labels[:512]), (images[512:], labels[512:]), 10, norm, flip=False)
+
+
+CIFAR_NORM = Normalisation((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
+DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
+    "digits": digits,
+    "fashion_mnist": fashion_mnist,
+    "cifar10": _cifar("CIFAR10", "cifar-10-batches-py", 10, CIFAR_NORM),
+    "cifar100": _cifar("CIFAR100", "cifar-100-python", 100, CIFAR_NORM),
+    "synthetic": synthetic,
+}
+
+
+def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    if cfg.name not in DATASETS:
+        raise KdzooError(
+            f"unknown dataset '{cfg.name}'{close_matches(cfg.name, DATASETS)}; known: {', '.join(DATASETS)}"
+        )
+    return DATASETS[cfg.name](cfg, seed)

@@ -1,0 +1,291 @@
+"""The training loop: one readable pass through stages, epochs and steps, with hooks at named points.
+
+Per step: the teacher runs once under ``inference_mode`` and the student once, each exposing
+exactly the union of the taps the active methods declared; the core adds the label loss ``ce``;
+every method returns named, unweighted terms; weights come from their own hook; the stage says
+which terms are on and which parameters train.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from kdzoo import checkpoint
+from kdzoo.config import RunConfig
+from kdzoo.data import DataBundle, load_data
+from kdzoo.errors import KdzooError
+from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, describe, run_teacher, union
+from kdzoo.metrics import append_jsonl, evaluate
+from kdzoo.models import check_pair, create_model
+from kdzoo.optim import build_optimizer, build_scheduler
+from kdzoo.plugins import Registry, run_manager
+from kdzoo.schedule import Stage
+from kdzoo.typed import as_dict, build
+
+CE = "ce"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdzooError(f"config key 'train.device': unknown device '{name}' (use auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdzooError("config key 'train.device': CUDA was asked for but is not available here")
+    return device
+
+
+class Trainer:
+    """One distillation run. Build it, then call :meth:`fit`.
+
+    ``teacher`` may be given directly (library use); otherwise it comes from the config's teacher
+    section (checkpoint, cached pretrained weights, or trained by kdzoo first and cached).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        registry: Registry,
+        run_dir: str | Path,
+        teacher: nn.Module | None = None,
+        data: DataBundle | None = None,
+        show_progress: bool | None = None,
+    ):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.show_progress = show_progress
+        checkpoint.seed_everything(config.train.seed)
+        self.device = pick_device(config.train.device)
+        self.data = data or load_data(config.data, config.train.seed)
+        self.data.train.to(self.device)
+        self.data.val.to(self.device)
+        infos = [registry.get(name) for name in config.methods]
+        self.methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
+        # pluggy calls the last registered first: register in reverse so results follow selection order
+        self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(self.methods.items()))))
+        self.student = create_model(config.student, "student", self.data.num_classes, self.data.in_chans)
+        needs_teacher = any(info.needs_teacher for info in infos)
+        if needs_teacher and teacher is None:
+            from kdzoo.teacher import obtain_teacher
+
+            rng = checkpoint.rng_state()  # a cached or freshly trained teacher must not shift this run's RNG
+            teacher = obtain_teacher(config, self.data, registry, show_progress)
+            checkpoint.restore_rng(rng)
+        self.teacher = teacher if needs_teacher else None
+        check_pair(self.teacher, self.student, config.teacher.model, config.student.model)
+        img = config.data.img_size
+        self.student_info = describe(self.student, config.student.model, img)
+        self.teacher_info: ModelInfo | None = None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False).eval().to(self.device)
+            self.teacher_info = describe(self.teacher, config.teacher.model, img)
+        self.student.to(self.device)
+        taps = union(self.pm.hook.kdzoo_feature_taps(teacher=self.teacher_info, student=self.student_info))
+        self.modules = nn.ModuleDict()
+        for name in self.methods:
+            built = self._call_one(name, "kdzoo_build_modules", teacher=self.teacher_info, student=self.student_info)
+            self.modules[name] = nn.ModuleDict(built or {})
+        self.modules.to(self.device)
+        self.student_tap = FeatureExtractor(self.student, self.student_info, taps.student, taps.student_embedding)
+        self.teacher_tap = None
+        if self.teacher is not None:
+            self.teacher_tap = FeatureExtractor(self.teacher, self.teacher_info, taps.teacher, taps.teacher_embedding)
+        self.stages: list[Stage] = self.pm.hook.kdzoo_schedule(
+            epochs=config.train.epochs, teacher=self.teacher_info, student=self.student_info
+        )
+        self.history: list[dict[str, Any]] = []
+        self.teacher_metrics: dict[str, float] | None = None
+
+    def _call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
+        others = [p for n, p in self.methods.items() if n != method]
+        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        return results[0] if results else None
+
+    # ----------------------------------------------------------------------------- one step
+    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float):
+        """Forward both models once; return (total loss, unweighted terms, weights)."""
+        student_out: Outputs = self.student_tap(x)
+        teacher_out = run_teacher(self.teacher_tap, x)
+        terms: dict[str, Tensor] = {}
+        if stage.term_on(CE):
+            terms[CE] = F.cross_entropy(student_out.logits, y)
+        for result in self.pm.hook.kdzoo_compute_losses(student=student_out, teacher=teacher_out, targets=y, stage=stage):
+            for name, value in (result or {}).items():
+                if name in terms:
+                    raise KdzooError(f"loss term '{name}' is produced by two active methods; they cannot be stacked as is")
+                if stage.term_on(name):
+                    terms[name] = value
+        weights = self.loss_weights(stage, epoch, progress)
+        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        return total, terms, weights
+
+    def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
+        weights: dict[str, float] = {}
+        for result in self.pm.hook.kdzoo_loss_weights(stage=stage, epoch=epoch, progress=progress):
+            for name, value in (result or {}).items():
+                weights.setdefault(name, float(value))  # the first selected method wins
+        return weights
+
+    # ----------------------------------------------------------------------------- stages
+    def _set_trainable(self, stage: Stage) -> list[nn.Parameter]:
+        every = [*self.student.parameters(), *self.modules.parameters()]
+        chosen = list(stage.trainable(self.student, self.modules)) if stage.trainable else every
+        chosen_ids = {id(p) for p in chosen}
+        for p in every:
+            p.requires_grad_(id(p) in chosen_ids)
+        return chosen
+
+    def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run every stage; ``resume`` is a checkpoint dict written by an earlier run of this config."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        start_stage, start_epoch, global_epoch = 0, 0, 0
+        wall_before = 0.0
+        if resume is not None:
+            self.student.load_state_dict(resume["student"])
+            self.modules.load_state_dict(resume["modules"])
+            pos = resume["position"]
+            start_stage, start_epoch, global_epoch = pos["stage"], pos["epoch"], pos["global_epoch"]
+            self.history = list(resume["history"])
+            self.teacher_metrics = resume.get("teacher_metrics")
+            wall_before = resume.get("wall_time_s", 0.0)
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        started = time.perf_counter()
+        if self.teacher is not None and self.teacher_metrics is None:
+            self.teacher_metrics = evaluate(self.teacher, self.data.val.epoch(0), self.data.num_classes)
+        self.pm.hook.kdzoo_on_run_start(run=self)
+        for stage_index in range(start_stage, len(self.stages)):
+            stage = self.stages[stage_index]
+            params = self._set_trainable(stage)
+            optim_cfg = self.config.optim if not stage.optim else _with(self.config.optim, stage.optim)
+            optimizer = build_optimizer(optim_cfg, params)
+            scheduler = build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
+            first_epoch = start_epoch if stage_index == start_stage else 0
+            if resume is not None and stage_index == start_stage and first_epoch > 0:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+            if resume is not None and stage_index == start_stage:
+                checkpoint.restore_rng(resume["rng"])
+            self.pm.hook.kdzoo_on_stage_start(run=self, stage=stage, index=stage_index)
+            for epoch in range(first_epoch, stage.epochs):
+                t0 = time.perf_counter()
+                train_stats = self._train_epoch(stage, stage_index, epoch, global_epoch, optimizer, scheduler)
+                val = evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+                record = {
+                    "stage": stage.name, "stage_index": stage_index, "epoch": epoch + 1,
+                    "global_epoch": global_epoch + 1, "train": train_stats, "val": val,
+                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.perf_counter() - t0, 3),
+                }
+                global_epoch += 1
+                self.history.append(record)
+                done_stage = epoch + 1 == stage.epochs
+                position = {
+                    "stage": stage_index + 1 if done_stage else stage_index,
+                    "epoch": 0 if done_stage else epoch + 1,
+                    "global_epoch": global_epoch,
+                }
+                wall = wall_before + time.perf_counter() - started
+                self._save(optimizer, scheduler, position, wall)
+                append_jsonl(metrics_path, record)
+                self.pm.hook.kdzoo_on_epoch_end(run=self, stage=stage, epoch=epoch, metrics=record)
+                self._print(record)
+            self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
+            start_epoch = 0
+        summary = self._summary(wall_before + time.perf_counter() - started)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.pm.hook.kdzoo_on_run_end(run=self, summary=summary)
+        return summary
+
+    def _train_epoch(self, stage, stage_index, epoch, global_epoch, optimizer, scheduler) -> dict[str, float]:
+        self.student.train()
+        self.modules.train()
+        steps = len(self.data.train)
+        sums: dict[str, Tensor] = {}
+        weights: dict[str, float] = {}
+        bar = tqdm(
+            self.data.train.epoch(global_epoch), total=steps, leave=False, disable=self._quiet(),
+            desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+        )
+        seen = 0
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(bar):
+            progress = (epoch + step / steps) / max(stage.epochs, 1)
+            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(y)
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+            if (step + 1) % self.config.train.log_every == 0:  # the only host syncs: at the log interval
+                bar.set_postfix({k: f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()})
+        if not torch.isfinite(sums.get("loss", torch.tensor(0.0))).all():
+            raise KdzooError(f"stage '{stage.name}' epoch {epoch + 1}: the loss became NaN/inf ({ {k: float(v) for k, v in sums.items()} })")
+        stats = {k: round(float(v) / steps, 6) for k, v in sums.items()}
+        stats["weights"] = weights
+        stats["images_per_s"] = round(seen / max(time.perf_counter() - t0, 1e-9), 1)
+        return stats
+
+    def _save(self, optimizer, scheduler, position, wall) -> None:
+        checkpoint.save_atomic(
+            {
+                "format": "kdzoo-checkpoint-1",
+                "config": self.config.to_dict(),
+                "student": self.student.state_dict(),
+                "modules": self.modules.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "position": position,
+                "rng": checkpoint.rng_state(),
+                "history": self.history,
+                "teacher_metrics": self.teacher_metrics,
+                "wall_time_s": wall,
+            },
+            self.run_dir / "last.pt",
+        )
+
+    def _summary(self, wall: float) -> dict[str, Any]:
+        last = self.history[-1]["val"] if self.history else evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+        best = max((r["val"]["top1"] for r in self.history), default=last["top1"])
+        return {
+            "methods": self.config.methods,
+            "teacher": self.config.teacher.model if self.teacher is not None else None,
+            "student": self.config.student.model,
+            "data": self.data.name,
+            "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics["top1"],
+            "student_top1": last["top1"],
+            "student_best_top1": best,
+            "epochs": len(self.history),
+            "wall_time_s": round(wall, 2),
+            "run_dir": str(self.run_dir),
+        }
+
+    def _quiet(self) -> bool | None:
+        return None if self.show_progress is None else not self.show_progress
+
+    def _print(self, record: dict[str, Any]) -> None:
+        if self.show_progress is False:
+            return
+        terms = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items() if isinstance(v, float) and k != "images_per_s")
+        tqdm.write(
+            f"[{record['stage']} {record['epoch']}] {terms} val_top1={record['val']['top1']:.2f} "
+            f"({record['train']['images_per_s']:.0f} img/s)"
+        )
+
+
+def _with(base, overrides: dict[str, Any]):
+    return build(type(base), {**as_dict(base), **overrides}, "stage.optim")

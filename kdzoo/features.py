@@ -1,0 +1,203 @@
+"""What a method can tap in a timm model, and the single forward pass that produces it.
+
+Shapes come from timm's own description of a model (``feature_info``: channels, reduction, module
+path per stage), so adapters are sized without a dummy forward. One forward per model per step
+yields logits, every requested intermediate feature map and, on request, the pooled pre-logits
+embedding: ``forward_intermediates`` + ``forward_head`` where timm has them, forward hooks on the
+``feature_info`` module paths otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo.errors import KdzooError
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One tappable feature map: index into ``feature_info``, channels, stride, module path."""
+
+    index: int
+    channels: int
+    reduction: int
+    module: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model, read from timm without running it."""
+
+    name: str
+    stages: tuple[StageInfo, ...]
+    num_classes: int
+    embedding_dim: int
+    img_size: int
+
+    def relative_depth(self, index: int) -> float:
+        """0.0 for the first tappable stage, 1.0 for the last."""
+        return index / max(len(self.stages) - 1, 1)
+
+    def spatial_size(self, index: int) -> int:
+        """Side of the feature map at ``index`` for a square input of ``img_size``."""
+        return max(1, math.ceil(self.img_size / self.stages[index].reduction))
+
+    def stage(self, index: int) -> StageInfo:
+        if not -len(self.stages) <= index < len(self.stages):
+            raise KdzooError(
+                f"{self.name} has {len(self.stages)} tappable stages (0..{len(self.stages) - 1}); "
+                f"stage {index} does not exist"
+            )
+        return self.stages[index]
+
+
+def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
+    """Read a :class:`ModelInfo` from a timm model's ``feature_info`` and head attributes."""
+    raw = getattr(model, "feature_info", None) or []
+    stages = tuple(
+        StageInfo(i, int(f["num_chs"]), int(f["reduction"]), str(f.get("module", "")))
+        for i, f in enumerate(raw)
+    )
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    embedding_dim = int(getattr(model, "head_hidden_size", 0) or getattr(model, "num_features", 0) or 0)
+    return ModelInfo(name, stages, num_classes, embedding_dim, img_size)
+
+
+@dataclass(frozen=True)
+class Taps:
+    """What a method needs from one step's forward passes (indices into ``ModelInfo.stages``)."""
+
+    teacher: tuple[int, ...] = ()
+    student: tuple[int, ...] = ()
+    teacher_embedding: bool = False
+    student_embedding: bool = False
+
+    def __or__(self, other: Taps) -> Taps:
+        return Taps(
+            tuple(sorted(set(self.teacher) | set(other.teacher))),
+            tuple(sorted(set(self.student) | set(other.student))),
+            self.teacher_embedding or other.teacher_embedding,
+            self.student_embedding or other.student_embedding,
+        )
+
+
+def union(taps: Iterable[Taps | None]) -> Taps:
+    out = Taps()
+    for tap in taps:
+        if tap is not None:
+            out = out | tap
+    return out
+
+
+@dataclass
+class Outputs:
+    """One model's outputs for one batch: logits, tapped NCHW feature maps, optional embedding."""
+
+    logits: Tensor
+    features: dict[int, Tensor] = field(default_factory=dict)
+    embedding: Tensor | None = None
+
+    def feature(self, index: int) -> Tensor:
+        try:
+            return self.features[index]
+        except KeyError:
+            raise KdzooError(f"feature {index} was not tapped; declare it in kdzoo_feature_taps") from None
+
+    def detached_copy(self) -> Outputs:
+        """Normal (non-inference) tensors, so losses can save them for backward."""
+        return Outputs(
+            self.logits.clone(),
+            {i: f.clone() for i, f in self.features.items()},
+            None if self.embedding is None else self.embedding.clone(),
+        )
+
+
+def pair_stage(teacher: ModelInfo, student: ModelInfo, student_index: int) -> int:
+    """The teacher stage matching ``student_index``: closest relative depth, then closest stride."""
+    s_depth = student.relative_depth(student_index % len(student.stages))
+    s_red = student.stage(student_index).reduction
+
+    def distance(stage: StageInfo) -> tuple[float, float, int]:
+        depth_gap = abs(teacher.relative_depth(stage.index) - s_depth)
+        stride_gap = abs(math.log2(stage.reduction) - math.log2(s_red))
+        return (round(depth_gap, 6), stride_gap, stage.index)
+
+    if not teacher.stages:
+        raise KdzooError(f"teacher {teacher.name} exposes no feature_info stages to pair with")
+    return min(teacher.stages, key=distance).index
+
+
+class FeatureExtractor:
+    """Runs a model once and returns :class:`Outputs` with exactly the requested taps."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, indices: Iterable[int], embedding: bool):
+        self.model = model
+        self.info = info
+        self.indices = sorted({i % len(info.stages) for i in indices}) if indices else []
+        for i in self.indices:
+            info.stage(i)
+        self.embedding = embedding
+        self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
+        self._hooked: dict[int, Tensor] = {}
+        self._handles = [] if self.native else self._install_hooks()
+
+    def _install_hooks(self) -> list:
+        handles = []
+        for i in self.indices:
+            path = self.info.stages[i].module
+            try:
+                module = self.model.get_submodule(path)
+            except AttributeError:
+                raise KdzooError(f"{self.info.name}: feature_info module '{path}' not found") from None
+            handles.append(module.register_forward_hook(self._hook(i)))
+        return handles
+
+    def _hook(self, index: int):
+        def keep(_module, _inputs, output):
+            self._hooked[index] = output
+
+        return keep
+
+    def __call__(self, x: Tensor) -> Outputs:
+        if self.native:
+            if self.indices:
+                final, maps = self.model.forward_intermediates(x, indices=self.indices)
+                features = dict(zip(self.indices, maps))
+            else:
+                final, features = self.model.forward_features(x), {}
+        else:
+            has_head = hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")
+            try:
+                final = self.model.forward_features(x) if has_head else self.model(x)
+            finally:
+                features, self._hooked = self._hooked, {}
+            if not has_head:
+                if self.embedding:
+                    raise KdzooError(f"{self.info.name} has no forward_head: cannot tap its embedding")
+                return Outputs(final, features, None)
+        return self._head(final, features)
+
+    def _head(self, final: Tensor, features: dict[int, Tensor]) -> Outputs:
+        if not self.embedding:
+            return Outputs(self.model.forward_head(final), features, None)
+        pooled = self.model.forward_head(final, pre_logits=True)
+        return Outputs(self.model.get_classifier()(pooled), features, pooled)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None:
+    """The teacher's outputs without autograd, as normal tensors usable in a loss."""
+    if extractor is None:
+        return None
+    with torch.inference_mode():
+        out = extractor(x)
+    return out.detached_copy()

@@ -1,0 +1,151 @@
+"""Every hook a kdzoo plugin can implement.
+
+Two tiers, as in ``docs`` and ``../DESIGN``:
+
+* :class:`DiscoverySpec` — once per process, on plugin *modules* loaded from the ``kdzoo``
+  entry-point group: a module registers the methods it provides.
+* :class:`MethodSpec` — per run, on *method instances* built from the run's config. Only the
+  selected methods are registered, so these hooks fire for the active methods only, and two
+  selected methods stack because pluggy collects every implementation's result.
+
+Hooks are called with keyword arguments; an implementation may accept any subset of a spec's
+arguments, so new arguments can be added later without breaking plugins. Mark implementations
+with :data:`kdzoo.hookimpl`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import Tensor, nn
+
+    from kdzoo.features import ModelInfo, Outputs, Taps
+    from kdzoo.plugins import MethodInfo
+    from kdzoo.schedule import Stage
+
+hookspec = pluggy.HookspecMarker("kdzoo")
+
+
+class DiscoverySpec:
+    @hookspec
+    def kdzoo_register_methods(self, register: Callable[[MethodInfo], None]) -> None:
+        """Register the methods this plugin module provides by calling ``register`` once per method.
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_register_methods(register):
+                register(kdzoo.MethodInfo(
+                    name="kd", factory=HintonKD, config_class=KDConfig,
+                    paper="Hinton et al., Distilling the Knowledge in a Neural Network, 2015",
+                    summary="match the teacher's softened class probabilities"))
+        """
+
+
+class MethodSpec:
+    @hookspec
+    def kdzoo_feature_taps(self, teacher: ModelInfo | None, student: ModelInfo) -> Taps | None:
+        """Which intermediate features (indices into ``ModelInfo.stages``) and embeddings this
+        method needs. The core takes the union over active methods and runs ONE forward pass per
+        model per step. Logits are always available; return ``None`` for logits only.
+
+        Example (FitNets' hint on the student's middle stage)::
+
+            @kdzoo.hookimpl
+            def kdzoo_feature_taps(self, teacher, student):
+                s = len(student.stages) // 2
+                return Taps(student=(s,), teacher=(pair_stage(teacher, student, s),))
+        """
+
+    @hookspec
+    def kdzoo_build_modules(self, teacher: ModelInfo | None, student: ModelInfo) -> dict[str, nn.Module] | None:
+        """Trainable modules this method owns (regressors, auxiliary heads), sized from the
+        ``ModelInfo`` (channels, reduction) without a dummy forward. The core moves them to the
+        device, optimises them with the student and saves them in checkpoints; they are not part
+        of the exported student. Keep references to use them in :meth:`kdzoo_compute_losses`.
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_build_modules(self, teacher, student):
+                self.regressor = ConvRegressor(student.stages[2].channels, teacher.stages[2].channels)
+                return {"regressor": self.regressor}
+        """
+
+    @hookspec
+    def kdzoo_compute_losses(
+        self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage
+    ) -> dict[str, Tensor] | None:
+        """Named, *unweighted* scalar loss terms for one batch. Weights come from
+        :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
+        labels) itself, so methods never compute it. Term names must be unique across the
+        active methods; terms a stage switches off may be skipped (``stage.term_on(name)``).
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_compute_losses(self, student, teacher):
+                return {"kd": soft_target_kl(student.logits, teacher.logits, self.config.temperature)}
+        """
+
+    @hookspec
+    def kdzoo_loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float] | None:
+        """Weights for this method's terms (and, optionally, the core's ``ce`` term) at this point
+        of training. ``epoch`` counts from 0 inside ``stage``; ``progress`` runs from 0 to 1 over
+        the stage, so ramps and warm-ups live here, not inside the loss. When several methods
+        weight ``ce``, the first method selected wins.
+
+        Example (a linear warm-up of the hint over the first 20% of the stage)::
+
+            @kdzoo.hookimpl
+            def kdzoo_loss_weights(self, progress):
+                return {"ce": 1.0, "hint": 100.0 * min(1.0, progress / 0.2)}
+        """
+
+    @hookspec(firstresult=True)
+    def kdzoo_schedule(self, epochs: int, teacher: ModelInfo | None, student: ModelInfo) -> list[Stage] | None:
+        """The stages of training; the first method returning a list wins, and the core's default
+        (one stage of ``epochs`` with every term on) runs last.
+
+        Example (FitNets' two stages)::
+
+            @kdzoo.hookimpl
+            def kdzoo_schedule(self, epochs):
+                return [Stage("hint", 5, losses=frozenset({"hint"}), trainable=self.up_to_hint),
+                        Stage("kd", epochs, losses=frozenset({"ce", "kd"}))]
+        """
+
+    @hookspec
+    def kdzoo_on_run_start(self, run: Any) -> None:
+        """Called once the models, method modules and data are ready, before the first stage.
+        ``run`` is the :class:`kdzoo.engine.Trainer` (``teacher``, ``student``, ``modules``,
+        ``config``, ``device``, ``run_dir``)."""
+
+    @hookspec
+    def kdzoo_on_stage_start(self, run: Any, stage: Stage, index: int) -> None:
+        """Called before the first epoch of ``stage`` (also when a resumed run re-enters it)."""
+
+    @hookspec
+    def kdzoo_on_epoch_end(self, run: Any, stage: Stage, epoch: int, metrics: dict[str, Any]) -> None:
+        """Called after each epoch's evaluation with that epoch's metrics record.
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_on_epoch_end(self, epoch, metrics):
+                print(epoch, metrics["val"]["top1"])
+        """
+
+    @hookspec
+    def kdzoo_on_stage_end(self, run: Any, stage: Stage, index: int) -> None:
+        """Called after the last epoch of ``stage``: the place to hand a trained student over as
+        the next stage's teacher (``run.teacher``), for instance."""
+
+    @hookspec
+    def kdzoo_on_run_end(self, run: Any, summary: dict[str, Any]) -> None:
+        """Called once at the end with the run's summary (accuracies, wall time, run directory)."""

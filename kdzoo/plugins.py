@@ -1,0 +1,187 @@
+"""Plugin discovery and the per-run plugin manager.
+
+Built-in methods come in through the ``kdzoo`` entry-point group of kdzoo's own pyproject.toml,
+exactly the door a third-party package uses; this module never imports a method by name. A plugin
+that fails to import, names a hook that does not exist, or registers a method name already taken
+is recorded as a failure under its own name and the other plugins keep working.
+``KDZOO_DISABLE_PLUGINS=name1,name2`` skips plugins by entry-point name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pluggy
+
+from kdzoo import hookspecs
+from kdzoo.errors import KdzooError, close_matches
+
+hookimpl = pluggy.HookimplMarker("kdzoo")
+ENTRY_POINT_GROUP = "kdzoo"
+_RUN_HOOKS = {name for name in dir(hookspecs.MethodSpec) if name.startswith("kdzoo_")}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method as a plugin registers it.
+
+    ``factory(config)`` builds the method object whose ``@hookimpl`` methods implement
+    :class:`kdzoo.hookspecs.MethodSpec`; ``config_class`` is a dataclass whose defaults are the
+    paper's setting. ``needs_teacher=False`` lets the core run without an external teacher.
+    """
+
+    name: str
+    factory: Callable[[Any], object]
+    config_class: type
+    paper: str
+    summary: str
+    needs_teacher: bool = True
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+
+@dataclass
+class LoadedPlugin:
+    name: str
+    distribution: str
+    version: str
+    methods: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registry:
+    """Every method that loaded, every plugin that did, and every plugin that failed (with why)."""
+
+    methods: dict[str, MethodInfo] = field(default_factory=dict)
+    plugins: list[LoadedPlugin] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> MethodInfo:
+        if name in self.methods:
+            return self.methods[name]
+        failed = [p for p, err in self.failures.items() if p == name]
+        if failed:
+            raise KdzooError(f"method plugin '{name}' failed to load: {self.failures[name]}")
+        raise KdzooError(
+            f"unknown method '{name}'{close_matches(name, self.methods)}; "
+            f"known methods: {', '.join(sorted(self.methods)) or 'none'} (see `kdzoo list`)"
+        )
+
+    def config_classes(self) -> dict[str, type]:
+        return {name: info.config_class for name, info in self.methods.items()}
+
+    def add_plugin(self, plugin: object, name: str, distribution: str = "", version: str = "") -> None:
+        """Load one plugin object (usually a module); failures are recorded, never raised."""
+        pm = pluggy.PluginManager("kdzoo")
+        pm.add_hookspecs(hookspecs.DiscoverySpec)
+        try:
+            pm.register(plugin, name=name)
+            pm.check_pending()
+            found: list[MethodInfo] = []
+            for impl in pm.hook.kdzoo_register_methods.get_hookimpls():
+                impl.function(**{arg: found.append for arg in impl.argnames})
+            for info in found:
+                _check_method(info, self.methods)
+        except Exception as exc:  # a broken plugin must not take the others down
+            self.failures[name] = _one_line(exc)
+            return
+        loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin))
+        for info in found:
+            self.methods[info.name] = replace(info, plugin=name, distribution=distribution, version=version)
+            loaded.methods.append(info.name)
+            loaded.hooks = sorted(set(loaded.hooks) | set(_hook_names(info.factory)))
+        self.plugins.append(loaded)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _hook_names(obj: object) -> list[str]:
+    return sorted(n for n in dir(obj) if n.startswith("kdzoo_") and callable(getattr(obj, n, None)))
+
+
+def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
+    if not isinstance(info, MethodInfo):
+        raise TypeError(f"kdzoo_register_methods must register MethodInfo objects, got {type(info).__name__}")
+    if info.name in existing:
+        raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
+    for hook in _hook_names(info.factory):
+        if hook not in _RUN_HOOKS:
+            raise ValueError(
+                f"method '{info.name}' implements unknown hook '{hook}'{close_matches(hook, _RUN_HOOKS)}"
+            )
+
+
+def disabled_plugins() -> set[str]:
+    return {p.strip() for p in os.environ.get("KDZOO_DISABLE_PLUGINS", "").split(",") if p.strip()}
+
+
+def load_registry(extra: Iterable[tuple[str, object]] = ()) -> Registry:
+    """Load every plugin of the ``kdzoo`` entry-point group (plus ``extra`` (name, object) pairs)."""
+    registry = Registry()
+    blocked = disabled_plugins()
+    seen: set[str] = set()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in blocked or ep.name in seen:
+            continue
+        seen.add(ep.name)
+        dist = getattr(ep, "dist", None)
+        dist_name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("", "")
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # report by name, keep the rest
+            registry.failures[ep.name] = _one_line(exc)
+            continue
+        registry.add_plugin(plugin, ep.name, dist_name, version)
+    for name, plugin in extra:
+        registry.add_plugin(plugin, name)
+    return registry
+
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = load_registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the loaded plugins (tests, or after installing a plugin in-process)."""
+    global _registry
+    _registry = None
+
+
+class _CoreDefaults:
+    """The core's fallbacks, called after every method's own implementation."""
+
+    @hookimpl(trylast=True)
+    def kdzoo_schedule(self, epochs: int):
+        from kdzoo.schedule import Stage
+
+        return [Stage("train", epochs)]
+
+
+def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
+    """A plugin manager for one run with exactly the selected method instances registered."""
+    pm = pluggy.PluginManager("kdzoo")
+    pm.add_hookspecs(hookspecs.MethodSpec)
+    pm.register(_CoreDefaults(), name="kdzoo.core")
+    for name, method in methods.items():
+        pm.register(method, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise KdzooError(f"method plugin '{exc.plugin_name}': {exc}") from None
+    return pm

@@ -1,0 +1,150 @@
+"""FitNets: a student hint layer, through a trainable regressor, regresses a teacher guided layer.
+
+Romero, Ballas, Kahou, Chassang, Gatta, Bengio. "FitNets: Hints for Thin Deep Nets". ICLR 2015.
+https://arxiv.org/abs/1412.6550
+
+``L_hint = MSE(regressor(f_s), f_t)`` (mean over all elements). The regressor is conv + BN + ReLU:
+a 3x3 stride-2 conv when the student map is twice the teacher's, a 4x4 stride-2 transposed conv
+when it is half, a 3x3 conv otherwise, then pooled or interpolated to the teacher's size if the
+sides still differ (ViT token maps, odd sizes). Sized from timm's ``feature_info``.
+
+Two schedules:
+
+* ``joint`` (default) — one stage, ``ce_weight * CE + hint_weight * L_hint`` with 1 and 100: the
+  variant behind the CRD paper's CIFAR-100 table (RepDistiller).
+* ``two_stage`` — the paper's: stage ``hint`` trains the student up to its hint layer plus the
+  regressor on ``L_hint`` alone (Adam, ``hint_lr``), then stage ``kd`` trains the whole student
+  with Hinton KD (``kd_ce_weight * CE + kd_weight * T^2 KL``).
+
+Stages pair automatically: the student's middle ``feature_info`` stage, and the teacher stage at
+the closest relative depth (then stride); ``student_stage`` / ``teacher_stage`` override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import MethodInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to
+from kdzoo.features import ModelInfo
+from kdzoo.functional import soft_target_kl
+
+
+@dataclass
+class FitNetsConfig:
+    schedule: Literal["joint", "two_stage"] = "joint"
+    student_stage: int | None = None
+    teacher_stage: int | None = None
+    hint_weight: float = 100.0
+    ce_weight: float = 1.0
+    regressor_relu: bool = True
+    hint_epochs: int = 3
+    hint_lr: float = 1e-3
+    temperature: float = 4.0
+    kd_weight: float = 0.9
+    kd_ce_weight: float = 0.1
+
+
+class ConvRegressor(nn.Module):
+    """Maps a student feature map (B, Cs, Hs, Ws) onto a teacher's (B, Ct, Ht, Wt)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int, stride_ratio: float, relu: bool = True):
+        super().__init__()
+        if stride_ratio == 2:  # student map is twice the teacher's
+            conv = nn.Conv2d(student_channels, teacher_channels, 3, stride=2, padding=1, bias=False)
+        elif stride_ratio == 0.5:  # student map is half the teacher's
+            conv = nn.ConvTranspose2d(student_channels, teacher_channels, 4, stride=2, padding=1, bias=False)
+        else:
+            conv = nn.Conv2d(student_channels, teacher_channels, 3, padding=1, bias=False)
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(teacher_channels)
+        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        x = self.act(self.bn(self.conv(x)))
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+            return F.adaptive_avg_pool2d(x, size)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def hint_loss(student_mapped: Tensor, teacher_feature: Tensor) -> Tensor:
+    """FitNets' hint: mean squared error over every element."""
+    return F.mse_loss(student_mapped, teacher_feature.detach())
+
+
+class FitNets:
+    def __init__(self, config: FitNetsConfig):
+        self.config = config
+        self.regressor: ConvRegressor | None = None
+        self.student_index = self.teacher_index = 0
+        self.hint_module = ""
+
+    def _pair(self, teacher: ModelInfo, student: ModelInfo) -> None:
+        s = self.config.student_stage
+        s = len(student.stages) // 2 if s is None else s % len(student.stages)
+        student.stage(s)
+        t = self.config.teacher_stage
+        t = pair_stage(teacher, student, s) if t is None else t % len(teacher.stages)
+        teacher.stage(t)
+        self.student_index, self.teacher_index = s, t
+        self.hint_module = student.stages[s].module
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        self._pair(teacher, student)
+        return Taps(teacher=(self.teacher_index,), student=(self.student_index,))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        self._pair(teacher, student)
+        s, t = student.stages[self.student_index], teacher.stages[self.teacher_index]
+        self.regressor = ConvRegressor(s.channels, t.channels, t.reduction / s.reduction, self.config.regressor_relu)
+        return {"regressor": self.regressor}
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs):
+        if self.config.schedule == "joint":
+            return None
+        return [
+            Stage("hint", self.config.hint_epochs, losses=frozenset({"hint"}), trainable=self._hint_parameters,
+                  optim={"name": "adam", "lr": self.config.hint_lr, "weight_decay": 0.0, "scheduler": "constant"}),
+            Stage("kd", epochs, losses=frozenset({"ce", "kd"})),
+        ]
+
+    def _hint_parameters(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
+        return [*parameters_up_to(student, self.hint_module), *self.regressor.parameters()]
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        terms = {}
+        if stage.term_on("hint"):
+            target = teacher.feature(self.teacher_index)
+            mapped = self.regressor(student.feature(self.student_index), tuple(target.shape[-2:]))
+            terms["hint"] = hint_loss(mapped, target)
+        if self.config.schedule == "two_stage" and stage.term_on("kd"):
+            terms["kd"] = soft_target_kl(student.logits, teacher.logits, self.config.temperature)
+        return terms
+
+    @hookimpl
+    def kdzoo_loss_weights(self, stage):
+        if self.config.schedule == "joint":
+            return {"ce": self.config.ce_weight, "hint": self.config.hint_weight}
+        return {"hint": 1.0, "ce": self.config.kd_ce_weight, "kd": self.config.kd_weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="fitnets",
+            factory=FitNets,
+            config_class=FitNetsConfig,
+            paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015. arXiv:1412.6550",
+            summary="regress a teacher's intermediate features from the student's through a trainable conv regressor",
+        )
+    )
