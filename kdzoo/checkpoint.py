@@ -36,7 +36,9 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise KdzooError(f"checkpoint {path} cannot be read ({type(exc).__name__}); is it a kdzoo/torch file?") from None
+        raise KdzooError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}); is it a kdzoo/torch file?"
+        ) from None
     if not isinstance(data, dict):
         raise KdzooError(f"checkpoint {path} does not hold a state dict")
     return data

@@ -64,7 +64,11 @@ def latest_run_dir(base: Path) -> Path:
 @click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s), merged in order.")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option(
-    "--resume", is_flag=False, flag_value="auto", default=None, metavar="[auto|RUN_DIR]",
+    "--resume",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[auto|RUN_DIR]",
     help="Continue from the last checkpoint: of the latest run with this config (auto) or of RUN_DIR.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")

@@ -212,9 +212,7 @@ def load_config(
     selected = list(methods) or list(data.get("methods") or [])
     if isinstance(selected, str):
         selected = [selected]
-    method_fields = {
-        name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()
-    }
+    method_fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()}
     for text in overrides:
         path, value = parse_override(text)
         _set_path(data, _qualify(path, selected, method_fields, set(method_config_classes)), value)
@@ -242,7 +240,9 @@ def load_config(
     for key, section in data.items():
         if key not in method_config_classes:
             choices = [*CORE_SECTIONS, "methods", *method_config_classes]
-            raise KdzooError(f"unknown config key '{key}'{close_matches(str(key), choices)}; top-level keys: {', '.join(choices)}")
+            raise KdzooError(
+                f"unknown config key '{key}'{close_matches(str(key), choices)}; top-level keys: {', '.join(choices)}"
+            )
         cfg = build(method_config_classes[key], section, key)
         if key in selected:
             method_configs[key] = cfg

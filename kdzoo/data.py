@@ -102,8 +102,8 @@ class DataBundle:
     """Train and validation batches plus what the models must be built for."""
 
     name: str
-    train: TensorBatches
-    val: TensorBatches
+    train: TensorBatches | LoaderBatches
+    val: TensorBatches | LoaderBatches
     num_classes: int
     in_chans: int
 
@@ -149,7 +149,12 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
     return _bundle("digits", cfg, seed, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), 10, norm, flip=False)
 
 
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -172,7 +177,7 @@ def _fashion_raw_dir(root: Path) -> Path:
     for name, src in sources.items():
         if not (raw / name).is_file():
             tmp = raw / f"{name}.tmp"
-            with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fin, open(tmp, "wb") as fout:
+            with gzip.open(src) if src.suffix == ".gz" else open(src, "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
             tmp.replace(raw / name)
     return out
@@ -186,12 +191,20 @@ def fashion_mnist(cfg: DataConfig, seed: int) -> DataBundle:
     test = FashionMNIST(str(root), train=False, download=False)
     norm = Normalisation((0.286,), (0.353,))
     return _bundle(
-        "fashion_mnist", cfg, seed,
-        (train.data.unsqueeze(1), train.targets), (test.data.unsqueeze(1), test.targets), 10, norm, flip=True,
+        "fashion_mnist",
+        cfg,
+        seed,
+        (train.data.unsqueeze(1), train.targets),
+        (test.data.unsqueeze(1), test.targets),
+        10,
+        norm,
+        flip=True,
     )
 
 
-def _cifar(cls_name: str, folder: str, num_classes: int, norm: Normalisation) -> Callable[[DataConfig, int], DataBundle]:
+def _cifar(
+    cls_name: str, folder: str, num_classes: int, norm: Normalisation
+) -> Callable[[DataConfig, int], DataBundle]:
     def load(cfg: DataConfig, seed: int) -> DataBundle:
         import torchvision.datasets as tvd
 
@@ -219,7 +232,83 @@ def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
     labels = torch.arange(640) % 10
     images = (patterns[labels] + 0.3 * torch.randn(640, 3, 8, 8, generator=gen)).clamp(0, 1)
     norm = Normalisation((0.5,) * 3, (0.3,) * 3)
-    return _bundle("synthetic", cfg, seed, (images[:512], labels[:512]), (images[512:], labels[512:]), 10, norm, flip=False)
+    return _bundle(
+        "synthetic", cfg, seed, (images[:512], labels[:512]), (images[512:], labels[512:]), 10, norm, flip=False
+    )
+
+
+class LoaderBatches:
+    """Mini-batches from a file-backed dataset through a DataLoader (workers decode images).
+
+    Shuffling and worker seeds come from a generator seeded by (seed, epoch), like
+    :class:`TensorBatches`, so an epoch's batches do not depend on what ran before it.
+    """
+
+    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0):
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.num_workers, self.seed = num_workers, seed
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return (n // self.batch_size or 1) if self.train else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def to(self, device: torch.device) -> LoaderBatches:
+        self.device = torch.device(device)
+        return self
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.train,
+            drop_last=self.train and len(self.dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+IMAGENET_NORM = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
+    """``data.root/train/<class>/*`` and ``data.root/val/<class>/*`` (torchvision's ImageFolder)."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    root = Path(cfg.root or "data")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise KdzooError(f"imagefolder: {root / split}/ not found; set data.root to a folder with train/ and val/")
+    size = cfg.img_size
+    norm = T.Normalize(IMAGENET_NORM.mean, IMAGENET_NORM.std)
+    augment = [T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()] if cfg.augment else []
+    train_tf = T.Compose([*(augment or [T.Resize(size), T.CenterCrop(size)]), T.ToTensor(), norm])
+    val_tf = T.Compose([T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm])
+    train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+    val = datasets.ImageFolder(str(root / "val"), transform=val_tf)
+    if train.classes != val.classes:
+        raise KdzooError(f"imagefolder: train/ and val/ under {root} have different class folders")
+    if cfg.train_limit is not None:
+        from torch.utils.data import Subset
+
+        train = Subset(train, range(min(cfg.train_limit, len(train))))
+    return DataBundle(
+        "imagefolder",
+        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
+        LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
+        len(val.classes),
+        3,
+    )
 
 
 CIFAR_NORM = Normalisation((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
@@ -228,6 +317,7 @@ DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
     "fashion_mnist": fashion_mnist,
     "cifar10": _cifar("CIFAR10", "cifar-10-batches-py", 10, CIFAR_NORM),
     "cifar100": _cifar("CIFAR100", "cifar-100-python", 100, CIFAR_NORM),
+    "imagefolder": image_folder,
     "synthetic": synthetic,
 }
 

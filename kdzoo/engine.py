@@ -9,6 +9,7 @@ which terms are on and which parameters train.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from kdzoo.data import DataBundle, load_data
 from kdzoo.errors import KdzooError
 from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, describe, run_teacher, union
 from kdzoo.metrics import append_jsonl, evaluate
-from kdzoo.models import check_pair, create_model
+from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.optim import build_optimizer, build_scheduler
 from kdzoo.plugins import Registry, run_manager
 from kdzoo.schedule import Stage
@@ -49,8 +50,9 @@ def pick_device(name: str) -> torch.device:
 class Trainer:
     """One distillation run. Build it, then call :meth:`fit`.
 
-    ``teacher`` may be given directly (library use); otherwise it comes from the config's teacher
-    section (checkpoint, cached pretrained weights, or trained by kdzoo first and cached).
+    ``teacher`` and ``student`` may be given directly (library use); otherwise they are built from
+    the config (the teacher from a checkpoint, cached pretrained weights, or trained by kdzoo first
+    and cached).
     """
 
     def __init__(
@@ -60,10 +62,12 @@ class Trainer:
         run_dir: str | Path,
         teacher: nn.Module | None = None,
         data: DataBundle | None = None,
+        student: nn.Module | None = None,
         show_progress: bool | None = None,
+        label: str = "",
     ):
         self.config, self.run_dir = config, Path(run_dir)
-        self.show_progress = show_progress
+        self.show_progress, self.label = show_progress, label
         checkpoint.seed_everything(config.train.seed)
         self.device = pick_device(config.train.device)
         self.data = data or load_data(config.data, config.train.seed)
@@ -73,8 +77,10 @@ class Trainer:
         self.methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
         # pluggy calls the last registered first: register in reverse so results follow selection order
         self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(self.methods.items()))))
-        self.student = create_model(config.student, "student", self.data.num_classes, self.data.in_chans)
         needs_teacher = any(info.needs_teacher for info in infos)
+        if needs_teacher:
+            check_label_sets(config, self.data.num_classes)
+        self.student = student or create_model(config.student, "student", self.data.num_classes, self.data.in_chans)
         if needs_teacher and teacher is None:
             from kdzoo.teacher import obtain_teacher
 
@@ -119,10 +125,14 @@ class Trainer:
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(student_out.logits, y)
-        for result in self.pm.hook.kdzoo_compute_losses(student=student_out, teacher=teacher_out, targets=y, stage=stage):
+        for result in self.pm.hook.kdzoo_compute_losses(
+            student=student_out, teacher=teacher_out, targets=y, stage=stage
+        ):
             for name, value in (result or {}).items():
                 if name in terms:
-                    raise KdzooError(f"loss term '{name}' is produced by two active methods; they cannot be stacked as is")
+                    raise KdzooError(
+                        f"loss term '{name}' is produced by two active methods; they cannot be stacked as is"
+                    )
                 if stage.term_on(name):
                     terms[name] = value
         weights = self.loss_weights(stage, epoch, progress)
@@ -185,9 +195,14 @@ class Trainer:
                 train_stats = self._train_epoch(stage, stage_index, epoch, global_epoch, optimizer, scheduler)
                 val = evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
                 record = {
-                    "stage": stage.name, "stage_index": stage_index, "epoch": epoch + 1,
-                    "global_epoch": global_epoch + 1, "train": train_stats, "val": val,
-                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(time.perf_counter() - t0, 3),
+                    "stage": stage.name,
+                    "stage_index": stage_index,
+                    "epoch": epoch + 1,
+                    "global_epoch": global_epoch + 1,
+                    "train": train_stats,
+                    "val": val,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_time_s": round(time.perf_counter() - t0, 3),
                 }
                 global_epoch += 1
                 self.history.append(record)
@@ -216,8 +231,11 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
         bar = tqdm(
-            self.data.train.epoch(global_epoch), total=steps, leave=False, disable=self._quiet(),
-            desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+            self.data.train.epoch(global_epoch),
+            total=steps,
+            leave=False,
+            disable=self._quiet(),
+            desc=f"{self.label}{stage.name} {epoch + 1}/{stage.epochs}",
         )
         seen = 0
         t0 = time.perf_counter()
@@ -233,8 +251,12 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if (step + 1) % self.config.train.log_every == 0:  # the only host syncs: at the log interval
                 bar.set_postfix({k: f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()})
-        if not torch.isfinite(sums.get("loss", torch.tensor(0.0))).all():
-            raise KdzooError(f"stage '{stage.name}' epoch {epoch + 1}: the loss became NaN/inf ({ {k: float(v) for k, v in sums.items()} })")
+        bad = [name for name, value in sums.items() if name != "loss" and not math.isfinite(float(value))]
+        if bad:  # checked once per epoch (no per-step sync); this epoch is not checkpointed
+            raise KdzooError(
+                f"stage '{stage.name}' epoch {epoch + 1}: loss term(s) {', '.join(bad)} became NaN/inf; "
+                f"lower optim.lr or the term's weight (last good checkpoint: {self.run_dir / 'last.pt'})"
+            )
         stats = {k: round(float(v) / steps, 6) for k, v in sums.items()}
         stats["weights"] = weights
         stats["images_per_s"] = round(seen / max(time.perf_counter() - t0, 1e-9), 1)
@@ -259,7 +281,11 @@ class Trainer:
         )
 
     def _summary(self, wall: float) -> dict[str, Any]:
-        last = self.history[-1]["val"] if self.history else evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+        last = (
+            self.history[-1]["val"]
+            if self.history
+            else evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+        )
         best = max((r["val"]["top1"] for r in self.history), default=last["top1"])
         return {
             "methods": self.config.methods,
@@ -280,9 +306,11 @@ class Trainer:
     def _print(self, record: dict[str, Any]) -> None:
         if self.show_progress is False:
             return
-        terms = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items() if isinstance(v, float) and k != "images_per_s")
+        terms = " ".join(
+            f"{k}={v:.4f}" for k, v in record["train"].items() if isinstance(v, float) and k != "images_per_s"
+        )
         tqdm.write(
-            f"[{record['stage']} {record['epoch']}] {terms} val_top1={record['val']['top1']:.2f} "
+            f"[{self.label}{record['stage']} {record['epoch']}] {terms} val_top1={record['val']['top1']:.2f} "
             f"({record['train']['images_per_s']:.0f} img/s)"
         )
 

@@ -60,8 +60,7 @@ def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
     """Read a :class:`ModelInfo` from a timm model's ``feature_info`` and head attributes."""
     raw = getattr(model, "feature_info", None) or []
     stages = tuple(
-        StageInfo(i, int(f["num_chs"]), int(f["reduction"]), str(f.get("module", "")))
-        for i, f in enumerate(raw)
+        StageInfo(i, int(f["num_chs"]), int(f["reduction"]), str(f.get("module", ""))) for i, f in enumerate(raw)
     )
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     embedding_dim = int(getattr(model, "head_hidden_size", 0) or getattr(model, "num_features", 0) or 0)
@@ -167,7 +166,7 @@ class FeatureExtractor:
         if self.native:
             if self.indices:
                 final, maps = self.model.forward_intermediates(x, indices=self.indices)
-                features = dict(zip(self.indices, maps))
+                features = dict(zip(self.indices, maps, strict=True))
             else:
                 final, features = self.model.forward_features(x), {}
         else:

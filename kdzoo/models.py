@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kdzoo import checkpoint
-from kdzoo.config import ModelConfig
+from kdzoo.config import ModelConfig, RunConfig
 from kdzoo.errors import KdzooError, close_matches
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -36,7 +36,7 @@ def cached_pretrained_file(name: str) -> Path | None:
 
         for filename in (cfg.hf_hub_filename, *_WEIGHT_FILES):
             if filename:
-                found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+                found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE"))
                 if isinstance(found, str):
                     return Path(found)
     if cfg.url:
@@ -91,6 +91,17 @@ def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
     except RuntimeError as exc:
         first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
         raise KdzooError(f"{what}: checkpoint {path} does not fit this architecture ({first[:200]})") from None
+
+
+def check_label_sets(config: RunConfig, data_classes: int) -> None:
+    """Teacher and student must predict the same classes; say so before anything is built."""
+    t = config.teacher.kwargs.get("num_classes", data_classes)
+    s = config.student.kwargs.get("num_classes", data_classes)
+    if t != s:
+        raise KdzooError(
+            f"teacher {config.teacher.model} predicts {t} classes but student {config.student.model} predicts {s}; "
+            f"they must share the label set (check teacher/student kwargs.num_classes)"
+        )
 
 
 def check_pair(teacher: nn.Module | None, student: nn.Module, t_name: str, s_name: str) -> None:

@@ -13,7 +13,9 @@ from kdzoo.config import OptimConfig
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     make = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return make(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 

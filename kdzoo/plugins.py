@@ -82,7 +82,7 @@ class Registry:
         pm.add_hookspecs(hookspecs.DiscoverySpec)
         try:
             pm.register(plugin, name=name)
-            pm.check_pending()
+            _check_hook_names(plugin, {"kdzoo_register_methods"})
             found: list[MethodInfo] = []
             for impl in pm.hook.kdzoo_register_methods.get_hookimpls():
                 impl.function(**{arg: found.append for arg in impl.argnames})
@@ -108,16 +108,19 @@ def _hook_names(obj: object) -> list[str]:
     return sorted(n for n in dir(obj) if n.startswith("kdzoo_") and callable(getattr(obj, n, None)))
 
 
+def _check_hook_names(obj: object, known: set[str], owner: str = "") -> None:
+    """Every ``kdzoo_*`` attribute must be a known hook: a typo must not be silently ignored."""
+    for hook in _hook_names(obj):
+        if hook not in known:
+            raise ValueError(f"{owner}unknown hook '{hook}'{close_matches(hook, known)}")
+
+
 def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
     if not isinstance(info, MethodInfo):
         raise TypeError(f"kdzoo_register_methods must register MethodInfo objects, got {type(info).__name__}")
     if info.name in existing:
         raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
-    for hook in _hook_names(info.factory):
-        if hook not in _RUN_HOOKS:
-            raise ValueError(
-                f"method '{info.name}' implements unknown hook '{hook}'{close_matches(hook, _RUN_HOOKS)}"
-            )
+    _check_hook_names(info.factory, _RUN_HOOKS, owner=f"method '{info.name}' implements ")
 
 
 def disabled_plugins() -> set[str]:

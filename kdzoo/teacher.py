@@ -60,11 +60,15 @@ def obtain_teacher(config: RunConfig, data: DataBundle, registry: Registry, show
 
     student_like = StudentConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(StudentConfig)})
     train = dataclasses.replace(config.train, epochs=cfg.train_epochs)
-    teacher_run = RunConfig(methods=[], student=student_like, data=config.data, optim=config.optim,
-                            train=TrainConfig(**as_dict(train)))
+    teacher_run = RunConfig(
+        methods=[], student=student_like, data=config.data, optim=config.optim, train=TrainConfig(**as_dict(train))
+    )
+    model = create_model(cfg, "teacher", data.num_classes, data.in_chans)
     if show_progress is not False:
         tqdm.write(f"teacher: training {cfg.model} for {cfg.train_epochs} epochs (cached in {folder})")
-    trainer = Trainer(teacher_run, registry, folder, data=data, show_progress=show_progress)
+    trainer = Trainer(
+        teacher_run, registry, folder, data=data, student=model, show_progress=show_progress, label="teacher "
+    )
     last = folder / "last.pt"
     trainer.fit(resume=checkpoint.load(last) if last.is_file() else None)
     checkpoint.save_atomic({"model": trainer.student.state_dict()}, weights)

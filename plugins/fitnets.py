@@ -111,8 +111,13 @@ class FitNets:
         if self.config.schedule == "joint":
             return None
         return [
-            Stage("hint", self.config.hint_epochs, losses=frozenset({"hint"}), trainable=self._hint_parameters,
-                  optim={"name": "adam", "lr": self.config.hint_lr, "weight_decay": 0.0, "scheduler": "constant"}),
+            Stage(
+                "hint",
+                self.config.hint_epochs,
+                losses=frozenset({"hint"}),
+                trainable=self._hint_parameters,
+                optim={"name": "adam", "lr": self.config.hint_lr, "weight_decay": 0.0, "scheduler": "constant"},
+            ),
             Stage("kd", epochs, losses=frozenset({"ce", "kd"})),
         ]
 

@@ -1,0 +1,17 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own teacher cache and a freshly loaded plugin registry."""
+    from kdzoo.plugins import reset_registry
+
+    monkeypatch.setenv("KDZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reset_registry()
+    yield
+    reset_registry()

@@ -1,0 +1,30 @@
+"""Small configs for fast engine tests: synthetic data, tiny timm models, a couple of steps."""
+
+from __future__ import annotations
+
+from kdzoo.config import RunConfig, load_config
+from kdzoo.plugins import registry
+
+TINY = [
+    "data.name=synthetic",
+    "data.img_size=32",
+    "data.batch_size=32",
+    "data.train_limit=64",
+    "teacher.train_epochs=1",
+    "train.log_every=1",
+]
+
+PAIRS = {
+    "resnet->resnet": ("resnet10t", {}, "test_resnet", {}),
+    "resnet->mobilenetv3": ("test_resnet", {}, "mobilenetv3_small_050", {}),
+    "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
+}
+
+
+def tiny_config(methods: list[str], *extra: str, pair: str = "resnet->resnet", out_dir: str = "runs") -> RunConfig:
+    t, t_kw, s, s_kw = PAIRS[pair]
+    sets = [*TINY, f"teacher.model={t}", f"student.model={s}", f"train.out_dir={out_dir}", "train.epochs=1", *extra]
+    cfg = load_config([], sets, methods, registry().config_classes())
+    cfg.teacher.kwargs.update(t_kw)
+    cfg.student.kwargs.update(s_kw)
+    return cfg

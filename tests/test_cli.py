@@ -1,0 +1,156 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdzoo.cli import main
+from tests.helpers import TINY
+
+
+def _sets(*pairs):
+    return [a for s in pairs for a in ("--set", s)]
+
+
+def _tiny(tmp_path, *extra):
+    return _sets(
+        *TINY, "teacher.model=test_resnet", "student.model=test_resnet", f"train.out_dir={tmp_path / 'runs'}", *extra
+    )
+
+
+def _fails_with_one_line(result, *needles):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--method", "kdd"], ["unknown method 'kdd'", "did you mean 'kd'", "known methods: fitnets, kd"]),
+        (["--method", "kd", "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "did you mean 'lr'"]),
+        (["--method", "kd", "--set", "train.epochs=-1"], ["train.epochs", ">= 0"]),
+        (
+            ["--method", "kd", "--set", "teacher.checkpoint=/no/such/teacher.pt"],
+            ["checkpoint file not found: /no/such/teacher.pt"],
+        ),
+        (["--method", "kd", "--set", "teacher.kwargs={num_classes: 5}"], ["teacher", "5 classes", "student", "10"]),
+        (["--method", "kd", "--set", "student.model=resnet1818"], ["student model 'resnet1818' is not a timm model"]),
+        (["--method", "kd", "--config", "/no/such.yaml"], ["config file not found"]),
+        (["--resume", "/no/such/run"], ["checkpoint file not found"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, needles, tmp_path):
+    result = CliRunner().invoke(main, ["run", *_tiny(tmp_path), *args])
+    _fails_with_one_line(result, *needles)
+
+
+def test_pretrained_teacher_not_cached_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        main, ["run", "--method", "kd", *_tiny(tmp_path, "teacher.pretrained=true", "teacher.model=resnet18")]
+    )
+    _fails_with_one_line(result, "pretrained weights for teacher 'resnet18' are not in the local cache")
+    assert time.perf_counter() - started < 30
+
+
+def test_pretrained_teacher_from_local_cache(tmp_path, monkeypatch):
+    """timm's real pretrained loading path, fed from a Hugging Face cache laid out on disk."""
+    import timm
+    from safetensors.torch import save_file
+
+    hub = tmp_path / "hf"
+    snapshot = hub / "models--timm--test_resnet.r160_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (hub / "models--timm--test_resnet.r160_in1k" / "refs").mkdir()
+    (hub / "models--timm--test_resnet.r160_in1k" / "refs" / "main").write_text("abc123")
+    reference = timm.create_model("test_resnet")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+
+    from kdzoo.config import TeacherConfig
+    from kdzoo.models import cached_pretrained_file, create_model
+
+    assert cached_pretrained_file("test_resnet") == snapshot / "model.safetensors"
+    model = create_model(TeacherConfig(model="test_resnet", pretrained=True), "teacher", 10, 3)
+    assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)  # body from the file
+    assert model.num_classes == 10  # head re-sized for the data
+
+
+def test_list_show_and_eval(tmp_path):
+    runner = CliRunner()
+    listed = runner.invoke(main, ["list"])
+    assert listed.exit_code == 0 and "kd " in listed.output and "Hinton" in listed.output and "FitNets" in listed.output
+    shown = runner.invoke(main, ["show", "fitnets"])
+    assert shown.exit_code == 0 and "schedule: joint" in shown.output and "hint_weight: 100.0" in shown.output
+
+    ran = runner.invoke(main, ["run", "--method", "kd", "--quiet", *_tiny(tmp_path, "train.epochs=1")])
+    assert ran.exit_code == 0, ran.output
+    assert "teacher test_resnet: top-1" in ran.output and "run dir:" in ran.output
+    run_dir = tmp_path / "runs" / "kd-test_resnet-seed0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    scored = runner.invoke(main, ["eval", str(run_dir / "last.pt")])
+    assert scored.exit_code == 0, scored.output
+    assert f"top1={summary['student_top1']:.2f}" in scored.output
+
+    again = runner.invoke(main, ["run", "--method", "kd", "--quiet", *_tiny(tmp_path, "train.epochs=1")])
+    assert "kd-test_resnet-seed0-2" in again.output  # an earlier run is never overwritten
+
+
+def _cli(args, env):
+    return [sys.executable, "-m", "kdzoo", "run", *args]
+
+
+def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = [
+        "--method",
+        "fitnets",
+        "--quiet",
+        *_sets(
+            *TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=512", "train.epochs=6"
+        ),
+    ]
+    whole = subprocess.run(
+        [*_cli(common, env), "--set", f"train.out_dir={tmp_path / 'a'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0, whole.stderr
+
+    run_dir = tmp_path / "b" / "fitnets-test_resnet-seed0"
+    args = [*common, "--set", f"train.out_dir={tmp_path / 'b'}"]
+    proc = subprocess.Popen(_cli(args, env), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.1)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
+    killed_at = torch.load(run_dir / "last.pt", weights_only=False)["position"]
+    assert killed_at["global_epoch"] < 6
+
+    resumed = subprocess.run([*_cli(args, env), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "a" / "fitnets-test_resnet-seed0" / "last.pt", weights_only=False)
+    b = torch.load(run_dir / "last.pt", weights_only=False)
+    for key in ("student", "modules"):
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]

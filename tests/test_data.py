@@ -1,0 +1,86 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from kdzoo.config import DataConfig
+from kdzoo.data import load_data, load_digits_arrays, stratified_split
+from kdzoo.errors import KdzooError
+
+
+def test_digits_are_the_real_embedded_set():
+    images, labels = load_digits_arrays()
+    assert images.shape == (1797, 1, 8, 8) and labels.shape == (1797,)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_digits_split_is_stratified_and_fixed():
+    _, labels = load_digits_arrays()
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == len(labels)
+    per_class = np.bincount(labels[val]) / np.bincount(labels)
+    assert np.all(np.abs(per_class - 0.2) < 0.01)
+    a = load_data(DataConfig(img_size=16), seed=0)
+    b = load_data(DataConfig(img_size=16), seed=5)
+    assert torch.equal(a.val.labels, b.val.labels)  # the val set does not move with the training seed
+    x, y = next(a.val.epoch(0))
+    assert x.shape == (256, 1, 16, 16) and a.num_classes == 10 and a.in_chans == 1
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch():
+    data = load_data(DataConfig(name="synthetic", batch_size=16), seed=3)
+    first = [y for _, y in data.train.epoch(4)]
+    again = [y for _, y in data.train.epoch(4)]
+    other = [y for _, y in data.train.epoch(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    xa, _ = next(data.train.epoch(4))
+    xb, _ = next(data.train.epoch(4))
+    assert torch.equal(xa, xb)  # augmentation too
+
+
+def _idx(path, array, magic):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_gzipped_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        _idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 2051)
+        _idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, 2049)
+    data = load_data(DataConfig(name="fashion_mnist", root=str(tmp_path), img_size=32, batch_size=8), seed=0)
+    assert data.train.num_samples == 40 and data.val.num_samples == 20 and data.in_chans == 1
+    x, y = next(data.train.epoch(0))
+    assert x.shape == (8, 1, 32, 32) and y.dtype == torch.long
+
+
+def test_missing_local_datasets_fail_with_what_to_do(tmp_path):
+    with pytest.raises(KdzooError, match="Fashion-MNIST not found .* apt-get install dataset-fashion-mnist"):
+        load_data(DataConfig(name="fashion_mnist", root=str(tmp_path)), seed=0)
+    with pytest.raises(KdzooError, match="CIFAR100 not found.*never downloads"):
+        load_data(DataConfig(name="cifar100", root=str(tmp_path)), seed=0)
+    with pytest.raises(KdzooError, match="imagefolder: .*train/ not found"):
+        load_data(DataConfig(name="imagefolder", root=str(tmp_path)), seed=0)
+    with pytest.raises(KdzooError, match="unknown dataset 'digit' \\(did you mean 'digits'\\?\\)"):
+        load_data(DataConfig(name="digit"), seed=0)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((20, 24, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    data = load_data(DataConfig(name="imagefolder", root=str(tmp_path), img_size=16, batch_size=4), seed=0)
+    assert data.num_classes == 2 and data.in_chans == 3 and len(data.train) == 1
+    x, y = next(data.train.epoch(0))
+    assert x.shape == (4, 3, 16, 16)
+    assert [len(b[1]) for b in data.val.epoch(0)] == [6]

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from kdzoo.engine import Trainer
+from kdzoo.plugins import registry
+from tests.helpers import PAIRS, tiny_config
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("method", ["kd", "fitnets"])
+def test_method_trains_on_pair(method, pair, tmp_path):
+    cfg = tiny_config([method], pair=pair, out_dir=str(tmp_path))
+    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    teacher_before = _params(trainer.teacher)
+    student_before = _params(trainer.student)
+    modules_before = _params(trainer.modules)
+    summary = trainer.fit()
+
+    record = trainer.history[-1]
+    terms = {"kd": {"ce", "kd"}, "fitnets": {"ce", "hint"}}[method]
+    assert terms <= set(record["train"])
+    assert all(torch.isfinite(torch.tensor(record["train"][t])) for t in terms)
+    assert summary["teacher_top1"] is not None and 0 <= summary["student_top1"] <= 100
+    # the teacher is frozen; the student (and FitNets' regressor) learn
+    assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, trainer.student.state_dict()[k]) for k, v in student_before.items())
+    if method == "fitnets":
+        assert any(not torch.equal(v, trainer.modules.state_dict()[k]) for k, v in modules_before.items())
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["student"] == cfg.student.model
+
+
+def test_stacked_total_is_weighted_sum_of_terms(tmp_path):
+    cfg = tiny_config(["kd", "fitnets"], out_dir=str(tmp_path))
+    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    stage = trainer.stages[0]
+    x, y = next(trainer.data.train.epoch(0))
+    total, terms, weights = trainer.compute_losses(x, y, stage, 0, 0.0)
+    assert set(terms) == {"ce", "kd", "hint"}
+    # kd is selected first, so its CE weight (0.1) wins over FitNets' (1.0); each method weights its own terms
+    assert weights == {"ce": 0.1, "kd": 0.9, "hint": 100.0}
+    expected = sum(weights[k] * v for k, v in terms.items())
+    assert torch.allclose(total, expected)
+
+
+def test_one_forward_per_model_per_step(tmp_path):
+    cfg = tiny_config(["kd", "fitnets"], out_dir=str(tmp_path))
+    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    calls = {"teacher": 0, "student": 0}
+    for role in calls:
+        model = getattr(trainer, role)
+        original = model.forward_intermediates
+
+        def counted(*args, _role=role, _original=original, **kwargs):
+            calls[_role] += 1
+            return _original(*args, **kwargs)
+
+        model.forward_intermediates = counted
+    x, y = next(trainer.data.train.epoch(0))
+    trainer.compute_losses(x, y, trainer.stages[0], 0, 0.0)
+    assert calls == {"teacher": 1, "student": 1}
+
+
+def test_fitnets_two_stage_trains_hint_then_kd(tmp_path):
+    cfg = tiny_config(["fitnets"], "schedule=two_stage", "fitnets.hint_epochs=1", out_dir=str(tmp_path))
+    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    assert [s.name for s in trainer.stages] == ["hint", "kd"]
+    hint_stage = trainer.stages[0]
+    after_hint = {n for n, p in trainer.student.named_parameters()}
+    params = trainer._set_trainable(hint_stage)
+    trainable = {n for n, p in trainer.student.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("layer3", "layer4", "fc")) for n in trainable)
+    assert any(n.startswith("layer2") for n in trainable) and trainable < after_hint
+    assert len(params) == len(trainable) + len(list(trainer.modules.parameters()))
+
+    head_before = trainer.student.fc.weight.detach().clone()
+    trainer.fit()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["hint", "kd"]
+    assert set(lines[0]["train"]) >= {"hint"} and "kd" not in lines[0]["train"] and "ce" not in lines[0]["train"]
+    assert {"ce", "kd"} <= set(lines[1]["train"]) and "hint" not in lines[1]["train"]
+    assert not torch.equal(head_before, trainer.student.fc.weight)  # the KD stage trains the whole student
+
+
+def test_hint_stage_leaves_layers_after_hint_untouched(tmp_path):
+    cfg = tiny_config(
+        ["fitnets"], "schedule=two_stage", "fitnets.hint_epochs=1", "train.epochs=0", out_dir=str(tmp_path)
+    )
+    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    later = {
+        k: v.clone()
+        for k, v in trainer.student.state_dict().items()
+        if k.startswith(("layer3.", "fc.")) and "running" not in k and "num_batches" not in k
+    }
+    early = trainer.student.layer1[0].conv1.weight.detach().clone()
+    trainer.fit()
+    state = trainer.student.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in later.items())
+    assert not torch.equal(early, trainer.student.layer1[0].conv1.weight)
+
+
+def test_teacher_is_trained_once_then_cached(tmp_path, capsys):
+    cfg = tiny_config(["kd"], out_dir=str(tmp_path))
+    first = Trainer(cfg, registry(), tmp_path / "a", show_progress=True)
+    out1 = capsys.readouterr()
+    second = Trainer(cfg, registry(), tmp_path / "b", show_progress=True)
+    out2 = capsys.readouterr()
+    assert "training" in out1.out + out1.err and "from cache" in out2.out + out2.err
+    for k, v in first.teacher.state_dict().items():
+        assert torch.equal(v, second.teacher.state_dict()[k])
+
+
+def test_library_teacher_without_config_source(tmp_path):
+    import timm
+
+    cfg = tiny_config(["kd"], out_dir=str(tmp_path))
+    teacher = timm.create_model("test_resnet", num_classes=10, in_chans=3)
+    trainer = Trainer(cfg, registry(), tmp_path / "run", teacher=teacher, show_progress=False)
+    assert trainer.teacher is teacher
+    assert not any(p.requires_grad for p in teacher.parameters())

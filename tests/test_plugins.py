@@ -1,0 +1,165 @@
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+
+import kdzoo
+from kdzoo.plugins import load_registry
+from tests.helpers import TINY
+
+THIRD_PARTY = '''
+"""A method the built-ins do not have: regress the teacher's logits (Ba & Caruana, 2014)."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+import kdzoo
+
+
+@dataclass
+class LogitMSEConfig:
+    weight: float = 1.0
+
+
+class LogitMSE:
+    def __init__(self, config):
+        self.config = config
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student, teacher):
+        return {"logit_mse": F.mse_loss(student.logits, teacher.logits)}
+
+    @kdzoo.hookimpl
+    def kdzoo_loss_weights(self):
+        return {"logit_mse": self.config.weight}
+
+
+@kdzoo.hookimpl
+def kdzoo_register_methods(register):
+    register(kdzoo.MethodInfo(name="logit_mse", factory=LogitMSE, config_class=LogitMSEConfig,
+                              paper="Ba & Caruana. Do Deep Nets Really Need to be Deep? NIPS 2014",
+                              summary="regress the teacher's logits"))
+'''
+
+
+def _distribution(root, dist, module, source, entry_points):
+    """A minimal installed distribution (dist-info + module), as pip would leave it."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[kdzoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+
+
+@pytest.fixture
+def site(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    _distribution(site, "kdzoo_logit_mse", "kdzoo_logit_mse", THIRD_PARTY, {"logit_mse": "kdzoo_logit_mse"})
+    _distribution(
+        site,
+        "kdzoo_broken",
+        "kdzoo_broken",
+        "raise ImportError('needs a missing library')\n",
+        {"broken": "kdzoo_broken"},
+    )
+    _distribution(
+        site,
+        "kdzoo_typo",
+        "kdzoo_typo",
+        "import kdzoo\n\n@kdzoo.hookimpl\ndef kdzoo_register_method(register):\n    pass\n",
+        {"typo": "kdzoo_typo"},
+    )
+    return site
+
+
+def _kdzoo(site, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "kdzoo", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def test_builtins_come_from_entry_points():
+    reg = load_registry()
+    assert {"kd", "fitnets"} <= set(reg.methods)
+    assert reg.methods["kd"].plugin == "kd" and reg.methods["kd"].distribution == "kdzoo"
+    assert reg.methods["fitnets"].version
+
+
+def test_third_party_package_is_listed_and_runs(site, tmp_path):
+    listed = _kdzoo(site, "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "logit_mse" in listed.stdout and "kdzoo_logit_mse 0.3" in listed.stdout
+    assert "kd " in listed.stdout and "fitnets" in listed.stdout  # broken neighbours do not hide the rest
+    assert "plugin 'broken' did not load: ImportError: needs a missing library" in listed.stdout
+    assert "plugin 'typo' did not load" in listed.stdout and "kdzoo_register_methods" in listed.stdout
+
+    sets = [
+        a
+        for s in [
+            *TINY,
+            "teacher.model=test_resnet",
+            "student.model=test_resnet",
+            "train.epochs=1",
+            f"train.out_dir={tmp_path / 'runs'}",
+        ]
+        for a in ("--set", s)
+    ]
+    ran = _kdzoo(site, "run", "--method", "logit_mse", "--quiet", *sets, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "student test_resnet: top-1" in ran.stdout
+    metrics = next((tmp_path / "runs").glob("logit_mse-*/metrics.jsonl")).read_text()
+    assert '"logit_mse"' in metrics
+
+
+def test_disable_plugins_by_name(monkeypatch):
+    monkeypatch.setenv("KDZOO_DISABLE_PLUGINS", "fitnets")
+    reg = load_registry()
+    assert "fitnets" not in reg.methods and "kd" in reg.methods
+
+
+def _module(name, **attrs):
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    return mod
+
+
+def test_unknown_method_hook_is_a_load_error():
+    class Typo:
+        def __init__(self, config):
+            pass
+
+        @kdzoo.hookimpl
+        def kdzoo_compute_loss(self, student):  # misspelt: the spec is kdzoo_compute_losses
+            return {}
+
+    @kdzoo.hookimpl
+    def kdzoo_register_methods(register):
+        register(kdzoo.MethodInfo("typo", Typo, dict, "none", "misspelt"))
+
+    reg = load_registry(extra=[("typo_plugin", _module("typo_plugin", kdzoo_register_methods=kdzoo_register_methods))])
+    assert "typo" not in reg.methods
+    assert "kdzoo_compute_loss" in reg.failures["typo_plugin"]
+    assert "kdzoo_compute_losses" in reg.failures["typo_plugin"]  # the suggestion
+    assert "kd" in reg.methods
+
+
+def test_duplicate_method_name_is_reported_by_plugin():
+    @kdzoo.hookimpl
+    def kdzoo_register_methods(register):
+        register(kdzoo.MethodInfo("kd", object, dict, "none", "clash"))
+
+    reg = load_registry(extra=[("clash", _module("clash", kdzoo_register_methods=kdzoo_register_methods))])
+    assert "already registered by plugin 'kd'" in reg.failures["clash"]
+    assert reg.methods["kd"].plugin == "kd"
+
+
+def test_get_method_builds_typed_config():
+    method = kdzoo.get_method("kd", temperature=2)
+    assert method.config.temperature == 2.0 and method.config.ce_weight == 0.1
+    with pytest.raises(kdzoo.KdzooError, match="temprature"):
+        kdzoo.get_method("kd", temprature=2)
