@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -34,6 +35,8 @@ def one_line_errors(fn):
 @click.version_option(package_name="kdzoo")
 def main() -> None:
     """kdzoo: knowledge distillation for any timm teacher/student pair, one plugin per method."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # per-epoch lines show up even when piped to a file
 
 
 def default_run_dir(config: RunConfig) -> Path:

@@ -209,9 +209,8 @@ def load_config(
     data: dict[str, Any] = {}
     for path in files:
         data = merge(data, read_yaml(path))
-    selected = list(methods) or list(data.get("methods") or [])
-    if isinstance(selected, str):
-        selected = [selected]
+    selected = list(methods) or data.get("methods") or []
+    selected = [selected] if isinstance(selected, str) else list(selected)
     method_fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()}
     for text in overrides:
         path, value = parse_override(text)

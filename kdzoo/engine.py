@@ -8,6 +8,8 @@ which terms are on and which parameters train.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import time
@@ -77,7 +79,7 @@ class Trainer:
         self.methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
         # pluggy calls the last registered first: register in reverse so results follow selection order
         self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(self.methods.items()))))
-        needs_teacher = any(info.needs_teacher for info in infos)
+        needs_teacher = any(info.wants_teacher(config.method_configs[info.name]) for info in infos)
         if needs_teacher:
             check_label_sets(config, self.data.num_classes)
         self.student = student or create_model(config.student, "student", self.data.num_classes, self.data.in_chans)
@@ -96,7 +98,9 @@ class Trainer:
             self.teacher.requires_grad_(False).eval().to(self.device)
             self.teacher_info = describe(self.teacher, config.teacher.model, img)
         self.student.to(self.device)
+        self.teacher_from_run = False  # True once a stage boundary made a trained student the teacher
         taps = union(self.pm.hook.kdzoo_feature_taps(teacher=self.teacher_info, student=self.student_info))
+        self.taps = taps
         self.modules = nn.ModuleDict()
         for name in self.methods:
             built = self._call_one(name, "kdzoo_build_modules", teacher=self.teacher_info, student=self.student_info)
@@ -111,6 +115,31 @@ class Trainer:
         )
         self.history: list[dict[str, Any]] = []
         self.teacher_metrics: dict[str, float] | None = None
+
+    # ----------------------------------------------------------------------------- for stage hooks
+    def set_teacher(self, model: nn.Module) -> None:
+        """Make ``model`` (a student architecture trained by this run) the teacher from now on."""
+        self.teacher = model.requires_grad_(False).eval().to(self.device)
+        self.teacher_info = describe(model, self.config.student.model, self.config.data.img_size)
+        self.teacher_tap = FeatureExtractor(model, self.teacher_info, self.taps.teacher, self.taps.teacher_embedding)
+        self.teacher_from_run = True
+        self.teacher_metrics = evaluate(model, self.data.val.epoch(0), self.data.num_classes)
+
+    def fresh_student(self, generation: int) -> None:
+        """Re-initialise the student's weights in place (a new generation), reproducibly per generation."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.train.seed * 1_000 + generation)
+            new = create_model(
+                dataclasses.replace(self.config.student, pretrained=False, checkpoint=None),
+                "student",
+                self.data.num_classes,
+                self.data.in_chans,
+            )
+        self.student.load_state_dict(new.state_dict())
+
+    def student_copy(self) -> nn.Module:
+        """A detached copy of the current student (to hand over as the next teacher)."""
+        return copy.deepcopy(self.student)
 
     def _call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
         others = [p for n, p in self.methods.items() if n != method]
@@ -168,6 +197,10 @@ class Trainer:
             pos = resume["position"]
             start_stage, start_epoch, global_epoch = pos["stage"], pos["epoch"], pos["global_epoch"]
             self.history = list(resume["history"])
+            if "teacher_from_run" in resume:
+                handed_over = self.student_copy()
+                handed_over.load_state_dict(resume["teacher_from_run"])
+                self.set_teacher(handed_over)
             self.teacher_metrics = resume.get("teacher_metrics")
             wall_before = resume.get("wall_time_s", 0.0)
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
@@ -179,17 +212,17 @@ class Trainer:
         self.pm.hook.kdzoo_on_run_start(run=self)
         for stage_index in range(start_stage, len(self.stages)):
             stage = self.stages[stage_index]
+            first_epoch = start_epoch if stage_index == start_stage else 0
+            self.pm.hook.kdzoo_on_stage_start(run=self, stage=stage, index=stage_index, resumed=first_epoch > 0)
             params = self._set_trainable(stage)
             optim_cfg = self.config.optim if not stage.optim else _with(self.config.optim, stage.optim)
             optimizer = build_optimizer(optim_cfg, params)
             scheduler = build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
-            first_epoch = start_epoch if stage_index == start_stage else 0
             if resume is not None and stage_index == start_stage and first_epoch > 0:
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
             if resume is not None and stage_index == start_stage:
                 checkpoint.restore_rng(resume["rng"])
-            self.pm.hook.kdzoo_on_stage_start(run=self, stage=stage, index=stage_index)
             for epoch in range(first_epoch, stage.epochs):
                 t0 = time.perf_counter()
                 train_stats = self._train_epoch(stage, stage_index, epoch, global_epoch, optimizer, scheduler)
@@ -212,12 +245,14 @@ class Trainer:
                     "epoch": 0 if done_stage else epoch + 1,
                     "global_epoch": global_epoch,
                 }
-                wall = wall_before + time.perf_counter() - started
-                self._save(optimizer, scheduler, position, wall)
-                append_jsonl(metrics_path, record)
                 self.pm.hook.kdzoo_on_epoch_end(run=self, stage=stage, epoch=epoch, metrics=record)
+                if done_stage:  # before the checkpoint, so a resumed run sees what the stage handed over
+                    self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
+                self._save(optimizer, scheduler, position, wall_before + time.perf_counter() - started)
+                append_jsonl(metrics_path, record)
                 self._print(record)
-            self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
+            if stage.epochs == 0:
+                self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
             start_epoch = 0
         summary = self._summary(wall_before + time.perf_counter() - started)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -276,6 +311,7 @@ class Trainer:
                 "history": self.history,
                 "teacher_metrics": self.teacher_metrics,
                 "wall_time_s": wall,
+                **({"teacher_from_run": self.teacher.state_dict()} if self.teacher_from_run else {}),
             },
             self.run_dir / "last.pt",
         )
@@ -296,6 +332,11 @@ class Trainer:
             "student_top1": last["top1"],
             "student_best_top1": best,
             "epochs": len(self.history),
+            "stages": [
+                {"name": stage.name, "top1": records[-1]["val"]["top1"]}
+                for i, stage in enumerate(self.stages)
+                if (records := [r for r in self.history if r["stage_index"] == i])
+            ],
             "wall_time_s": round(wall, 2),
             "run_dir": str(self.run_dir),
         }

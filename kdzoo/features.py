@@ -48,12 +48,16 @@ class ModelInfo:
         return max(1, math.ceil(self.img_size / self.stages[index].reduction))
 
     def stage(self, index: int) -> StageInfo:
+        return self.stages[self.resolve(index)]
+
+    def resolve(self, index: int) -> int:
+        """A stage index, negative ones counted from the end; out of range is an error."""
         if not -len(self.stages) <= index < len(self.stages):
             raise KdzooError(
                 f"{self.name} has {len(self.stages)} tappable stages (0..{len(self.stages) - 1}); "
                 f"stage {index} does not exist"
             )
-        return self.stages[index]
+        return index % len(self.stages)
 
 
 def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
@@ -118,8 +122,9 @@ class Outputs:
 
 def pair_stage(teacher: ModelInfo, student: ModelInfo, student_index: int) -> int:
     """The teacher stage matching ``student_index``: closest relative depth, then closest stride."""
-    s_depth = student.relative_depth(student_index % len(student.stages))
-    s_red = student.stage(student_index).reduction
+    student_index = student.resolve(student_index)
+    s_depth = student.relative_depth(student_index)
+    s_red = student.stages[student_index].reduction
 
     def distance(stage: StageInfo) -> tuple[float, float, int]:
         depth_gap = abs(teacher.relative_depth(stage.index) - s_depth)
@@ -131,15 +136,31 @@ def pair_stage(teacher: ModelInfo, student: ModelInfo, student_index: int) -> in
     return min(teacher.stages, key=distance).index
 
 
+def pair_stages(
+    teacher: ModelInfo, student: ModelInfo, student_indices: Iterable[int], teacher_indices: Iterable[int] | None = None
+) -> list[tuple[int, int]]:
+    """(student, teacher) stage pairs: given explicitly, or each student stage paired by :func:`pair_stage`."""
+    s_idx = [student.resolve(i) for i in student_indices]
+    if teacher_indices is None:
+        return [(s, pair_stage(teacher, student, s)) for s in s_idx]
+    t_idx = [teacher.resolve(i) for i in teacher_indices]
+    if len(t_idx) != len(s_idx):
+        raise KdzooError(f"{len(s_idx)} student stages but {len(t_idx)} teacher stages given; pair them one to one")
+    return list(zip(s_idx, t_idx, strict=True))
+
+
+def inner_stages(info: ModelInfo) -> list[int]:
+    """Every stage but the first (the stem) and the last: the usual choice for multi-stage losses."""
+    return list(range(1, len(info.stages) - 1)) or list(range(len(info.stages)))
+
+
 class FeatureExtractor:
     """Runs a model once and returns :class:`Outputs` with exactly the requested taps."""
 
     def __init__(self, model: nn.Module, info: ModelInfo, indices: Iterable[int], embedding: bool):
         self.model = model
         self.info = info
-        self.indices = sorted({i % len(info.stages) for i in indices}) if indices else []
-        for i in self.indices:
-            info.stage(i)
+        self.indices = sorted({info.resolve(i) for i in indices})
         self.embedding = embedding
         self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
         self._hooked: dict[int, Tensor] = {}
@@ -157,8 +178,10 @@ class FeatureExtractor:
         return handles
 
     def _hook(self, index: int):
+        prefix = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
+
         def keep(_module, _inputs, output):
-            self._hooked[index] = output
+            self._hooked[index] = tokens_to_nchw(output, prefix) if output.ndim == 3 else output
 
         return keep
 
@@ -191,6 +214,15 @@ class FeatureExtractor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def tokens_to_nchw(tokens: Tensor, num_prefix_tokens: int) -> Tensor:
+    """(B, prefix + H*W, C) transformer tokens -> (B, C, H, W), dropping class/register tokens."""
+    patches = tokens[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise KdzooError(f"cannot reshape {patches.shape[1]} patch tokens into a square map")
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
 
 def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None:

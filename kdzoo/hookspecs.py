@@ -127,8 +127,17 @@ class MethodSpec:
         ``config``, ``device``, ``run_dir``)."""
 
     @hookspec
-    def kdzoo_on_stage_start(self, run: Any, stage: Stage, index: int) -> None:
-        """Called before the first epoch of ``stage`` (also when a resumed run re-enters it)."""
+    def kdzoo_on_stage_start(self, run: Any, stage: Stage, index: int, resumed: bool) -> None:
+        """Called before ``stage`` builds its optimizer; ``resumed`` is True when a resumed run
+        re-enters the stage mid-way (its state is already restored: do not reset anything then).
+
+        Example (a new generation starts from a fresh initialisation)::
+
+            @kdzoo.hookimpl
+            def kdzoo_on_stage_start(self, run, index, resumed):
+                if index > 0 and not resumed:
+                    run.fresh_student(generation=index)
+        """
 
     @hookspec
     def kdzoo_on_epoch_end(self, run: Any, stage: Stage, epoch: int, metrics: dict[str, Any]) -> None:
@@ -143,8 +152,15 @@ class MethodSpec:
 
     @hookspec
     def kdzoo_on_stage_end(self, run: Any, stage: Stage, index: int) -> None:
-        """Called after the last epoch of ``stage``: the place to hand a trained student over as
-        the next stage's teacher (``run.teacher``), for instance."""
+        """Called after the last epoch of ``stage`` and before its checkpoint is written: the
+        place to hand the trained student over as the next stage's teacher.
+
+        Example (Born-Again Networks)::
+
+            @kdzoo.hookimpl
+            def kdzoo_on_stage_end(self, run):
+                run.set_teacher(run.student_copy())
+        """
 
     @hookspec
     def kdzoo_on_run_end(self, run: Any, summary: dict[str, Any]) -> None:

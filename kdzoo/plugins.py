@@ -31,7 +31,8 @@ class MethodInfo:
 
     ``factory(config)`` builds the method object whose ``@hookimpl`` methods implement
     :class:`kdzoo.hookspecs.MethodSpec`; ``config_class`` is a dataclass whose defaults are the
-    paper's setting. ``needs_teacher=False`` lets the core run without an external teacher.
+    paper's setting. ``needs_teacher=False`` (or a function of the config) lets the core run
+    without an external teacher.
     """
 
     name: str
@@ -39,10 +40,14 @@ class MethodInfo:
     config_class: type
     paper: str
     summary: str
-    needs_teacher: bool = True
+    needs_teacher: bool | Callable[[Any], bool] = True
     plugin: str = ""
     distribution: str = ""
     version: str = ""
+
+    def wants_teacher(self, config: Any) -> bool:
+        """Whether this method, with ``config``, needs an external teacher."""
+        return bool(self.needs_teacher(config) if callable(self.needs_teacher) else self.needs_teacher)
 
 
 @dataclass

@@ -63,6 +63,7 @@ def obtain_teacher(config: RunConfig, data: DataBundle, registry: Registry, show
     teacher_run = RunConfig(
         methods=[], student=student_like, data=config.data, optim=config.optim, train=TrainConfig(**as_dict(train))
     )
+    checkpoint.seed_everything(config.train.seed)  # the teacher's init depends on its own config only
     model = create_model(cfg, "teacher", data.num_classes, data.in_chans)
     if show_progress is not False:
         tqdm.write(f"teacher: training {cfg.model} for {cfg.train_epochs} epochs (cached in {folder})")

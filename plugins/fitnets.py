@@ -86,11 +86,9 @@ class FitNets:
 
     def _pair(self, teacher: ModelInfo, student: ModelInfo) -> None:
         s = self.config.student_stage
-        s = len(student.stages) // 2 if s is None else s % len(student.stages)
-        student.stage(s)
+        s = len(student.stages) // 2 if s is None else student.resolve(s)
         t = self.config.teacher_stage
-        t = pair_stage(teacher, student, s) if t is None else t % len(teacher.stages)
-        teacher.stage(t)
+        t = pair_stage(teacher, student, s) if t is None else teacher.resolve(t)
         self.student_index, self.teacher_index = s, t
         self.hint_module = student.stages[s].module
 

@@ -18,6 +18,9 @@ PAIRS = {
     "resnet->resnet": ("resnet10t", {}, "test_resnet", {}),
     "resnet->mobilenetv3": ("test_resnet", {}, "mobilenetv3_small_050", {}),
     "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
+    "convnext->resnet": ("test_convnext", {}, "test_resnet", {}),
+    "resnet->vit": ("test_resnet", {}, "test_vit", {"img_size": 32, "patch_size": 4}),
+    "resnet->efficientnet": ("test_resnet", {}, "test_efficientnet", {}),
 }
 
 

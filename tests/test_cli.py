@@ -35,7 +35,10 @@ def _fails_with_one_line(result, *needles):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--method", "kdd"], ["unknown method 'kdd'", "did you mean 'kd'", "known methods: fitnets, kd"]),
+        (
+            ["--method", "kdd"],
+            ["unknown method 'kdd'", "did you mean 'kd'", "known methods: at, fitnets, kd, rkd, self-distill"],
+        ),
         (["--method", "kd", "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "did you mean 'lr'"]),
         (["--method", "kd", "--set", "train.epochs=-1"], ["train.epochs", ">= 0"]),
         (

@@ -1,0 +1,175 @@
+"""Self-distillation: the student teaches itself. Two variants (``variant`` in the config).
+
+**Born-Again Networks** (``born_again``) — Furlanello, Lipton, Tschannen, Itti, Anandkumar.
+"Born-Again Neural Networks". ICML 2018. https://arxiv.org/abs/1805.04770
+Generation 0 trains the student architecture from labels alone; each of the next ``generations``
+trains a freshly initialised student with ``ce_weight * CE + kd_weight * T^2 KL`` from the previous
+generation, which a stage boundary hands over as the teacher. With ``use_teacher: true`` the
+configured external teacher is generation 0 instead. Every generation is a stage, so each one's
+accuracy is in the metrics and the summary.
+
+**Be Your Own Teacher** (``byot``) — Zhang, Song, Gao, Chen, Bao, Ma. "Be Your Own Teacher:
+Improve the Performance of Convolutional Neural Networks via Self Distillation". ICCV 2019.
+https://arxiv.org/abs/1905.08094
+No external teacher. Auxiliary heads sit on the student's shallower stages (from ``feature_info``:
+every stage but the stem and the last): a bottleneck (1x1 conv to the deepest stage's width, then
+stride-2 3x3 convs down to its resolution) and a linear classifier. Each shallow head learns
+``0.7 CE + 0.3 T^2 KL(T = 3, target = the deepest head) + 0.03 * MSE(its bottleneck features,
+the deepest features)``; the deepest head (the student's own classifier) learns CE. The heads are
+modules the method owns, so they are never part of the exported student.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import MethodInfo, Stage, Taps, hookimpl
+from kdzoo.features import ModelInfo, inner_stages
+from kdzoo.functional import soft_target_kl
+
+
+@dataclass
+class SelfDistillConfig:
+    variant: Literal["born_again", "byot"] = "born_again"
+    # Born-Again Networks
+    generations: int = 2
+    use_teacher: bool = False
+    temperature: float = 1.0
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    # Be Your Own Teacher
+    byot_temperature: float = 3.0
+    byot_ce_weight: float = 0.7
+    byot_kd_weight: float = 0.3
+    byot_hint_weight: float = 0.03
+    head_stages: list[int] | None = None
+
+
+def _bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
+    return [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+
+
+class AuxiliaryHead(nn.Module):
+    """Bottleneck from a shallow stage to the deepest stage's shape, then a classifier."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsamples: int, num_classes: int):
+        super().__init__()
+        layers = _bn_relu(nn.Conv2d(in_channels, out_channels, 1, bias=False), out_channels)
+        for _ in range(downsamples):
+            layers += _bn_relu(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1, bias=False), out_channels)
+        self.bottleneck = nn.Sequential(*layers)
+        self.classifier = nn.Linear(out_channels, num_classes)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        features = self.bottleneck(x)
+        if tuple(features.shape[-2:]) != tuple(size):
+            features = F.adaptive_avg_pool2d(features, size)
+        return features, self.classifier(features.mean(dim=(2, 3)))
+
+
+def byot_losses(
+    heads: list[tuple[Tensor, Tensor]], deepest_features: Tensor, deepest_logits: Tensor, targets: Tensor, t: float
+) -> dict[str, Tensor]:
+    """Summed over shallow heads: CE with labels, KL to the deepest head, feature hint (unweighted)."""
+    soft_target = deepest_logits.detach()
+    hint_target = deepest_features.detach()
+    return {
+        "byot_ce": sum(F.cross_entropy(logits, targets) for _, logits in heads),
+        "byot_kd": sum(soft_target_kl(logits, soft_target, t) for _, logits in heads),
+        "byot_hint": sum(F.mse_loss(features, hint_target) for features, _ in heads),
+    }
+
+
+class SelfDistillation:
+    def __init__(self, config: SelfDistillConfig):
+        self.config = config
+        self.byot = config.variant == "byot"
+        self.head_stages: list[int] = []
+        self.deepest = -1
+        self.heads = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ Be Your Own Teacher
+    @hookimpl
+    def kdzoo_feature_taps(self, student):
+        if not self.byot:
+            return None
+        self.deepest = len(student.stages) - 1
+        wanted = self.config.head_stages if self.config.head_stages is not None else inner_stages(student)
+        self.head_stages = sorted({student.resolve(i) for i in wanted} - {self.deepest})
+        return Taps(student=(*self.head_stages, self.deepest))
+
+    @hookimpl
+    def kdzoo_build_modules(self, student: ModelInfo):
+        if not self.byot:
+            return None
+        last = student.stages[self.deepest]
+        for i in self.head_stages:
+            stage = student.stages[i]
+            downsamples = max(0, round(math.log2(last.reduction / stage.reduction)))
+            self.heads[str(i)] = AuxiliaryHead(stage.channels, last.channels, downsamples, student.num_classes)
+        return {"heads": self.heads}
+
+    # ------------------------------------------------------------------ Born-Again Networks
+    @hookimpl
+    def kdzoo_schedule(self, epochs):
+        if self.byot:
+            return None
+        kd = frozenset({"ce", "kd"})
+        stages = [] if self.config.use_teacher else [Stage("gen0", epochs, losses=frozenset({"ce"}))]
+        return stages + [Stage(f"gen{g}", epochs, losses=kd) for g in range(1, 1 + self.config.generations)]
+
+    @hookimpl
+    def kdzoo_on_stage_start(self, run, stage, index, resumed):
+        if not self.byot and index > 0 and not resumed:
+            run.fresh_student(generation=index)
+
+    @hookimpl
+    def kdzoo_on_stage_end(self, run, index):
+        if not self.byot and index + 1 < len(run.stages):
+            run.set_teacher(run.student_copy())
+
+    # ------------------------------------------------------------------ both
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, targets, stage):
+        if self.byot:
+            deepest = student.feature(self.deepest)
+            size = tuple(deepest.shape[-2:])
+            heads = [self.heads[str(i)](student.feature(i), size) for i in self.head_stages]
+            return byot_losses(heads, deepest, student.logits, targets, self.config.byot_temperature)
+        if teacher is None or not stage.term_on("kd"):
+            return {}
+        return {"kd": soft_target_kl(student.logits, teacher.logits, self.config.temperature)}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        c = self.config
+        if self.byot:
+            return {
+                "ce": 1.0,
+                "byot_ce": c.byot_ce_weight,
+                "byot_kd": c.byot_kd_weight,
+                "byot_hint": c.byot_hint_weight,
+            }
+        return {"ce": c.ce_weight, "kd": c.kd_weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="self-distill",
+            factory=SelfDistillation,
+            config_class=SelfDistillConfig,
+            paper=(
+                "Furlanello et al. Born-Again Neural Networks. ICML 2018. arXiv:1805.04770 | "
+                "Zhang et al. Be Your Own Teacher. ICCV 2019. arXiv:1905.08094"
+            ),
+            summary="the student teaches itself: born-again generations, or auxiliary heads on shallow stages (byot)",
+            needs_teacher=lambda config: config.variant == "born_again" and config.use_teacher,
+        )
+    )
