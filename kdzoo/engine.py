@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -26,15 +24,14 @@ from kdzoo import checkpoint
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, load_data
 from kdzoo.errors import KdzooError
-from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, describe, run_teacher, union
+from kdzoo.features import describe
 from kdzoo.metrics import append_jsonl, evaluate
 from kdzoo.models import check_label_sets, check_pair, create_model
+from kdzoo.objective import Objective
 from kdzoo.optim import build_optimizer, build_scheduler
-from kdzoo.plugins import Registry, run_manager
+from kdzoo.plugins import Registry
 from kdzoo.schedule import Stage
 from kdzoo.typed import as_dict, build
-
-CE = "ce"
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,8 +74,6 @@ class Trainer:
         self.data.val.to(self.device)
         infos = [registry.get(name) for name in config.methods]
         self.methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
-        # pluggy calls the last registered first: register in reverse so results follow selection order
-        self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(self.methods.items()))))
         needs_teacher = any(info.wants_teacher(config.method_configs[info.name]) for info in infos)
         if needs_teacher:
             check_label_sets(config, self.data.num_classes)
@@ -89,39 +84,37 @@ class Trainer:
             rng = checkpoint.rng_state()  # a cached or freshly trained teacher must not shift this run's RNG
             teacher = obtain_teacher(config, self.data, registry, show_progress)
             checkpoint.restore_rng(rng)
-        self.teacher = teacher if needs_teacher else None
-        check_pair(self.teacher, self.student, config.teacher.model, config.student.model)
+        teacher = teacher if needs_teacher else None
+        check_pair(teacher, self.student, config.teacher.model, config.student.model)
         img = config.data.img_size
-        self.student_info = describe(self.student, config.student.model, img)
-        self.teacher_info: ModelInfo | None = None
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False).eval().to(self.device)
-            self.teacher_info = describe(self.teacher, config.teacher.model, img)
         self.student.to(self.device)
+        self.objective = Objective(
+            self.methods,
+            self.student,
+            describe(self.student, config.student.model, img),
+            teacher,
+            None if teacher is None else describe(teacher, config.teacher.model, img),
+        ).to(self.device)
         self.teacher_from_run = False  # True once a stage boundary made a trained student the teacher
-        taps = union(self.pm.hook.kdzoo_feature_taps(teacher=self.teacher_info, student=self.student_info))
-        self.taps = taps
-        self.modules = nn.ModuleDict()
-        for name in self.methods:
-            built = self._call_one(name, "kdzoo_build_modules", teacher=self.teacher_info, student=self.student_info)
-            self.modules[name] = nn.ModuleDict(built or {})
-        self.modules.to(self.device)
-        self.student_tap = FeatureExtractor(self.student, self.student_info, taps.student, taps.student_embedding)
-        self.teacher_tap = None
-        if self.teacher is not None:
-            self.teacher_tap = FeatureExtractor(self.teacher, self.teacher_info, taps.teacher, taps.teacher_embedding)
-        self.stages: list[Stage] = self.pm.hook.kdzoo_schedule(
-            epochs=config.train.epochs, teacher=self.teacher_info, student=self.student_info
-        )
+        self.stages: list[Stage] = self.objective.schedule(config.train.epochs)
         self.history: list[dict[str, Any]] = []
         self.teacher_metrics: dict[str, float] | None = None
+
+    # the objective's parts, under the names plugins and tests use
+    pm = property(lambda self: self.objective.pm)
+    modules = property(lambda self: self.objective.method_modules)
+    teacher = property(lambda self: self.objective.teacher)
+    teacher_info = property(lambda self: self.objective.teacher_info)
+    student_info = property(lambda self: self.objective.student_info)
+
+    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float):
+        """Forward both models once; return (total loss, unweighted terms, weights)."""
+        return self.objective.compute(x, y, stage, epoch, progress)
 
     # ----------------------------------------------------------------------------- for stage hooks
     def set_teacher(self, model: nn.Module) -> None:
         """Make ``model`` (a student architecture trained by this run) the teacher from now on."""
-        self.teacher = model.requires_grad_(False).eval().to(self.device)
-        self.teacher_info = describe(model, self.config.student.model, self.config.data.img_size)
-        self.teacher_tap = FeatureExtractor(model, self.teacher_info, self.taps.teacher, self.taps.teacher_embedding)
+        self.objective.set_teacher(model, describe(model, self.config.student.model, self.config.data.img_size))
         self.teacher_from_run = True
         self.teacher_metrics = evaluate(model, self.data.val.epoch(0), self.data.num_classes)
 
@@ -140,40 +133,6 @@ class Trainer:
     def student_copy(self) -> nn.Module:
         """A detached copy of the current student (to hand over as the next teacher)."""
         return copy.deepcopy(self.student)
-
-    def _call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
-        others = [p for n, p in self.methods.items() if n != method]
-        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
-        return results[0] if results else None
-
-    # ----------------------------------------------------------------------------- one step
-    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float):
-        """Forward both models once; return (total loss, unweighted terms, weights)."""
-        student_out: Outputs = self.student_tap(x)
-        teacher_out = run_teacher(self.teacher_tap, x)
-        terms: dict[str, Tensor] = {}
-        if stage.term_on(CE):
-            terms[CE] = F.cross_entropy(student_out.logits, y)
-        for result in self.pm.hook.kdzoo_compute_losses(
-            student=student_out, teacher=teacher_out, targets=y, stage=stage
-        ):
-            for name, value in (result or {}).items():
-                if name in terms:
-                    raise KdzooError(
-                        f"loss term '{name}' is produced by two active methods; they cannot be stacked as is"
-                    )
-                if stage.term_on(name):
-                    terms[name] = value
-        weights = self.loss_weights(stage, epoch, progress)
-        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
-        return total, terms, weights
-
-    def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
-        weights: dict[str, float] = {}
-        for result in self.pm.hook.kdzoo_loss_weights(stage=stage, epoch=epoch, progress=progress):
-            for name, value in (result or {}).items():
-                weights.setdefault(name, float(value))  # the first selected method wins
-        return weights
 
     # ----------------------------------------------------------------------------- stages
     def _set_trainable(self, stage: Stage) -> list[nn.Parameter]:

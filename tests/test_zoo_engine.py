@@ -94,8 +94,9 @@ class _Observer:
             self.student_start[index] = run.student.eval()(self.x).clone()
 
 
-def test_born_again_hands_generation_k_to_k_plus_1(tmp_path):
-    cfg = tiny_config(["self-distill"], "generations=2", out_dir=str(tmp_path))
+@pytest.mark.parametrize("pair", ["resnet->resnet", "resnet->mobilenetv3", "resnet->vit"])
+def test_born_again_hands_generation_k_to_k_plus_1(pair, tmp_path):
+    cfg = tiny_config(["self-distill"], "generations=2", pair=pair, out_dir=str(tmp_path))
     trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     assert trainer.teacher is None and [s.name for s in trainer.stages] == ["gen0", "gen1", "gen2"]
     x, _ = next(trainer.data.val.epoch(0))
@@ -129,3 +130,37 @@ def test_stacked_kd_at_rkd_total_is_the_weighted_sum(tmp_path):
     trainer.fit()
     logged = trainer.history[-1]["train"]
     assert set(terms) <= set(logged)  # each term logged on its own
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    def __init__(self, stage, epoch):
+        self.at = (stage, epoch)
+
+    @kdzoo.hookimpl
+    def kdzoo_on_epoch_end(self, stage, epoch, metrics):
+        if (metrics["stage_index"], epoch) == self.at:
+            raise _Crash
+
+
+@pytest.mark.parametrize("crash_at", [(1, 0), (1, 1)], ids=["at-generation-boundary", "mid-generation"])
+def test_born_again_resumes_across_generations_exactly(crash_at, tmp_path):
+    cfg = tiny_config(["self-distill"], "generations=2", "train.epochs=2", out_dir=str(tmp_path))
+    whole = Trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
+    whole.fit()
+
+    crashed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    crashed.pm.register(_CrashAt(*crash_at))
+    with pytest.raises(_Crash):
+        crashed.fit()
+    state = torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)
+    assert "teacher_from_run" in state  # generation 0, handed over, is in the checkpoint
+    resumed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    resumed.fit(resume=state)
+    for name, value in whole.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[name]), name
+    for name, value in whole.teacher.state_dict().items():
+        assert torch.equal(value, resumed.teacher.state_dict()[name]), name

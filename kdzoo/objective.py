@@ -1,0 +1,140 @@
+"""The distillation objective: active methods + taps + method modules -> one weighted loss.
+
+This is the part of kdzoo a user can drop into their own training loop::
+
+    kd = kdzoo.get_method("at", teacher=teacher, student=student)   # an nn.Module
+    loss = kd(images, labels)                                      # instead of F.cross_entropy(...)
+
+The engine uses the same object for every step, so the library and the CLI compute the same loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo.errors import KdzooError
+from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, Taps, describe, run_teacher, union
+from kdzoo.plugins import run_manager
+from kdzoo.schedule import Stage
+
+CE = "ce"
+WHOLE_RUN = Stage("train", 1)
+
+
+class Objective(nn.Module):
+    """The weighted sum of the core's ``ce`` and every active method's loss terms.
+
+    Owns the run-scoped plugin manager, the union of the methods' taps (one forward per model per
+    step) and the methods' trainable modules (``self.method_modules[method][name]``). The teacher is held
+    outside the module tree, so ``objective.parameters()`` are exactly the method modules'.
+    """
+
+    def __init__(
+        self,
+        methods: dict[str, object],
+        student: nn.Module,
+        student_info: ModelInfo,
+        teacher: nn.Module | None = None,
+        teacher_info: ModelInfo | None = None,
+    ):
+        super().__init__()
+        self.methods = methods
+        # pluggy calls the last registered first: register in reverse so results follow selection order
+        self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
+        self.student_info, self.teacher_info = student_info, teacher_info
+        self.taps: Taps = union(self.pm.hook.kdzoo_feature_taps(teacher=teacher_info, student=student_info))
+        self.method_modules = nn.ModuleDict()
+        for name in methods:
+            built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
+            self.method_modules[name] = nn.ModuleDict(built or {})
+        self.student_tap = FeatureExtractor(student, student_info, self.taps.student, self.taps.student_embedding)
+        self._teacher: list[nn.Module] = []  # a list keeps the frozen teacher out of parameters()/state_dict()
+        self.teacher_tap: FeatureExtractor | None = None
+        if teacher is not None:
+            self.set_teacher(teacher, teacher_info)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def set_teacher(self, model: nn.Module, info: ModelInfo) -> None:
+        """Freeze ``model`` and make it the teacher from the next step on."""
+        device = next(iter(self.student_tap.model.parameters())).device
+        model.requires_grad_(False).eval().to(device)
+        self._teacher = [model]
+        self.teacher_info = info
+        self.teacher_tap = FeatureExtractor(model, info, self.taps.teacher, self.taps.teacher_embedding)
+
+    def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` on one method only (for results that must be attributed to it)."""
+        others = [p for n, p in self.methods.items() if n != method]
+        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        return results[0] if results else None
+
+    def schedule(self, epochs: int) -> list[Stage]:
+        return self.pm.hook.kdzoo_schedule(epochs=epochs, teacher=self.teacher_info, student=self.student_info)
+
+    def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
+        weights: dict[str, float] = {}
+        for result in self.pm.hook.kdzoo_loss_weights(stage=stage, epoch=epoch, progress=progress):
+            for name, value in (result or {}).items():
+                weights.setdefault(name, float(value))  # the first selected method wins
+        return weights
+
+    def terms(self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage) -> dict[str, Tensor]:
+        """Unweighted terms from given outputs (for when you ran the models yourself)."""
+        terms: dict[str, Tensor] = {}
+        if stage.term_on(CE):
+            terms[CE] = F.cross_entropy(student.logits, targets)
+        for result in self.pm.hook.kdzoo_compute_losses(student=student, teacher=teacher, targets=targets, stage=stage):
+            for name, value in (result or {}).items():
+                if name in terms:
+                    raise KdzooError(f"loss term '{name}' is produced by two active methods; they cannot be stacked")
+                if stage.term_on(name):
+                    terms[name] = value
+        return terms
+
+    def compute(
+        self, x: Tensor, targets: Tensor, stage: Stage = WHOLE_RUN, epoch: int = 0, progress: float = 0.0
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """One forward per model; returns (total loss, unweighted terms, weights)."""
+        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress)
+        return total, terms, weights
+
+    def _step(self, x, targets, stage, epoch, progress):
+        student_out = self.student_tap(x)
+        teacher_out = run_teacher(self.teacher_tap, x)
+        terms = self.terms(student_out, teacher_out, targets, stage)
+        weights = self.loss_weights(stage, epoch, progress)
+        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        return total, terms, weights, student_out
+
+    def forward(self, x: Tensor, targets: Tensor) -> Tensor:
+        """The total loss for a batch. Afterwards ``last_logits`` holds the student's logits and
+        ``last_terms`` the unweighted terms (both detached), for the user's own logging."""
+        total, terms, self.last_weights, student_out = self._step(x, targets, WHOLE_RUN, 0, 0.0)
+        self.last_terms = {name: value.detach() for name, value in terms.items()}
+        self.last_logits = student_out.logits.detach()
+        return total
+
+
+def build_objective(
+    methods: dict[str, object],
+    student: nn.Module,
+    teacher: nn.Module | None,
+    img_size: int,
+    student_name: str | None = None,
+    teacher_name: str | None = None,
+) -> Objective:
+    """An :class:`Objective` for two timm models (described from their ``feature_info``)."""
+
+    def name_of(model: nn.Module, given: str | None) -> str:
+        return given or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+
+    s_info = describe(student, name_of(student, student_name), img_size)
+    t_info = None if teacher is None else describe(teacher, name_of(teacher, teacher_name), img_size)
+    return Objective(methods, student, s_info, teacher, t_info)
