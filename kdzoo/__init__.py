@@ -3,20 +3,20 @@
 Public API::
 
     import kdzoo
-    kdzoo.list_methods()                 # name -> MethodInfo, from every installed plugin
-    kdzoo.get_method("kd", temperature=2) # a method object built from its typed config
-    @kdzoo.hookimpl                       # mark hook implementations in your own plugin
+    kdzoo.list_methods()                                  # name -> MethodInfo, from every plugin
+    loss_fn = kdzoo.get_method("at", teacher=t, student=s) # an nn.Module loss for your own loop
+    kdzoo.distill(t, s, train_loader, val_loader, methods=["kd", "at"])  # the whole engine
+    @kdzoo.hookimpl                                       # mark hooks in your own plugin
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from kdzoo.errors import KdzooError
 from kdzoo.features import ModelInfo, Outputs, StageInfo, Taps, pair_stage
-from kdzoo.plugins import MethodInfo, hookimpl, registry
+from kdzoo.library import distill, get_method, list_methods, method_config
+from kdzoo.objective import Objective
+from kdzoo.plugins import MethodInfo, hookimpl
 from kdzoo.schedule import Stage, parameters_up_to
-from kdzoo.typed import build
 
 __version__ = "0.1.0"
 
@@ -24,24 +24,16 @@ __all__ = [
     "KdzooError",
     "MethodInfo",
     "ModelInfo",
+    "Objective",
     "Outputs",
     "Stage",
     "StageInfo",
     "Taps",
+    "distill",
     "get_method",
     "hookimpl",
     "list_methods",
+    "method_config",
     "pair_stage",
     "parameters_up_to",
 ]
-
-
-def list_methods() -> dict[str, MethodInfo]:
-    """Every installed method (built-in and third-party), by name."""
-    return dict(registry().methods)
-
-
-def get_method(name: str, **config: Any) -> object:
-    """Build method ``name`` with its config defaults overridden by ``config``."""
-    info = registry().get(name)
-    return info.factory(build(info.config_class, config, name))

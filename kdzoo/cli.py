@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -100,9 +101,11 @@ def run(methods, configs, overrides, resume, quiet) -> None:
         click.echo(f"resuming {run_dir} at stage {pos['stage'] + 1}, epoch {pos['epoch'] + 1}", err=True)
     trainer = Trainer(config, reg, run_dir, show_progress=False if quiet else None)
     summary = trainer.fit(resume=state)
-    teacher = "n/a" if summary["teacher_top1"] is None else f"{summary['teacher_top1']:.2f}%"
+    teacher = "no external teacher"
+    if summary["teacher"] is not None:
+        teacher = f"teacher {summary['teacher']}: top-1 {summary['teacher_top1']:.2f}%"
     click.echo(
-        f"teacher {summary['teacher']}: top-1 {teacher} | student {summary['student']}: "
+        f"{teacher} | student {summary['student']}: "
         f"top-1 {summary['student_top1']:.2f}% (best {summary['student_best_top1']:.2f}%) | "
         f"{summary['wall_time_s']:.0f} s | run dir: {summary['run_dir']}"
     )
@@ -135,17 +138,18 @@ def show(method: str) -> None:
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.* keys.")
 @one_line_errors
 def eval_cmd(checkpoint_path: str, overrides) -> None:
-    """Accuracy of the student saved in a run's checkpoint (last.pt) on its validation data."""
+    """Accuracy of a run's student on its validation data.
+
+    CHECKPOINT: a run's last.pt, or its exported student.safetensors (read with the run's
+    config.json beside it).
+    """
     from kdzoo.config import merge, parse_override
     from kdzoo.data import load_data
     from kdzoo.engine import pick_device
     from kdzoo.metrics import evaluate
     from kdzoo.models import create_model
 
-    state = checkpoint.load(checkpoint_path)
-    if "config" not in state or "student" not in state:
-        raise KdzooError(f"{checkpoint_path} is not a kdzoo run checkpoint (no config/student inside)")
-    raw = state["config"]
+    raw, weights = _read_student(Path(checkpoint_path))
     for text in overrides:
         path, value = parse_override(text)
         update: dict = value
@@ -156,11 +160,52 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
     data = load_data(config.data, config.train.seed)
     student_cfg = dataclasses.replace(config.student, pretrained=False, checkpoint=None)
     model = create_model(student_cfg, "student", data.num_classes, data.in_chans)
-    model.load_state_dict(state["student"])
+    model.load_state_dict(weights)
     device = pick_device(config.train.device)
     model.to(device)
     scores = evaluate(model, data.val.to(device).epoch(0), data.num_classes)
     click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
+
+
+def _read_student(path: Path) -> tuple[dict, dict]:
+    """(run config, student weights) from a checkpoint or an exported safetensors file."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        config_file = path.parent / "config.json"
+        if not path.is_file():
+            raise KdzooError(f"file not found: {path}")
+        if not config_file.is_file():
+            raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
+        return json.loads(config_file.read_text()), load_file(str(path))
+    state = checkpoint.load(path)
+    if "config" not in state or "student" not in state:
+        raise KdzooError(f"{path} is not a kdzoo run checkpoint (no config/student inside)")
+    return state["config"], state["student"]
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@one_line_errors
+def plot(run_dir: str) -> None:
+    """Draw a run's loss terms and accuracy per epoch (PNG files in RUN_DIR)."""
+    from kdzoo.plots import plot_run
+
+    for path in plot_run(run_dir):
+        click.echo(str(path))
+
+
+@main.command()
+def plugins() -> None:
+    """Every loaded plugin: distribution, version, methods and the hooks it implements."""
+    reg = registry()
+    for plugin in reg.plugins:
+        dist = f"{plugin.distribution} {plugin.version}".strip() or "(not from a distribution)"
+        click.echo(
+            f"{plugin.name}: {dist}\n  methods: {', '.join(plugin.methods) or '-'}\n  hooks: {', '.join(plugin.hooks)}"
+        )
+    for name, error in sorted(reg.failures.items()):
+        click.echo(f"{name}: FAILED: {error}")
 
 
 if __name__ == "__main__":  # pragma: no cover

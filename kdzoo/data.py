@@ -102,8 +102,8 @@ class DataBundle:
     """Train and validation batches plus what the models must be built for."""
 
     name: str
-    train: TensorBatches | LoaderBatches
-    val: TensorBatches | LoaderBatches
+    train: TensorBatches | LoaderBatches | IterableBatches
+    val: TensorBatches | LoaderBatches | IterableBatches
     num_classes: int
     in_chans: int
 
@@ -274,6 +274,33 @@ class LoaderBatches:
             generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
         for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class IterableBatches:
+    """Wraps a user's DataLoader (or any sized iterable of (images, labels)) for the engine."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        dataset = getattr(self.loader, "dataset", None)
+        return len(dataset) if dataset is not None else len(self.loader)
+
+    def to(self, device: torch.device) -> IterableBatches:
+        self.device = torch.device(device)
+        return self
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
+            sampler.set_epoch(epoch)
+        for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 

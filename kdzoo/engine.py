@@ -30,6 +30,7 @@ from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.objective import Objective
 from kdzoo.optim import build_optimizer, build_scheduler
 from kdzoo.plugins import Registry
+from kdzoo.reporting import PlotReporter, TensorBoardReporter
 from kdzoo.schedule import Stage
 from kdzoo.typed import as_dict, build
 
@@ -168,6 +169,18 @@ class Trainer:
         started = time.perf_counter()
         if self.teacher is not None and self.teacher_metrics is None:
             self.teacher_metrics = evaluate(self.teacher, self.data.val.epoch(0), self.data.num_classes)
+        reporters = [TensorBoardReporter(self.run_dir, global_epoch), PlotReporter()]
+        for reporter in reporters:
+            self.pm.register(reporter)
+        try:
+            return self._run_stages(resume, start_stage, start_epoch, global_epoch, wall_before, started)
+        finally:
+            for reporter in reporters:
+                self.pm.unregister(reporter)
+            reporters[0].writer.close()
+
+    def _run_stages(self, resume, start_stage, start_epoch, global_epoch, wall_before, started) -> dict[str, Any]:
+        metrics_path = self.run_dir / "metrics.jsonl"
         self.pm.hook.kdzoo_on_run_start(run=self)
         for stage_index in range(start_stage, len(self.stages)):
             stage = self.stages[stage_index]
@@ -213,6 +226,7 @@ class Trainer:
             if stage.epochs == 0:
                 self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
             start_epoch = 0
+        self._export()
         summary = self._summary(wall_before + time.perf_counter() - started)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.pm.hook.kdzoo_on_run_end(run=self, summary=summary)
@@ -275,6 +289,29 @@ class Trainer:
             self.run_dir / "last.pt",
         )
 
+    def _export(self) -> None:
+        """The student alone (no method modules) as a timm-loadable safetensors file + how to load it."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.student.state_dict().items()}
+        save_file(state, str(self.run_dir / "student.safetensors"), metadata={"format": "pt"})
+        kwargs = {"num_classes": self.data.num_classes, "in_chans": self.data.in_chans, **self.config.student.kwargs}
+        (self.run_dir / "student.json").write_text(
+            json.dumps(
+                {
+                    "model": self.config.student.model,
+                    "kwargs": kwargs,
+                    "load": (
+                        f"timm.create_model({self.config.student.model!r}, pretrained=True, "
+                        + "".join(f"{k}={v!r}, " for k, v in kwargs.items())
+                        + "pretrained_cfg_overlay=dict(file='student.safetensors', "
+                        + f"num_classes={kwargs['num_classes']}))"
+                    ),
+                },
+                indent=2,
+            )
+        )
+
     def _summary(self, wall: float) -> dict[str, Any]:
         last = (
             self.history[-1]["val"]
@@ -284,7 +321,7 @@ class Trainer:
         best = max((r["val"]["top1"] for r in self.history), default=last["top1"])
         return {
             "methods": self.config.methods,
-            "teacher": self.config.teacher.model if self.teacher is not None else None,
+            "teacher": self._teacher_name(),
             "student": self.config.student.model,
             "data": self.data.name,
             "teacher_top1": None if self.teacher_metrics is None else self.teacher_metrics["top1"],
@@ -299,6 +336,13 @@ class Trainer:
             "wall_time_s": round(wall, 2),
             "run_dir": str(self.run_dir),
         }
+
+    def _teacher_name(self) -> str | None:
+        if self.teacher is None:
+            return None
+        if self.teacher_from_run:
+            return f"{self.config.student.model} (previous generation)"
+        return self.config.teacher.model
 
     def _quiet(self) -> bool | None:
         return None if self.show_progress is None else not self.show_progress

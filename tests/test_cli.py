@@ -157,3 +157,50 @@ def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["global_epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_dir_has_metrics_tensorboard_plots_and_a_timm_loadable_student(tmp_path):
+    import timm
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner = CliRunner()
+    ran = runner.invoke(main, ["run", "--method", "fitnets", "--quiet", *_tiny(tmp_path, "train.epochs=2")])
+    assert ran.exit_code == 0, ran.output
+    run_dir = tmp_path / "runs" / "fitnets-test_resnet-seed0"
+    for name in ("metrics.jsonl", "summary.json", "loss_terms.png", "accuracy.png", "student.safetensors"):
+        assert (run_dir / name).is_file(), name
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/ce",
+        "train/hint",
+        "train/loss",
+        "weight/hint",
+        "val/top1",
+        "lr",
+        "throughput/images_per_s",
+        "teacher/top1",
+    } <= tags
+    assert [e.step for e in events.Scalars("val/top1")] == [1, 2]
+
+    exported = json.loads((run_dir / "student.json").read_text())
+    student = timm.create_model(
+        "test_resnet",
+        pretrained=True,
+        num_classes=10,
+        in_chans=3,
+        pretrained_cfg_overlay=dict(file=str(run_dir / "student.safetensors"), num_classes=10),
+    )
+    saved = torch.load(run_dir / "last.pt", weights_only=False)["student"]
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in saved.items())
+    assert exported["model"] == "test_resnet" and "pretrained_cfg_overlay" in exported["load"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    scored = runner.invoke(main, ["eval", str(run_dir / "student.safetensors")])
+    assert scored.exit_code == 0, scored.output
+    assert f"top1={summary['student_top1']:.2f}" in scored.output
+
+    (run_dir / "accuracy.png").unlink()
+    replotted = runner.invoke(main, ["plot", str(run_dir)])
+    assert replotted.exit_code == 0 and (run_dir / "accuracy.png").stat().st_size > 1000

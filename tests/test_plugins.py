@@ -158,8 +158,8 @@ def test_duplicate_method_name_is_reported_by_plugin():
     assert reg.methods["kd"].plugin == "kd"
 
 
-def test_get_method_builds_typed_config():
-    method = kdzoo.get_method("kd", temperature=2)
-    assert method.config.temperature == 2.0 and method.config.ce_weight == 0.1
+def test_method_config_is_typed():
+    cfg = kdzoo.method_config("kd", temperature=2)
+    assert cfg.temperature == 2.0 and isinstance(cfg.temperature, float) and cfg.ce_weight == 0.1
     with pytest.raises(kdzoo.KdzooError, match="temprature"):
-        kdzoo.get_method("kd", temprature=2)
+        kdzoo.method_config("kd", temprature=2)

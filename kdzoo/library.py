@@ -1,0 +1,103 @@
+"""``import kdzoo`` entry points: a method as a loss module for your own loop, or the whole engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdzoo.errors import KdzooError
+from kdzoo.objective import Objective, build_objective
+from kdzoo.plugins import MethodInfo, registry
+from kdzoo.typed import build
+
+
+def list_methods() -> dict[str, MethodInfo]:
+    """Every installed method (built-in and third-party), by name."""
+    return dict(registry().methods)
+
+
+def method_config(name: str, **config: Any) -> Any:
+    """Method ``name``'s typed config: its defaults, overridden by ``config``."""
+    info = registry().get(name)
+    return build(info.config_class, config, name)
+
+
+def _input_size(model: nn.Module, img_size: int | None) -> int:
+    if img_size:
+        return img_size
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+    return int(size[-1])
+
+
+def get_method(
+    name: str,
+    *,
+    student: nn.Module,
+    teacher: nn.Module | None = None,
+    img_size: int | None = None,
+    **config: Any,
+) -> Objective:
+    """Method ``name`` as an ``nn.Module`` loss for your own training loop.
+
+    ``loss = objective(images, labels)`` runs the student (and the frozen teacher) once, with the
+    taps the method needs, and returns CE plus the method's weighted terms. Put
+    ``objective.parameters()`` (the method's own trainable modules, e.g. FitNets' regressor) in
+    your optimizer next to the student's. ``config`` overrides the method's defaults.
+
+    >>> kd = kdzoo.get_method("kd", teacher=teacher, student=student, temperature=2)  # doctest: +SKIP
+    >>> loss = kd(images, labels)                                                        # doctest: +SKIP
+    """
+    info = registry().get(name)
+    cfg = build(info.config_class, config, name)
+    if info.wants_teacher(cfg) and teacher is None:
+        raise KdzooError(f"method '{name}' needs a teacher: get_method('{name}', teacher=..., student=...)")
+    size = _input_size(student, img_size)
+    objective = build_objective({name: info.factory(cfg)}, student, teacher if info.wants_teacher(cfg) else None, size)
+    device = next(student.parameters()).device
+    return objective.to(device)
+
+
+def distill(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    train_data: Iterable,
+    val_data: Iterable,
+    methods: Sequence[str] = ("kd",),
+    *,
+    run_dir: str | Path = "runs/distill",
+    config: str | Path | None = None,
+    settings: Sequence[str] = (),
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` from ``teacher`` with ``methods`` through kdzoo's engine; returns the summary.
+
+    ``train_data`` / ``val_data``: DataLoaders (or sized iterables) of ``(images, labels)``.
+    ``config``: an optional YAML file; ``settings``: ``--set`` style overrides such as
+    ``["train.epochs=5", "optim.lr=0.01", "kd.temperature=2"]``. Checkpoints, metrics and the summary
+    go to ``run_dir`` as for ``kdzoo run``.
+    """
+    from kdzoo.config import load_config
+    from kdzoo.data import DataBundle, IterableBatches
+    from kdzoo.engine import Trainer
+
+    reg = registry()
+    if teacher is None and any(reg.get(m).wants_teacher(method_config(m)) for m in methods):
+        raise KdzooError(f"methods {list(methods)} need a teacher: distill(teacher, student, ...)")
+    first_images, _ = next(iter(train_data))
+    names = [f"student.model={_arch(student)}", f"data.img_size={first_images.shape[-1]}", "data.name=custom"]
+    if teacher is not None:
+        names.append(f"teacher.model={_arch(teacher)}")
+    cfg = load_config([config] if config else [], [*names, *settings], list(methods), reg.config_classes())
+    num_classes = int(getattr(student, "num_classes", 0) or 0)
+    data = DataBundle(
+        "custom", IterableBatches(train_data), IterableBatches(val_data), num_classes, int(first_images.shape[1])
+    )
+    trainer = Trainer(cfg, reg, run_dir, teacher=teacher, student=student, data=data, show_progress=show_progress)
+    return trainer.fit()
+
+
+def _arch(model: nn.Module) -> str:
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
