@@ -258,7 +258,9 @@ class Trainer:
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if (step + 1) % self.config.train.log_every == 0:  # the only host syncs: at the log interval
-                bar.set_postfix({k: f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()})
+                shown = {k: f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()}
+                shown["img/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"
+                bar.set_postfix(shown)
         bad = [name for name, value in sums.items() if name != "loss" and not math.isfinite(float(value))]
         if bad:  # checked once per epoch (no per-step sync); this epoch is not checkpointed
             raise KdzooError(

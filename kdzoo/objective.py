@@ -65,6 +65,8 @@ class Objective(nn.Module):
         """Freeze ``model`` and make it the teacher from the next step on."""
         device = next(iter(self.student_tap.model.parameters())).device
         model.requires_grad_(False).eval().to(device)
+        for p in model.parameters():
+            p.grad = None  # a teacher trained just before would otherwise carry its last gradients
         self._teacher = [model]
         self.teacher_info = info
         self.teacher_tap = FeatureExtractor(model, info, self.taps.teacher, self.taps.teacher_embedding)

@@ -116,7 +116,9 @@ class FitNets:
                 trainable=self._hint_parameters,
                 optim={"name": "adam", "lr": self.config.hint_lr, "weight_decay": 0.0, "scheduler": "constant"},
             ),
-            Stage("kd", epochs, losses=frozenset({"ce", "kd"})),
+            Stage(
+                "kd", epochs, losses=frozenset({"ce", "kd"}), trainable=lambda student, _modules: student.parameters()
+            ),
         ]
 
     def _hint_parameters(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,9 @@ def test_run_dir_has_metrics_tensorboard_plots_and_a_timm_loadable_student(tmp_p
     (run_dir / "accuracy.png").unlink()
     replotted = runner.invoke(main, ["plot", str(run_dir)])
     assert replotted.exit_code == 0 and (run_dir / "accuracy.png").stat().st_size > 1000
+
+
+def test_cli_reference_is_up_to_date():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_cli_docs.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

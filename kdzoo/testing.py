@@ -1,0 +1,201 @@
+"""A conformance suite for method plugins: run it from your plugin package's own tests.
+
+::
+
+    # tests/test_conformance.py of your plugin package
+    from kdzoo.testing import check_method
+
+    def test_my_method_conforms(tmp_path):
+        check_method("my_method", tmp_path)
+
+or, for one pytest test per check and pair::
+
+    from kdzoo.testing import conformance_cases, run_case
+
+    @pytest.mark.parametrize("case", conformance_cases("my_method"), ids=str)
+    def test_conformance(case, tmp_path):
+        run_case(case, tmp_path)
+
+Each check builds the method on tiny timm pairs (CNN->CNN of different widths, CNN->mobilenet,
+ViT->CNN) with synthetic data, and asserts what every method owes its users: registration
+metadata, a typed config with defaults that round-trips, named finite scalar loss terms, weights
+only for terms that exist, gradients reaching the student and the method's own modules and never
+the teacher, and a checkpoint that restores the run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdzoo.config import RunConfig, load_config
+from kdzoo.plugins import registry
+from kdzoo.typed import as_dict, build
+
+#: (teacher, teacher kwargs, student, student kwargs): tiny models, 32 px
+PAIRS: dict[str, tuple[str, dict, str, dict]] = {
+    "resnet->resnet": ("resnet10t", {}, "test_resnet", {}),
+    "resnet->mobilenetv3": ("test_resnet", {}, "mobilenetv3_small_050", {}),
+    "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
+}
+CHECKS = ("registration", "config", "losses", "gradients", "checkpoint")
+_TINY = [
+    "data.name=synthetic",
+    "data.img_size=32",
+    "data.batch_size=16",
+    "data.train_limit=32",
+    "train.epochs=1",
+    "teacher.train_epochs=1",
+    "train.log_every=1",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    check: str
+    pair: str = "resnet->resnet"
+    settings: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        return f"{self.method}-{self.check}-{self.pair}"
+
+
+def conformance_cases(method: str, pairs: list[str] | None = None, settings: tuple[str, ...] = ()) -> list[Case]:
+    """Every (check, pair) case for ``method``; pair-independent checks run once."""
+    pairs = pairs or list(PAIRS)
+    cases = [Case(method, "registration", settings=settings), Case(method, "config", settings=settings)]
+    for check in ("losses", "gradients", "checkpoint"):
+        cases += [Case(method, check, pair, settings) for pair in pairs]
+    return cases
+
+
+def check_method(method: str, tmp_path: str | Path, pairs: list[str] | None = None, settings: tuple[str, ...] = ()):
+    """Run every conformance check for ``method``; raises AssertionError on the first failure."""
+    for case in conformance_cases(method, pairs, settings):
+        run_case(case, Path(tmp_path) / str(case))
+
+
+def run_case(case: Case, tmp_path: str | Path) -> None:
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    {
+        "registration": _registration,
+        "config": _config,
+        "losses": _losses,
+        "gradients": _gradients,
+        "checkpoint": _checkpoint,
+    }[case.check](case, tmp_path)
+
+
+def tiny_config(case: Case, out_dir: Path) -> RunConfig:
+    teacher, t_kwargs, student, s_kwargs = PAIRS[case.pair]
+    sets = [*_TINY, f"teacher.model={teacher}", f"student.model={student}", f"train.out_dir={out_dir}", *case.settings]
+    cfg = load_config([], sets, [case.method], registry().config_classes())
+    cfg.teacher.kwargs.update(t_kwargs)
+    cfg.student.kwargs.update(s_kwargs)
+    return cfg
+
+
+def _trainer(case: Case, tmp_path: Path, run: str = "run"):
+    import os
+
+    from kdzoo.engine import Trainer
+
+    os.environ.setdefault("KDZOO_CACHE", str(tmp_path / "cache"))
+    return Trainer(tiny_config(case, tmp_path), registry(), tmp_path / run, show_progress=False)
+
+
+def _registration(case: Case, _tmp: Path) -> None:
+    reg = registry()
+    assert case.method not in reg.failures, f"plugin failed to load: {reg.failures.get(case.method)}"
+    info = reg.get(case.method)
+    assert info.name == case.method and info.paper.strip() and info.summary.strip(), "name, paper and summary"
+    assert callable(info.factory), "factory must build the method from its config"
+    assert info.plugin, "registered through a plugin (entry point)"
+
+
+def _config(case: Case, _tmp: Path) -> None:
+    info = registry().get(case.method)
+    cls = info.config_class
+    assert dataclasses.is_dataclass(cls), "config_class must be a dataclass"
+    defaults = cls()  # every field needs a default: the paper's setting
+    data = as_dict(defaults)
+    assert build(cls, data, case.method) == defaults, "config must round-trip through a plain dict"
+    import yaml
+
+    assert build(cls, yaml.safe_load(yaml.safe_dump(data)), case.method) == defaults, "and through YAML"
+    assert info.factory(defaults) is not None
+
+
+def _losses(case: Case, tmp_path: Path) -> None:
+    trainer = _trainer(case, tmp_path)
+    x, y = next(trainer.data.train.epoch(0))
+    total, terms, _ = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.5)
+    assert terms, f"stage {trainer.stages[0].name}: no loss terms"
+    for name, value in terms.items():
+        assert isinstance(name, str) and name, "term names are non-empty strings"
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, f"term {name} must be a scalar tensor"
+        assert torch.isfinite(value), f"term {name} is not finite"
+    assert torch.isfinite(total)
+    trainer.fit()  # every stage, with whatever the stage boundaries hand over
+    produced = {name for record in trainer.history for name in record["train"]}
+    weighted = {name for record in trainer.history for name in record["train"]["weights"]}
+    unknown = weighted - produced - {"ce"}
+    assert not unknown, f"weights for terms the method never produces: {sorted(unknown)}"
+    for record in trainer.history:
+        values = [v for k, v in record["train"].items() if k not in ("weights", "images_per_s")]
+        assert all(torch.isfinite(torch.tensor(v)) for v in values), f"non-finite terms in {record['stage']}"
+
+
+def _gradients(case: Case, tmp_path: Path) -> None:
+    trainer = _trainer(case, tmp_path)
+    x, y = next(trainer.data.train.epoch(0))
+    for stage in trainer.stages:
+        trainable = trainer._set_trainable(stage)
+        for p in [*trainer.student.parameters(), *trainer.modules.parameters()]:
+            p.grad = None
+        total, _, _ = trainer.compute_losses(x, y, stage, 0, 0.5)
+        total.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.student.parameters()), (
+            f"stage {stage.name}: no gradient reaches the student"
+        )
+        ids = {id(p) for p in trainer.modules.parameters()}
+        assert all(p.grad is None for p in trainer.student.parameters() if not p.requires_grad), (
+            f"stage {stage.name}: frozen student parameters received gradients"
+        )
+        if ids and any(id(p) in ids for p in trainer.modules.parameters() if p.requires_grad):
+            assert any(p.grad is not None for p in trainer.modules.parameters()), (
+                f"stage {stage.name}: the method's trainable modules get no gradient"
+            )
+        assert trainable
+        if trainer.teacher is not None:
+            assert all(p.grad is None and not p.requires_grad for p in trainer.teacher.parameters()), (
+                "the teacher must stay frozen"
+            )
+
+
+def _state(trainer) -> dict[str, Any]:
+    return {
+        **{f"student.{k}": v for k, v in trainer.student.state_dict().items()},
+        **{f"modules.{k}": v for k, v in trainer.modules.state_dict().items()},
+    }
+
+
+def _checkpoint(case: Case, tmp_path: Path) -> None:
+    from kdzoo import checkpoint
+
+    trainer = _trainer(case, tmp_path)
+    trainer.fit()
+    saved = checkpoint.load(tmp_path / "run" / "last.pt")
+    again = _trainer(case, tmp_path, run="restored")
+    again.student.load_state_dict(saved["student"])
+    again.modules.load_state_dict(saved["modules"])
+    before, after = _state(trainer), _state(again)
+    assert before.keys() == after.keys(), "checkpoint keys differ from a fresh build of the same config"
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), f"{name} differs after a checkpoint round trip"
