@@ -196,6 +196,35 @@ def plot(run_dir: str) -> None:
 
 
 @main.command()
+@click.option("--methods", "-m", required=True, help="Comma-separated methods, e.g. kd,fitnets,at,rkd,self-distill.")
+@click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s) shared by every run.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per method (0..N-1 after train.seed).")
+@click.option("--out", default=None, help="Output folder [default: <train.out_dir>/compare-<student>].")
+@one_line_errors
+def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> None:
+    """Each method vs the student trained from scratch: same teacher, pair, data, epochs and seeds.
+
+    Writes results.md / results.csv / results.png (mean ± std over seeds, last and best epoch,
+    teacher/student parameters, FLOPs and CPU latency). Restartable: finished runs are skipped.
+    """
+    from kdzoo.compare import compare as run_compare
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    reg = registry()
+    base = load_config(list(configs), list(overrides), names[:1], reg.config_classes())
+    folder = Path(out) if out else Path(base.train.out_dir) / f"compare-{base.student.model}"
+    first_seed = base.train.seed
+    report = run_compare(
+        names, list(configs), list(overrides), list(range(first_seed, first_seed + seeds)), folder, reg, echo=click.echo
+    )
+    best = max(report["rows"], key=lambda r: r["last_top1_mean"])
+    click.echo(
+        f"results: {folder / 'results.md'} (best last-epoch top-1: {best['method']} {best['last_top1_mean']:.2f}%)"
+    )
+
+
+@main.command()
 def plugins() -> None:
     """Every loaded plugin: distribution, version, methods and the hooks it implements."""
     reg = registry()
