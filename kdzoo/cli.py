@@ -225,6 +225,45 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
 
 
 @main.command()
+@click.option("--teacher", default="resnet18", show_default=True, help="timm teacher model.")
+@click.option("--student", default="resnet10t", show_default=True, help="timm student model.")
+@click.option(
+    "--methods",
+    default="kd,fitnets,at,rkd,kd+at+rkd",
+    show_default=True,
+    help="Comma-separated method stacks; '+' stacks methods in one run.",
+)
+@click.option("--img-size", default=32, show_default=True)
+@click.option("--batch", default=64, show_default=True)
+@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds (medians are reported).")
+@click.option("--steps", default=3, show_default=True, help="Steps per variant per round.")
+@click.option("--options", default="", help="Also measure kdzoo's first stack with: channels_last,bf16,compile.")
+@click.option("--json", "json_out", default=None, help="Also write the raw numbers to this JSON file.")
+@one_line_errors
+def bench(teacher, student, methods, img_size, batch, rounds, steps, options, json_out) -> None:
+    """Step cost of each method vs the floor (teacher forward + student step), one process, interleaved."""
+    import tempfile
+
+    from kdzoo.bench import format_table, run_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_bench(
+            teacher,
+            student,
+            [m for m in methods.split(",") if m],
+            img_size,
+            batch,
+            rounds,
+            steps,
+            options=[o for o in options.split(",") if o],
+            tmp=Path(tmp),
+        )
+    click.echo(format_table(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2))
+
+
+@main.command()
 def plugins() -> None:
     """Every loaded plugin: distribution, version, methods and the hooks it implements."""
     reg = registry()

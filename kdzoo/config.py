@@ -98,6 +98,9 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str | None = None
     log_every: int = 10
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the models' forward passes
 
     def validate(self, where: str) -> None:
         if self.epochs < 0:

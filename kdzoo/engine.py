@@ -8,6 +8,7 @@ which terms are on and which parameters train.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -98,6 +99,14 @@ class Trainer:
         ).to(self.device)
         self.teacher_from_run = False  # True once a stage boundary made a trained student the teacher
         self.stages: list[Stage] = self.objective.schedule(config.train.epochs)
+        if config.train.channels_last:
+            self.student.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
+        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        if config.train.compile:
+            self.objective.compile()
         self.history: list[dict[str, Any]] = []
         self.teacher_metrics: dict[str, float] | None = None
 
@@ -186,10 +195,7 @@ class Trainer:
             stage = self.stages[stage_index]
             first_epoch = start_epoch if stage_index == start_stage else 0
             self.pm.hook.kdzoo_on_stage_start(run=self, stage=stage, index=stage_index, resumed=first_epoch > 0)
-            params = self._set_trainable(stage)
-            optim_cfg = self.config.optim if not stage.optim else _with(self.config.optim, stage.optim)
-            optimizer = build_optimizer(optim_cfg, params)
-            scheduler = build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
+            optimizer, scheduler = self.optimizer_for(stage)
             if resume is not None and stage_index == start_stage and first_epoch > 0:
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
@@ -232,6 +238,33 @@ class Trainer:
         self.pm.hook.kdzoo_on_run_end(run=self, summary=summary)
         return summary
 
+    def optimizer_for(self, stage: Stage):
+        """A fresh optimizer and per-step LR schedule over the parameters ``stage`` trains."""
+        params = self._set_trainable(stage)
+        optim_cfg = self.config.optim if not stage.optim else _with(self.config.optim, stage.optim)
+        optimizer = build_optimizer(optim_cfg, params)
+        return optimizer, build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
+
+    def train_step(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, optimizer, scheduler):
+        """One optimisation step; returns (loss, terms, weights) without any host sync."""
+        if self.config.train.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress)
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        scheduler.step()
+        return loss, terms, weights
+
+    def _autocast(self):
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
     def _train_epoch(self, stage, stage_index, epoch, global_epoch, optimizer, scheduler) -> dict[str, float]:
         self.student.train()
         self.modules.train()
@@ -249,11 +282,7 @@ class Trainer:
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(bar):
             progress = (epoch + step / steps) / max(stage.epochs, 1)
-            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler)
             seen += len(y)
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()

@@ -185,7 +185,15 @@ class FeatureExtractor:
 
         return keep
 
+    def compile(self) -> None:
+        """Compile the forward pass (graph breaks fall back to eager; hooks make it eager anyway)."""
+        if self.native:
+            self._forward = torch.compile(self._forward)
+
     def __call__(self, x: Tensor) -> Outputs:
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Outputs:
         if self.native:
             if self.indices:
                 final, maps = self.model.forward_intermediates(x, indices=self.indices)

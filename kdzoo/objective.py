@@ -71,6 +71,12 @@ class Objective(nn.Module):
         self.teacher_info = info
         self.teacher_tap = FeatureExtractor(model, info, self.taps.teacher, self.taps.teacher_embedding)
 
+    def compile(self) -> None:
+        """``torch.compile`` the teacher's and student's tapped forward passes."""
+        self.student_tap.compile()
+        if self.teacher_tap is not None:
+            self.teacher_tap.compile()
+
     def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on one method only (for results that must be attributed to it)."""
         others = [p for n, p in self.methods.items() if n != method]
