@@ -89,7 +89,7 @@ def run(methods, configs, overrides, resume, quiet) -> None:
         config = config_from_dict(state["config"], reg.config_classes())
         run_dir = path.parent if path.suffix == ".pt" else path
     else:
-        config = load_config(list(configs), list(overrides), list(methods), reg.config_classes())
+        config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
         if resume == "auto":
             run_dir = latest_run_dir(default_run_dir(config))
             state = checkpoint.load(run_dir / "last.pt")

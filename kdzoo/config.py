@@ -46,6 +46,7 @@ class TeacherConfig(ModelConfig):
     ``train_epochs`` on the run's data first, cached on disk by config and reused."""
 
     train_epochs: int = 8
+    cache: bool = False  # store the teacher's outputs once per sample (offline KD); see data.views
 
     def validate(self, where: str) -> None:
         if self.train_epochs < 0:
@@ -67,6 +68,7 @@ class DataConfig:
     num_workers: int = 0
     augment: bool = True
     train_limit: int | None = None  # first N training samples only (smoke tests)
+    views: int = 0  # >0: each sample has this many fixed augmented views (epoch e uses view e % views)
 
     def validate(self, where: str) -> None:
         for key in ("img_size", "batch_size", "eval_batch_size"):
@@ -206,6 +208,7 @@ def load_config(
     overrides: list[str],
     methods: list[str],
     method_config_classes: dict[str, type],
+    failures: dict[str, str] | None = None,
 ) -> RunConfig:
     """Build a :class:`RunConfig` from YAML ``files`` (merged in order), ``--set`` overrides and
     the ``--method`` names; ``method_config_classes`` maps every known method to its config class."""
@@ -230,6 +233,8 @@ def load_config(
             "no method selected: pass --method NAME (known: " + ", ".join(sorted(method_config_classes)) + ")"
         )
     for name in selected:
+        if failures and name in failures:
+            raise KdzooError(f"method plugin '{name}' failed to load: {failures[name]}")
         if name not in method_config_classes:
             raise KdzooError(
                 f"unknown method '{name}'{close_matches(name, method_config_classes)}; "

@@ -45,10 +45,12 @@ class TensorBatches:
         augment: bool = False,
         flip: bool = False,
         seed: int = 0,
+        views: int = 0,
     ):
         self.images, self.labels = images, labels.long()
         self.batch_size, self.img_size, self.norm = batch_size, img_size, norm
         self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
+        self.views = views
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
@@ -64,37 +66,79 @@ class TensorBatches:
         self.device = torch.device(device)
         return self
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of one epoch; training order depends only on (seed, epoch)."""
+    def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
+        """The batches of one epoch, from batch ``start`` on; they depend only on (seed, epoch).
+
+        ``with_index`` adds each batch's sample indices (for per-sample caches).
+        """
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self._prepare(self.images[idx], gen)
-            yield x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True)
+            params = self._draw(idx, gen, epoch)  # drawn for skipped batches too: later ones stay the same
+            if b < start:
+                continue
+            x = self._prepare(self.images[idx], params).to(self.device, non_blocking=True)
+            y = self.labels[idx].to(self.device, non_blocking=True)
+            yield (x, y, idx) if with_index else (x, y)
 
-    def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    @property
+    def deterministic(self) -> bool:
+        """Whether a sample looks the same in every epoch (no augmentation, or a fixed set of views)."""
+        return not self.augment or self.views > 0
+
+    def view_of(self, epoch: int) -> int:
+        return epoch % self.views if self.augment and self.views else 0
+
+    def view(self, idx: Tensor, view: int) -> Tensor:
+        """The model input of samples ``idx`` in augmented view ``view`` (what training will see)."""
+        return self._prepare(self.images[idx], self._per_sample(idx, view))
+
+    def _draw(self, idx: Tensor, gen: torch.Generator, epoch: int):
+        if not self.augment:
+            return None
+        if self.views:
+            return self._per_sample(idx, epoch % self.views)
+        n, pad = len(idx), self._pad()
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        flip = torch.rand(n, generator=gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return dy, dx, flip
+
+    def _per_sample(self, idx: Tensor, view: int):
+        """Augmentation keyed by (seed, sample, view): the same view of a sample in every epoch."""
+        if not self.augment:
+            return None
+        pad, draws = self._pad(), []
+        for i in idx.tolist():
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i) * 97 + view)
+            d = torch.randint(0, 2 * pad + 1, (2,), generator=gen)
+            draws.append((int(d[0]), int(d[1]), bool(self.flip and torch.rand(1, generator=gen).item() < 0.5)))
+        dy, dx, flip = zip(*draws, strict=True) if draws else ((), (), ())
+        return torch.tensor(dy), torch.tensor(dx), torch.tensor(flip, dtype=torch.bool)
+
+    def _pad(self) -> int:
+        return max(1, self.img_size // 8)
+
+    def _prepare(self, x: Tensor, params) -> Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        if self.augment:
-            x = random_shift(x, max(1, self.img_size // 8), gen)
-            if self.flip:
-                flip = torch.rand(len(x), generator=gen) < 0.5
-                x[flip] = x[flip].flip(-1)
+        if params is not None:
+            dy, dx, flip = params
+            x = shift(x, self._pad(), dy.tolist(), dx.tolist())
+            x[flip] = x[flip].flip(-1)
         mean = torch.tensor(self.norm.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.norm.std).view(1, -1, 1, 1)
         return (x - mean) / std
 
 
-def random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    """Random crop after zero padding by ``pad`` pixels (the CIFAR recipe), per sample."""
-    n, _, h, w = x.shape
+def shift(x: Tensor, pad: int, dy: list[int], dx: list[int]) -> Tensor:
+    """Crop after zero padding by ``pad`` pixels at per-sample offsets (the CIFAR recipe)."""
+    _, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(dy))])
 
 
 @dataclass
@@ -127,7 +171,9 @@ def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataB
     common = dict(img_size=cfg.img_size, norm=norm)
     return DataBundle(
         name,
-        TensorBatches(xt, yt, cfg.batch_size, train=True, augment=cfg.augment, flip=flip, seed=seed, **common),
+        TensorBatches(
+            xt, yt, cfg.batch_size, train=True, augment=cfg.augment, flip=flip, seed=seed, views=cfg.views, **common
+        ),
         TensorBatches(xv, yv, cfg.eval_batch_size, train=False, **common),
         num_classes,
         xt.shape[1],

@@ -25,7 +25,7 @@ from kdzoo import checkpoint
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, load_data
 from kdzoo.errors import KdzooError
-from kdzoo.features import describe
+from kdzoo.features import FeatureExtractor, ModelInfo, describe
 from kdzoo.metrics import append_jsonl, evaluate
 from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.objective import Objective
@@ -33,6 +33,7 @@ from kdzoo.optim import build_optimizer, build_scheduler
 from kdzoo.plugins import Registry
 from kdzoo.reporting import PlotReporter, TensorBoardReporter
 from kdzoo.schedule import Stage
+from kdzoo.teacher_cache import TeacherOutputCache, check_cacheable, data_settings, file_digest
 from kdzoo.typed import as_dict, build
 
 
@@ -80,23 +81,34 @@ class Trainer:
         if needs_teacher:
             check_label_sets(config, self.data.num_classes)
         self.student = student or create_model(config.student, "student", self.data.num_classes, self.data.in_chans)
-        if needs_teacher and teacher is None:
-            from kdzoo.teacher import obtain_teacher
-
-            rng = checkpoint.rng_state()  # a cached or freshly trained teacher must not shift this run's RNG
-            teacher = obtain_teacher(config, self.data, registry, show_progress)
-            checkpoint.restore_rng(rng)
+        self.registry = registry
+        self.teacher_cache: TeacherOutputCache | None = None
+        self.teacher_metrics: dict[str, float] | None = None
+        teacher_info = None
+        use_cache = needs_teacher and teacher is None and config.teacher.cache
+        if use_cache:
+            self.teacher_cache = TeacherOutputCache(
+                self._teacher_identity(), data_settings(config), check_cacheable(self.data.train)
+            )
+            teacher_info = self.teacher_cache.teacher_info()
+        if needs_teacher and teacher is None and teacher_info is None:
+            teacher = self._obtain_teacher()
         teacher = teacher if needs_teacher else None
         check_pair(teacher, self.student, config.teacher.model, config.student.model)
         img = config.data.img_size
+        if teacher is not None:
+            teacher_info = describe(teacher, config.teacher.model, img)
         self.student.to(self.device)
         self.objective = Objective(
             self.methods,
             self.student,
             describe(self.student, config.student.model, img),
-            teacher,
-            None if teacher is None else describe(teacher, config.teacher.model, img),
+            None if use_cache else teacher,  # with the cache, the teacher's outputs come from disk
+            teacher_info,
         ).to(self.device)
+        if use_cache:
+            self._warm_teacher_cache(teacher, teacher_info)
+            teacher = None
         self.teacher_from_run = False  # True once a stage boundary made a trained student the teacher
         self.stages: list[Stage] = self.objective.schedule(config.train.epochs)
         if config.train.channels_last:
@@ -108,7 +120,42 @@ class Trainer:
         if config.train.compile:
             self.objective.compile()
         self.history: list[dict[str, Any]] = []
-        self.teacher_metrics: dict[str, float] | None = None
+
+    def _obtain_teacher(self) -> nn.Module:
+        from kdzoo.teacher import obtain_teacher
+
+        rng = checkpoint.rng_state()  # a cached or freshly trained teacher must not shift this run's RNG
+        teacher = obtain_teacher(self.config, self.data, self.registry, self.show_progress)
+        checkpoint.restore_rng(rng)
+        return teacher
+
+    def _teacher_identity(self) -> str:
+        """What makes the teacher this teacher: its weights file's digest (training it first if needed)."""
+        from kdzoo.teacher import teacher_weights_file
+
+        weights = teacher_weights_file(self.config)
+        if weights is None:
+            self._obtain_teacher()
+            weights = teacher_weights_file(self.config)
+        cfg = self.config.teacher
+        return f"{cfg.model}:{json.dumps(cfg.kwargs, sort_keys=True)}:{file_digest(weights)}"
+
+    def _warm_teacher_cache(self, teacher: nn.Module | None, info: ModelInfo) -> None:
+        cache = self.teacher_cache
+        if not cache.select(self.objective.taps):
+            teacher = teacher or self._obtain_teacher()
+            teacher.requires_grad_(False).eval().to(self.device)
+            taps = self.objective.taps
+            cache.fill(
+                FeatureExtractor(teacher, info, taps.teacher, taps.teacher_embedding),
+                self.config.data.eval_batch_size,
+                self.device,
+            )
+            cache.remember(info, evaluate(teacher, self.data.val.epoch(0), self.data.num_classes))
+            cache.select(taps)
+        self.teacher_metrics = cache.teacher_metrics()
+        if self.show_progress is not False:
+            tqdm.write(cache.describe())
 
     # the objective's parts, under the names plugins and tests use
     pm = property(lambda self: self.objective.pm)
@@ -117,13 +164,15 @@ class Trainer:
     teacher_info = property(lambda self: self.objective.teacher_info)
     student_info = property(lambda self: self.objective.student_info)
 
-    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float):
-        """Forward both models once; return (total loss, unweighted terms, weights)."""
-        return self.objective.compute(x, y, stage, epoch, progress)
+    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, teacher_out=None):
+        """Forward both models once (the teacher not at all when its outputs are given); return
+        (total loss, unweighted terms, weights)."""
+        return self.objective.compute(x, y, stage, epoch, progress, teacher_out)
 
     # ----------------------------------------------------------------------------- for stage hooks
     def set_teacher(self, model: nn.Module) -> None:
         """Make ``model`` (a student architecture trained by this run) the teacher from now on."""
+        self.teacher_cache = None  # cached outputs belong to the previous teacher
         self.objective.set_teacher(model, describe(model, self.config.student.model, self.config.data.img_size))
         self.teacher_from_run = True
         self.teacher_metrics = evaluate(model, self.data.val.epoch(0), self.data.num_classes)
@@ -245,12 +294,14 @@ class Trainer:
         optimizer = build_optimizer(optim_cfg, params)
         return optimizer, build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
 
-    def train_step(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, optimizer, scheduler):
+    def train_step(
+        self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, optimizer, scheduler, teacher_out=None
+    ):
         """One optimisation step; returns (loss, terms, weights) without any host sync."""
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress)
+            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress, teacher_out)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -271,8 +322,10 @@ class Trainer:
         steps = len(self.data.train)
         sums: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
+        cache = self.teacher_cache
+        batches = self.data.train.epoch(global_epoch, with_index=True) if cache else self.data.train.epoch(global_epoch)
         bar = tqdm(
-            self.data.train.epoch(global_epoch),
+            batches,
             total=steps,
             leave=False,
             disable=self._quiet(),
@@ -280,9 +333,10 @@ class Trainer:
         )
         seen = 0
         t0 = time.perf_counter()
-        for step, (x, y) in enumerate(bar):
+        for step, (x, y, *index) in enumerate(bar):
             progress = (epoch + step / steps) / max(stage.epochs, 1)
-            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler)
+            teacher_out = cache.lookup(index[0], global_epoch, self.device) if cache is not None else None
+            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler, teacher_out)
             seen += len(y)
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
@@ -369,6 +423,8 @@ class Trainer:
         }
 
     def _teacher_name(self) -> str | None:
+        if self.teacher_cache is not None:
+            return f"{self.config.teacher.model} (cached outputs)"
         if self.teacher is None:
             return None
         if self.teacher_from_run:

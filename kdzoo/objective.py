@@ -22,6 +22,7 @@ from kdzoo.plugins import run_manager
 from kdzoo.schedule import Stage
 
 CE = "ce"
+RESERVED_TERMS = {"loss", "weights", "images_per_s"}  # names the metrics records use themselves
 WHOLE_RUN = Stage("train", 1)
 
 
@@ -100,6 +101,8 @@ class Objective(nn.Module):
             terms[CE] = F.cross_entropy(student.logits, targets)
         for result in self.pm.hook.kdzoo_compute_losses(student=student, teacher=teacher, targets=targets, stage=stage):
             for name, value in (result or {}).items():
+                if name in RESERVED_TERMS:
+                    raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
                 if name in terms:
                     raise KdzooError(f"loss term '{name}' is produced by two active methods; they cannot be stacked")
                 if stage.term_on(name):
@@ -107,24 +110,33 @@ class Objective(nn.Module):
         return terms
 
     def compute(
-        self, x: Tensor, targets: Tensor, stage: Stage = WHOLE_RUN, epoch: int = 0, progress: float = 0.0
+        self,
+        x: Tensor,
+        targets: Tensor,
+        stage: Stage = WHOLE_RUN,
+        epoch: int = 0,
+        progress: float = 0.0,
+        teacher_out: Outputs | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """One forward per model; returns (total loss, unweighted terms, weights)."""
-        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress)
+        """One forward per model (none for the teacher when ``teacher_out`` is given, e.g. from a
+        teacher-output cache); returns (total loss, unweighted terms, weights)."""
+        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out)
         return total, terms, weights
 
-    def _step(self, x, targets, stage, epoch, progress):
+    def _step(self, x, targets, stage, epoch, progress, teacher_out=None):
         student_out = self.student_tap(x)
-        teacher_out = run_teacher(self.teacher_tap, x)
+        if teacher_out is None:
+            teacher_out = run_teacher(self.teacher_tap, x)
         terms = self.terms(student_out, teacher_out, targets, stage)
         weights = self.loss_weights(stage, epoch, progress)
         total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
         return total, terms, weights, student_out
 
-    def forward(self, x: Tensor, targets: Tensor) -> Tensor:
-        """The total loss for a batch. Afterwards ``last_logits`` holds the student's logits and
-        ``last_terms`` the unweighted terms (both detached), for the user's own logging."""
-        total, terms, self.last_weights, student_out = self._step(x, targets, WHOLE_RUN, 0, 0.0)
+    def forward(self, x: Tensor, targets: Tensor, epoch: int = 0, progress: float = 0.0) -> Tensor:
+        """The total loss for a batch. Pass ``epoch`` (from 0) and ``progress`` (0..1 over training)
+        for methods whose weights ramp up (warm-ups). Afterwards ``last_logits`` holds the student's
+        logits and ``last_terms`` the unweighted terms (both detached), for the user's own logging."""
+        total, terms, self.last_weights, student_out = self._step(x, targets, WHOLE_RUN, epoch, progress)
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         self.last_logits = student_out.logits.detach()
         return total

@@ -10,6 +10,7 @@ is recorded as a failure under its own name and the other plugins keep working.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -120,12 +121,33 @@ def _check_hook_names(obj: object, known: set[str], owner: str = "") -> None:
             raise ValueError(f"{owner}unknown hook '{hook}'{close_matches(hook, known)}")
 
 
+RESERVED_NAMES = {"teacher", "student", "data", "optim", "train", "methods"}  # the core's config sections
+
+
+def _check_hook_arguments(obj: object, owner: str) -> None:
+    """A hook may take any subset of its spec's arguments, but no argument the spec does not pass."""
+    for hook in _hook_names(obj):
+        spec = inspect.signature(getattr(hookspecs.MethodSpec, hook)).parameters
+        mine = inspect.signature(getattr(obj, hook)).parameters
+        unknown = [a for a in mine if a != "self" and a not in spec]
+        if unknown:
+            raise ValueError(
+                f"{owner}hook '{hook}' asks for unknown argument(s) {', '.join(unknown)}; "
+                f"it can take: {', '.join(a for a in spec if a != 'self')}"
+            )
+
+
 def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
     if not isinstance(info, MethodInfo):
         raise TypeError(f"kdzoo_register_methods must register MethodInfo objects, got {type(info).__name__}")
     if info.name in existing:
         raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
+    if info.name in RESERVED_NAMES or not info.name or "." in info.name:
+        raise ValueError(
+            f"method name '{info.name}' is reserved or invalid (not one of {sorted(RESERVED_NAMES)}, no '.')"
+        )
     _check_hook_names(info.factory, _RUN_HOOKS, owner=f"method '{info.name}' implements ")
+    _check_hook_arguments(info.factory, owner=f"method '{info.name}': ")
 
 
 def disabled_plugins() -> set[str]:
@@ -186,10 +208,10 @@ def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("kdzoo")
     pm.add_hookspecs(hookspecs.MethodSpec)
     pm.register(_CoreDefaults(), name="kdzoo.core")
-    for name, method in methods.items():
-        pm.register(method, name=name)
     try:
+        for name, method in methods.items():
+            pm.register(method, name=name)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise KdzooError(f"method plugin '{exc.plugin_name}': {exc}") from None
+        raise KdzooError(f"method plugin '{exc.plugin_name}': {str(exc).splitlines()[0]}") from None
     return pm

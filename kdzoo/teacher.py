@@ -74,3 +74,16 @@ def obtain_teacher(config: RunConfig, data: DataBundle, registry: Registry, show
     trainer.fit(resume=checkpoint.load(last) if last.is_file() else None)
     checkpoint.save_atomic({"model": trainer.student.state_dict()}, weights)
     return trainer.student.cpu()
+
+
+def teacher_weights_file(config: RunConfig) -> Path | None:
+    """The file the teacher's weights come from, if it exists yet (not before kdzoo trained it)."""
+    from kdzoo.models import cached_pretrained_file
+
+    cfg = config.teacher
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    if cfg.train_epochs == 0:
+        return cached_pretrained_file(cfg.model) if cfg.pretrained else None
+    trained = teacher_cache_dir(config) / "teacher.pt"
+    return trained if trained.is_file() else None

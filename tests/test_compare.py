@@ -55,6 +55,7 @@ def test_compare_writes_the_table_and_skips_finished_runs_on_restart(tmp_path):
     for name, mtime in finished.items():
         if name != "at-seed1":
             assert (out / "runs" / name / "last.pt").stat().st_mtime_ns == mtime  # not redone
+
     def accuracy(rows):
         return [{k: v for k, v in r.items() if k != "train_time_s_mean"} for r in rows]
 

@@ -163,3 +163,36 @@ def test_method_config_is_typed():
     assert cfg.temperature == 2.0 and isinstance(cfg.temperature, float) and cfg.ce_weight == 0.1
     with pytest.raises(kdzoo.KdzooError, match="temprature"):
         kdzoo.method_config("kd", temprature=2)
+
+
+def test_misspelt_hook_argument_is_a_load_error():
+    class Typo:
+        def __init__(self, config):
+            pass
+
+        @kdzoo.hookimpl
+        def kdzoo_compute_losses(self, student, teachr):
+            return {}
+
+    @kdzoo.hookimpl
+    def kdzoo_register_methods(register):
+        register(kdzoo.MethodInfo("argtypo", Typo, dict, "none", "misspelt argument"))
+
+    reg = load_registry(extra=[("argtypo", _module("argtypo", kdzoo_register_methods=kdzoo_register_methods))])
+    assert "argtypo" not in reg.methods
+    assert "unknown argument(s) teachr" in reg.failures["argtypo"] and "teacher" in reg.failures["argtypo"]
+
+
+def test_reserved_method_names_are_refused():
+    @kdzoo.hookimpl
+    def kdzoo_register_methods(register):
+        register(kdzoo.MethodInfo("train", object, dict, "none", "clashes with a config section"))
+
+    reg = load_registry(extra=[("reserved", _module("reserved", kdzoo_register_methods=kdzoo_register_methods))])
+    assert "reserved or invalid" in reg.failures["reserved"]
+
+
+def test_running_a_method_whose_plugin_failed_names_the_failure(site, tmp_path):
+    ran = _kdzoo(site, "run", "--method", "broken", cwd=tmp_path)
+    assert ran.returncode != 0
+    assert "method plugin 'broken' failed to load: ImportError: needs a missing library" in ran.stderr

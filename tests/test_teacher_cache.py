@@ -1,0 +1,70 @@
+"""Offline KD: teacher outputs cached once per sample (and view), reused without the teacher."""
+
+import pytest
+import torch
+
+import kdzoo.teacher
+from kdzoo.engine import Trainer
+from kdzoo.errors import KdzooError
+from kdzoo.features import run_teacher
+from kdzoo.plugins import registry
+from tests.helpers import tiny_config
+
+
+def _trainer(tmp_path, *sets, method="fitnets", name="run"):
+    cfg = tiny_config([method, "rkd"] if method == "fitnets" else [method], *sets, out_dir=str(tmp_path))
+    return Trainer(cfg, registry(), tmp_path / name, show_progress=True)
+
+
+def test_cached_outputs_equal_live_ones_within_fp16(tmp_path, capsys):
+    live = _trainer(tmp_path, "data.augment=false", name="live")
+    cached = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", name="cached")
+    printed = capsys.readouterr()
+    assert "teacher-output cache" in printed.out + printed.err and "MB" in printed.out + printed.err
+    assert cached.teacher is None
+    x, y, idx = next(cached.data.train.epoch(0, with_index=True))
+    stored = cached.teacher_cache.lookup(idx, 0, torch.device("cpu"))
+    fresh = run_teacher(live.objective.teacher_tap, x)
+    assert torch.allclose(stored.logits, fresh.logits, rtol=2e-3, atol=2e-3)
+    assert stored.features.keys() == fresh.features.keys() and stored.embedding is not None
+    for i, feature in fresh.features.items():
+        assert torch.allclose(stored.features[i], feature, rtol=2e-3, atol=2e-3)
+    assert torch.allclose(stored.embedding, fresh.embedding, rtol=2e-3, atol=2e-3)
+    stage = live.stages[0]
+    _, live_terms, _ = live.compute_losses(x, y, stage, 0, 0.0)
+    _, cached_terms, _ = cached.compute_losses(x, y, stage, 0, 0.0, teacher_out=stored)
+    for name, value in live_terms.items():
+        assert torch.allclose(value, cached_terms[name], rtol=1e-2, atol=1e-4), name
+
+
+def test_warm_cache_never_builds_the_teacher(tmp_path, monkeypatch):
+    first = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", name="first")
+    first.fit()
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was built although its outputs are cached")
+
+    monkeypatch.setattr(kdzoo.teacher, "obtain_teacher", no_teacher)
+    second = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", "fitnets.hint_weight=10", name="second")
+    assert second.teacher is None and second.teacher_metrics == first.teacher_metrics
+    summary = second.fit()
+    assert summary["teacher"].endswith("(cached outputs)") and summary["teacher_top1"] is not None
+
+
+def test_augmentation_without_fixed_views_is_refused(tmp_path):
+    with pytest.raises(KdzooError, match="data.views=N"):
+        _trainer(tmp_path, "teacher.cache=true")
+
+
+def test_fixed_augmented_views_are_cached_per_view(tmp_path):
+    trainer = _trainer(tmp_path, "teacher.cache=true", "data.views=2", method="kd")
+    cache = trainer.teacher_cache
+    assert cache.views == 2 and cache.arrays["logits"].shape[:2] == (2, trainer.data.train.num_samples)
+    idx = torch.arange(8)
+    view0, view1 = cache.lookup(idx, 0, torch.device("cpu")), cache.lookup(idx, 1, torch.device("cpu"))
+    assert not torch.allclose(view0.logits, view1.logits)  # two different augmented views
+    assert torch.equal(view0.logits, cache.lookup(idx, 2, torch.device("cpu")).logits)  # epoch 2 -> view 0 again
+    # the training batches of an epoch are exactly the cached views
+    x, _, batch_idx = next(trainer.data.train.epoch(3, with_index=True))
+    assert torch.equal(x, trainer.data.train.view(batch_idx, 1))
+    trainer.fit()
