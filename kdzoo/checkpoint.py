@@ -24,6 +24,10 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise KdzooError(
+            f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint is intact"
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -27,6 +27,8 @@ def one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except KdzooError as exc:
+            if os.environ.get("KDZOO_DEBUG"):  # the full traceback, for plugin authors
+                raise
             raise click.ClickException(str(exc)) from None
 
     return wrapper
@@ -76,10 +78,16 @@ def latest_run_dir(base: Path) -> Path:
     help="Continue from the last checkpoint: of the latest run with this config (auto) or of RUN_DIR.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option(
+    "--nproc", default=1, show_default=True, help="Processes (torchrun); data.batch_size is the global batch."
+)
 @one_line_errors
-def run(methods, configs, overrides, resume, quiet) -> None:
+def run(methods, configs, overrides, resume, quiet, nproc) -> None:
     """Distill a teacher into a student with one or more methods."""
     from kdzoo.engine import Trainer
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(launch_torchrun(nproc))
 
     reg = registry()
     state = None
@@ -109,6 +117,31 @@ def run(methods, configs, overrides, resume, quiet) -> None:
         f"top-1 {summary['student_top1']:.2f}% (best {summary['student_best_top1']:.2f}%) | "
         f"{summary['wall_time_s']:.0f} s | run dir: {summary['run_dir']}"
     )
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under ``torchrun --standalone --nproc-per-node N``."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "kdzoo",
+        *args,
+    ]
+    return subprocess.call(command)
 
 
 @main.command("list")

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from kdzoo import checkpoint
-from kdzoo.config import RunConfig, load_config
+from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.data import load_data
 from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
@@ -76,11 +77,29 @@ def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], 
     return str(path)
 
 
+def _with_teacher(config: RunConfig, teacher_file: str | None) -> RunConfig:
+    if not teacher_file:
+        return config
+    return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, checkpoint=teacher_file))
+
+
+def _same_config(run_dir: Path, config: RunConfig, teacher_file: str | None, registry: Registry) -> bool:
+    """A finished run counts only if it ran with this config and teacher (settings added to kdzoo
+    since then count with their defaults)."""
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return False
+    try:
+        then = config_from_dict(json.loads(saved.read_text()), registry.config_classes())
+    except KdzooError:
+        return False
+    return then.to_dict() == _with_teacher(config, teacher_file).to_dict()
+
+
 def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> dict[str, Any]:
     from kdzoo.engine import Trainer
 
-    if teacher_file:
-        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, checkpoint=teacher_file))
+    config = _with_teacher(config, teacher_file)
     run_dir = Path(config.train.out_dir) / config.train.name
     last = run_dir / "last.pt"
     trainer = Trainer(config, registry, run_dir, show_progress=None)
@@ -110,6 +129,9 @@ def compare(
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
         done = run_dir / "summary.json"
+        if done.is_file() and not _same_config(run_dir, cfg, teacher_file, registry):
+            echo(f"[{i}/{total}] {method} seed {seed}: its config changed since it ran; training it again")
+            shutil.rmtree(run_dir)
         if done.is_file():
             echo(f"[{i}/{total}] {method} seed {seed}: done before, skipped")
             summary = json.loads(done.read_text())

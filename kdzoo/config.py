@@ -103,6 +103,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
     channels_last: bool = False
     compile: bool = False  # torch.compile the models' forward passes
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
 
     def validate(self, where: str) -> None:
         if self.epochs < 0:

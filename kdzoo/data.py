@@ -9,6 +9,7 @@ whether the run was interrupted before it or not.
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.config import DataConfig
+from kdzoo.distributed import DistInfo, shard
 from kdzoo.errors import KdzooError, close_matches
 
 
@@ -52,6 +54,7 @@ class TensorBatches:
         self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
         self.views = views
         self.device = torch.device("cpu")
+        self.shard_info = DistInfo()  # set by the engine under torchrun: this process's share of each batch
 
     def __len__(self) -> int:
         if self.train:
@@ -79,6 +82,9 @@ class TensorBatches:
             params = self._draw(idx, gen, epoch)  # drawn for skipped batches too: later ones stay the same
             if b < start:
                 continue
+            if self.shard_info.enabled:  # drawn for the global batch, applied to this process's share
+                idx = shard(idx, self.shard_info)
+                params = None if params is None else tuple(shard(p, self.shard_info) for p in params)
             x = self._prepare(self.images[idx], params).to(self.device, non_blocking=True)
             y = self.labels[idx].to(self.device, non_blocking=True)
             yield (x, y, idx) if with_index else (x, y)
@@ -294,6 +300,7 @@ class LoaderBatches:
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.num_workers, self.seed = num_workers, seed
         self.device = torch.device("cpu")
+        self.shard_info = DistInfo()
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -307,7 +314,7 @@ class LoaderBatches:
         self.device = torch.device(device)
         return self
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(
@@ -319,7 +326,8 @@ class LoaderBatches:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
-        for x, y in loader:
+        for x, y in itertools.islice(loader, start, None):
+            x, y = shard(x, self.shard_info), shard(y, self.shard_info)
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -342,11 +350,11 @@ class IterableBatches:
         self.device = torch.device(device)
         return self
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
             sampler.set_epoch(epoch)
-        for x, y in self.loader:
+        for x, y in itertools.islice(self.loader, start, None):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 

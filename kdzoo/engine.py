@@ -12,7 +12,8 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,22 +25,24 @@ from tqdm.auto import tqdm
 from kdzoo import checkpoint
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, load_data
+from kdzoo.distributed import DistInfo, any_across, global_batchnorm, init_from_env, mean_across, wrap
 from kdzoo.errors import KdzooError
 from kdzoo.features import FeatureExtractor, ModelInfo, describe
 from kdzoo.metrics import append_jsonl, evaluate
 from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.objective import Objective
 from kdzoo.optim import build_optimizer, build_scheduler
-from kdzoo.plugins import Registry
+from kdzoo.plugins import Registry, call_hook
 from kdzoo.reporting import PlotReporter, TensorBoardReporter
 from kdzoo.schedule import Stage
 from kdzoo.teacher_cache import TeacherOutputCache, check_cacheable, data_settings, file_digest
 from kdzoo.typed import as_dict, build
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        local = dist_info.local_rank if dist_info is not None else 0
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -67,11 +70,13 @@ class Trainer:
         student: nn.Module | None = None,
         show_progress: bool | None = None,
         label: str = "",
+        distributed: bool = True,
     ):
         self.config, self.run_dir = config, Path(run_dir)
-        self.show_progress, self.label = show_progress, label
-        checkpoint.seed_everything(config.train.seed)
-        self.device = pick_device(config.train.device)
+        self.dist = init_from_env() if distributed else DistInfo()
+        self.show_progress, self.label = (show_progress if self.dist.main else False), label
+        checkpoint.seed_everything(config.train.seed)  # the same seed everywhere: identical replicas
+        self.device = pick_device(config.train.device, self.dist)
         self.data = data or load_data(config.data, config.train.seed)
         self.data.train.to(self.device)
         self.data.val.to(self.device)
@@ -119,15 +124,42 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         if config.train.compile:
             self.objective.compile()
+        self.ddp = None
+        if self.dist.enabled:
+            if config.data.batch_size % self.dist.world:
+                raise KdzooError(
+                    f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
+                    f"{self.dist.world} processes"
+                )
+            global_batchnorm(self.student)
+            global_batchnorm(self.objective.method_modules)
+            self.data.train.shard_info = self.dist
+            if self.dist.main and show_progress is not False:
+                tqdm.write(
+                    f"distributed: {self.dist.world} processes ({torch.distributed.get_backend()}), global batch "
+                    f"{config.data.batch_size} = {self.dist.world} x {config.data.batch_size // self.dist.world}, "
+                    f"optim.lr={config.optim.lr} for the global batch"
+                )
         self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0
+        self._stop_signal: str | None = None
 
     def _obtain_teacher(self) -> nn.Module:
         from kdzoo.teacher import obtain_teacher
 
         rng = checkpoint.rng_state()  # a cached or freshly trained teacher must not shift this run's RNG
-        teacher = obtain_teacher(self.config, self.data, self.registry, self.show_progress)
+        with self._main_first():  # rank 0 trains and caches the teacher, the others then read it
+            teacher = obtain_teacher(self.config, self.data, self.registry, self.show_progress)
         checkpoint.restore_rng(rng)
         return teacher
+
+    @contextlib.contextmanager
+    def _main_first(self):
+        if self.dist.enabled and not self.dist.main:
+            torch.distributed.barrier()
+        yield
+        if self.dist.enabled and self.dist.main:
+            torch.distributed.barrier()
 
     def _teacher_identity(self) -> str:
         """What makes the teacher this teacher: its weights file's digest (training it first if needed)."""
@@ -141,6 +173,10 @@ class Trainer:
         return f"{cfg.model}:{json.dumps(cfg.kwargs, sort_keys=True)}:{file_digest(weights)}"
 
     def _warm_teacher_cache(self, teacher: nn.Module | None, info: ModelInfo) -> None:
+        with self._main_first():
+            self._fill_teacher_cache(teacher, info)
+
+    def _fill_teacher_cache(self, teacher: nn.Module | None, info: ModelInfo) -> None:
         cache = self.teacher_cache
         if not cache.select(self.objective.taps):
             teacher = teacher or self._obtain_teacher()
@@ -151,7 +187,7 @@ class Trainer:
                 self.config.data.eval_batch_size,
                 self.device,
             )
-            cache.remember(info, evaluate(teacher, self.data.val.epoch(0), self.data.num_classes))
+            cache.remember(info, evaluate(teacher, self.data.val.epoch(0), self.data.num_classes, self._who("teacher")))
             cache.select(taps)
         self.teacher_metrics = cache.teacher_metrics()
         if self.show_progress is not False:
@@ -175,7 +211,9 @@ class Trainer:
         self.teacher_cache = None  # cached outputs belong to the previous teacher
         self.objective.set_teacher(model, describe(model, self.config.student.model, self.config.data.img_size))
         self.teacher_from_run = True
-        self.teacher_metrics = evaluate(model, self.data.val.epoch(0), self.data.num_classes)
+        self.teacher_metrics = evaluate(
+            model, self.data.val.epoch(0), self.data.num_classes, "teacher (previous generation)"
+        )
 
     def fresh_student(self, generation: int) -> None:
         """Re-initialise the student's weights in place (a new generation), reproducibly per generation."""
@@ -204,16 +242,18 @@ class Trainer:
 
     def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run every stage; ``resume`` is a checkpoint dict written by an earlier run of this config."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metrics_path = self.run_dir / "metrics.jsonl"
-        start_stage, start_epoch, global_epoch = 0, 0, 0
+        start_stage, start_epoch, start_step, global_epoch = 0, 0, 0, 0
         wall_before = 0.0
         if resume is not None:
             self.student.load_state_dict(resume["student"])
             self.modules.load_state_dict(resume["modules"])
             pos = resume["position"]
             start_stage, start_epoch, global_epoch = pos["stage"], pos["epoch"], pos["global_epoch"]
+            start_step = pos.get("step", 0)
             self.history = list(resume["history"])
             if "teacher_from_run" in resume:
                 handed_over = self.student_copy()
@@ -221,39 +261,71 @@ class Trainer:
                 self.set_teacher(handed_over)
             self.teacher_metrics = resume.get("teacher_metrics")
             wall_before = resume.get("wall_time_s", 0.0)
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        elif metrics_path.exists():
+            if self.dist.main:
+                metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        elif metrics_path.exists() and self.dist.main:
             metrics_path.unlink()
         started = time.perf_counter()
         if self.teacher is not None and self.teacher_metrics is None:
-            self.teacher_metrics = evaluate(self.teacher, self.data.val.epoch(0), self.data.num_classes)
-        reporters = [TensorBoardReporter(self.run_dir, global_epoch), PlotReporter()]
+            self.teacher_metrics = evaluate(
+                self.teacher, self.data.val.epoch(0), self.data.num_classes, self._who("teacher")
+            )
+        self._wall = lambda: wall_before + time.perf_counter() - started
+        reporters = [TensorBoardReporter(self.run_dir, global_epoch), PlotReporter()] if self.dist.main else []
         for reporter in reporters:
             self.pm.register(reporter)
+        restore_signals = self._catch_stop_signals()
         try:
-            return self._run_stages(resume, start_stage, start_epoch, global_epoch, wall_before, started)
+            return self._run_stages(resume, start_stage, start_epoch, start_step, global_epoch)
         finally:
+            restore_signals()
             for reporter in reporters:
                 self.pm.unregister(reporter)
-            reporters[0].writer.close()
+            if reporters:
+                reporters[0].writer.close()
 
-    def _run_stages(self, resume, start_stage, start_epoch, global_epoch, wall_before, started) -> dict[str, Any]:
+    def _catch_stop_signals(self):
+        """SIGTERM/SIGINT: finish the current step, write a checkpoint, stop with a clear message."""
+        self._stop_signal: str | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def request_stop(signum, _frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+    def _run_stages(self, resume, start_stage, start_epoch, start_step, global_epoch) -> dict[str, Any]:
         metrics_path = self.run_dir / "metrics.jsonl"
-        self.pm.hook.kdzoo_on_run_start(run=self)
+        call_hook(self.pm, "kdzoo_on_run_start", run=self)
         for stage_index in range(start_stage, len(self.stages)):
             stage = self.stages[stage_index]
             first_epoch = start_epoch if stage_index == start_stage else 0
-            self.pm.hook.kdzoo_on_stage_start(run=self, stage=stage, index=stage_index, resumed=first_epoch > 0)
+            first_step = start_step if stage_index == start_stage else 0
+            resumed = first_epoch > 0 or first_step > 0
+            call_hook(self.pm, "kdzoo_on_stage_start", run=self, stage=stage, index=stage_index, resumed=resumed)
             optimizer, scheduler = self.optimizer_for(stage)
-            if resume is not None and stage_index == start_stage and first_epoch > 0:
+            if resume is not None and stage_index == start_stage and resumed:
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
             if resume is not None and stage_index == start_stage:
-                checkpoint.restore_rng(resume["rng"])
+                per_rank = resume.get("rng_per_rank")
+                checkpoint.restore_rng(per_rank[self.dist.rank] if per_rank else resume["rng"])
             for epoch in range(first_epoch, stage.epochs):
                 t0 = time.perf_counter()
-                train_stats = self._train_epoch(stage, stage_index, epoch, global_epoch, optimizer, scheduler)
-                val = evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+                partial = resume.get("partial") if resume is not None and first_step and epoch == first_epoch else None
+                train_stats = self._train_epoch(
+                    stage,
+                    stage_index,
+                    epoch,
+                    global_epoch,
+                    optimizer,
+                    scheduler,
+                    first_step if epoch == first_epoch else 0,
+                    partial,
+                )
+                val = evaluate(self.student, self.data.val.epoch(0), self.data.num_classes, self._who("student"))
                 record = {
                     "stage": stage.name,
                     "stage_index": stage_index,
@@ -272,24 +344,28 @@ class Trainer:
                     "epoch": 0 if done_stage else epoch + 1,
                     "global_epoch": global_epoch,
                 }
-                self.pm.hook.kdzoo_on_epoch_end(run=self, stage=stage, epoch=epoch, metrics=record)
+                call_hook(self.pm, "kdzoo_on_epoch_end", run=self, stage=stage, epoch=epoch, metrics=record)
                 if done_stage:  # before the checkpoint, so a resumed run sees what the stage handed over
-                    self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
-                self._save(optimizer, scheduler, position, wall_before + time.perf_counter() - started)
-                append_jsonl(metrics_path, record)
-                self._print(record)
+                    call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=stage_index)
+                self._save(optimizer, scheduler, position)
+                if self.dist.main:
+                    append_jsonl(metrics_path, record)
+                    self._print(record)
             if stage.epochs == 0:
-                self.pm.hook.kdzoo_on_stage_end(run=self, stage=stage, index=stage_index)
+                call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=stage_index)
             start_epoch = 0
-        self._export()
-        summary = self._summary(wall_before + time.perf_counter() - started)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.pm.hook.kdzoo_on_run_end(run=self, summary=summary)
+        summary = self._summary(self._wall())
+        if self.dist.main:
+            self._export()
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        call_hook(self.pm, "kdzoo_on_run_end", run=self, summary=summary)
         return summary
 
     def optimizer_for(self, stage: Stage):
         """A fresh optimizer and per-step LR schedule over the parameters ``stage`` trains."""
         params = self._set_trainable(stage)
+        if self.dist.enabled:  # DDP registers what trains when it is built: once per stage
+            self.ddp = wrap(self.student, self.objective, self.dist)
         optim_cfg = self.config.optim if not stage.optim else _with(self.config.optim, stage.optim)
         optimizer = build_optimizer(optim_cfg, params)
         return optimizer, build_scheduler(optim_cfg, optimizer, stage.epochs, len(self.data.train))
@@ -301,7 +377,14 @@ class Trainer:
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress, teacher_out)
+            if self.ddp is not None:
+                loss, terms, weights = self.ddp(x, y, stage, epoch, progress, teacher_out)
+            else:
+                loss, terms, weights = self.compute_losses(x, y, stage, epoch, progress, teacher_out)
+        if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync, this policy only
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return None, terms, weights
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -316,46 +399,92 @@ class Trainer:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _train_epoch(self, stage, stage_index, epoch, global_epoch, optimizer, scheduler) -> dict[str, float]:
+    def _train_epoch(
+        self, stage, stage_index, epoch, global_epoch, optimizer, scheduler, start_step=0, partial=None
+    ) -> dict[str, float]:
         self.student.train()
         self.modules.train()
         steps = len(self.data.train)
-        sums: dict[str, Tensor] = {}
+        sums: dict[str, Tensor] = {k: torch.tensor(v) for k, v in (partial or {}).get("sums", {}).items()}
+        seen = (partial or {}).get("seen", 0)
+        self.skipped_steps = (partial or {}).get("skipped", 0)
+        first_bad: dict[str, Tensor] = {}  # term -> first step where it was NaN/inf, tracked on the device
         weights: dict[str, float] = {}
         cache = self.teacher_cache
-        batches = self.data.train.epoch(global_epoch, with_index=True) if cache else self.data.train.epoch(global_epoch)
+        data = self.data.train
+        batches = (
+            data.epoch(global_epoch, start_step, with_index=True) if cache else data.epoch(global_epoch, start_step)
+        )
         bar = tqdm(
             batches,
             total=steps,
+            initial=start_step,
             leave=False,
             disable=self._quiet(),
             desc=f"{self.label}{stage.name} {epoch + 1}/{stage.epochs}",
         )
-        seen = 0
         t0 = time.perf_counter()
-        for step, (x, y, *index) in enumerate(bar):
+        every = self.config.train.checkpoint_every
+        for step, (x, y, *index) in enumerate(bar, start=start_step):
             progress = (epoch + step / steps) / max(stage.epochs, 1)
             teacher_out = cache.lookup(index[0], global_epoch, self.device) if cache is not None else None
             loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler, teacher_out)
-            seen += len(y)
-            for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            if (step + 1) % self.config.train.log_every == 0:  # the only host syncs: at the log interval
-                shown = {k: f"{(v / (step + 1)).item():.3f}" for k, v in sums.items()}
+            if loss is not None:
+                seen += len(y)
+                for name, value in {"loss": loss, **terms}.items():
+                    value = value.detach()
+                    sums[name] = sums.get(name, 0.0) + value
+                    bad = first_bad.get(name, torch.tensor(-1))
+                    first_bad[name] = torch.where((bad < 0) & ~torch.isfinite(value), step + 1, bad)
+            done = step + 1
+            if done % self.config.train.log_every == 0 or done == steps:  # the only host syncs
+                self._stop_if_nonfinite(first_bad, stage, epoch)
+                shown = {k: f"{(v / max(done - start_step, 1)).item():.3f}" for k, v in sums.items()}
+                if self.dist.enabled:
+                    shown = {}  # rank 0 shows throughput only; terms are averaged over ranks at epoch end
                 shown["img/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"
                 bar.set_postfix(shown)
-        bad = [name for name, value in sums.items() if name != "loss" and not math.isfinite(float(value))]
-        if bad:  # checked once per epoch (no per-step sync); this epoch is not checkpointed
-            raise KdzooError(
-                f"stage '{stage.name}' epoch {epoch + 1}: loss term(s) {', '.join(bad)} became NaN/inf; "
-                f"lower optim.lr or the term's weight (last good checkpoint: {self.run_dir / 'last.pt'})"
-            )
-        stats = {k: round(float(v) / steps, 6) for k, v in sums.items()}
+            stop = any_across(self._stop_signal is not None, self.dist)  # every rank stops at the same step
+            if (stop or (every and done % every == 0)) and done < steps:
+                self._stop_if_nonfinite(first_bad, stage, epoch)
+                position = {"stage": stage_index, "epoch": epoch, "step": done, "global_epoch": global_epoch}
+                partial = {"sums": {k: float(v) for k, v in sums.items()}, "seen": seen, "skipped": self.skipped_steps}
+                self._save(optimizer, scheduler, position, partial)
+            if stop:
+                raise KdzooError(
+                    f"stopped by {self._stop_signal} at stage '{stage.name}' epoch {epoch + 1} step {done}/{steps}; "
+                    f"checkpoint written: continue with `kdzoo run --resume {self.run_dir}`"
+                )
+        self._stop_if_nonfinite(first_bad, stage, epoch)
+        counted = max(steps - self.skipped_steps, 1)
+        stats = {k: round(float(v) / counted, 6) for k, v in mean_across(sums, self.dist).items()}
         stats["weights"] = weights
-        stats["images_per_s"] = round(seen / max(time.perf_counter() - t0, 1e-9), 1)
+        stats["images_per_s"] = round(self.dist.world * seen / max(time.perf_counter() - t0, 1e-9), 1)
+        if self.skipped_steps:
+            stats["skipped_steps"] = self.skipped_steps
         return stats
 
-    def _save(self, optimizer, scheduler, position, wall) -> None:
+    def _stop_if_nonfinite(self, first_bad: dict[str, Tensor], stage: Stage, epoch: int) -> None:
+        bad = {name: int(step) for name, step in first_bad.items() if int(step) > 0}
+        if not any_across(bool(bad), self.dist):
+            return
+        bad = bad or {"loss (on another process)": 0}
+        step = min(bad.values())
+        terms = sorted(n for n, s in bad.items() if s == step and n != "loss") or ["loss"]
+        raise KdzooError(
+            f"stage '{stage.name}' epoch {epoch + 1} step {step}: loss term {', '.join(map(repr, terms))} "
+            f"became NaN/inf; "
+            f"the last good checkpoint is kept ({self.run_dir / 'last.pt'}); lower optim.lr or the term's weight, "
+            f"or set train.nonfinite=skip"
+        )
+
+    def _save(self, optimizer, scheduler, position, partial=None) -> None:
+        rngs = None
+        if self.dist.enabled:  # every process's RNG state, so each resumes its own stream
+            rngs = [None] * self.dist.world
+            torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+        if not self.dist.main:
+            return
         checkpoint.save_atomic(
             {
                 "format": "kdzoo-checkpoint-1",
@@ -368,7 +497,9 @@ class Trainer:
                 "rng": checkpoint.rng_state(),
                 "history": self.history,
                 "teacher_metrics": self.teacher_metrics,
-                "wall_time_s": wall,
+                "wall_time_s": self._wall(),
+                **({"partial": partial} if partial else {}),
+                **({"rng_per_rank": rngs} if rngs else {}),
                 **({"teacher_from_run": self.teacher.state_dict()} if self.teacher_from_run else {}),
             },
             self.run_dir / "last.pt",
@@ -401,7 +532,7 @@ class Trainer:
         last = (
             self.history[-1]["val"]
             if self.history
-            else evaluate(self.student, self.data.val.epoch(0), self.data.num_classes)
+            else evaluate(self.student, self.data.val.epoch(0), self.data.num_classes, self._who("student"))
         )
         best = max((r["val"]["top1"] for r in self.history), default=last["top1"])
         return {
@@ -421,6 +552,9 @@ class Trainer:
             "wall_time_s": round(wall, 2),
             "run_dir": str(self.run_dir),
         }
+
+    def _who(self, role: str) -> str:
+        return f"{role} ({getattr(self.config, role).model})"
 
     def _teacher_name(self) -> str | None:
         if self.teacher_cache is not None:

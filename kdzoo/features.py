@@ -233,6 +233,19 @@ def tokens_to_nchw(tokens: Tensor, num_prefix_tokens: int) -> Tensor:
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
 
+def named_forward(who: str, run, x: Tensor):
+    """Run a model; a failure names the model and the input shape instead of a bare traceback."""
+    try:
+        return run()
+    except KdzooError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise KdzooError(
+            f"the {who} failed in its forward pass on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first}"
+        ) from exc
+
+
 def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None:
     """The teacher's outputs without autograd, as normal tensors usable in a loss."""
     if extractor is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,9 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdzoo.features import named_forward
+
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int, who: str = "model"
+) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent, and mean CE."""
     was_training = model.training
     model.eval()
@@ -20,7 +25,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_cla
     correct1 = correct_k = loss_sum = 0.0
     seen = 0
     for x, y in batches:
-        logits = model(x)
+        logits = named_forward(who, functools.partial(model, x), x)
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
         hits = top.eq(y.unsqueeze(1))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
-from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, Taps, describe, run_teacher, union
-from kdzoo.plugins import run_manager
+from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, Taps, describe, named_forward, run_teacher, union
+from kdzoo.plugins import call_hook, run_manager
 from kdzoo.schedule import Stage
 
 CE = "ce"
@@ -47,7 +47,7 @@ class Objective(nn.Module):
         # pluggy calls the last registered first: register in reverse so results follow selection order
         self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
         self.student_info, self.teacher_info = student_info, teacher_info
-        self.taps: Taps = union(self.pm.hook.kdzoo_feature_taps(teacher=teacher_info, student=student_info))
+        self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
         self.method_modules = nn.ModuleDict()
         for name in methods:
             built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
@@ -81,15 +81,20 @@ class Objective(nn.Module):
     def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on one method only (for results that must be attributed to it)."""
         others = [p for n, p in self.methods.items() if n != method]
-        results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        try:
+            results = self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        except KdzooError:
+            raise
+        except Exception as exc:
+            raise KdzooError(f"method '{method}' failed in {hook}: {type(exc).__name__}: {exc}") from exc
         return results[0] if results else None
 
     def schedule(self, epochs: int) -> list[Stage]:
-        return self.pm.hook.kdzoo_schedule(epochs=epochs, teacher=self.teacher_info, student=self.student_info)
+        return call_hook(self.pm, "kdzoo_schedule", epochs=epochs, teacher=self.teacher_info, student=self.student_info)
 
     def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
         weights: dict[str, float] = {}
-        for result in self.pm.hook.kdzoo_loss_weights(stage=stage, epoch=epoch, progress=progress):
+        for result in call_hook(self.pm, "kdzoo_loss_weights", stage=stage, epoch=epoch, progress=progress):
             for name, value in (result or {}).items():
                 weights.setdefault(name, float(value))  # the first selected method wins
         return weights
@@ -99,7 +104,9 @@ class Objective(nn.Module):
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(student.logits, targets)
-        for result in self.pm.hook.kdzoo_compute_losses(student=student, teacher=teacher, targets=targets, stage=stage):
+        for result in call_hook(
+            self.pm, "kdzoo_compute_losses", student=student, teacher=teacher, targets=targets, stage=stage
+        ):
             for name, value in (result or {}).items():
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
@@ -124,9 +131,11 @@ class Objective(nn.Module):
         return total, terms, weights
 
     def _step(self, x, targets, stage, epoch, progress, teacher_out=None):
-        student_out = self.student_tap(x)
-        if teacher_out is None:
-            teacher_out = run_teacher(self.teacher_tap, x)
+        student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        if teacher_out is None and self.teacher_tap is not None:
+            teacher_out = named_forward(
+                f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
+            )
         terms = self.terms(student_out, teacher_out, targets, stage)
         weights = self.loss_weights(stage, epoch, progress)
         total = sum(weights.get(name, 1.0) * value for name, value in terms.items())

@@ -215,3 +215,29 @@ def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
     except pluggy.PluginValidationError as exc:
         raise KdzooError(f"method plugin '{exc.plugin_name}': {str(exc).splitlines()[0]}") from None
     return pm
+
+
+def call_hook(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Any:
+    """Call ``hook``; an exception raised inside a method's implementation becomes a one-line
+    :class:`KdzooError` naming the method, the hook and the error."""
+    try:
+        return getattr(pm.hook, hook)(**kwargs)
+    except KdzooError:
+        raise
+    except Exception as exc:
+        culprit = _culprit(pm, exc)
+        if culprit is None:
+            raise
+        raise KdzooError(f"method '{culprit}' failed in {hook}: {_one_line(exc)}") from exc
+
+
+def _culprit(pm: pluggy.PluginManager, exc: BaseException) -> str | None:
+    """The registered plugin whose code raised: the innermost traceback frame whose ``self`` is one."""
+    plugins = {id(p): name for name, p in pm.list_name_plugin()}
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in plugins:
+            found = plugins[id(owner)]
+        tb = tb.tb_next
+    return found

@@ -68,7 +68,14 @@ def obtain_teacher(config: RunConfig, data: DataBundle, registry: Registry, show
     if show_progress is not False:
         tqdm.write(f"teacher: training {cfg.model} for {cfg.train_epochs} epochs (cached in {folder})")
     trainer = Trainer(
-        teacher_run, registry, folder, data=data, student=model, show_progress=show_progress, label="teacher "
+        teacher_run,
+        registry,
+        folder,
+        data=data,
+        student=model,
+        show_progress=show_progress,
+        label="teacher ",
+        distributed=False,
     )
     last = folder / "last.pt"
     trainer.fit(resume=checkpoint.load(last) if last.is_file() else None)

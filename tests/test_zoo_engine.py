@@ -154,8 +154,9 @@ def test_born_again_resumes_across_generations_exactly(crash_at, tmp_path):
 
     crashed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
     crashed.pm.register(_CrashAt(*crash_at))
-    with pytest.raises(_Crash):
+    with pytest.raises(kdzoo.KdzooError, match="failed in kdzoo_on_epoch_end") as failure:
         crashed.fit()
+    assert isinstance(failure.value.__cause__, _Crash)
     state = torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)
     assert "teacher_from_run" in state  # generation 0, handed over, is in the checkpoint
     resumed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
