@@ -115,16 +115,13 @@ def _cli(args, env):
     return [sys.executable, "-m", "kdzoo", "run", *args]
 
 
-def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
+def _interrupted_run(tmp_path, how):
+    """An uninterrupted run in a/, and the same run in b/ interrupted by ``how``; returns the paths."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = [
-        "--method",
-        "fitnets",
-        "--quiet",
-        *_sets(
-            *TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=512", "train.epochs=6"
-        ),
-    ]
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=512", "train.epochs=4"]
+    if how != "sigkill-epoch-boundary":
+        sets.append("train.checkpoint_every=1")  # a checkpoint after every step
+    common = ["--method", "fitnets", "--quiet", *_sets(*sets)]
     whole = subprocess.run(
         [*_cli(common, env), "--set", f"train.out_dir={tmp_path / 'a'}"],
         env=env,
@@ -136,28 +133,53 @@ def test_sigkill_mid_training_then_resume_gives_identical_weights(tmp_path):
 
     run_dir = tmp_path / "b" / "fitnets-test_resnet-seed0"
     args = [*common, "--set", f"train.out_dir={tmp_path / 'b'}"]
-    proc = subprocess.Popen(_cli(args, env), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(args, env), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    time.sleep(0.1)  # into the second epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
+    while time.time() < deadline and proc.poll() is None:  # wait for the first checkpoint of the 2nd epoch
+        if (run_dir / "last.pt").exists():
+            position = torch.load(run_dir / "last.pt", weights_only=False)["position"]
+            if position["global_epoch"] >= 1 and ("step" in position) == (how != "sigkill-epoch-boundary"):
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be interrupted"
+    if how == "sigterm":  # the current step finishes, a checkpoint is written, the message says so
+        assert proc.returncode == 1 and "stopped by SIGTERM" in err and "checkpoint written" in err, err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     killed_at = torch.load(run_dir / "last.pt", weights_only=False)["position"]
-    assert killed_at["global_epoch"] < 6
+    assert killed_at["global_epoch"] < 4
+    assert ("step" in killed_at) == (how != "sigkill-epoch-boundary")
 
     resumed = subprocess.run([*_cli(args, env), "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "a" / "fitnets-test_resnet-seed0" / "last.pt", weights_only=False)
+    return tmp_path / "a" / "fitnets-test_resnet-seed0", run_dir
+
+
+@pytest.mark.parametrize("how", ["sigkill-epoch-boundary", "sigkill-mid-epoch", "sigterm"])
+def test_interrupted_then_resumed_gives_bit_identical_weights(how, tmp_path):
+    whole_dir, run_dir = _interrupted_run(tmp_path, how)
+    a = torch.load(whole_dir / "last.pt", weights_only=False)
     b = torch.load(run_dir / "last.pt", weights_only=False)
-    for key in ("student", "modules"):
-        assert a[key].keys() == b[key].keys()
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    for key in ("student", "modules", "optimizer"):
+        flat_a, flat_b = _flatten(a[key]), _flatten(b[key])
+        assert flat_a.keys() == flat_b.keys()
+        for name, value in flat_a.items():
+            assert torch.equal(value, flat_b[name]) if torch.is_tensor(value) else value == flat_b[name], (
+                f"{key}.{name} differs after resume"
+            )
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["global_epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["global_epoch"] for line in lines] == [1, 2, 3, 4]
+    assert [json.loads(line)["train"]["loss"] for line in lines] == [r["train"]["loss"] for r in a["history"]]
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix}{i}.").items()}
+    return {prefix: tree}
 
 
 def test_run_dir_has_metrics_tensorboard_plots_and_a_timm_loadable_student(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from kdzoo_plugins.fitnets import FitNetsConfig
-from kdzoo_plugins.kd import KDConfig
 
 from kdzoo.config import (
     DataConfig,
@@ -17,6 +15,8 @@ from kdzoo.config import (
     load_config,
 )
 from kdzoo.errors import KdzooError
+from kdzoo_plugins.fitnets import FitNetsConfig
+from kdzoo_plugins.kd import KDConfig
 
 CLASSES = {"kd": KDConfig, "fitnets": FitNetsConfig}
 

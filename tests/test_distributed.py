@@ -12,8 +12,15 @@ from tests.helpers import TINY
 
 def _run(tmp_path, out, method, nproc):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    sets = [*TINY, "data.train_limit=128", "data.batch_size=32", "teacher.model=test_resnet",
-            "student.model=test_resnet", "train.epochs=2", f"train.out_dir={tmp_path / out}"]
+    sets = [
+        *TINY,
+        "data.train_limit=128",
+        "data.batch_size=32",
+        "teacher.model=test_resnet",
+        "student.model=test_resnet",
+        "train.epochs=2",
+        f"train.out_dir={tmp_path / out}",
+    ]
     args = ["-m", "kdzoo", "run", "--method", method, "--quiet", *[a for s in sets for a in ("--set", s)]]
     if nproc > 1 and method == "kd":  # torchrun itself
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]

@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from kdzoo_plugins.fitnets import ConvRegressor, hint_loss
-from kdzoo_plugins.kd import KDLoss
 from torch import nn
 
 from kdzoo.functional import soft_target_kl
+from kdzoo_plugins.fitnets import ConvRegressor, hint_loss
+from kdzoo_plugins.kd import KDLoss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 1.0, 0.0], [1.5, 0.5, -0.5]]

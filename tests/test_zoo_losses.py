@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+
 from kdzoo_plugins.at import at_loss, attention_map
 from kdzoo_plugins.rkd import rkd_angle_loss, rkd_distance_loss, triplet_cosines
 from kdzoo_plugins.self_distill import AuxiliaryHead, byot_losses
