@@ -309,6 +309,8 @@ class Trainer:
             if resume is not None and stage_index == start_stage and resumed:
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
+                if resume.get("scaler"):
+                    self.scaler.load_state_dict(resume["scaler"])
             if resume is not None and stage_index == start_stage:
                 per_rank = resume.get("rng_per_rank")
                 checkpoint.restore_rng(per_rank[self.dist.rank] if per_rank else resume["rng"])
@@ -493,6 +495,7 @@ class Trainer:
                 "modules": self.modules.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "position": position,
                 "rng": checkpoint.rng_state(),
                 "history": self.history,
