@@ -56,8 +56,16 @@ def peak_step_memory_mb(step: Step, steps: int = 3) -> float:
     return _rss_mb("VmHWM") - before
 
 
+def _optimizer(student) -> torch.optim.Optimizer:
+    """The optimizer kdzoo's variants use too (the config's defaults), so only distillation differs."""
+    from kdzoo.config import OptimConfig
+    from kdzoo.optim import build_optimizer
+
+    return build_optimizer(OptimConfig(lr=0.01), student.parameters())
+
+
 def floor_step(teacher, student, x, y) -> Step:
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    optimizer = _optimizer(student)
 
     def step() -> None:
         with torch.inference_mode():
@@ -71,7 +79,7 @@ def floor_step(teacher, student, x, y) -> Step:
 
 
 def student_only_step(student, x, y) -> Step:
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    optimizer = _optimizer(student)
 
     def step() -> None:
         loss = F.cross_entropy(student(x), y)

@@ -5,8 +5,8 @@ https://arxiv.org/abs/1412.6550
 
 ``L_hint = MSE(regressor(f_s), f_t)`` (mean over all elements). The regressor is conv + BN + ReLU:
 a 3x3 stride-2 conv when the student map is twice the teacher's, a 4x4 stride-2 transposed conv
-when it is half, a 3x3 conv otherwise, then pooled or interpolated to the teacher's size if the
-sides still differ (ViT token maps, odd sizes). Sized from timm's ``feature_info``.
+when it is half, a 1x1 conv otherwise (RepDistiller's ConvReg for equal sizes), then pooled or
+interpolated to the teacher's size if the sides still differ (ViT token maps, odd sizes). Sized from timm's ``feature_info``.
 
 Two schedules:
 
@@ -57,8 +57,8 @@ class ConvRegressor(nn.Module):
             conv = nn.Conv2d(student_channels, teacher_channels, 3, stride=2, padding=1, bias=False)
         elif stride_ratio == 0.5:  # student map is half the teacher's
             conv = nn.ConvTranspose2d(student_channels, teacher_channels, 4, stride=2, padding=1, bias=False)
-        else:
-            conv = nn.Conv2d(student_channels, teacher_channels, 3, padding=1, bias=False)
+        else:  # same size (or an odd ratio, resampled below): a 1x1 conv, as RepDistiller's ConvReg
+            conv = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
         self.conv = conv
         self.bn = nn.BatchNorm2d(teacher_channels)
         self.act = nn.ReLU(inplace=True) if relu else nn.Identity()

@@ -189,11 +189,11 @@ def test_hint_loss_teacher_detached():
     [
         (2, 8, 4, nn.Conv2d, 3, 2),  # student map twice the teacher's
         (0.5, 4, 8, nn.ConvTranspose2d, 4, 2),  # student map half the teacher's
-        (1, 4, 4, nn.Conv2d, 3, 1),  # same size
-        (1, 5, 3, nn.Conv2d, 3, 1),  # still larger after the conv: pooled
-        (4, 2, 8, nn.Conv2d, 3, 1),  # still smaller after the conv: interpolated
-        (0.25, 2, 8, nn.Conv2d, 3, 1),  # genuine ratio for 2x2 -> 8x8, interpolated
-        (4, 16, 4, nn.Conv2d, 3, 1),  # genuine ratio for 16x16 -> 4x4, pooled
+        (1, 4, 4, nn.Conv2d, 1, 1),  # same size
+        (1, 5, 3, nn.Conv2d, 1, 1),  # still larger after the conv: pooled
+        (4, 2, 8, nn.Conv2d, 1, 1),  # still smaller after the conv: interpolated
+        (0.25, 2, 8, nn.Conv2d, 1, 1),  # genuine ratio for 2x2 -> 8x8, interpolated
+        (4, 16, 4, nn.Conv2d, 1, 1),  # genuine ratio for 16x16 -> 4x4, pooled
     ],
 )
 def test_conv_regressor_shapes_and_layers(stride_ratio, student_side, teacher_side, conv_type, kernel, stride):
