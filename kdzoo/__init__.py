@@ -37,3 +37,13 @@ __all__ = [
     "pair_stage",
     "parameters_up_to",
 ]
+
+
+def _load_plugins() -> None:
+    """Load the installed plugins now, so models they register exist for ``timm.create_model``."""
+    from kdzoo.plugins import registry
+
+    registry()
+
+
+_load_plugins()

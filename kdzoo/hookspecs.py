@@ -46,6 +46,18 @@ class DiscoverySpec:
                     summary="match the teacher's softened class probabilities"))
         """
 
+    @hookspec
+    def kdzoo_register_models(self, register: Callable[[Callable], Callable]) -> None:
+        """Register model architectures into timm's registry (``register`` is timm's
+        ``register_model``), so runs and users create them with ``timm.create_model(name)``.
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_register_models(register):
+                register(resnet8x4)  # def resnet8x4(pretrained=False, **kwargs) -> nn.Module
+        """
+
 
 class MethodSpec:
     @hookspec

@@ -24,6 +24,15 @@ from kdzoo.errors import KdzooError, close_matches
 hookimpl = pluggy.HookimplMarker("kdzoo")
 ENTRY_POINT_GROUP = "kdzoo"
 _RUN_HOOKS = {name for name in dir(hookspecs.MethodSpec) if name.startswith("kdzoo_")}
+_DISCOVERY_HOOKS = {name for name in dir(hookspecs.DiscoverySpec) if name.startswith("kdzoo_")}
+
+
+def _register_timm_model(fn: Callable) -> Callable:
+    """timm's ``register_model``, once per name (plugins may be loaded again in one process)."""
+    import timm
+    from timm.models import register_model
+
+    return fn if timm.is_model(fn.__name__) else register_model(fn)
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,12 @@ class Registry:
         pm.add_hookspecs(hookspecs.DiscoverySpec)
         try:
             pm.register(plugin, name=name)
-            _check_hook_names(plugin, {"kdzoo_register_methods"})
+            _check_hook_names(plugin, _DISCOVERY_HOOKS)
             found: list[MethodInfo] = []
             for impl in pm.hook.kdzoo_register_methods.get_hookimpls():
                 impl.function(**{arg: found.append for arg in impl.argnames})
+            for impl in pm.hook.kdzoo_register_models.get_hookimpls():
+                impl.function(**{arg: _register_timm_model for arg in impl.argnames})
             for info in found:
                 _check_method(info, self.methods)
         except Exception as exc:  # a broken plugin must not take the others down

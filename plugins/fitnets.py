@@ -6,7 +6,8 @@ https://arxiv.org/abs/1412.6550
 ``L_hint = MSE(regressor(f_s), f_t)`` (mean over all elements). The regressor is conv + BN + ReLU:
 a 3x3 stride-2 conv when the student map is twice the teacher's, a 4x4 stride-2 transposed conv
 when it is half, a 1x1 conv otherwise (RepDistiller's ConvReg for equal sizes), then pooled or
-interpolated to the teacher's size if the sides still differ (ViT token maps, odd sizes). Sized from timm's ``feature_info``.
+interpolated to the teacher's size if the sides still differ (ViT token maps, odd sizes).
+Sized from timm's ``feature_info``.
 
 Two schedules:
 

@@ -1,0 +1,184 @@
+"""CIFAR-style architectures of the CRD paper's table (RepDistiller), registered into timm.
+
+After ``import kdzoo`` they are created like any timm model, e.g. ``timm.create_model("resnet8x4",
+num_classes=100)``, and expose timm's interface (``feature_info``, ``forward_intermediates``,
+``forward_head``), so every kdzoo method taps them without model-specific code.
+
+* ResNets for CIFAR (He et al. 2016, section 4.2): 3x3 stem, three stages of basic blocks at
+  strides 1/2/2, ``resnet20/56/110`` with 16/32/64 channels and ``resnet8x4/32x4`` with 4x wider
+  stages (64/128/256 after a 32-channel stem), as in RepDistiller's ``resnet.py``.
+* Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation basic blocks, ``wrn_<depth>_<k>``.
+
+Parameter counts (100 classes) equal the reference definitions: resnet8x4 1.234 M, resnet32x4
+7.434 M, resnet20 0.278 M, resnet56 0.862 M, resnet110 1.737 M, wrn_16_2 0.703 M, wrn_40_2 2.255 M,
+wrn_40_1 0.570 M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import hookimpl
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class PreActBlock(nn.Module):
+    """Wide ResNet block: BN-ReLU-conv twice, 1x1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv3x3(cin, cout, stride)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), _conv3x3(cout, cout)
+        self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class CifarNet(nn.Module):
+    """A stem and stages (each a feature_info entry), then global pooling and a linear classifier."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: list[nn.Module],
+        widths: list[int],
+        strides: list[int],
+        num_classes: int,
+        final: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.final = final or nn.Identity()  # WRN's last BN-ReLU (its blocks are pre-activation)
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.fc = nn.Linear(widths[-1], num_classes)
+        reduction, self.feature_info = 1, []
+        names = ["stem", *(f"stages.{i}" for i in range(len(stages)))]
+        for name, width, stride in zip(names, widths, [1, *strides], strict=True):
+            reduction *= stride
+            self.feature_info.append({"num_chs": width, "reduction": reduction, "module": name})
+        self.pretrained_cfg = {
+            "architecture": "",
+            "classifier": "fc",
+            "num_classes": num_classes,
+            "input_size": (3, 32, 32),
+        }
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        n = len(self.feature_info)
+        take = (
+            list(range(n))
+            if indices is None
+            else (list(range(n - indices, n)) if isinstance(indices, int) else [i % n for i in indices])
+        )
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take:
+            intermediates.append(x)
+        for i, stage in enumerate(self.stages, start=1):
+            if stop_early and i > max(take):
+                break
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return self.final(x), intermediates
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.final(self.stages(self.stem(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _stage(block: Callable[..., nn.Module], cin: int, cout: int, count: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(*(block(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(count)))
+
+
+def cifar_resnet(depth: int, widths: list[int], num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    n = (depth - 2) // 6
+    stem = nn.Sequential(_conv3x3(in_chans, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+    stages = [_stage(BasicBlock, widths[i], widths[i + 1], n, 1 if i == 0 else 2) for i in range(3)]
+    return CifarNet(stem, stages, widths, [1, 2, 2], num_classes)
+
+
+def wide_resnet(depth: int, k: int, num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    n = (depth - 4) // 6
+    widths = [16, 16 * k, 32 * k, 64 * k]
+    stages = [_stage(PreActBlock, widths[i], widths[i + 1], n, 1 if i == 0 else 2) for i in range(3)]
+    final = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
+    return CifarNet(_conv3x3(in_chans, 16), stages, widths, [1, 2, 2], num_classes, final)
+
+
+ARCHITECTURES: dict[str, Callable[..., CifarNet]] = {
+    "resnet20": lambda **kw: cifar_resnet(20, [16, 16, 32, 64], **kw),
+    "resnet56": lambda **kw: cifar_resnet(56, [16, 16, 32, 64], **kw),
+    "resnet110": lambda **kw: cifar_resnet(110, [16, 16, 32, 64], **kw),
+    "resnet8x4": lambda **kw: cifar_resnet(8, [32, 64, 128, 256], **kw),
+    "resnet32x4": lambda **kw: cifar_resnet(32, [32, 64, 128, 256], **kw),
+    "wrn_16_2": lambda **kw: wide_resnet(16, 2, **kw),
+    "wrn_40_2": lambda **kw: wide_resnet(40, 2, **kw),
+    "wrn_40_1": lambda **kw: wide_resnet(40, 1, **kw),
+}
+
+
+def _entrypoint(name: str, build: Callable[..., CifarNet]) -> Callable[..., CifarNet]:
+    def create(pretrained: bool = False, **kwargs: object) -> CifarNet:
+        if pretrained:
+            raise ValueError(f"{name} has no published weights; train it, or pass a checkpoint")
+        kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans")}
+        model = build(**kwargs)
+        model.pretrained_cfg["architecture"] = name
+        model.default_cfg = model.pretrained_cfg
+        return model
+
+    create.__name__ = name
+    create.__module__ = __name__
+    return create
+
+
+@hookimpl
+def kdzoo_register_models(register):
+    for name, build in ARCHITECTURES.items():
+        register(_entrypoint(name, build))

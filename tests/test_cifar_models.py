@@ -1,0 +1,63 @@
+"""The CRD paper's CIFAR architectures, registered into timm by a plugin, with the published sizes."""
+
+import pytest
+import timm
+import torch
+
+import kdzoo  # noqa: F401  (loads the plugins, which register the models)
+from kdzoo.config import load_config
+from kdzoo.features import FeatureExtractor, describe
+from kdzoo.plugins import registry
+
+PUBLISHED_M_PARAMS = {  # RepDistiller's definitions, 100 classes
+    "resnet8x4": 1.234,
+    "resnet32x4": 7.434,
+    "wrn_16_2": 0.703,
+    "wrn_40_2": 2.255,
+    "resnet20": 0.278,
+    "resnet56": 0.862,
+    "resnet110": 1.737,
+    "wrn_40_1": 0.570,
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_M_PARAMS))
+def test_created_by_timm_with_the_published_parameter_count(name):
+    model = timm.create_model(name, num_classes=100)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 3) == PUBLISHED_M_PARAMS[name]
+    info = describe(model, name, 32)
+    x = torch.randn(2, 3, 32, 32)
+    out = FeatureExtractor(model.eval(), info, range(len(info.stages)), embedding=True)(x)
+    for i, stage in enumerate(info.stages):
+        assert out.feature(i).shape == (2, stage.channels, info.spatial_size(i), info.spatial_size(i))
+    assert torch.allclose(out.logits, model(x), atol=1e-5) and out.embedding.shape == (2, info.embedding_dim)
+
+
+def test_pretrained_weights_do_not_exist_and_say_so():
+    with pytest.raises(ValueError, match="no published weights"):
+        timm.create_model("resnet8x4", pretrained=True)
+
+
+@pytest.mark.parametrize("config", ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "resnet56_resnet20"])
+def test_paper_setting_configs_build_and_take_one_step_on_cpu(config, tmp_path):
+    from kdzoo.data import DataBundle, TensorBatches
+    from kdzoo.engine import Trainer
+
+    reg = registry()
+    cfg = load_config(
+        [f"configs/cifar100/{config}.yaml"],
+        [f"train.out_dir={tmp_path}", "train.device=cpu"],
+        ["kd", "fitnets"],
+        reg.config_classes(),
+    )
+    assert cfg.optim.milestones == [150, 180, 210] and cfg.train.epochs == 240 and cfg.data.batch_size == 64
+    assert cfg.method_configs["kd"].temperature == 4.0
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 100, (8,))
+    norm = __import__("kdzoo.data", fromlist=["Normalisation"]).Normalisation((0.5,) * 3, (0.25,) * 3)
+    batches = TensorBatches(x, y, 8, 32, norm, train=True)
+    data = DataBundle("cifar100-sample", batches, batches, 100, 3)
+    teacher = timm.create_model(cfg.teacher.model, num_classes=100)
+    trainer = Trainer(cfg, reg, tmp_path / "run", teacher=teacher, data=data, show_progress=False)
+    optimizer, scheduler = trainer.optimizer_for(trainer.stages[0])
+    loss, terms, _ = trainer.train_step(*next(batches.epoch(0)), trainer.stages[0], 0, 0.0, optimizer, scheduler)
+    assert torch.isfinite(loss) and {"ce", "kd", "hint"} <= set(terms)
