@@ -65,7 +65,7 @@ class DataConfig:
     img_size: int = 32
     batch_size: int = 64
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers for imagefolder (0: min(4, CPUs)); in-memory data needs none
     augment: bool = True
     train_limit: int | None = None  # first N training samples only (smoke tests)
     views: int = 0  # >0: each sample has this many fixed augmented views (epoch e uses view e % views)

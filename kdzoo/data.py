@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -298,7 +299,9 @@ class LoaderBatches:
 
     def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
-        self.num_workers, self.seed = num_workers, seed
+        # 0 means "choose": file-backed images need decoding workers to keep up with the model
+        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
+        self.seed = seed
         self.device = torch.device("cpu")
         self.shard_info = DistInfo()
 
@@ -317,6 +320,8 @@ class LoaderBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         from torch.utils.data import DataLoader
 
+        # a fresh loader per epoch: worker seeds then come from the (seed, epoch) generator, so an epoch
+        # is the same after a resume (persistent workers would carry their RNG across epochs)
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
