@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import types
+
+import kdzoo
 from kdzoo.config import RunConfig, load_config
-from kdzoo.plugins import registry
+from kdzoo.plugins import Registry, load_registry, registry
 
 TINY = [
     "data.name=synthetic",
@@ -31,3 +34,15 @@ def tiny_config(methods: list[str], *extra: str, pair: str = "resnet->resnet", o
     cfg.teacher.kwargs.update(t_kw)
     cfg.student.kwargs.update(s_kw)
     return cfg
+
+
+def registry_with_method(name: str, factory, config_class=dict, needs_teacher: bool = True) -> Registry:
+    """The installed plugins plus one throwaway plugin module registering method ``name``."""
+
+    @kdzoo.hookimpl
+    def kdzoo_register_methods(register):
+        register(kdzoo.MethodInfo(name, factory, config_class, "test", "test method", needs_teacher=needs_teacher))
+
+    module = types.ModuleType(f"{name}_plugin")
+    module.kdzoo_register_methods = kdzoo_register_methods
+    return load_registry(extra=[(f"{name}_plugin", module)])

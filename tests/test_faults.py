@@ -2,7 +2,6 @@
 
 import dataclasses
 import errno
-import types
 
 import pytest
 import torch
@@ -12,8 +11,7 @@ import kdzoo
 from kdzoo import checkpoint
 from kdzoo.cli import main
 from kdzoo.engine import Trainer
-from kdzoo.plugins import load_registry
-from tests.helpers import TINY, tiny_config
+from tests.helpers import TINY, registry_with_method, tiny_config
 
 
 @dataclasses.dataclass
@@ -34,14 +32,8 @@ class _NaNAt:
         return {"flaky": value + float("nan") if self.step >= self.bad_from else value}
 
 
-def _registry_with(name, factory, needs_teacher=False):
-    @kdzoo.hookimpl
-    def kdzoo_register_methods(register):
-        register(kdzoo.MethodInfo(name, factory, StepConfig, "test", "test method", needs_teacher=needs_teacher))
-
-    mod = types.ModuleType(name)
-    mod.kdzoo_register_methods = kdzoo_register_methods
-    return load_registry(extra=[(name, mod)])
+def _registry_with(name, factory):
+    return registry_with_method(name, factory, StepConfig, needs_teacher=False)
 
 
 def _config(reg, method, *sets, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 import kdzoo
 from kdzoo.plugins import load_registry
-from tests.helpers import TINY
+from tests.helpers import TINY, registry_with_method
 
 THIRD_PARTY = '''
 """A method the built-ins do not have: regress the teacher's logits (Ba & Caruana, 2014)."""
@@ -137,11 +137,7 @@ def test_unknown_method_hook_is_a_load_error():
         def kdzoo_compute_loss(self, student):  # misspelt: the spec is kdzoo_compute_losses
             return {}
 
-    @kdzoo.hookimpl
-    def kdzoo_register_methods(register):
-        register(kdzoo.MethodInfo("typo", Typo, dict, "none", "misspelt"))
-
-    reg = load_registry(extra=[("typo_plugin", _module("typo_plugin", kdzoo_register_methods=kdzoo_register_methods))])
+    reg = registry_with_method("typo", Typo)
     assert "typo" not in reg.methods
     assert "kdzoo_compute_loss" in reg.failures["typo_plugin"]
     assert "kdzoo_compute_losses" in reg.failures["typo_plugin"]  # the suggestion
@@ -149,12 +145,8 @@ def test_unknown_method_hook_is_a_load_error():
 
 
 def test_duplicate_method_name_is_reported_by_plugin():
-    @kdzoo.hookimpl
-    def kdzoo_register_methods(register):
-        register(kdzoo.MethodInfo("kd", object, dict, "none", "clash"))
-
-    reg = load_registry(extra=[("clash", _module("clash", kdzoo_register_methods=kdzoo_register_methods))])
-    assert "already registered by plugin 'kd'" in reg.failures["clash"]
+    reg = registry_with_method("kd", object)
+    assert "already registered by plugin 'kd'" in reg.failures["kd_plugin"]
     assert reg.methods["kd"].plugin == "kd"
 
 
@@ -174,22 +166,15 @@ def test_misspelt_hook_argument_is_a_load_error():
         def kdzoo_compute_losses(self, student, teachr):
             return {}
 
-    @kdzoo.hookimpl
-    def kdzoo_register_methods(register):
-        register(kdzoo.MethodInfo("argtypo", Typo, dict, "none", "misspelt argument"))
-
-    reg = load_registry(extra=[("argtypo", _module("argtypo", kdzoo_register_methods=kdzoo_register_methods))])
+    reg = registry_with_method("argtypo", Typo)
     assert "argtypo" not in reg.methods
-    assert "unknown argument(s) teachr" in reg.failures["argtypo"] and "teacher" in reg.failures["argtypo"]
+    failure = reg.failures["argtypo_plugin"]
+    assert "unknown argument(s) teachr" in failure and "teacher" in failure
 
 
 def test_reserved_method_names_are_refused():
-    @kdzoo.hookimpl
-    def kdzoo_register_methods(register):
-        register(kdzoo.MethodInfo("train", object, dict, "none", "clashes with a config section"))
-
-    reg = load_registry(extra=[("reserved", _module("reserved", kdzoo_register_methods=kdzoo_register_methods))])
-    assert "reserved or invalid" in reg.failures["reserved"]
+    reg = registry_with_method("train", object)
+    assert "reserved or invalid" in reg.failures["train_plugin"]
 
 
 def test_running_a_method_whose_plugin_failed_names_the_failure(site, tmp_path):
