@@ -144,3 +144,28 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     result = runner.invoke(main, ["run", "--method", "kd", *sets])
     assert result.exit_code != 0 and "does not fit this architecture" in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_sigkill_while_checkpoints_are_being_written_never_breaks_the_latest(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "last.pt"
+    writer = (
+        "import sys, torch\n"
+        "from kdzoo.checkpoint import save_atomic\n"
+        "for i in range(10_000):\n"
+        "    save_atomic({'step': i, 'weights': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # several 16 MB checkpoints in, most likely in the middle of writing one
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = checkpoint.load(path)  # the latest complete checkpoint, never a torn one
+    assert torch.equal(state["weights"], torch.full((4_000_000,), float(state["step"])))
