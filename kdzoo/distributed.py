@@ -53,13 +53,13 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # differentiable
 
+        # two passes (mean, then squared deviations from it), as a single-process BatchNorm computes them:
+        # E[x^2] - mean^2 would lose digits in float32
         n_local = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
-        moments = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), n_local])
-        moments = all_reduce(moments)
-        c = x.shape[1]
-        count = moments[-1]
-        mean = moments[:c] / count
-        var = moments[c : 2 * c] / count - mean * mean
+        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), n_local]))
+        count = sums[-1]
+        mean = sums[:-1] / count
+        var = all_reduce((x - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

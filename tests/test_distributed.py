@@ -36,15 +36,20 @@ def test_two_processes_equal_one_process(method, tmp_path):
     one = _run(tmp_path, "one", method, 1)
     two = _run(tmp_path, "two", method, 2)
     assert "rng_per_rank" in two and len(two["rng_per_rank"]) == 2
+    gaps = []
     for part in ("student", "modules"):
         assert one[part].keys() == two[part].keys()
         for name, value in one[part].items():
             if value.is_floating_point():
-                # float noise from the all-reduce order, amplified a little by SGD momentum over the steps
                 gap = (value - two[part][name]).abs().max().item()
-                assert gap <= 1e-4 * max(1.0, value.abs().max().item()), f"{part}.{name}: {gap}"
+                gaps.append((gap / max(1.0, value.abs().max().item()), f"{part}.{name}"))
             else:
                 assert torch.equal(value, two[part][name]), f"{part}.{name}"
+    # float noise from the all-reduce order, grown a little over the steps by SGD momentum (and, for FitNets,
+    # the x100 hint); BatchNorm running statistics are the most sensitive. Per-process BatchNorm statistics
+    # instead of global ones would differ by percents.
+    gaps.sort(reverse=True)
+    assert gaps[0][0] <= 5e-4, gaps[:5]
     # the logged terms are averaged over the processes: the same numbers as one process sees
     for a, b in zip(one["history"], two["history"], strict=True):
         assert a["train"]["ce"] == pytest.approx(b["train"]["ce"], rel=1e-4)
