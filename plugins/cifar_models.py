@@ -8,10 +8,12 @@ num_classes=100)``, and expose timm's interface (``feature_info``, ``forward_int
   strides 1/2/2, ``resnet20/56/110`` with 16/32/64 channels and ``resnet8x4/32x4`` with 4x wider
   stages (64/128/256 after a 32-channel stem), as in RepDistiller's ``resnet.py``.
 * Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation basic blocks, ``wrn_<depth>_<k>``.
+* VGG with BatchNorm (Simonyan & Zisserman 2015, CIFAR variant): ``vgg8`` and ``vgg13_cifar``
+  (timm's ``vgg13`` is the ImageNet network).
 
 Parameter counts (100 classes) equal the reference definitions: resnet8x4 1.234 M, resnet32x4
 7.434 M, resnet20 0.278 M, resnet56 0.862 M, resnet110 1.737 M, wrn_16_2 0.703 M, wrn_40_2 2.255 M,
-wrn_40_1 0.570 M.
+wrn_40_1 0.570 M, vgg8 3.965 M, vgg13_cifar 9.462 M.
 """
 
 from __future__ import annotations
@@ -151,7 +153,31 @@ def wide_resnet(depth: int, k: int, num_classes: int = 100, in_chans: int = 3) -
     return CifarNet(_conv3x3(in_chans, 16), stages, widths, [1, 2, 2], num_classes, final)
 
 
+def _vgg_block(cin: int, widths: list[int]) -> nn.Sequential:
+    """3x3 conv + BN (+ ReLU between convs); the block's last ReLU is applied after it."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        cin = width
+    return nn.Sequential(*layers)
+
+
+def cifar_vgg(blocks: list[list[int]], num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    """RepDistiller's VGG with BatchNorm: five blocks, max-pooling between the first four (at 32 px
+    the fourth pool is skipped, as in the reference), global average pooling, one linear layer."""
+    stem = _vgg_block(in_chans, blocks[0])
+    stages = [
+        nn.Sequential(*([nn.MaxPool2d(2, 2)] if i < 4 else []), _vgg_block(blocks[i - 1][-1], blocks[i]))
+        for i in range(1, 5)
+    ]
+    widths = [b[-1] for b in blocks]
+    return CifarNet(stem, stages, widths, [2, 2, 2, 1], num_classes)
+
+
 ARCHITECTURES: dict[str, Callable[..., CifarNet]] = {
+    "vgg8": lambda **kw: cifar_vgg([[64], [128], [256], [512], [512]], **kw),
+    # timm's own "vgg13" is the ImageNet network; this is the CIFAR one of the CRD table
+    "vgg13_cifar": lambda **kw: cifar_vgg([[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]], **kw),
     "resnet20": lambda **kw: cifar_resnet(20, [16, 16, 32, 64], **kw),
     "resnet56": lambda **kw: cifar_resnet(56, [16, 16, 32, 64], **kw),
     "resnet110": lambda **kw: cifar_resnet(110, [16, 16, 32, 64], **kw),
