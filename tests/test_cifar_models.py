@@ -18,6 +18,8 @@ PUBLISHED_M_PARAMS = {  # RepDistiller's definitions, 100 classes
     "resnet56": 0.862,
     "resnet110": 1.737,
     "wrn_40_1": 0.570,
+    "vgg8": 3.965,
+    "vgg13_cifar": 9.462,
 }
 
 
