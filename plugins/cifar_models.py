@@ -8,12 +8,15 @@ num_classes=100)``, and expose timm's interface (``feature_info``, ``forward_int
   strides 1/2/2, ``resnet20/56/110`` with 16/32/64 channels and ``resnet8x4/32x4`` with 4x wider
   stages (64/128/256 after a 32-channel stem), as in RepDistiller's ``resnet.py``.
 * Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation basic blocks, ``wrn_<depth>_<k>``.
+* MobileNetV2 as RepDistiller builds it for CIFAR: ``mobilenetv2_half_cifar`` (width 0.5, the
+  table's "MobileNetV2").
 * VGG with BatchNorm (Simonyan & Zisserman 2015, CIFAR variant): ``vgg8`` and ``vgg13_cifar``
   (timm's ``vgg13`` is the ImageNet network).
 
 Parameter counts (100 classes) equal the reference definitions: resnet8x4 1.234 M, resnet32x4
 7.434 M, resnet20 0.278 M, resnet56 0.862 M, resnet110 1.737 M, wrn_16_2 0.703 M, wrn_40_2 2.255 M,
-wrn_40_1 0.570 M, vgg8 3.965 M, vgg13_cifar 9.462 M.
+wrn_40_1 0.570 M, vgg8 3.965 M, vgg13_cifar 9.462 M,
+mobilenetv2_half_cifar 0.813 M.
 """
 
 from __future__ import annotations
@@ -71,17 +74,19 @@ class CifarNet(nn.Module):
         strides: list[int],
         num_classes: int,
         final: nn.Module | None = None,
+        head_width: int | None = None,
+        stem_stride: int = 1,
     ):
         super().__init__()
         self.stem = stem
         self.stages = nn.Sequential(*stages)
-        self.final = final or nn.Identity()  # WRN's last BN-ReLU (its blocks are pre-activation)
+        self.final = final or nn.Identity()  # WRN's last BN-ReLU, MobileNetV2's 1x1 conv to 1280
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = widths[-1]
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.num_features = self.head_hidden_size = head_width or widths[-1]
+        self.fc = nn.Linear(self.num_features, num_classes)
         reduction, self.feature_info = 1, []
         names = ["stem", *(f"stages.{i}" for i in range(len(stages)))]
-        for name, width, stride in zip(names, widths, [1, *strides], strict=True):
+        for name, width, stride in zip(names, widths, [stem_stride, *strides], strict=True):
             reduction *= stride
             self.feature_info.append({"num_chs": width, "reduction": reduction, "module": name})
         self.pretrained_cfg = {
@@ -174,7 +179,58 @@ def cifar_vgg(blocks: list[list[int]], num_classes: int = 100, in_chans: int = 3
     return CifarNet(stem, stages, widths, [2, 2, 2, 1], num_classes)
 
 
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block as in RepDistiller: 1x1 expansion (always), 3x3 depthwise, 1x1 linear projection."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.conv = nn.Sequential(
+            *_conv_bn_relu(cin, hidden, 1),
+            *_conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def cifar_mobilenetv2(width: float, expand: int = 6, num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    """RepDistiller's MobileNetV2 (``mobile_half`` is width 0.5): features after the stem and after
+    block groups 1, 2, 4 and 6, as its ``forward`` taps them."""
+    setting = [
+        (1, 16, 1, 1),
+        (expand, 24, 2, 1),
+        (expand, 32, 3, 2),
+        (expand, 64, 4, 2),
+        (expand, 96, 3, 1),
+        (expand, 160, 3, 2),
+        (expand, 320, 1, 1),
+    ]  # (expansion, channels, blocks, stride)
+    cin = int(32 * width)
+    stem = nn.Sequential(*_conv_bn_relu(in_chans, cin, 3, 2))
+    groups = []
+    for t, c, n, s in setting:
+        cout = int(c * width)
+        groups.append([InvertedResidual(cin if i == 0 else cout, cout, s if i == 0 else 1, t) for i in range(n)])
+        cin = cout
+    tapped = [(0, 2), (2, 3), (3, 5), (5, 7)]  # block groups ending at a tapped feature
+    stages = [nn.Sequential(*(block for group in groups[a:b] for block in group)) for a, b in tapped]
+    widths = [int(32 * width), *(int(setting[b - 1][1] * width) for _, b in tapped)]
+    strides = [max(setting[i][3] for i in range(a, b)) for a, b in tapped]
+    final = nn.Sequential(*_conv_bn_relu(cin, 1280, 1))
+    return CifarNet(stem, stages, widths, strides, num_classes, final, head_width=1280, stem_stride=2)
+
+
 ARCHITECTURES: dict[str, Callable[..., CifarNet]] = {
+    "mobilenetv2_half_cifar": lambda **kw: cifar_mobilenetv2(0.5, **kw),
     "vgg8": lambda **kw: cifar_vgg([[64], [128], [256], [512], [512]], **kw),
     # timm's own "vgg13" is the ImageNet network; this is the CIFAR one of the CRD table
     "vgg13_cifar": lambda **kw: cifar_vgg([[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]], **kw),

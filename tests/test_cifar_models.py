@@ -20,6 +20,7 @@ PUBLISHED_M_PARAMS = {  # RepDistiller's definitions, 100 classes
     "wrn_40_1": 0.570,
     "vgg8": 3.965,
     "vgg13_cifar": 9.462,
+    "mobilenetv2_half_cifar": 0.813,
 }
 
 
