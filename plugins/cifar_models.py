@@ -10,19 +10,21 @@ num_classes=100)``, and expose timm's interface (``feature_info``, ``forward_int
 * Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation basic blocks, ``wrn_<depth>_<k>``.
 * MobileNetV2 as RepDistiller builds it for CIFAR: ``mobilenetv2_half_cifar`` (width 0.5, the
   table's "MobileNetV2").
+* ShuffleNet V1 (groups 3) and V2 (size 1) for CIFAR: ``shufflenet_v1_cifar``, ``shufflenet_v2_cifar``.
 * VGG with BatchNorm (Simonyan & Zisserman 2015, CIFAR variant): ``vgg8`` and ``vgg13_cifar``
   (timm's ``vgg13`` is the ImageNet network).
 
 Parameter counts (100 classes) equal the reference definitions: resnet8x4 1.234 M, resnet32x4
 7.434 M, resnet20 0.278 M, resnet56 0.862 M, resnet110 1.737 M, wrn_16_2 0.703 M, wrn_40_2 2.255 M,
 wrn_40_1 0.570 M, vgg8 3.965 M, vgg13_cifar 9.462 M,
-mobilenetv2_half_cifar 0.813 M.
+mobilenetv2_half_cifar 0.813 M, shufflenet_v1_cifar 0.949 M, shufflenet_v2_cifar 1.356 M.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -229,7 +231,97 @@ def cifar_mobilenetv2(width: float, expand: int = 6, num_classes: int = 100, in_
     return CifarNet(stem, stages, widths, strides, num_classes, final, head_width=1280, stem_stride=2)
 
 
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _bn(conv: nn.Conv2d) -> nn.Sequential:
+    return nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels))
+
+
+class ShuffleV1Block(nn.Module):
+    """ShuffleNet unit: grouped 1x1, shuffle, depthwise 3x3, grouped 1x1; stride 2 concatenates an
+    average-pooled shortcut. The first unit after the 24-channel stem uses ungrouped 1x1s."""
+
+    def __init__(self, cin: int, cout: int, stride: int, groups: int):
+        super().__init__()
+        mid, g = cout // 4, (1 if cin == 24 else groups)
+        self.g, self.stride = g, stride
+        self.conv1 = _bn(nn.Conv2d(cin, mid, 1, groups=g, bias=False))
+        self.conv2 = _bn(nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False))
+        self.conv3 = _bn(nn.Conv2d(mid, cout, 1, groups=groups, bias=False))
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = channel_shuffle(F.relu(self.conv1(x)), self.g)
+        out = self.conv3(F.relu(self.conv2(out)))
+        res = self.shortcut(x)
+        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+
+
+def cifar_shufflenet_v1(num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    widths, blocks, groups = [240, 480, 960], [4, 8, 4], 3
+    stem = nn.Sequential(_bn(nn.Conv2d(in_chans, 24, 1, bias=False)), nn.ReLU(inplace=True))
+    stages, cin = [], 24
+    for width, count in zip(widths, blocks, strict=True):
+        units = [ShuffleV1Block(cin, width - cin, 2, groups)]  # the stride-2 unit concatenates its input
+        units += [ShuffleV1Block(width, width, 1, groups) for _ in range(count - 1)]
+        stages.append(nn.Sequential(*units))
+        cin = width
+    return CifarNet(stem, stages, [24, *widths], [2, 2, 2], num_classes)
+
+
+class ShuffleV2Block(nn.Module):
+    """ShuffleNetV2 unit: split channels, transform one half (1x1, depthwise 3x3, 1x1), concat, shuffle."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(
+            *_conv_bn_relu(half, half, 1),
+            _bn(nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False)),
+            *_conv_bn_relu(half, half, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        half = x.shape[1] // 2
+        return channel_shuffle(torch.cat([x[:, :half], self.branch(x[:, half:])], 1), 2)
+
+
+class ShuffleV2Down(nn.Module):
+    """ShuffleNetV2 stride-2 unit: two branches on the whole input, concatenated and shuffled."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        mid = cout // 2
+        self.left = nn.Sequential(
+            _bn(nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False)), *_conv_bn_relu(cin, mid, 1)
+        )
+        self.right = nn.Sequential(
+            *_conv_bn_relu(cin, mid, 1),
+            _bn(nn.Conv2d(mid, mid, 3, 2, 1, groups=mid, bias=False)),
+            *_conv_bn_relu(mid, mid, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
+
+
+def cifar_shufflenet_v2(num_classes: int = 100, in_chans: int = 3) -> CifarNet:
+    widths, blocks = [116, 232, 464], [3, 7, 3]  # net size 1
+    stem = nn.Sequential(*_conv_bn_relu(in_chans, 24, 1))
+    stages, cin = [], 24
+    for width, count in zip(widths, blocks, strict=True):
+        stages.append(nn.Sequential(ShuffleV2Down(cin, width), *(ShuffleV2Block(width) for _ in range(count))))
+        cin = width
+    final = nn.Sequential(*_conv_bn_relu(cin, 1024, 1))
+    return CifarNet(stem, stages, [24, *widths], [2, 2, 2], num_classes, final, head_width=1024)
+
+
 ARCHITECTURES: dict[str, Callable[..., CifarNet]] = {
+    "shufflenet_v1_cifar": cifar_shufflenet_v1,
+    "shufflenet_v2_cifar": cifar_shufflenet_v2,
     "mobilenetv2_half_cifar": lambda **kw: cifar_mobilenetv2(0.5, **kw),
     "vgg8": lambda **kw: cifar_vgg([[64], [128], [256], [512], [512]], **kw),
     # timm's own "vgg13" is the ImageNet network; this is the CIFAR one of the CRD table

@@ -21,6 +21,8 @@ PUBLISHED_M_PARAMS = {  # RepDistiller's definitions, 100 classes
     "vgg8": 3.965,
     "vgg13_cifar": 9.462,
     "mobilenetv2_half_cifar": 0.813,
+    "shufflenet_v1_cifar": 0.949,
+    "shufflenet_v2_cifar": 1.356,
 }
 
 
