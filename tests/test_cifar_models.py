@@ -43,7 +43,9 @@ def test_pretrained_weights_do_not_exist_and_say_so():
         timm.create_model("resnet8x4", pretrained=True)
 
 
-@pytest.mark.parametrize("config", ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "resnet56_resnet20"])
+@pytest.mark.parametrize(
+    "config", ["resnet32x4_resnet8x4", "wrn_40_2_wrn_16_2", "resnet56_resnet20", "resnet32x4_shufflenet_v2_cifar"]
+)
 def test_paper_setting_configs_build_and_take_one_step_on_cpu(config, tmp_path):
     from kdzoo.data import DataBundle, TensorBatches
     from kdzoo.engine import Trainer
