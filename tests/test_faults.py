@@ -169,3 +169,19 @@ def test_sigkill_while_checkpoints_are_being_written_never_breaks_the_latest(tmp
     proc.wait()
     state = checkpoint.load(path)  # the latest complete checkpoint, never a torn one
     assert torch.equal(state["weights"], torch.full((4_000_000,), float(state["step"])))
+
+
+class _ReservedTerm:
+    def __init__(self, config):
+        pass
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student):
+        return {"loss": student.logits.mean()}
+
+
+def test_a_term_named_like_a_metrics_field_is_refused(tmp_path):
+    reg = _registry_with("reserved_term", _ReservedTerm)
+    trainer = Trainer(_config(reg, "reserved_term", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False)
+    with pytest.raises(kdzoo.KdzooError, match="loss term name 'loss' is reserved"):
+        trainer.fit()
