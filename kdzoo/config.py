@@ -218,7 +218,8 @@ def load_config(
     for path in files:
         data = merge(data, read_yaml(path))
     selected = list(methods) or data.get("methods") or []
-    selected = [selected] if isinstance(selected, str) else list(selected)
+    # only for routing bare --set keys; a malformed 'methods' value is reported below, by key
+    selected = [selected] if isinstance(selected, str) else selected if isinstance(selected, list) else []
     method_fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()}
     for text in overrides:
         path, value = parse_override(text)

@@ -2,7 +2,7 @@
 in one line (KdzooError), never a raw traceback."""
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdzoo.config import RunConfig, load_config
@@ -55,6 +55,8 @@ def _load(files, sets, methods):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=documents, methods=st.lists(st.sampled_from(["kd", "fitnets", "kdd", ""]), max_size=2))
+@example(document={"methods": 1}, methods=[])  # once a TypeError
+@example(document={"methods": [1, None]}, methods=[])
 def test_random_config_files(tmp_path, document, methods):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(document))
