@@ -34,7 +34,24 @@ class Normalisation:
     std: tuple[float, ...]
 
 
-class TensorBatches:
+class Batches:
+    """What the engine needs of a batch source: its device, and this process's share of each batch."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.shard_info = DistInfo()  # set by the engine under torchrun
+
+    def to(self, device: torch.device) -> Batches:
+        self.device = torch.device(device)
+        return self
+
+
+def batches_per_epoch(samples: int, batch_size: int, train: bool) -> int:
+    """Training drops the ragged last batch; evaluation keeps it."""
+    return (samples // batch_size or 1) if train else math.ceil(samples / batch_size)
+
+
+class TensorBatches(Batches):
     """Mini-batches over an in-memory image tensor (N, C, H, W), uint8 or float in [0, 1]."""
 
     def __init__(
@@ -54,21 +71,14 @@ class TensorBatches:
         self.batch_size, self.img_size, self.norm = batch_size, img_size, norm
         self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
         self.views = views
-        self.device = torch.device("cpu")
-        self.shard_info = DistInfo()  # set by the engine under torchrun: this process's share of each batch
+        super().__init__()
 
     def __len__(self) -> int:
-        if self.train:
-            return len(self.labels) // self.batch_size or 1  # drop the ragged last batch
-        return math.ceil(len(self.labels) / self.batch_size)
+        return batches_per_epoch(len(self.labels), self.batch_size, self.train)
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
-
-    def to(self, device: torch.device) -> TensorBatches:
-        self.device = torch.device(device)
-        return self
 
     def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
         """The batches of one epoch, from batch ``start`` on; they depend only on (seed, epoch).
@@ -153,8 +163,8 @@ class DataBundle:
     """Train and validation batches plus what the models must be built for."""
 
     name: str
-    train: TensorBatches | LoaderBatches | IterableBatches
-    val: TensorBatches | LoaderBatches | IterableBatches
+    train: Batches
+    val: Batches
     num_classes: int
     in_chans: int
 
@@ -290,7 +300,7 @@ def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
     )
 
 
-class LoaderBatches:
+class LoaderBatches(Batches):
     """Mini-batches from a file-backed dataset through a DataLoader (workers decode images).
 
     Shuffling and worker seeds come from a generator seeded by (seed, epoch), like
@@ -302,20 +312,14 @@ class LoaderBatches:
         # 0 means "choose": file-backed images need decoding workers to keep up with the model
         self.num_workers = num_workers or min(4, os.cpu_count() or 1)
         self.seed = seed
-        self.device = torch.device("cpu")
-        self.shard_info = DistInfo()
+        super().__init__()
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return (n // self.batch_size or 1) if self.train else math.ceil(n / self.batch_size)
+        return batches_per_epoch(len(self.dataset), self.batch_size, self.train)
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
-
-    def to(self, device: torch.device) -> LoaderBatches:
-        self.device = torch.device(device)
-        return self
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         from torch.utils.data import DataLoader
@@ -336,12 +340,13 @@ class LoaderBatches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-class IterableBatches:
-    """Wraps a user's DataLoader (or any sized iterable of (images, labels)) for the engine."""
+class IterableBatches(Batches):
+    """Wraps a user's DataLoader (or any sized iterable of (images, labels)) for the engine; under
+    torchrun, give it a DistributedSampler (it is not sharded again here)."""
 
     def __init__(self, loader):
         self.loader = loader
-        self.device = torch.device("cpu")
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -350,10 +355,6 @@ class IterableBatches:
     def num_samples(self) -> int:
         dataset = getattr(self.loader, "dataset", None)
         return len(dataset) if dataset is not None else len(self.loader)
-
-    def to(self, device: torch.device) -> IterableBatches:
-        self.device = torch.device(device)
-        return self
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         sampler = getattr(self.loader, "sampler", None)
