@@ -97,18 +97,16 @@ def check_label_sets(config: RunConfig, data_classes: int) -> None:
     """Teacher and student must predict the same classes; say so before anything is built."""
     t = config.teacher.kwargs.get("num_classes", data_classes)
     s = config.student.kwargs.get("num_classes", data_classes)
-    if t != s:
-        raise KdzooError(
-            f"teacher {config.teacher.model} predicts {t} classes but student {config.student.model} predicts {s}; "
-            f"they must share the label set (check teacher/student kwargs.num_classes)"
-        )
+    _same_classes(config.teacher.model, t, config.student.model, s)
 
 
 def check_pair(teacher: nn.Module | None, student: nn.Module, t_name: str, s_name: str) -> None:
     """Fail before training when teacher and student cannot be distilled into each other."""
-    if teacher is None:
-        return
-    t_classes, s_classes = getattr(teacher, "num_classes", None), getattr(student, "num_classes", None)
+    if teacher is not None:
+        _same_classes(t_name, getattr(teacher, "num_classes", None), s_name, getattr(student, "num_classes", None))
+
+
+def _same_classes(t_name: str, t_classes: int | None, s_name: str, s_classes: int | None) -> None:
     if t_classes != s_classes:
         raise KdzooError(
             f"teacher {t_name} predicts {t_classes} classes but student {s_name} predicts {s_classes}; "
