@@ -10,8 +10,8 @@ reports medians of per-round ratios, so machine noise hits every variant alike.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -22,8 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdzoo.bench_memory import resident_peak_mb, tensor_peak_mb
 from kdzoo.config import load_config
 from kdzoo.data import DataBundle, Normalisation, TensorBatches
+from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
 from kdzoo.plugins import registry
 
@@ -34,26 +36,10 @@ Step = Callable[[], None]
 class Variant:
     name: str
     step: Step
+    optimizer: torch.optim.Optimizer
 
-
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_step_memory_mb(step: Step, steps: int = 3) -> float:
-    """Resident high-water mark reached during ``steps`` steps, above the resident size before them."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed blocks back so the baseline is honest
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return float("nan")
-    before = _rss_mb("VmRSS")
-    for _ in range(steps):
-        step()
-    return _rss_mb("VmHWM") - before
+    def free_gradients(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _optimizer(student) -> torch.optim.Optimizer:
@@ -64,38 +50,61 @@ def _optimizer(student) -> torch.optim.Optimizer:
     return build_optimizer(OptimConfig(lr=0.01), student.parameters())
 
 
-def floor_step(teacher, student, x, y) -> Step:
+# What each ``--options`` entry changes: kdzoo's config settings, and the same thing done by hand in
+# the floor's minimal loop (memory format, autocast dtype) so each option is compared like for like.
+OPTIONS: dict[str, list[str]] = {
+    "channels_last": ["train.channels_last=true"],
+    "bf16": ["train.precision=bf16"],
+    "fp16": ["train.precision=fp16"],
+    "compile": ["train.compile=true"],
+}
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+Built = tuple[Step, torch.optim.Optimizer]  # a variant's step and the optimizer holding its gradients
+
+
+def _hand_step(teacher, student, x, y, option: str | None = None) -> Built:
+    """The minimal hand-written loop: optional teacher forward, student forward/backward/step."""
     optimizer = _optimizer(student)
+    dtype = _AUTOCAST.get(option or "")
+    # fp16 needs loss scaling against underflow exactly as kdzoo's step has it; a disabled scaler is free
+    scaler = torch.amp.GradScaler(x.device.type, enabled=option == "fp16")
+    if option == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        for model in (teacher, student):
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
 
     def step() -> None:
-        with torch.inference_mode():
-            teacher(x)
-        loss = F.cross_entropy(student(x), y)
+        with autocast():
+            if teacher is not None:
+                with torch.inference_mode():
+                    teacher(x)
+            loss = F.cross_entropy(student(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
-    return step
-
-
-def student_only_step(student, x, y) -> Step:
-    optimizer = _optimizer(student)
-
-    def step() -> None:
-        loss = F.cross_entropy(student(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return step, optimizer
 
 
-def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path) -> Step:
+def floor_step(teacher, student, x, y, option: str | None = None) -> Built:
+    return _hand_step(teacher, student, x, y, option)
+
+
+def student_only_step(student, x, y) -> Built:
+    return _hand_step(None, student, x, y)
+
+
+def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path) -> Built:
     """The engine's own training step for ``methods`` (built exactly as ``kdzoo run`` builds it)."""
     from kdzoo.engine import Trainer
 
     reg = registry()
-    cfg = load_config([], [*settings, "train.device=cpu"], methods, reg.config_classes())
+    cfg = load_config([], [*settings, f"train.device={x.device}"], methods, reg.config_classes())
     norm = Normalisation((0.0,) * x.shape[1], (1.0,) * x.shape[1])
     batches = TensorBatches(x, y, len(y), x.shape[-1], norm, train=True)
     data = DataBundle("bench", batches, batches, int(student.num_classes), int(x.shape[1]))
@@ -110,19 +119,25 @@ def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], 
     def step() -> None:
         trainer.train_step(x, y, stage, 0, 0.5, optimizer, scheduler)
 
-    return step
+    return step, optimizer
 
 
-def measure(variants: list[Variant], rounds: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+def measure(
+    variants: list[Variant], rounds: int, steps: int, warmup: int, device: torch.device = torch.device("cpu")
+) -> dict[str, dict[str, float]]:
+    # CUDA runs asynchronously: wait for the queued work before reading the clock, never inside a step
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for variant in variants:
         for _ in range(warmup):
             variant.step()
     per_round: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(rounds):
         for variant in variants:
+            sync()
             start = time.perf_counter()
             for _ in range(steps):
                 variant.step()
+            sync()
             per_round[variant.name].append((time.perf_counter() - start) / steps)
     floor = per_round[variants[0].name]
     out = {}
@@ -131,7 +146,9 @@ def measure(variants: list[Variant], rounds: int, steps: int, warmup: int) -> di
         out[variant.name] = {
             "step_ms": 1000 * statistics.median(times),
             "ratio": statistics.median(t / f for t, f in zip(times, floor, strict=True)),
-            "peak_mb": peak_step_memory_mb(variant.step),
+            "round_ms": [1000 * t for t in times],
+            "peak_mb": tensor_peak_mb(variant.step, device, prepare=variant.free_gradients),
+            "resident_peak_mb": resident_peak_mb(variant.step, device),
         }
     return out
 
@@ -149,63 +166,107 @@ def run_bench(
     tmp: Path = Path("runs/bench"),
     teacher_kwargs: dict[str, Any] | None = None,
     student_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    torchdistill: bool = False,
 ) -> dict[str, Any]:
-    """Measure the floor, the student-only step and kdzoo's step for each method stack."""
-    from kdzoo.config import ModelConfig
+    """Measure the floor, the student-only step and kdzoo's step for each method stack.
 
+    Each entry of ``options`` adds kdzoo's first stack with that option and the floor with the same
+    option. ``torchdistill`` adds torchdistill's own step for every stack it has too.
+    """
+    from kdzoo.config import ModelConfig
+    from kdzoo.engine import pick_device
+
+    unknown = [o for o in options or [] if o not in OPTIONS]
+    if unknown:
+        raise KdzooError(f"bench option '{unknown[0]}' is unknown; choose from {', '.join(OPTIONS)}")
+    where = pick_device(device)
     torch.manual_seed(0)
     num_classes, in_chans = 100, 3
     teacher = create_model(ModelConfig(teacher_name, kwargs=teacher_kwargs or {}), "teacher", num_classes, in_chans)
     student = create_model(ModelConfig(student_name, kwargs=student_kwargs or {}), "student", num_classes, in_chans)
-    teacher.requires_grad_(False).eval()
-    x = torch.randn(batch, in_chans, img_size, img_size)
-    y = torch.randint(0, num_classes, (batch,))
+    teacher.requires_grad_(False).eval().to(where)
+    student.to(where)
+    x = torch.randn(batch, in_chans, img_size, img_size, device=where)
+    y = torch.randint(0, num_classes, (batch,), device=where)
     base = [f"data.img_size={img_size}", f"data.batch_size={batch}", "optim.lr=0.01"]
     variants = [
-        Variant("floor", floor_step(teacher, copy.deepcopy(student).train(), x, y)),
-        Variant("student only", student_only_step(copy.deepcopy(student).train(), x, y)),
+        Variant("floor", *floor_step(teacher, copy.deepcopy(student).train(), x, y)),
+        Variant("student only", *student_only_step(copy.deepcopy(student).train(), x, y)),
     ]
     for stack in methods:
         names = stack.split("+")
-        variants.append(Variant(f"kdzoo {stack}", kdzoo_step(names, teacher, copy.deepcopy(student), x, y, base, tmp)))
+        built = kdzoo_step(names, teacher, copy.deepcopy(student), x, y, base, tmp)
+        variants.append(Variant(f"kdzoo {stack}", *built))
+    if torchdistill:
+        variants += _torchdistill_variants(methods, teacher, student, x, y)
     for option in options or []:
-        extra = {
-            "channels_last": ["train.channels_last=true"],
-            "bf16": ["train.precision=bf16"],
-            "compile": ["train.compile=true"],
-        }[option]
         stack = methods[0]
-        variants.append(
-            Variant(
-                f"kdzoo {stack} [{option}]",
-                kdzoo_step(stack.split("+"), copy.deepcopy(teacher), copy.deepcopy(student), x, y, base + extra, tmp),
-            )
+        if option != "compile":  # the hand loop has no compiled twin: compiling it would time torch, not kdzoo
+            hand = floor_step(copy.deepcopy(teacher), copy.deepcopy(student).train(), x, y, option)
+            variants.append(Variant(f"floor [{option}]", *hand))
+        kdzoo = kdzoo_step(
+            stack.split("+"), copy.deepcopy(teacher), copy.deepcopy(student), x, y, base + OPTIONS[option], tmp
         )
-    results = measure(variants, rounds, steps, warmup)
+        variants.append(Variant(f"kdzoo {stack} [{option}]", *kdzoo))
+    results = measure(variants, rounds, steps, warmup, where)
     return {
+        "vs_torchdistill": {
+            stack: _median_ratio(results[f"kdzoo {stack}"], results[f"torchdistill {stack}"])
+            for stack in methods
+            if f"torchdistill {stack}" in results
+        },
         "pair": f"{teacher_name} -> {student_name}",
         "img_size": img_size,
         "batch": batch,
+        "device": _device_name(where),
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "rounds": rounds,
         "results": results,
     }
 
 
+def _torchdistill_variants(methods: list[str], teacher, student, x, y) -> list[Variant]:
+    from kdzoo.bench_torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
+
+    if not torchdistill_available():
+        raise KdzooError("--torchdistill needs torchdistill: pip install 'kdzoo[bench]'")
+    variants = []
+    for stack in methods:
+        if stack in TORCHDISTILL_METHODS:
+            step = torchdistill_step(stack, teacher, copy.deepcopy(student), x, y)
+            variants.append(Variant(f"torchdistill {stack}", step, step.box.optimizer))
+    return variants
+
+
+def _median_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
+    return statistics.median(a / b for a, b in zip(ours["round_ms"], theirs["round_ms"], strict=True))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
 def format_table(report: dict[str, Any]) -> str:
     rows = report["results"]
-    floor_mb = rows["floor"]["peak_mb"]
+    floor = rows["floor"]
     lines = [
-        f"{report['pair']}, batch {report['batch']}, {report['img_size']} px, {report['threads']} threads, "
+        f"{report['pair']}, batch {report['batch']}, {report['img_size']} px, {report['device']}, "
         f"median of {report['rounds']} interleaved rounds",
         "",
-        "| variant | step ms | x floor | images/s | step peak MB | x floor's peak |",
-        "|---|---|---|---|---|---|",
+        "| variant | step ms | x floor | images/s | tensor peak MB | x floor's | resident peak MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         ips = report["batch"] / (r["step_ms"] / 1000)
         lines.append(
-            f"| {name} | {r['step_ms']:.1f} | {r['ratio']:.3f} | {ips:.0f} | {r['peak_mb']:.0f} | "
-            f"{r['peak_mb'] / floor_mb:.2f} |"
+            f"| {name} | {r['step_ms']:.1f} | {r['ratio']:.3f} | {ips:.0f} | {r['peak_mb']:.1f} | "
+            f"{r['peak_mb'] / floor['peak_mb']:.3f} | {r['resident_peak_mb']:.0f} |"
         )
+    if report.get("vs_torchdistill"):
+        ratios = ", ".join(f"{stack} {ratio:.3f}" for stack, ratio in report["vs_torchdistill"].items())
+        lines += ["", f"kdzoo step time / torchdistill's (median of per-round ratios; < 1: kdzoo faster): {ratios}"]
     return "\n".join(lines)

@@ -270,10 +270,20 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
 @click.option("--batch", default=64, show_default=True)
 @click.option("--rounds", default=7, show_default=True, help="Interleaved rounds (medians are reported).")
 @click.option("--steps", default=3, show_default=True, help="Steps per variant per round.")
-@click.option("--options", default="", help="Also measure kdzoo's first stack with: channels_last,bf16,compile.")
+@click.option(
+    "--options",
+    default="",
+    help="Also measure kdzoo's first stack, and the floor, with each of: channels_last,bf16,fp16,compile.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when there is one), cpu, cuda, cuda:1.")
+@click.option(
+    "--torchdistill",
+    is_flag=True,
+    help="Also time torchdistill's own step for the stacks it has (pip install 'kdzoo[bench]').",
+)
 @click.option("--json", "json_out", default=None, help="Also write the raw numbers to this JSON file.")
 @one_line_errors
-def bench(teacher, student, methods, img_size, batch, rounds, steps, options, json_out) -> None:
+def bench(teacher, student, methods, img_size, batch, rounds, steps, options, device, torchdistill, json_out) -> None:
     """Step cost of each method vs the floor (teacher forward + student step), one process, interleaved."""
     import tempfile
 
@@ -290,6 +300,8 @@ def bench(teacher, student, methods, img_size, batch, rounds, steps, options, js
             steps,
             options=[o for o in options.split(",") if o],
             tmp=Path(tmp),
+            device=device,
+            torchdistill=torchdistill,
         )
     click.echo(format_table(report))
     if json_out:

@@ -15,6 +15,7 @@ import json
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ class Trainer:
                 teacher.to(memory_format=torch.channels_last)
         # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        if self.scaler.is_enabled():
+            # the scaler skips the optimizer on steps whose gradients overflowed (it then lowers the
+            # scale); the schedule still advancing one step there is intended, not a misordering
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         if config.train.compile:
             self.objective.compile()
         self.ddp = None

@@ -131,11 +131,13 @@ class Objective(nn.Module):
         return total, terms, weights
 
     def _step(self, x, targets, stage, epoch, progress, teacher_out=None):
-        student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        # the teacher first: its forward's transient activations are then gone before the student's
+        # saved ones pile up, so the step's memory peak is the student's alone
         if teacher_out is None and self.teacher_tap is not None:
             teacher_out = named_forward(
                 f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
             )
+        student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
         terms = self.terms(student_out, teacher_out, targets, stage)
         weights = self.loss_weights(stage, epoch, progress)
         total = sum(weights.get(name, 1.0) * value for name, value in terms.items())

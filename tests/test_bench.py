@@ -1,7 +1,10 @@
 """The benchmark runs the engine's real step for each stack and reports ratios (no timing assertions)."""
 
+import pytest
+import torch
 from click.testing import CliRunner
 
+from kdzoo.bench_memory import tensor_peak_mb
 from kdzoo.cli import main
 
 
@@ -25,6 +28,7 @@ def test_bench_table_has_every_variant(tmp_path):
             "1",
             "--options",
             "channels_last,bf16",
+            "--torchdistill",
             "--json",
             str(out),
         ],
@@ -32,8 +36,31 @@ def test_bench_table_has_every_variant(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("floor", "student only", "kdzoo kd", "kdzoo kd+at+rkd", "kdzoo kd [channels_last]", "kdzoo kd [bf16]"):
         assert f"| {name} |" in result.output
+    assert "| floor [bf16] |" in result.output  # each option is compared with the floor done the same way
+    for name in ("torchdistill kd", "torchdistill kd+at+rkd"):  # the same steps done by torchdistill
+        assert f"| {name} |" in result.output
     import json
 
     report = json.loads(out.read_text())
     assert report["results"]["floor"]["ratio"] == 1.0
-    assert all(r["step_ms"] > 0 for r in report["results"].values())
+    assert all(r["step_ms"] > 0 and r["peak_mb"] > 0 for r in report["results"].values())
+
+
+def test_unknown_option_is_one_line():
+    result = CliRunner().invoke(
+        main, ["bench", "--teacher", "test_resnet", "--student", "test_resnet", "--options", "fp8"]
+    )
+    assert result.exit_code != 0
+    assert "bench option 'fp8' is unknown; choose from channels_last, bf16, fp16, compile" in result.output
+
+
+def test_tensor_peak_counts_what_a_step_holds_at_once():
+    cpu = torch.device("cpu")
+    kept = []
+
+    def step():
+        a = torch.ones(2**20)  # 4 MiB
+        b = torch.ones(2**19)  # 2 MiB while a is alive: the peak is 6 MiB
+        kept[:] = [a.sum() + b.sum()]
+
+    assert tensor_peak_mb(step, cpu) == pytest.approx(6.0, abs=0.01)

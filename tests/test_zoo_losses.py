@@ -141,3 +141,39 @@ def test_auxiliary_head_reaches_the_deepest_shape():
     head = AuxiliaryHead(16, 64, downsamples=2, num_classes=10)
     features, logits = head(torch.randn(2, 16, 16, 16), (4, 4))
     assert features.shape == (2, 64, 4, 4) and logits.shape == (2, 10)
+
+
+def test_rkd_angle_in_anchor_blocks_equals_one_block_in_value_and_gradient():
+    s = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(12, 5, dtype=torch.float64)
+    whole = rkd_angle_loss(s, t)
+    blocks = rkd_angle_loss(s, t, block_elements=5 * 12 * 12)  # anchors in blocks of 5, 5, 2
+    assert blocks.item() == pytest.approx(whole.item(), rel=1e-12)
+    g_whole, g_blocks = (torch.autograd.grad(v, s)[0] for v in (whole, blocks))
+    assert torch.allclose(g_blocks, g_whole, atol=1e-12)
+
+
+def test_rkd_angle_gradient_formed_in_the_forward_pass_equals_autograd_of_the_plain_formula():
+    torch.manual_seed(3)
+    s = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(10, 4, dtype=torch.float64)
+    plain = F.smooth_l1_loss(triplet_cosines(s), triplet_cosines(t))  # autograd through every B^3 op
+    g_plain = torch.autograd.grad(plain, s)[0]
+    for block in (10**6, 3 * 100):  # one block, and blocks of 3 anchors
+        g_fast = torch.autograd.grad(rkd_angle_loss(s, t, block_elements=block), s)[0]
+        assert torch.allclose(g_fast, g_plain, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda e: rkd_angle_loss(e, t, block_elements=300), (s,))
+
+
+def test_rkd_angle_keeps_no_cubic_tensor_for_backward():
+    b = 96
+    s = torch.randn(b, 32, requires_grad=True)
+    saved: list[int] = []
+
+    def keep(x):
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda x: x):
+        rkd_angle_loss(s, torch.randn(b, 16))
+    assert saved and max(saved) <= b * b  # B x B matrices at most, never a B x B x B one

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU numbers of docs/performance.md, in one go: the step benchmark on a larger pair at
+# ImageNet size and on the CPU section's pair, each with torchdistill beside kdzoo, then real
+# epochs (live teacher, warm teacher-output cache, fp16 with its grad scaler) through `kdzoo run`.
+#
+#   pip install -e '.[bench]' && bash scripts/bench_gpu.sh        # results in runs/bench-gpu/
+#   COMPILE=1 bash scripts/bench_gpu.sh                            # also times the torch.compile option
+#
+# DEVICE=cpu SMALL=1 runs the same sequence tiny on the CPU (a dry run of this script).
+set -euo pipefail
+out=${OUT:-runs/bench-gpu}
+kdzoo=${KDZOO:-kdzoo}
+device=${DEVICE:-cuda}
+mkdir -p "$out"
+export KDZOO_CACHE="$out/cache"
+
+if [[ -n "${SMALL:-}" ]]; then
+    big=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
+    small=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
+    epochs=(--set train.epochs=1 --set teacher.model=test_resnet --set student.model=test_efficientnet
+            --set teacher.train_epochs=1)
+else
+    big=(--teacher resnet50 --student resnet18 --img-size 224 --batch 128 --rounds 7 --steps 5)
+    small=(--teacher resnet18 --student resnet10t --img-size 32 --batch 256 --rounds 7 --steps 10)
+    epochs=(--set train.epochs=3 --set teacher.model=resnet18 --set student.model=resnet10t)
+fi
+
+if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; fi
+python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+
+$kdzoo bench --device "$device" "${big[@]}" --options channels_last,bf16,fp16 --torchdistill \
+    --json "$out/bench_big.json" | tee "$out/bench_big.md"
+$kdzoo bench --device "$device" "${small[@]}" --torchdistill --json "$out/bench_small.json" | tee "$out/bench_small.md"
+
+run() {  # one real run on the embedded digits data; its metrics.jsonl holds the epoch throughput
+    local name=$1; shift
+    $kdzoo run -q --method kd --set train.device="$device" --set train.out_dir="$out/runs" \
+        --set train.name="$name" --set data.augment=false "${epochs[@]}" "$@"
+    python3 - "$out/runs/$name/metrics.jsonl" "$name" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print(sys.argv[2], "images/s per epoch:", [round(r["train"]["images_per_s"]) for r in rows])
+PY
+}
+run kd-live  # no augmentation in any of these runs: the cache needs fixed inputs
+run kd-cached --set teacher.cache=true  # fills the cache
+run kd-cached-warm --set teacher.cache=true
+run kd-fp16 --set train.precision=fp16 --set train.channels_last=true
+
+# torch.compile last: compiling both models takes minutes, and a cut-off here loses nothing above
+if [[ -n "${COMPILE:-}" ]]; then
+    timeout 240 $kdzoo bench --device "$device" "${big[@]}" --methods kd --options compile \
+        --json "$out/bench_compile.json" | tee "$out/bench_compile.md" || echo "compile bench did not finish in 240 s"
+fi
