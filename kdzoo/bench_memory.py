@@ -79,6 +79,7 @@ def resident_peak_mb(step: Step, device: torch.device, steps: int = 2) -> float:
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # blocks cached by earlier variants would hide what this one reserves
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_reserved(device)
         _run(step, steps, device)

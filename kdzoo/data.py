@@ -46,6 +46,21 @@ class Batches:
         return self
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` without the host waiting: from pinned memory, asynchronously, on CUDA
+    (a copy from ordinary memory would make the host wait for the GPU's queued work each step)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` takes at most a quarter of the accelerator memory still free."""
+    return device.type == "cuda" and nbytes <= torch.cuda.mem_get_info(device)[0] // 4
+
+
 def batches_per_epoch(samples: int, batch_size: int, train: bool) -> int:
     """Training drops the ragged last batch; evaluation keeps it."""
     return (samples // batch_size or 1) if train else math.ceil(samples / batch_size)
@@ -71,10 +86,19 @@ class TensorBatches(Batches):
         self.batch_size, self.img_size, self.norm = batch_size, img_size, norm
         self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
         self.views = views
+        self._norm_tensors: dict[torch.device, tuple[Tensor, Tensor]] = {}
         super().__init__()
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.labels), self.batch_size, self.train)
+
+    def to(self, device: torch.device) -> TensorBatches:
+        """Train on ``device``; on a GPU the whole set moves there when it fits, so batches are
+        gathered, augmented and normalised on the GPU with no per-step copy from the host."""
+        super().to(device)
+        if fits_on(self.device, self.images.nbytes + self.labels.nbytes):
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        return self
 
     @property
     def num_samples(self) -> int:
@@ -88,16 +112,18 @@ class TensorBatches(Batches):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        stored = to_device(order, self.images.device)  # the order where the images are, once an epoch
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx, rows = order[batch], stored[batch]
             params = self._draw(idx, gen, epoch)  # drawn for skipped batches too: later ones stay the same
             if b < start:
                 continue
             if self.shard_info.enabled:  # drawn for the global batch, applied to this process's share
-                idx = shard(idx, self.shard_info)
+                idx, rows = shard(idx, self.shard_info), shard(rows, self.shard_info)
                 params = None if params is None else tuple(shard(p, self.shard_info) for p in params)
-            x = self._prepare(self.images[idx], params).to(self.device, non_blocking=True)
-            y = self.labels[idx].to(self.device, non_blocking=True)
+            x = to_device(self._prepare(self.images[rows], params), self.device)
+            y = to_device(self.labels[rows], self.device)
             yield (x, y, idx) if with_index else (x, y)
 
     @property
@@ -110,7 +136,7 @@ class TensorBatches(Batches):
 
     def view(self, idx: Tensor, view: int) -> Tensor:
         """The model input of samples ``idx`` in augmented view ``view`` (what training will see)."""
-        return self._prepare(self.images[idx], self._per_sample(idx, view))
+        return self._prepare(self.images[to_device(idx, self.images.device)], self._per_sample(idx, view))
 
     def _draw(self, idx: Tensor, gen: torch.Generator, epoch: int):
         if not self.augment:
@@ -143,19 +169,31 @@ class TensorBatches(Batches):
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
         if params is not None:
-            dy, dx, flip = params
-            x = shift(x, self._pad(), dy.tolist(), dx.tolist())
-            x[flip] = x[flip].flip(-1)
-        mean = torch.tensor(self.norm.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.norm.std).view(1, -1, 1, 1)
+            dy, dx, flip = (to_device(p, x.device) for p in params)
+            x = shift(x, self._pad(), dy, dx)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        mean, std = self._norm_on(x.device)
         return (x - mean) / std
 
+    def _norm_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        # made once per device: building them each step would copy from the host each step
+        if device not in self._norm_tensors:
+            self._norm_tensors[device] = tuple(
+                torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.norm.mean, self.norm.std)
+            )
+        return self._norm_tensors[device]
 
-def shift(x: Tensor, pad: int, dy: list[int], dx: list[int]) -> Tensor:
-    """Crop after zero padding by ``pad`` pixels at per-sample offsets (the CIFAR recipe)."""
-    _, _, h, w = x.shape
+
+def shift(x: Tensor, pad: int, dy: Tensor, dx: Tensor) -> Tensor:
+    """Crop after zero padding by ``pad`` pixels at per-sample offsets (the CIFAR recipe), as one
+    gather for the whole batch (a crop per sample would be a kernel launch per sample on a GPU)."""
+    n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(dy))])
+    rows = (dy.view(-1, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(-1, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    sample = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[sample, channel, rows, cols]
 
 
 @dataclass

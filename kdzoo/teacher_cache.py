@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdzoo.data import TensorBatches
+from kdzoo.data import TensorBatches, fits_on, to_device
 from kdzoo.errors import KdzooError
 from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, StageInfo, Taps
 from kdzoo.paths import cache_dir
@@ -77,6 +77,7 @@ class TeacherOutputCache:
         )
         self.folder: Path | None = None
         self.arrays: dict[str, np.memmap] = {}
+        self._resident: dict[str, Tensor] | None = None  # the arrays in GPU memory, once looked up there
 
     # --- what is known without the teacher model
     @property
@@ -119,6 +120,7 @@ class TeacherOutputCache:
             name: np.memmap(self.folder / f"{name}.f16", dtype=np.float16, mode=mode, shape=(self.views, n, *shape))
             for name, shape in shapes.items()
         }
+        self._resident = None
 
     def fill(self, extractor: FeatureExtractor, batch_size: int, device: torch.device) -> None:
         """Run the teacher once over every sample (and view) and store its outputs."""
@@ -152,14 +154,34 @@ class TeacherOutputCache:
     def lookup(self, idx: Tensor, epoch: int, device: torch.device) -> Outputs:
         """The stored teacher outputs for samples ``idx`` as seen in ``epoch`` (float32, on ``device``)."""
         view = self.batches.view_of(epoch) if self.views > 1 else 0
-        rows = np.sort(idx.numpy())
-        order = np.argsort(np.argsort(idx.numpy()))  # memmap reads in file order, then back to batch order
+        resident = self._resident_on(device)
+        if resident:
+            rows = to_device(idx, device)
 
-        def read(name: str) -> Tensor:
-            return torch.from_numpy(np.asarray(self.arrays[name][view, rows])[order]).to(device).float()
+            def read(name: str) -> Tensor:
+                return resident[name][view].index_select(0, rows).float()
+
+        else:
+            sorted_rows = np.sort(idx.numpy())
+            order = np.argsort(np.argsort(idx.numpy()))  # memmap reads in file order, then back to batch order
+
+            def read(name: str) -> Tensor:
+                host = torch.from_numpy(np.asarray(self.arrays[name][view, sorted_rows])[order])
+                return to_device(host, device).float()
 
         features = {int(k[len("feature") :]): read(k) for k in self.arrays if k.startswith("feature")}
         return Outputs(read("logits"), features, read("embedding") if "embedding" in self.arrays else None)
+
+    def _resident_on(self, device: torch.device) -> dict[str, Tensor]:
+        """On a GPU, the whole cache in device memory when it fits: a lookup is then an on-device
+        gather, with no read from the memory map and no copy from the host per step."""
+        if self._resident is None:
+            fits = fits_on(device, sum(a.nbytes for a in self.arrays.values()))
+            # np.array copies the memory map into writable memory, which torch wants to wrap
+            self._resident = (
+                {n: torch.from_numpy(np.array(a)).to(device) for n, a in self.arrays.items()} if fits else {}
+            )
+        return self._resident
 
     @property
     def size_mb(self) -> float:

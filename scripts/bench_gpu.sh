@@ -5,6 +5,7 @@
 #
 #   pip install -e '.[bench]' && bash scripts/bench_gpu.sh        # results in runs/bench-gpu/
 #   COMPILE=1 bash scripts/bench_gpu.sh                            # also times the torch.compile option
+#   FASHION_ROOT=/usr/share/datasets/fashion-mnist bash scripts/bench_gpu.sh   # epochs on Fashion-MNIST
 #
 # DEVICE=cpu SMALL=1 runs the same sequence tiny on the CPU (a dry run of this script).
 set -euo pipefail
@@ -18,34 +19,54 @@ if [[ -n "${SMALL:-}" ]]; then
     big=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
     small=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
     epochs=(--set train.epochs=1 --set teacher.model=test_resnet --set student.model=test_efficientnet
-            --set teacher.train_epochs=1)
+            --set teacher.train_epochs=1 --set data.train_limit=256)
 else
     big=(--teacher resnet50 --student resnet18 --img-size 224 --batch 128 --rounds 7 --steps 5)
     small=(--teacher resnet18 --student resnet10t --img-size 32 --batch 256 --rounds 7 --steps 10)
-    epochs=(--set train.epochs=3 --set teacher.model=resnet18 --set student.model=resnet10t)
+    epochs=(--set train.epochs=3 --set teacher.model=resnet18 --set student.model=resnet10t
+            --set teacher.train_epochs=2 --set data.batch_size=256)
 fi
+# real epochs on Fashion-MNIST (60k images) when FASHION_ROOT holds its four .gz files, else on digits
+if [[ -n "${FASHION_ROOT:-}" ]]; then
+    epochs+=(--set data.name=fashion_mnist --set data.root="$FASHION_ROOT" --set data.img_size=28)
+fi
+# no augmentation in any run: the teacher-output cache needs fixed inputs, and all runs see the same
+epochs+=(--set data.augment=false --set train.device="$device")
 
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; fi
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
 
-$kdzoo bench --device "$device" "${big[@]}" --options channels_last,bf16,fp16 --torchdistill \
-    --json "$out/bench_big.json" | tee "$out/bench_big.md"
-$kdzoo bench --device "$device" "${small[@]}" --torchdistill --json "$out/bench_small.json" | tee "$out/bench_small.md"
+parts=${PARTS:-big small epochs}  # e.g. PARTS=epochs for the real epochs alone
+if [[ $parts == *big* ]]; then
+    $kdzoo bench --device "$device" "${big[@]}" --options channels_last,bf16,fp16 --torchdistill \
+        --json "$out/bench_big.json" | tee "$out/bench_big.md"
+fi
+if [[ $parts == *small* ]]; then
+    $kdzoo bench --device "$device" "${small[@]}" --torchdistill --json "$out/bench_small.json" |
+        tee "$out/bench_small.md"
+fi
+[[ $parts == *epochs* ]] || exit 0
 
-run() {  # one real run on the embedded digits data; its metrics.jsonl holds the epoch throughput
-    local name=$1; shift
-    $kdzoo run -q --method kd --set train.device="$device" --set train.out_dir="$out/runs" \
-        --set train.name="$name" --set data.augment=false "${epochs[@]}" "$@"
-    python3 - "$out/runs/$name/metrics.jsonl" "$name" <<'PY'
+epoch_rates() {  # images/s of each training epoch, from a run's metrics.jsonl
+    python3 - "$1" "$2" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print(sys.argv[2], "images/s per epoch:", [round(r["train"]["images_per_s"]) for r in rows])
+print(f"{sys.argv[2]:>16}: images/s per epoch", [round(r["train"]["images_per_s"]) for r in rows])
 PY
 }
-run kd-live  # no augmentation in any of these runs: the cache needs fixed inputs
-run kd-cached --set teacher.cache=true  # fills the cache
-run kd-cached-warm --set teacher.cache=true
-run kd-fp16 --set train.precision=fp16 --set train.channels_last=true
+# the student alone (scratch) and KD with a live teacher, through one `kdzoo compare`
+$kdzoo compare --methods kd --seeds 1 --out "$out/compare" "${epochs[@]}" >/dev/null
+epoch_rates "$out/compare/runs/scratch-seed0/metrics.jsonl" "student only"
+epoch_rates "$out/compare/runs/kd-seed0/metrics.jsonl" "kd, live teacher"
+run() {
+    local name=$1; shift
+    $kdzoo run -q --method kd --set train.out_dir="$out/runs" --set train.name="$name" "${epochs[@]}" "$@" >/dev/null
+    epoch_rates "$out/runs/$name/metrics.jsonl" "$name"
+}
+run kd-cache-fill --set teacher.cache=true
+run kd-cache-warm --set teacher.cache=true
+run kd-fp16-cl --set train.precision=fp16 --set train.channels_last=true
+run kd-augment --set data.augment=true  # random crops and flips, made on the device
 
 # torch.compile last: compiling both models takes minutes, and a cut-off here loses nothing above
 if [[ -n "${COMPILE:-}" ]]; then

@@ -84,3 +84,14 @@ def test_image_folder(tmp_path):
     x, y = next(data.train.epoch(0))
     assert x.shape == (4, 3, 16, 16)
     assert [len(b[1]) for b in data.val.epoch(0)] == [6]
+
+
+def test_batch_shift_is_the_per_sample_crop_of_the_padded_images():
+    from kdzoo.data import shift
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 9, 9)
+    dy, dx = torch.randint(0, 5, (7,)), torch.randint(0, 5, (7,))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    one_by_one = torch.stack([padded[i, :, dy[i] : dy[i] + 9, dx[i] : dx[i] + 9] for i in range(7)])
+    assert torch.equal(shift(x, 2, dy, dx), one_by_one)
