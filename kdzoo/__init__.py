@@ -12,7 +12,7 @@ Public API::
 from __future__ import annotations
 
 from kdzoo.errors import KdzooError
-from kdzoo.features import ModelInfo, Outputs, StageInfo, Taps, pair_stage
+from kdzoo.features import ModelInfo, Outputs, StageInfo, Summary, Taps, pair_stage
 from kdzoo.library import distill, get_method, list_methods, method_config
 from kdzoo.objective import Objective
 from kdzoo.plugins import MethodInfo, hookimpl
@@ -28,6 +28,7 @@ __all__ = [
     "Outputs",
     "Stage",
     "StageInfo",
+    "Summary",
     "Taps",
     "distill",
     "get_method",

@@ -188,7 +188,7 @@ class Trainer:
             teacher.requires_grad_(False).eval().to(self.device)
             taps = self.objective.taps
             cache.fill(
-                FeatureExtractor(teacher, info, taps.teacher, taps.teacher_embedding),
+                FeatureExtractor(teacher, info, taps.teacher, taps.teacher_embedding, taps.teacher_summaries),
                 self.config.data.eval_batch_size,
                 self.device,
             )

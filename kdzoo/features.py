@@ -10,7 +10,7 @@ embedding: ``forward_intermediates`` + ``forward_head`` where timm has them, for
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +72,27 @@ def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """A reduced form of one teacher feature map, when that is all a method needs of it.
+
+    ``fn`` runs on the map right after the teacher's forward pass (no gradient); only its result
+    is kept for the loss and stored in a teacher-output cache, and the map itself is dropped unless
+    some method taps it whole. Attention transfer, for instance, keeps ``mean_c(f^2)``: C times
+    less memory held through the student's step, C times less cache. ``name`` identifies ``fn``
+    with its parameters (it names the cached array): the same name must mean the same function.
+    ``stage`` is a resolved index into the teacher's ``ModelInfo.stages``.
+    """
+
+    name: str
+    stage: int
+    fn: Callable[[Tensor], Tensor] = field(compare=False, hash=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.stage}"
+
+
+@dataclass(frozen=True)
 class Taps:
     """What a method needs from one step's forward passes (indices into ``ModelInfo.stages``)."""
 
@@ -79,13 +100,16 @@ class Taps:
     student: tuple[int, ...] = ()
     teacher_embedding: bool = False
     student_embedding: bool = False
+    teacher_summaries: tuple[Summary, ...] = ()
 
     def __or__(self, other: Taps) -> Taps:
+        summaries = {s.key: s for s in (*other.teacher_summaries, *self.teacher_summaries)}
         return Taps(
             tuple(sorted(set(self.teacher) | set(other.teacher))),
             tuple(sorted(set(self.student) | set(other.student))),
             self.teacher_embedding or other.teacher_embedding,
             self.student_embedding or other.student_embedding,
+            tuple(summaries[k] for k in sorted(summaries)),
         )
 
 
@@ -99,11 +123,13 @@ def union(taps: Iterable[Taps | None]) -> Taps:
 
 @dataclass
 class Outputs:
-    """One model's outputs for one batch: logits, tapped NCHW feature maps, optional embedding."""
+    """One model's outputs for one batch: logits, tapped NCHW feature maps, optional embedding,
+    and (teacher only) the :class:`Summary` results, keyed by ``Summary.key``."""
 
     logits: Tensor
     features: dict[int, Tensor] = field(default_factory=dict)
     embedding: Tensor | None = None
+    summaries: dict[str, Tensor] = field(default_factory=dict)
 
     def feature(self, index: int) -> Tensor:
         try:
@@ -111,12 +137,21 @@ class Outputs:
         except KeyError:
             raise KdzooError(f"feature {index} was not tapped; declare it in kdzoo_feature_taps") from None
 
+    def summary(self, name: str, stage: int) -> Tensor:
+        try:
+            return self.summaries[f"{name}@{stage}"]
+        except KeyError:
+            raise KdzooError(
+                f"summary '{name}' of stage {stage} was not computed; declare it in kdzoo_feature_taps"
+            ) from None
+
     def detached_copy(self) -> Outputs:
         """Normal (non-inference) tensors, so losses can save them for backward."""
         return Outputs(
             self.logits.clone(),
             {i: f.clone() for i, f in self.features.items()},
             None if self.embedding is None else self.embedding.clone(),
+            {k: v.clone() for k, v in self.summaries.items()},
         )
 
 
@@ -157,10 +192,19 @@ def inner_stages(info: ModelInfo) -> list[int]:
 class FeatureExtractor:
     """Runs a model once and returns :class:`Outputs` with exactly the requested taps."""
 
-    def __init__(self, model: nn.Module, info: ModelInfo, indices: Iterable[int], embedding: bool):
+    def __init__(
+        self,
+        model: nn.Module,
+        info: ModelInfo,
+        indices: Iterable[int],
+        embedding: bool,
+        summaries: Iterable[Summary] = (),
+    ):
         self.model = model
         self.info = info
-        self.indices = sorted({info.resolve(i) for i in indices})
+        self.summaries = tuple(summaries)
+        self.kept = {info.resolve(i) for i in indices}  # the maps returned whole
+        self.indices = sorted(self.kept | {info.resolve(s.stage) for s in self.summaries})
         self.embedding = embedding
         self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
         self._hooked: dict[int, Tensor] = {}
@@ -191,7 +235,11 @@ class FeatureExtractor:
             self._forward = torch.compile(self._forward)
 
     def __call__(self, x: Tensor) -> Outputs:
-        return self._forward(x)
+        out = self._forward(x)
+        if self.summaries:
+            out.summaries = {s.key: s.fn(out.features[self.info.resolve(s.stage)]) for s in self.summaries}
+            out.features = {i: f for i, f in out.features.items() if i in self.kept}
+        return out
 
     def _forward(self, x: Tensor) -> Outputs:
         if self.native:

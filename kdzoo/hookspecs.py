@@ -64,7 +64,9 @@ class MethodSpec:
     def kdzoo_feature_taps(self, teacher: ModelInfo | None, student: ModelInfo) -> Taps | None:
         """Which intermediate features (indices into ``ModelInfo.stages``) and embeddings this
         method needs. The core takes the union over active methods and runs ONE forward pass per
-        model per step. Logits are always available; return ``None`` for logits only.
+        model per step. Logits are always available; return ``None`` for logits only. A method
+        that needs only a reduced form of a teacher map lists a :class:`~kdzoo.Summary` in
+        ``teacher_summaries`` instead: only the reduction is kept through the step and cached.
 
         Example (FitNets' hint on the student's middle stage)::
 

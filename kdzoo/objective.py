@@ -70,7 +70,9 @@ class Objective(nn.Module):
             p.grad = None  # a teacher trained just before would otherwise carry its last gradients
         self._teacher = [model]
         self.teacher_info = info
-        self.teacher_tap = FeatureExtractor(model, info, self.taps.teacher, self.taps.teacher_embedding)
+        self.teacher_tap = FeatureExtractor(
+            model, info, self.taps.teacher, self.taps.teacher_embedding, self.taps.teacher_summaries
+        )
 
     def compile(self) -> None:
         """``torch.compile`` the teacher's and student's tapped forward passes."""

@@ -107,7 +107,10 @@ class TeacherOutputCache:
     def select(self, taps: Taps) -> bool:
         """Point at the outputs for ``taps``; True when they are complete (no teacher needed)."""
         self.taps = taps
-        self.folder = self.root / f"taps-{_key({'features': list(taps.teacher), 'embedding': taps.teacher_embedding})}"
+        what = {"features": list(taps.teacher), "embedding": taps.teacher_embedding}
+        if taps.teacher_summaries:
+            what["summaries"] = [s.key for s in taps.teacher_summaries]
+        self.folder = self.root / f"taps-{_key(what)}"
         meta = self.folder / "meta.json"
         if not meta.is_file() or not json.loads(meta.read_text()).get("complete"):
             return False
@@ -147,6 +150,7 @@ class TeacherOutputCache:
     @staticmethod
     def _named(out: Outputs) -> dict[str, Tensor]:
         named = {"logits": out.logits, **{f"feature{i}": f for i, f in out.features.items()}}
+        named |= {f"summary-{key}": v for key, v in out.summaries.items()}
         if out.embedding is not None:
             named["embedding"] = out.embedding
         return named
@@ -170,7 +174,9 @@ class TeacherOutputCache:
                 return to_device(host, device).float()
 
         features = {int(k[len("feature") :]): read(k) for k in self.arrays if k.startswith("feature")}
-        return Outputs(read("logits"), features, read("embedding") if "embedding" in self.arrays else None)
+        summaries = {k[len("summary-") :]: read(k) for k in self.arrays if k.startswith("summary-")}
+        embedding = read("embedding") if "embedding" in self.arrays else None
+        return Outputs(read("logits"), features, embedding, summaries)
 
     def _resident_on(self, device: torch.device) -> dict[str, Tensor]:
         """On a GPU, the whole cache in device memory when it fits: a lookup is then an on-device

@@ -14,18 +14,21 @@ sample and L2-normalised: ``a = Q / ||Q||_2``. Two forms, ``form`` in the config
 
 Pairs: every student stage but the stem and the last, each with the teacher stage of closest
 relative depth (then stride); when spatial sizes differ, the larger map is average-pooled to the
-smaller before normalising. ``student_stages`` / ``teacher_stages`` override the pairing.
+smaller before normalising. ``student_stages`` / ``teacher_stages`` override the pairing. Of the
+teacher's maps only their attention is kept through the step and in a teacher-output cache (a
+:class:`~kdzoo.Summary`), C times smaller than the maps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Summary, Taps, hookimpl
 from kdzoo.features import inner_stages, pair_stages
 
 
@@ -38,25 +41,43 @@ class ATConfig:
     teacher_stages: list[int] | None = None
 
 
-def attention_map(feature: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
-    """``normalize(flatten(mean_c(f^p)))`` per sample; pooled to ``size`` first if given."""
+def spatial_attention(feature: Tensor, p: float = 2.0) -> Tensor:
+    """``mean_c(f^p)`` per sample, L2-normalised, kept as a (B, 1, H, W) map.
+
+    Normalising before the pooling that unequal map sizes need changes nothing (average pooling is
+    linear, and the map is normalised again after it), and it keeps the values in [0, 1], safe for
+    a float16 teacher-output cache. This is all AT needs of a teacher map: C times smaller.
+    """
     q = feature.pow(p).mean(dim=1, keepdim=True) if p != 2 else feature.square().mean(dim=1, keepdim=True)
-    if size is not None and tuple(q.shape[-2:]) != tuple(size):
+    return F.normalize(q.flatten(1), dim=1).view_as(q)
+
+
+def _flat(q: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(q.shape[-2:]) != tuple(size):
         q = F.adaptive_avg_pool2d(q, size)
     return F.normalize(q.flatten(1), dim=1)
 
 
-def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0, form: str = "code") -> Tensor:
-    """Attention-transfer loss of one stage pair (unweighted)."""
+def attention_map(feature: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
+    """``normalize(flatten(mean_c(f^p)))`` per sample; pooled to ``size`` first if given."""
+    return _flat(spatial_attention(feature, p), size or tuple(feature.shape[-2:]))
+
+
+def attention_loss(student_attention: Tensor, teacher_attention: Tensor, form: str = "code") -> Tensor:
+    """AT loss of one stage pair from two :func:`spatial_attention` maps (unweighted)."""
     size = (
-        min(student_feature.shape[-2], teacher_feature.shape[-2]),
-        min(student_feature.shape[-1], teacher_feature.shape[-1]),
+        min(student_attention.shape[-2], teacher_attention.shape[-2]),
+        min(student_attention.shape[-1], teacher_attention.shape[-1]),
     )
-    a_s = attention_map(student_feature, p, size)
-    a_t = attention_map(teacher_feature.detach(), p, size)
+    a_s, a_t = _flat(student_attention, size), _flat(teacher_attention.detach(), size)
     if form == "paper":
         return 0.5 * (a_s - a_t).norm(p=2, dim=1).mean()
     return (a_s - a_t).pow(2).mean()
+
+
+def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0, form: str = "code") -> Tensor:
+    """Attention-transfer loss of one stage pair from the two feature maps (unweighted)."""
+    return attention_loss(spatial_attention(student_feature, p), spatial_attention(teacher_feature.detach(), p), form)
 
 
 class AttentionTransfer:
@@ -64,16 +85,27 @@ class AttentionTransfer:
         self.config = config
         self.pairs: list[tuple[int, int]] = []
 
+    @property
+    def summary_name(self) -> str:
+        return f"at.attention_p{self.config.p:g}"
+
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
         wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
         self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
-        return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
+        # of each teacher map, only its attention is kept (and cached), not the map itself
+        summaries = tuple(
+            Summary(self.summary_name, t, partial(spatial_attention, p=self.config.p))
+            for t in sorted({t for _, t in self.pairs})
+        )
+        return Taps(student=tuple(s for s, _ in self.pairs), teacher_summaries=summaries)
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
+        c = self.config
         total = sum(
-            at_loss(student.feature(s), teacher.feature(t), self.config.p, self.config.form) for s, t in self.pairs
+            attention_loss(spatial_attention(student.feature(s), c.p), teacher.summary(self.summary_name, t), c.form)
+            for s, t in self.pairs
         )
         return {"at": total}
 

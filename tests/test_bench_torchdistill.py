@@ -1,4 +1,7 @@
-"""The torchdistill adapter of ``kdzoo bench``: torchdistill's step trains, and computes kdzoo's loss."""
+"""The torchdistill adapter of ``kdzoo bench``: torchdistill's step trains, and computes kdzoo's loss.
+
+torchdistill comes with the test extra (through ``kdzoo[bench]``), so these run in CI, never skipped.
+"""
 
 import copy
 
@@ -6,13 +9,11 @@ import pytest
 import timm
 import torch
 
-pytest.importorskip("torchdistill")
-
-import kdzoo  # noqa: E402
-from kdzoo.bench_torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step  # noqa: E402
-from kdzoo.library import method_config  # noqa: E402
-from kdzoo.objective import build_objective  # noqa: E402
-from kdzoo.plugins import registry  # noqa: E402
+import kdzoo
+from kdzoo.bench_torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
+from kdzoo.library import method_config
+from kdzoo.objective import build_objective
+from kdzoo.plugins import registry
 
 
 @pytest.fixture(scope="module")

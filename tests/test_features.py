@@ -453,3 +453,28 @@ def test_hook_fallback_turns_transformer_tokens_into_nchw_maps():
     native = FeatureExtractor(vit.eval(), describe(vit, "test_vit", 32), [2], embedding=False)(x)
     assert hooked.feature(2).shape == (2, 64, 8, 8)
     assert torch.allclose(hooked.feature(2), native.feature(2), atol=1e-6)
+
+
+def test_a_teacher_summary_replaces_its_map_unless_the_map_is_tapped_whole(model_factory, x):
+    from kdzoo.features import Summary
+
+    model = model_factory("test_resnet")
+    info = describe(model, "test_resnet", IMG)
+    channel_mean = Summary("mean_c", 1, lambda f: f.mean(dim=1, keepdim=True))
+    with torch.no_grad():
+        whole = FeatureExtractor(model, info, [1, 2], embedding=False)(x)
+        summarised = FeatureExtractor(model, info, [2], embedding=False, summaries=[channel_mean])(x)
+    assert sorted(summarised.features) == [2]  # stage 1 is summarised only: its map is not kept
+    assert torch.allclose(summarised.summary("mean_c", 1), whole.feature(1).mean(dim=1, keepdim=True))
+    assert torch.allclose(summarised.logits, whole.logits)
+    with pytest.raises(KdzooError, match="summary 'other' of stage 1 was not computed"):
+        summarised.summary("other", 1)
+
+
+def test_taps_union_keeps_one_summary_per_name_and_stage():
+    from kdzoo.features import Summary, Taps
+
+    a = Taps(teacher_summaries=(Summary("s", 1, abs), Summary("s", 2, abs)))
+    b = Taps(teacher=(2,), teacher_summaries=(Summary("s", 1, abs),))
+    merged = a | b
+    assert [s.key for s in merged.teacher_summaries] == ["s@1", "s@2"] and merged.teacher == (2,)

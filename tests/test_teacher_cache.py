@@ -68,3 +68,18 @@ def test_fixed_augmented_views_are_cached_per_view(tmp_path):
     x, _, batch_idx = next(trainer.data.train.epoch(3, with_index=True))
     assert torch.equal(x, trainer.data.train.view(batch_idx, 1))
     trainer.fit()
+
+
+def test_attention_transfer_caches_attention_maps_not_feature_maps(tmp_path):
+    live = _trainer(tmp_path, "data.augment=false", method="at", name="live")
+    cached = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", method="at", name="cached")
+    arrays = cached.teacher_cache.arrays
+    assert not any(name.startswith("feature") for name in arrays)
+    summaries = {name: a for name, a in arrays.items() if name.startswith("summary-")}
+    assert summaries and all(a.shape[2] == 1 for a in summaries.values())  # (views, N, 1, H, W): C times smaller
+    x, y, idx = next(cached.data.train.epoch(0, with_index=True))
+    stored = cached.teacher_cache.lookup(idx, 0, torch.device("cpu"))
+    stage = live.stages[0]
+    _, live_terms, _ = live.compute_losses(x, y, stage, 0, 0.0)
+    _, cached_terms, _ = cached.compute_losses(x, y, stage, 0, 0.0, teacher_out=stored)
+    assert torch.allclose(live_terms["at"], cached_terms["at"], rtol=1e-2, atol=1e-6)

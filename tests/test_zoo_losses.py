@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kdzoo
+from kdzoo.features import FeatureExtractor
 from kdzoo_plugins.at import at_loss, attention_map
 from kdzoo_plugins.rkd import rkd_angle_loss, rkd_distance_loss, triplet_cosines
 from kdzoo_plugins.self_distill import AuxiliaryHead, byot_losses
@@ -177,3 +179,21 @@ def test_rkd_angle_keeps_no_cubic_tensor_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda x: x):
         rkd_angle_loss(s, torch.randn(b, 16))
     assert saved and max(saved) <= b * b  # B x B matrices at most, never a B x B x B one
+
+
+def test_at_through_the_objective_uses_teacher_attention_only_and_equals_at_on_the_maps():
+    import timm
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("test_resnet", num_classes=10).eval()
+    student = timm.create_model("test_efficientnet", num_classes=10).eval()  # same features on every pass
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    objective = kdzoo.get_method("at", student=student, teacher=teacher, img_size=32)
+    objective(x, y)
+    at = objective.methods["at"]
+    teacher_out = objective.teacher_tap(x)
+    assert teacher_out.features == {} and len(teacher_out.summaries) == len({t for _, t in at.pairs})
+    whole = FeatureExtractor(teacher, objective.teacher_info, [t for _, t in at.pairs], embedding=False)(x)
+    student_out = objective.student_tap(x)
+    expected = sum(at_loss(student_out.feature(s), whole.feature(t)) for s, t in at.pairs)
+    assert objective.last_terms["at"].item() == pytest.approx(expected.item(), rel=1e-5)
