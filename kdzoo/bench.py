@@ -14,7 +14,6 @@ import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdzoo.bench_memory import resident_peak_mb, tensor_peak_mb
+from kdzoo.bench_memory import Step, resident_peak_mb, tensor_peak_mb
 from kdzoo.config import load_config
 from kdzoo.data import DataBundle, Normalisation, TensorBatches
 from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
 from kdzoo.plugins import registry
-
-Step = Callable[[], None]
 
 
 @dataclass
@@ -64,8 +61,9 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 Built = tuple[Step, torch.optim.Optimizer]  # a variant's step and the optimizer holding its gradients
 
 
-def _hand_step(teacher, student, x, y, option: str | None = None) -> Built:
-    """The minimal hand-written loop: optional teacher forward, student forward/backward/step."""
+def floor_step(teacher, student, x, y, option: str | None = None) -> Built:
+    """The minimal hand-written loop: the teacher's forward (none when ``teacher`` is None), then the
+    student's forward, backward and optimizer step with plain cross-entropy."""
     optimizer = _optimizer(student)
     dtype = _AUTOCAST.get(option or "")
     # fp16 needs loss scaling against underflow exactly as kdzoo's step has it; a disabled scaler is free
@@ -91,12 +89,8 @@ def _hand_step(teacher, student, x, y, option: str | None = None) -> Built:
     return step, optimizer
 
 
-def floor_step(teacher, student, x, y, option: str | None = None) -> Built:
-    return _hand_step(teacher, student, x, y, option)
-
-
 def student_only_step(student, x, y) -> Built:
-    return _hand_step(None, student, x, y)
+    return floor_step(None, student, x, y)
 
 
 def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path) -> Built:
@@ -145,7 +139,7 @@ def measure(
         times = per_round[variant.name]
         out[variant.name] = {
             "step_ms": 1000 * statistics.median(times),
-            "ratio": statistics.median(t / f for t, f in zip(times, floor, strict=True)),
+            "ratio": _median_ratio(times, floor),
             "round_ms": [1000 * t for t in times],
             "peak_mb": tensor_peak_mb(variant.step, device, prepare=variant.free_gradients),
             "resident_peak_mb": resident_peak_mb(variant.step, device),
@@ -212,7 +206,7 @@ def run_bench(
     results = measure(variants, rounds, steps, warmup, where)
     return {
         "vs_torchdistill": {
-            stack: _median_ratio(results[f"kdzoo {stack}"], results[f"torchdistill {stack}"])
+            stack: _median_ratio(results[f"kdzoo {stack}"]["round_ms"], results[f"torchdistill {stack}"]["round_ms"])
             for stack in methods
             if f"torchdistill {stack}" in results
         },
@@ -240,8 +234,9 @@ def _torchdistill_variants(methods: list[str], teacher, student, x, y) -> list[V
     return variants
 
 
-def _median_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
-    return statistics.median(a / b for a, b in zip(ours["round_ms"], theirs["round_ms"], strict=True))
+def _median_ratio(times: list[float], base: list[float]) -> float:
+    """The median over rounds of each round's time ratio (noise within a round hits both alike)."""
+    return statistics.median(a / b for a, b in zip(times, base, strict=True))
 
 
 def _device_name(device: torch.device) -> str:

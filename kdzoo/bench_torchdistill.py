@@ -133,9 +133,9 @@ def _register_wrapper() -> None:
     register_auxiliary_model_wrapper(key=_WRAPPER_KEY)(KdzooFitNetsRegressor)
 
 
-def _probe(model: nn.Module, x: Tensor, paths: list[str]) -> tuple[dict[str, tuple[int, ...]], str | None]:
-    """One no-grad eval forward on two samples: output shapes at ``paths``, and the path of the
-    module whose output is the classifier's input (the pooled pre-logits embedding)."""
+def _probe(model: nn.Module, x: Tensor) -> tuple[dict[str, tuple[int, ...]], str | None]:
+    """One no-grad eval forward on two samples: every module's output shape by path, and the path of
+    the module whose output is the classifier's input (the pooled pre-logits embedding)."""
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     seen: list[tuple[str, Any]] = []
     fed: list[Tensor] = []
@@ -156,10 +156,24 @@ def _probe(model: nn.Module, x: Tensor, paths: list[str]) -> tuple[dict[str, tup
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    outputs = dict(seen)
-    shapes = {p: tuple(outputs[p].shape) for p in paths}
+    shapes = {name: tuple(out.shape) for name, out in seen if isinstance(out, Tensor)}
     embedding = [name for name, out in seen if fed and out is fed[0]]
     return shapes, (embedding[-1] if embedding else None)
+
+
+def _wrapped_term(criterion: str, input_path: str, target: dict[str, Any], weight: float) -> dict[str, Any]:
+    """A ``SimpleLossWrapper`` sub-term: ``criterion(student output at input_path, target)``."""
+    return {
+        "criterion": {"key": criterion, "kwargs": {"reduction": "mean"}},
+        "criterion_wrapper": {
+            "key": "SimpleLossWrapper",
+            "kwargs": {
+                "input": {"is_from_teacher": False, "module_path": input_path, "io": "output"},
+                "target": target,
+            },
+        },
+        "weight": weight,
+    }
 
 
 def _kdzoo_objective(names: list[str], teacher: nn.Module, student: nn.Module, img_size: int):
@@ -191,6 +205,8 @@ def torchdistill_config(
     objective = _kdzoo_objective(names, teacher, student, int(x.shape[-1]))
     weights = objective.loss_weights(WHOLE_RUN, 0, 0.0)
     s_info, t_info = objective.student_info, objective.teacher_info
+    if names != ["kd"]:  # feature methods need the models' module shapes and embedding paths
+        (s_shapes, s_embed), (t_shapes, t_embed) = _probe(student, x), _probe(teacher, x)
     t_hooks: set[str] = set()
     s_hooks: set[str] = set()
     terms: dict[str, Any] = {}
@@ -202,7 +218,6 @@ def torchdistill_config(
         if fit.config.schedule != "joint":
             raise KdzooError("torchdistill adapter: only FitNets' joint schedule is built")
         s_stage, t_stage = s_info.stages[fit.student_index], t_info.stages[fit.teacher_index]
-        t_shapes, _ = _probe(teacher, x, [t_stage.module])
         prefix = "student_model."
         student_cfg["auxiliary_model_wrapper"] = {
             "key": _WRAPPER_KEY,
@@ -215,17 +230,8 @@ def torchdistill_config(
         }
         s_hooks |= {prefix + s_stage.module, "regressor"}
         t_hooks.add(t_stage.module)
-        terms["hint"] = {
-            "criterion": {"key": "MSELoss", "kwargs": {"reduction": "mean"}},
-            "criterion_wrapper": {
-                "key": "SimpleLossWrapper",
-                "kwargs": {
-                    "input": {"is_from_teacher": False, "module_path": "regressor", "io": "output"},
-                    "target": {"is_from_teacher": True, "module_path": t_stage.module, "io": "output"},
-                },
-            },
-            "weight": weights["hint"],
-        }
+        teacher_map = {"is_from_teacher": True, "module_path": t_stage.module, "io": "output"}
+        terms["hint"] = _wrapped_term("MSELoss", "regressor", teacher_map, weights["hint"])
 
     if "at" in names:
         at = objective.methods["at"]
@@ -233,8 +239,6 @@ def torchdistill_config(
             raise KdzooError("torchdistill adapter: ATLoss has p = 2 and kdzoo's 'code' form only")
         s_paths = [s_info.stages[s].module for s, _ in at.pairs]
         t_paths = [t_info.stages[t].module for _, t in at.pairs]
-        s_shapes, _ = _probe(student, x, s_paths)
-        t_shapes, _ = _probe(teacher, x, t_paths)
         pairs = {}
         for i, (sp, tp) in enumerate(zip(s_paths, t_paths, strict=True)):
             if s_shapes[sp][-2:] != t_shapes[tp][-2:]:
@@ -255,8 +259,6 @@ def torchdistill_config(
         }
 
     if "rkd" in names:
-        _, s_embed = _probe(student, x, [])
-        _, t_embed = _probe(teacher, x, [])
         if s_embed is None or t_embed is None:
             raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
         s_hooks.add(prefix + s_embed)
@@ -287,17 +289,7 @@ def torchdistill_config(
             kwargs = {**logits, "temperature": t, "alpha": None, "beta": 1.0}
             terms["kd"] = {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weights["kd"] * t * t}
     if ce and "kd" not in names:
-        terms["ce"] = {
-            "criterion": {"key": "CrossEntropyLoss", "kwargs": {"reduction": "mean"}},
-            "criterion_wrapper": {
-                "key": "SimpleLossWrapper",
-                "kwargs": {
-                    "input": {"is_from_teacher": False, "module_path": ".", "io": "output"},
-                    "target": {"uses_label": True},
-                },
-            },
-            "weight": ce,
-        }
+        terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
 
     optim = OptimConfig(lr=lr)
     teacher_cfg: dict[str, Any] = {"forward_proc": "forward_batch_only", "requires_grad": False}

@@ -89,7 +89,12 @@ class Summary:
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.stage}"
+        return summary_key(self.name, self.stage)
+
+
+def summary_key(name: str, stage: int) -> str:
+    """How a :class:`Summary` result is named in ``Outputs.summaries`` and in the teacher cache."""
+    return f"{name}@{stage}"
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class Outputs:
 
     def summary(self, name: str, stage: int) -> Tensor:
         try:
-            return self.summaries[f"{name}@{stage}"]
+            return self.summaries[summary_key(name, stage)]
         except KeyError:
             raise KdzooError(
                 f"summary '{name}' of stage {stage} was not computed; declare it in kdzoo_feature_taps"
@@ -202,9 +207,10 @@ class FeatureExtractor:
     ):
         self.model = model
         self.info = info
-        self.summaries = tuple(summaries)
+        # (key, function, resolved stage) of each summary, resolved once rather than every step
+        self.summaries = [(s.key, s.fn, info.resolve(s.stage)) for s in summaries]
         self.kept = {info.resolve(i) for i in indices}  # the maps returned whole
-        self.indices = sorted(self.kept | {info.resolve(s.stage) for s in self.summaries})
+        self.indices = sorted(self.kept | {stage for _, _, stage in self.summaries})
         self.embedding = embedding
         self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
         self._hooked: dict[int, Tensor] = {}
@@ -237,7 +243,7 @@ class FeatureExtractor:
     def __call__(self, x: Tensor) -> Outputs:
         out = self._forward(x)
         if self.summaries:
-            out.summaries = {s.key: s.fn(out.features[self.info.resolve(s.stage)]) for s in self.summaries}
+            out.summaries = {key: fn(out.features[stage]) for key, fn, stage in self.summaries}
             out.features = {i: f for i, f in out.features.items() if i in self.kept}
         return out
 
