@@ -1,9 +1,20 @@
-"""Checkpoint files: written atomically, read with one-line errors, with every RNG state."""
+"""Checkpoint files: written atomically, read without ever running code from them.
+
+Every file kdzoo reads (run checkpoints, teacher weights, the trained-teacher cache) goes through
+:func:`load`, which uses ``torch.load(weights_only=True)``: tensors and plain containers only. A
+pickle that needs any other global (a ``__reduce__`` payload, a class from someone's code) is
+refused in one line naming the file and the global, before anything in it runs. ``.safetensors``
+files hold tensors only and are read with safetensors. kdzoo writes nothing else: RNG states are
+stored as tensors and plain lists.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +27,40 @@ from kdzoo.errors import KdzooError
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write to a temp file, fsync, then rename: a kill mid-write never leaves a broken ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise KdzooError(
-            f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint is intact"
-        ) from exc
+    # torch.save reports a failed write (a full disk) as RuntimeError, the file system as OSError
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise KdzooError(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    """A checkpoint or weights file as a dict, never executing anything stored in it."""
     path = Path(path)
     if not path.is_file():
         raise KdzooError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = _unsafe_global(path, exc)
+        if name is None:
+            raise KdzooError(f"checkpoint {path} cannot be read (not a tensor-only torch file)") from None
+        raise KdzooError(
+            f"checkpoint {path} refused: loading it would import '{name}', which can run code; kdzoo only loads "
+            f"tensors and plain containers (save weights with torch.save(model.state_dict()) or as .safetensors)"
+        ) from None
     except Exception as exc:
         raise KdzooError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}); is it a kdzoo/torch file?"
@@ -46,6 +68,29 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise KdzooError(f"checkpoint {path} does not hold a state dict")
     return data
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise KdzooError(f"safetensors file {path} cannot be read ({str(exc).splitlines()[0]})") from None
+
+
+def _unsafe_global(path: Path, exc: Exception) -> str | None:
+    """The first global the file asks for that is not allowed, read without running anything."""
+    if zipfile.is_zipfile(path):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # a damaged archive: fall back to what the unpickler said
+            found = []
+        if found:
+            return found[0]
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else None
 
 
 def model_state(data: dict[str, Any]) -> dict[str, Any]:
@@ -57,15 +102,36 @@ def model_state(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state kdzoo draws from, as tensors and plain lists (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -15,7 +15,9 @@ import yaml
 from kdzoo import checkpoint
 from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.errors import KdzooError
+from kdzoo.locking import check_writable
 from kdzoo.plugins import registry
+from kdzoo.resume import ResumeTarget, resume_given, resume_latest
 from kdzoo.typed import as_dict
 
 
@@ -47,24 +49,6 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path(config.train.out_dir) / name
 
 
-def fresh_run_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``... so an earlier run is never overwritten."""
-    if not (base / "last.pt").exists():
-        return base
-    n = 2
-    while (base.with_name(f"{base.name}-{n}") / "last.pt").exists():
-        n += 1
-    return base.with_name(f"{base.name}-{n}")
-
-
-def latest_run_dir(base: Path) -> Path:
-    candidates = [p for p in base.parent.glob(f"{base.name}*") if (p / "last.pt").is_file()]
-    candidates = [p for p in candidates if p == base or p.name[len(base.name) :].lstrip("-").isdigit()]
-    if not candidates:
-        raise KdzooError(f"nothing to resume: no checkpoint under {base} (run without --resume first)")
-    return max(candidates, key=lambda p: (p / "last.pt").stat().st_mtime)
-
-
 @main.command()
 @click.option("--method", "-m", "methods", multiple=True, help="Method to apply; repeat to stack methods.")
 @click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s), merged in order.")
@@ -91,24 +75,30 @@ def run(methods, configs, overrides, resume, quiet, nproc) -> None:
 
     reg = registry()
     state = None
-    if resume and resume != "auto":
-        path = Path(resume)
-        state = checkpoint.load(path if path.suffix == ".pt" else path / "last.pt")
-        config = config_from_dict(state["config"], reg.config_classes())
-        run_dir = path.parent if path.suffix == ".pt" else path
+    if resume:
+        target = _resume_target(resume, list(configs), list(overrides), list(methods), reg)
+        if target.finished:
+            summary = json.loads((target.run_dir / "summary.json").read_text())
+            click.echo(
+                f"{target.run_dir} is finished ({summary['epochs']} epochs, student top-1 "
+                f"{summary['student_top1']:.2f}%): nothing to resume; to train it longer, add "
+                f"--set train.epochs=N with N > {target.config.train.epochs}"
+            )
+            return
+        config, run_dir, state = target.config, target.run_dir, target.state
+        if not quiet and os.environ.get("RANK", "0") == "0":
+            for note in target.notes:
+                click.echo(note, err=True)
     else:
         config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
-        if resume == "auto":
-            run_dir = latest_run_dir(default_run_dir(config))
-            state = checkpoint.load(run_dir / "last.pt")
-            config = config_from_dict(state["config"], reg.config_classes())
-        else:
-            run_dir = fresh_run_dir(default_run_dir(config))
-    if state is not None and not quiet:
-        pos = state["position"]
-        click.echo(f"resuming {run_dir} at stage {pos['stage'] + 1}, epoch {pos['epoch'] + 1}", err=True)
+        run_dir = default_run_dir(config)
+        check_writable(run_dir.parent)  # before a teacher is trained for minutes
     trainer = Trainer(config, reg, run_dir, show_progress=False if quiet else None)
+    if state is None:
+        trainer.claim_new_run_dir()
     summary = trainer.fit(resume=state)
+    if not trainer.dist.main:  # under torchrun, only rank 0 speaks
+        return
     teacher = "no external teacher"
     if summary["teacher"] is not None:
         teacher = f"teacher {summary['teacher']}: top-1 {summary['teacher_top1']:.2f}%"
@@ -117,6 +107,13 @@ def run(methods, configs, overrides, resume, quiet, nproc) -> None:
         f"top-1 {summary['student_top1']:.2f}% (best {summary['student_best_top1']:.2f}%) | "
         f"{summary['wall_time_s']:.0f} s | run dir: {summary['run_dir']}"
     )
+
+
+def _resume_target(resume: str, configs: list[str], overrides: list[str], methods: list[str], reg) -> ResumeTarget:
+    if resume != "auto":
+        return resume_given(Path(resume), configs, overrides, methods, reg)
+    wanted = load_config(configs, overrides, methods, reg.config_classes(), reg.failures)
+    return resume_latest(default_run_dir(wanted), wanted, reg)
 
 
 def launch_torchrun(nproc: int) -> int:

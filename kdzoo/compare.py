@@ -26,6 +26,7 @@ from kdzoo import checkpoint
 from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.data import load_data
 from kdzoo.errors import KdzooError
+from kdzoo.locking import RunDirLock
 from kdzoo.models import create_model
 from kdzoo.plugins import Registry
 
@@ -63,12 +64,12 @@ def run_configs(
 
 
 def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], None]) -> str | None:
-    """Train (or load) the teacher once, with the first seed; every run then reads the same file."""
+    """Train (or load) the teacher once, with its own settings; every run then reads the same file."""
     from kdzoo.teacher import obtain_teacher, teacher_cache_dir
 
     if config.teacher.checkpoint:
         return config.teacher.checkpoint
-    if config.teacher.train_epochs == 0:
+    if config.teacher.train.epochs == 0:
         return None  # pretrained weights used as they are, identical for every run
     data = load_data(config.data, config.train.seed)
     obtain_teacher(config, data, registry, show_progress=None)
@@ -129,9 +130,10 @@ def compare(
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
         done = run_dir / "summary.json"
-        if done.is_file() and not _same_config(run_dir, cfg, teacher_file, registry):
+        if (run_dir / "config.json").is_file() and not _same_config(run_dir, cfg, teacher_file, registry):
             echo(f"[{i}/{total}] {method} seed {seed}: its config changed since it ran; training it again")
-            shutil.rmtree(run_dir)
+            with RunDirLock(run_dir):  # never from under a process still training it
+                shutil.rmtree(run_dir)
         if done.is_file():
             echo(f"[{i}/{total}] {method} seed {seed}: done before, skipped")
             summary = json.loads(done.read_text())
@@ -245,8 +247,9 @@ def meta(methods, files, overrides, seeds) -> dict[str, Any]:
     }
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {std:.2f}"
+def _pm(mean: float, std: float, n: int) -> str:
+    """mean ± std, or the single value with n = 1 (a standard deviation of one run is not 0)."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f} (n = 1)"
 
 
 def write_report(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
@@ -271,9 +274,10 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
     ]
     for row in rows:
         retained = "-" if row["retained"] is None else f"{100 * row['retained']:.1f}%"
+        last = _pm(row["last_top1_mean"], row["last_top1_std"], row["seeds"])
+        best = _pm(row["best_top1_mean"], row["best_top1_std"], row["seeds"])
         lines.append(
-            f"| {row['method']} | {row['seeds']} | {_pm(row['last_top1_mean'], row['last_top1_std'])} | "
-            f"{_pm(row['best_top1_mean'], row['best_top1_std'])} | {row['vs_scratch']:+.2f} | {retained} | "
+            f"| {row['method']} | {row['seeds']} | {last} | {best} | {row['vs_scratch']:+.2f} | {retained} | "
             f"{row['train_time_s_mean']:.0f} |"
         )
     lines += [

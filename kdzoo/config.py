@@ -3,7 +3,7 @@
 Layout of a config file::
 
     methods: [fitnets]          # or --method on the command line
-    teacher: {model: resnet18, train_epochs: 8}
+    teacher: {model: resnet18, train: {epochs: 8}}
     student: {model: mobilenetv3_small_050}
     data:    {name: digits, img_size: 32, batch_size: 64}
     optim:   {name: sgd, lr: 0.05, scheduler: cosine}
@@ -37,20 +37,6 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     checkpoint: str | None = None
-
-
-@dataclass
-class TeacherConfig(ModelConfig):
-    """Where the teacher comes from, in this order: ``checkpoint`` (a file, used as is); else a
-    timm model (``pretrained`` weights from the local cache if asked) that kdzoo trains for
-    ``train_epochs`` on the run's data first, cached on disk by config and reused."""
-
-    train_epochs: int = 8
-    cache: bool = False  # store the teacher's outputs once per sample (offline KD); see data.views
-
-    def validate(self, where: str) -> None:
-        if self.train_epochs < 0:
-            raise KdzooError(f"config key '{where}.train_epochs': must be >= 0, got {self.train_epochs}")
 
 
 @dataclass
@@ -93,6 +79,36 @@ class OptimConfig:
 
 
 @dataclass
+class TeacherTrainConfig:
+    """How kdzoo trains a teacher it has to train: the teacher's own settings, never the student's.
+
+    Everything here (with the architecture and the data) is the trained-teacher cache key, so two
+    runs that differ only in the student's settings share one teacher."""
+
+    epochs: int = 8
+    seed: int = 0
+    batch_size: int = 64
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self, where: str) -> None:
+        if self.epochs < 0:
+            raise KdzooError(f"config key '{where}.epochs': must be >= 0, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise KdzooError(f"config key '{where}.batch_size': must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """Where the teacher comes from, in this order: ``checkpoint`` (a file, used as is); else a
+    timm model (``pretrained`` weights from the local cache if asked) that kdzoo trains with its
+    own ``train`` settings on the run's data first, cached on disk and reused.
+    ``train.epochs: 0`` uses the pretrained weights as they are."""
+
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    cache: bool = False  # store the teacher's outputs once per sample (offline KD); see data.views
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 12
     seed: int = 0
@@ -107,8 +123,10 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
 
     def validate(self, where: str) -> None:
-        if self.epochs < 0:
-            raise KdzooError(f"config key '{where}.epochs': must be >= 0, got {self.epochs}")
+        if self.epochs < 1:
+            raise KdzooError(
+                f"config key '{where}.epochs': must be >= 1 (a run trains at least one epoch), got {self.epochs}"
+            )
 
 
 CORE_SECTIONS: dict[str, type] = {
@@ -146,7 +164,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise KdzooError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KdzooError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -211,10 +232,12 @@ def load_config(
     methods: list[str],
     method_config_classes: dict[str, type],
     failures: dict[str, str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Build a :class:`RunConfig` from YAML ``files`` (merged in order), ``--set`` overrides and
-    the ``--method`` names; ``method_config_classes`` maps every known method to its config class."""
-    data: dict[str, Any] = {}
+    the ``--method`` names; ``method_config_classes`` maps every known method to its config class.
+    ``base`` (a :meth:`RunConfig.to_dict`) is what the files and overrides apply to."""
+    data: dict[str, Any] = copy.deepcopy(base or {})
     for path in files:
         data = merge(data, read_yaml(path))
     selected = list(methods) or data.get("methods") or []
@@ -245,6 +268,7 @@ def load_config(
             )
     if len(set(selected)) != len(selected):
         raise KdzooError(f"method selected twice: {selected}")
+    _refuse_renamed_keys(data)
     core = {key: build(cls, data.pop(key, None), key) for key, cls in CORE_SECTIONS.items()}
     method_configs = {}
     for key, section in data.items():
@@ -259,6 +283,15 @@ def load_config(
     for name in selected:
         method_configs.setdefault(name, build(method_config_classes[name], {}, name))
     return RunConfig(methods=selected, method_configs=method_configs, **core)
+
+
+RENAMED_KEYS = {("teacher", "train_epochs"): "teacher.train.epochs"}
+
+
+def _refuse_renamed_keys(data: dict[str, Any]) -> None:
+    for (section, key), now in RENAMED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise KdzooError(f"config key '{section}.{key}' is now '{now}'; rename it in your config or --set")
 
 
 def config_from_dict(data: dict[str, Any], method_config_classes: dict[str, type]) -> RunConfig:

@@ -12,7 +12,6 @@ import gzip
 import itertools
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +25,7 @@ from torch import Tensor
 from kdzoo.config import DataConfig
 from kdzoo.distributed import DistInfo, shard
 from kdzoo.errors import KdzooError, close_matches
+from kdzoo.idx import read_idx
 
 
 @dataclass(frozen=True)
@@ -250,57 +250,37 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
     return _bundle("digits", cfg, seed, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), 10, norm, flip=False)
 
 
-FASHION_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
-def _fashion_raw_dir(root: Path) -> Path:
-    """torchvision reads unpacked idx files from ``<root>/FashionMNIST/raw``; unpack .gz beside a cache."""
-    if all((root / "FashionMNIST" / "raw" / f).is_file() for f in FASHION_FILES):
-        return root
-    sources = {f: next((p for p in (root / f, root / f"{f}.gz") if p.is_file()), None) for f in FASHION_FILES}
-    missing = [f for f, p in sources.items() if p is None]
-    if missing:
-        raise KdzooError(
-            f"Fashion-MNIST not found under {root}: missing {', '.join(missing)} (.gz or unpacked); "
-            f"on Debian: apt-get install dataset-fashion-mnist, or set data.root"
-        )
-    from kdzoo.paths import cache_dir
+def _fashion_file(root: Path, name: str) -> Path:
+    """``name`` or ``name.gz`` in ``root``, or where torchvision keeps them (``FashionMNIST/raw``)."""
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise KdzooError(
+        f"Fashion-MNIST not found under {root}: missing {name} (.gz or unpacked); "
+        f"on Debian: apt-get install dataset-fashion-mnist, or set data.root"
+    )
 
-    out = cache_dir() / "fashion_mnist"
-    raw = out / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, src in sources.items():
-        if not (raw / name).is_file():
-            tmp = raw / f"{name}.tmp"
-            with gzip.open(src) if src.suffix == ".gz" else open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            tmp.replace(raw / name)
-    return out
+
+def _idx_pair(root: Path, images_name: str, labels_name: str) -> tuple[Tensor, Tensor]:
+    images_file, labels_file = _fashion_file(root, images_name), _fashion_file(root, labels_name)
+    images, labels = read_idx(images_file, 3), read_idx(labels_file, 1)
+    if len(images) != len(labels):
+        raise KdzooError(f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels")
+    if labels.size and labels.max() >= 10:
+        raise KdzooError(f"{labels_file} has label {labels.max()}; Fashion-MNIST labels are 0..9")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def fashion_mnist(cfg: DataConfig, seed: int) -> DataBundle:
-    from torchvision.datasets import FashionMNIST
-
-    root = _fashion_raw_dir(Path(cfg.root or DEBIAN_FASHION_ROOT))
-    train = FashionMNIST(str(root), train=True, download=False)
-    test = FashionMNIST(str(root), train=False, download=False)
+    root = Path(cfg.root or DEBIAN_FASHION_ROOT)
+    train = _idx_pair(root, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    test = _idx_pair(root, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     norm = Normalisation((0.286,), (0.353,))
-    return _bundle(
-        "fashion_mnist",
-        cfg,
-        seed,
-        (train.data.unsqueeze(1), train.targets),
-        (test.data.unsqueeze(1), test.targets),
-        10,
-        norm,
-        flip=True,
-    )
+    return _bundle("fashion_mnist", cfg, seed, train, test, 10, norm, flip=True)
 
 
 def _cifar(
@@ -373,9 +353,12 @@ class LoaderBatches(Batches):
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
-        for x, y in itertools.islice(loader, start, None):
-            x, y = shard(x, self.shard_info), shard(y, self.shard_info)
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in itertools.islice(loader, start, None):
+                x, y = shard(x, self.shard_info), shard(y, self.shard_info)
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
+            raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
 
 
 class IterableBatches(Batches):
@@ -407,7 +390,6 @@ IMAGENET_NORM = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
     """``data.root/train/<class>/*`` and ``data.root/val/<class>/*`` (torchvision's ImageFolder)."""
-    from torchvision import datasets
     from torchvision import transforms as T
 
     root = Path(cfg.root or "data")
@@ -419,10 +401,14 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
     augment = [T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()] if cfg.augment else []
     train_tf = T.Compose([*(augment or [T.Resize(size), T.CenterCrop(size)]), T.ToTensor(), norm])
     val_tf = T.Compose([T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm])
-    train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    val = datasets.ImageFolder(str(root / "val"), transform=val_tf)
+    train, val = _image_folder(root / "train", train_tf), _image_folder(root / "val", val_tf)
     if train.classes != val.classes:
         raise KdzooError(f"imagefolder: train/ and val/ under {root} have different class folders")
+    if len(train.classes) < 2:
+        raise KdzooError(
+            f"imagefolder: {root / 'train'} has {len(train.classes)} class folder ({', '.join(train.classes)}); "
+            f"classification needs at least two, one folder per class"
+        )
     if cfg.train_limit is not None:
         from torch.utils.data import Subset
 
@@ -434,6 +420,26 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         len(val.classes),
         3,
     )
+
+
+def _image_folder(folder: Path, transform):
+    from torchvision import datasets
+
+    try:
+        return datasets.ImageFolder(str(folder), transform=transform, loader=decode_image)
+    except FileNotFoundError as exc:  # no class folder, or class folders without images
+        raise KdzooError(f"imagefolder: {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def decode_image(path: str):
+    """An RGB image, or a one-line error naming the file that cannot be decoded."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown, truncated and broken files
+        raise KdzooError(f"image {path} cannot be decoded ({exc}); remove or replace it") from None
 
 
 CIFAR_NORM = Normalisation((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))

@@ -5,7 +5,7 @@ around both, rebuilt per stage since stages change what trains); the frozen teac
 without DDP. ``data.batch_size`` is the GLOBAL batch: each of the N processes takes 1/N of every
 batch, augmentation is drawn for the whole batch first, and ``optim.lr`` applies to that global
 batch, so N processes see exactly what one process sees. BatchNorm statistics are computed over
-the global batch too (``nn.SyncBatchNorm`` on GPU, :class:`GlobalBatchNorm` on CPU/gloo). Loss
+the global batch too (``nn.SyncBatchNorm`` on GPU, :class:`GlobalStatistics` on CPU/gloo). Loss
 terms are averaged across processes for the logs; only rank 0 logs and writes files. Methods whose
 loss relates samples within a batch (RKD) see the local batch.
 """
@@ -45,45 +45,72 @@ def init_from_env() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-class GlobalBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics cover the global batch of every process (works on CPU)."""
+class GlobalStatistics:
+    """Mixed into a batch-norm layer's own class: in training under a process group its statistics
+    cover the global batch of every process (differentiably, on CPU and GPU alike); in eval mode,
+    or in a single process, the layer's own forward runs unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable
-
-        # two passes (mean, then squared deviations from it), as a single-process BatchNorm computes them:
-        # E[x^2] - mean^2 would lose digits in float32
-        n_local = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), n_local]))
-        count = sums[-1]
-        mean = sums[:-1] / count
-        var = all_reduce((x - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))) / count
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * count / max(count - 1, 1))
-        y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = _global_batch_norm(self, x)
+        # timm's norm + activation layers (BatchNormAct2d and kin) normalise, then drop and activate
+        for after in ("drop", "act"):
+            module = getattr(self, after, None)
+            if isinstance(module, nn.Module):
+                y = module(y)
         return y
 
 
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    from torch.distributed.nn.functional import all_reduce  # differentiable
+
+    dims = [0, *range(2, x.ndim)]  # every axis but the channels
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    # two passes (mean, then squared deviations from it), as a single-process BatchNorm computes them:
+    # E[x^2] - mean^2 would lose digits in float32
+    n_local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+    sums = all_reduce(torch.cat([x.sum(dim=dims), n_local]))
+    count = sums[-1]
+    mean = sums[:-1] / count
+    var = all_reduce((x - mean.view(shape)).square().sum(dim=dims)) / count
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / max(count - 1, 1))
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y
+
+
+_GLOBAL_CLASSES: dict[type, type] = {}
+
+
+def _with_global_statistics(cls: type) -> type:
+    if issubclass(cls, GlobalStatistics):
+        return cls
+    if cls not in _GLOBAL_CLASSES:
+        _GLOBAL_CLASSES[cls] = type(f"Global{cls.__name__}", (GlobalStatistics, cls), {})
+    return _GLOBAL_CLASSES[cls]
+
+
 def global_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a version whose statistics span all processes."""
+    """Make every batch-statistics norm layer (any ``_BatchNorm`` subclass, timm's norm+activation
+    layers included) compute its statistics over all processes, so N processes train what one
+    process trains. On GPUs timm's converter makes them ``SyncBatchNorm`` (keeping timm's
+    activation and drop path, which torch's own converter silently drops); elsewhere each layer
+    keeps its class, parameters, children and eval behaviour, with :class:`GlobalStatistics`
+    mixed in."""
     if torch.cuda.is_available():
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            replacement = GlobalBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            replacement.load_state_dict(child.state_dict())
-            setattr(module, name, replacement)
-        else:
-            global_batchnorm(child)
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not isinstance(layer, nn.SyncBatchNorm):
+            layer.__class__ = _with_global_statistics(type(layer))
     return module
 
 

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from kdzoo import checkpoint
+from kdzoo import checkpoint, locking
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, load_data
 from kdzoo.distributed import DistInfo, any_across, global_batchnorm, init_from_env, mean_across, wrap
 from kdzoo.errors import KdzooError
 from kdzoo.features import FeatureExtractor, ModelInfo, describe
+from kdzoo.locking import RunDirLock, claim_new_run_dir
 from kdzoo.metrics import append_jsonl, evaluate
 from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.objective import Objective
@@ -184,6 +185,16 @@ class Trainer:
     def _fill_teacher_cache(self, teacher: nn.Module | None, info: ModelInfo) -> None:
         cache = self.teacher_cache
         if not cache.select(self.objective.taps):
+            waiting = f"teacher-output cache {cache.root}: another process is writing it; waiting"
+            with locking.writing(cache.root, lambda: tqdm.write(waiting) if self.show_progress is not False else None):
+                self._write_teacher_cache(teacher, info)
+        self.teacher_metrics = cache.teacher_metrics()
+        if self.show_progress is not False:
+            tqdm.write(cache.describe())
+
+    def _write_teacher_cache(self, teacher: nn.Module | None, info: ModelInfo) -> None:
+        cache = self.teacher_cache
+        if not cache.select(self.objective.taps):  # again: it may have been written while we waited
             teacher = teacher or self._obtain_teacher()
             teacher.requires_grad_(False).eval().to(self.device)
             taps = self.objective.taps
@@ -194,9 +205,6 @@ class Trainer:
             )
             cache.remember(info, evaluate(teacher, self.data.val.epoch(0), self.data.num_classes, self._who("teacher")))
             cache.select(taps)
-        self.teacher_metrics = cache.teacher_metrics()
-        if self.show_progress is not False:
-            tqdm.write(cache.describe())
 
     # the objective's parts, under the names plugins and tests use
     pm = property(lambda self: self.objective.pm)
@@ -246,9 +254,20 @@ class Trainer:
         return chosen
 
     def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run every stage; ``resume`` is a checkpoint dict written by an earlier run of this config."""
+        """Run every stage; ``resume`` is a checkpoint dict written by an earlier run of this config.
+
+        The run directory is locked for the whole run (one process trains in it at a time), and a
+        fresh run never starts over a directory that already holds one."""
+        with RunDirLock(self.run_dir) if self.dist.main else contextlib.nullcontext():
+            if resume is None and (self.run_dir / "last.pt").is_file():
+                raise KdzooError(
+                    f"{self.run_dir} already holds a run (last.pt); continue it with "
+                    f"`kdzoo run --resume {self.run_dir}` or choose another run directory"
+                )
+            return self._fit(resume)
+
+    def _fit(self, resume: dict[str, Any] | None) -> dict[str, Any]:
         if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metrics_path = self.run_dir / "metrics.jsonl"
         start_stage, start_epoch, start_step, global_epoch = 0, 0, 0, 0
@@ -260,6 +279,8 @@ class Trainer:
             start_stage, start_epoch, global_epoch = pos["stage"], pos["epoch"], pos["global_epoch"]
             start_step = pos.get("step", 0)
             self.history = list(resume["history"])
+            start_stage, start_epoch = self._grown_last_stage(start_stage, start_epoch)
+            self._say_resuming(start_stage, start_epoch, start_step)
             if "teacher_from_run" in resume:
                 handed_over = self.student_copy()
                 handed_over.load_state_dict(resume["teacher_from_run"])
@@ -288,6 +309,29 @@ class Trainer:
                 self.pm.unregister(reporter)
             if reporters:
                 reporters[0].writer.close()
+
+    def claim_new_run_dir(self) -> None:
+        """Move to a new run directory named after ``run_dir`` (``-2``, ``-3``... when taken), created
+        atomically by the main process and the same on every process."""
+        chosen = [claim_new_run_dir(self.run_dir) if self.dist.main else None]
+        if self.dist.enabled:
+            torch.distributed.broadcast_object_list(chosen, src=0)
+        self.run_dir = chosen[0]
+
+    def _say_resuming(self, stage_index: int, epoch: int, step: int) -> None:
+        if not self.dist.main or self.show_progress is False or stage_index >= len(self.stages):
+            return
+        stage = self.stages[stage_index]
+        where = f"stage '{stage.name}' ({stage_index + 1}/{len(self.stages)}), epoch {epoch + 1}/{stage.epochs}"
+        tqdm.write(f"{self.label}resuming {self.run_dir} at {where}" + (f", step {step + 1}" if step else ""))
+
+    def _grown_last_stage(self, stage: int, epoch: int) -> tuple[int, int]:
+        """A finished run resumed with more ``train.epochs`` re-enters its last stage where it ended."""
+        last = len(self.stages) - 1
+        if stage <= last:
+            return stage, epoch
+        done = sum(1 for record in self.history if record["stage_index"] == last)
+        return (last, done) if done < self.stages[last].epochs else (stage, epoch)
 
     def _catch_stop_signals(self):
         """SIGTERM/SIGINT: finish the current step, write a checkpoint, stop with a clear message."""
@@ -414,6 +458,7 @@ class Trainer:
         steps = len(self.data.train)
         sums: dict[str, Tensor] = {k: torch.tensor(v) for k, v in (partial or {}).get("sums", {}).items()}
         seen = (partial or {}).get("seen", 0)
+        seen_before = seen  # images of this epoch trained before a resume: not part of this process's rate
         self.skipped_steps = (partial or {}).get("skipped", 0)
         first_bad: dict[str, Tensor] = {}  # term -> first step where it was NaN/inf, tracked on the device
         weights: dict[str, float] = {}
@@ -449,7 +494,7 @@ class Trainer:
                 shown = {k: f"{(v / max(done - start_step, 1)).item():.3f}" for k, v in sums.items()}
                 if self.dist.enabled:
                     shown = {}  # rank 0 shows throughput only; terms are averaged over ranks at epoch end
-                shown["img/s"] = f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}"
+                shown["img/s"] = f"{(seen - seen_before) / max(time.perf_counter() - t0, 1e-9):.0f}"
                 bar.set_postfix(shown)
             stop = any_across(self._stop_signal is not None, self.dist)  # every rank stops at the same step
             if (stop or (every and done % every == 0)) and done < steps:
@@ -466,7 +511,7 @@ class Trainer:
         counted = max(steps - self.skipped_steps, 1)
         stats = {k: round(float(v) / counted, 6) for k, v in mean_across(sums, self.dist).items()}
         stats["weights"] = weights
-        stats["images_per_s"] = round(self.dist.world * seen / max(time.perf_counter() - t0, 1e-9), 1)
+        stats["images_per_s"] = round(self.dist.world * (seen - seen_before) / max(time.perf_counter() - t0, 1e-9), 1)
         if self.skipped_steps:
             stats["skipped_steps"] = self.skipped_steps
         return stats
@@ -478,11 +523,11 @@ class Trainer:
         bad = bad or {"loss (on another process)": 0}
         step = min(bad.values())
         terms = sorted(n for n, s in bad.items() if s == step and n != "loss") or ["loss"]
+        last = self.run_dir / "last.pt"
+        kept = f"the last good checkpoint is kept ({last})" if last.is_file() else "no checkpoint was written yet"
         raise KdzooError(
             f"stage '{stage.name}' epoch {epoch + 1} step {step}: loss term {', '.join(map(repr, terms))} "
-            f"became NaN/inf; "
-            f"the last good checkpoint is kept ({self.run_dir / 'last.pt'}); lower optim.lr or the term's weight, "
-            f"or set train.nonfinite=skip"
+            f"became NaN/inf; {kept}; lower optim.lr or the term's weight, or set train.nonfinite=skip"
         )
 
     def _save(self, optimizer, scheduler, position, partial=None) -> None:
@@ -515,10 +560,11 @@ class Trainer:
 
     def _export(self) -> None:
         """The student alone (no method modules) as a timm-loadable safetensors file + how to load it."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.student.state_dict().items()}
-        save_file(state, str(self.run_dir / "student.safetensors"), metadata={"format": "pt"})
+        # written as bytes through open(): the file gets the same permissions as the run's other files
+        (self.run_dir / "student.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
         kwargs = {"num_classes": self.data.num_classes, "in_chans": self.data.in_chans, **self.config.student.kwargs}
         (self.run_dir / "student.json").write_text(
             json.dumps(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
 from kdzoo.features import FeatureExtractor, ModelInfo, Outputs, Taps, describe, named_forward, run_teacher, union
-from kdzoo.plugins import call_hook, run_manager
+from kdzoo.plugins import call_hook, call_hook_impl, run_manager
 from kdzoo.schedule import Stage
 
 CE = "ce"
@@ -106,10 +106,12 @@ class Objective(nn.Module):
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(student.logits, targets)
-        for result in call_hook(
-            self.pm, "kdzoo_compute_losses", student=student, teacher=teacher, targets=targets, stage=stage
-        ):
-            for name, value in (result or {}).items():
+        hook = self.pm.hook.kdzoo_compute_losses
+        # called one implementation at a time (pluggy's order) so that a bad result names its method
+        for impl in reversed(hook.get_hookimpls()):
+            given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage}
+            result = call_hook_impl(impl, "kdzoo_compute_losses", given)
+            for name, value in _checked_terms(impl.plugin_name, result).items():
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
                 if name in terms:
@@ -153,6 +155,23 @@ class Objective(nn.Module):
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         self.last_logits = student_out.logits.detach()
         return total
+
+
+def _checked_terms(method: str, result: Any) -> dict[str, Tensor]:
+    """A method's terms, or a one-line error naming the method when it returned something else."""
+    if result is None:
+        return {}
+    where = f"method '{method}' kdzoo_compute_losses"
+    if not isinstance(result, dict):
+        raise KdzooError(f"{where} returned {type(result).__name__}; return a dict of named scalar tensors")
+    for name, value in result.items():
+        if not isinstance(value, Tensor):
+            raise KdzooError(f"{where}: term '{name}' is {type(value).__name__}, not a tensor; return a scalar tensor")
+        if value.ndim != 0:
+            raise KdzooError(
+                f"{where}: term '{name}' has shape {tuple(value.shape)}; reduce it to a scalar (e.g. .mean())"
+            )
+    return result
 
 
 def build_objective(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -23,10 +24,15 @@ def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.o
 def build_scheduler(
     cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch. ``milestones`` are epochs of the stage."""
+    """Stepped once per batch. ``milestones`` are epochs of the stage.
+
+    Every schedule is a closed-form function of the step, so a run resumed with more epochs
+    continues on the schedule of its new length (a recursive form would carry the old length)."""
     total_steps = max(epochs * steps_per_epoch, 1)
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
     if cfg.scheduler == "multistep":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)

@@ -242,6 +242,17 @@ def call_hook(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Any:
         raise KdzooError(f"method '{culprit}' failed in {hook}: {_one_line(exc)}") from exc
 
 
+def call_hook_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
+    """One method's implementation of ``hook`` with the arguments it asks for; an exception it
+    raises becomes a one-line :class:`KdzooError` naming the method and the hook."""
+    try:
+        return impl.function(*(kwargs[arg] for arg in impl.argnames))
+    except KdzooError:
+        raise
+    except Exception as exc:
+        raise KdzooError(f"method '{impl.plugin_name}' failed in {hook}: {_one_line(exc)}") from exc
+
+
 def _culprit(pm: pluggy.PluginManager, exc: BaseException) -> str | None:
     """The registered plugin whose code raised: the innermost traceback frame whose ``self`` is one."""
     plugins = {id(p): name for name, p in pm.list_name_plugin()}

@@ -49,7 +49,7 @@ _TINY = [
     "data.batch_size=16",
     "data.train_limit=32",
     "train.epochs=1",
-    "teacher.train_epochs=1",
+    "teacher.train.epochs=1",
     "train.log_every=1",
 ]
 

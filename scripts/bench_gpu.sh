@@ -19,12 +19,12 @@ if [[ -n "${SMALL:-}" ]]; then
     big=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
     small=(--teacher test_resnet --student test_efficientnet --img-size 32 --batch 8 --rounds 2 --steps 1)
     epochs=(--set train.epochs=1 --set teacher.model=test_resnet --set student.model=test_efficientnet
-            --set teacher.train_epochs=1 --set data.train_limit=256)
+            --set teacher.train.epochs=1 --set data.train_limit=256)
 else
     big=(--teacher resnet50 --student resnet18 --img-size 224 --batch 128 --rounds 7 --steps 5)
     small=(--teacher resnet18 --student resnet10t --img-size 32 --batch 256 --rounds 7 --steps 10)
     epochs=(--set train.epochs=3 --set teacher.model=resnet18 --set student.model=resnet10t
-            --set teacher.train_epochs=2 --set data.batch_size=256)
+            --set teacher.train.epochs=2 --set data.batch_size=256)
 fi
 # real epochs on Fashion-MNIST (60k images) when FASHION_ROOT holds its four .gz files, else on digits
 if [[ -n "${FASHION_ROOT:-}" ]]; then

@@ -13,7 +13,7 @@ TINY = [
     "data.img_size=32",
     "data.batch_size=32",
     "data.train_limit=64",
-    "teacher.train_epochs=1",
+    "teacher.train.epochs=1",
     "train.log_every=1",
 ]
 

@@ -41,7 +41,7 @@ def _fails_with_one_line(result, *needles):
             ["unknown method 'kdd'", "did you mean 'kd'", "known methods: at, fitnets, kd, rkd, self-distill"],
         ),
         (["--method", "kd", "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "did you mean 'lr'"]),
-        (["--method", "kd", "--set", "train.epochs=-1"], ["train.epochs", ">= 0"]),
+        (["--method", "kd", "--set", "train.epochs=-1"], ["train.epochs", ">= 1"]),
         (
             ["--method", "kd", "--set", "teacher.checkpoint=/no/such/teacher.pt"],
             ["checkpoint file not found: /no/such/teacher.pt"],

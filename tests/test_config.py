@@ -52,7 +52,7 @@ def test_defaults():
     assert cfg.data == DataConfig()
     assert cfg.optim == OptimConfig()
     assert cfg.train == TrainConfig()
-    assert cfg.teacher.model == "resnet18" and cfg.teacher.train_epochs == 8
+    assert cfg.teacher.model == "resnet18" and cfg.teacher.train.epochs == 8
     assert cfg.student.model == "mobilenetv3_small_050"
     assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.05
     assert cfg.train.epochs == 12
@@ -71,7 +71,7 @@ def test_yaml_file_merge(tmp_path):
         tmp_path,
         "base.yaml",
         "methods: [fitnets]\n"
-        "teacher: {model: resnet10t, train_epochs: 2}\n"
+        "teacher: {model: resnet10t, train: {epochs: 2}}\n"
         "optim: {lr: 0.2, milestones: [5, 8]}\n"
         "train: {epochs: 10}\n"
         "fitnets: {hint_weight: 50.0}\n",
@@ -83,7 +83,7 @@ def test_yaml_file_merge(tmp_path):
     )
     cfg = load([base, extra], methods=())
     assert cfg.methods == ["fitnets"]
-    assert cfg.teacher.model == "resnet10t" and cfg.teacher.train_epochs == 2
+    assert cfg.teacher.model == "resnet10t" and cfg.teacher.train.epochs == 2
     # Deep merge: the second file adds keys in a section without dropping the first file's.
     assert cfg.optim.name == "adamw"
     assert cfg.optim.lr == 0.2 and cfg.optim.milestones == [5, 8]
@@ -212,8 +212,9 @@ def test_negative_epochs_rejected():
     assert "-1" in message
 
 
-def test_zero_epochs_allowed():
-    assert load(overrides=["train.epochs=0"]).train.epochs == 0
+def test_zero_epochs_rejected_but_a_teacher_used_as_is_allowed():
+    assert ">= 1" in load_error(overrides=["train.epochs=0"])
+    assert load(overrides=["teacher.train.epochs=0"]).teacher.train.epochs == 0
 
 
 def test_nonpositive_lr_rejected():

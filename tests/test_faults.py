@@ -112,10 +112,10 @@ def test_running_out_of_disk_while_checkpointing_leaves_the_previous_one(tmp_pat
         fh.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(kdzoo.KdzooError, match=r"No space left on device\); the previous checkpoint is intact"):
-        checkpoint.save_atomic({"epoch": 2}, path)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", disk_full)
+        with pytest.raises(kdzoo.KdzooError, match=r"No space left on device\); the previous checkpoint is intact"):
+            checkpoint.save_atomic({"epoch": 2}, path)
     assert checkpoint.load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
