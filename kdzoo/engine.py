@@ -539,7 +539,7 @@ class Trainer:
             return
         checkpoint.save_atomic(
             {
-                "format": "kdzoo-checkpoint-1",
+                "format": checkpoint.RUN_FORMAT,
                 "config": self.config.to_dict(),
                 "student": self.student.state_dict(),
                 "modules": self.modules.state_dict(),

@@ -71,13 +71,15 @@ def distill(
     config: str | Path | None = None,
     settings: Sequence[str] = (),
     show_progress: bool | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``student`` from ``teacher`` with ``methods`` through kdzoo's engine; returns the summary.
 
     ``train_data`` / ``val_data``: DataLoaders (or sized iterables) of ``(images, labels)``.
     ``config``: an optional YAML file; ``settings``: ``--set`` style overrides such as
     ``["train.epochs=5", "optim.lr=0.01", "kd.temperature=2"]``. Checkpoints, metrics and the summary
-    go to ``run_dir`` as for ``kdzoo run``.
+    go to ``run_dir`` as for ``kdzoo run``; a ``run_dir`` that already holds a run is refused unless
+    ``resume=True``, which continues it from its last checkpoint (more ``train.epochs`` extend it).
     """
     from kdzoo.config import load_config
     from kdzoo.data import DataBundle, IterableBatches
@@ -96,7 +98,14 @@ def distill(
         "custom", IterableBatches(train_data), IterableBatches(val_data), num_classes, int(first_images.shape[1])
     )
     trainer = Trainer(cfg, reg, run_dir, teacher=teacher, student=student, data=data, show_progress=show_progress)
-    return trainer.fit()
+    last = Path(run_dir) / "last.pt"
+    state = None
+    if resume and last.is_file():
+        from kdzoo.resume import check_compatible, read_run
+
+        state, saved = read_run(last, reg)
+        check_compatible(saved, cfg, Path(run_dir), state)  # a resumed run keeps its config
+    return trainer.fit(resume=state)
 
 
 def _arch(model: nn.Module) -> str:

@@ -81,6 +81,11 @@ def read_run(file: Path, registry: Registry) -> tuple[dict[str, Any], RunConfig]
     state = checkpoint.load(file)
     if "config" not in state or "position" not in state:
         raise KdzooError(f"{file} is not a kdzoo run checkpoint (no config/position inside)")
+    if state.get("format") != checkpoint.RUN_FORMAT:
+        raise KdzooError(
+            f"{file} has checkpoint format {state.get('format')!r}; this kdzoo resumes {checkpoint.RUN_FORMAT!r} "
+            f"(evaluate it with the kdzoo that wrote it, or train the run again)"
+        )
     return state, config_from_dict(state["config"], registry.config_classes())
 
 

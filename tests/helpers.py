@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 
 import kdzoo
@@ -25,6 +26,11 @@ PAIRS = {
     "resnet->vit": ("test_resnet", {}, "test_vit", {"img_size": 32, "patch_size": 4}),
     "resnet->efficientnet": ("test_resnet", {}, "test_efficientnet", {}),
 }
+
+
+def subprocess_env(tmp_path) -> dict[str, str]:
+    """The environment for a kdzoo subprocess: offline, one thread, the test's own cache."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
 
 def tiny_config(methods: list[str], *extra: str, pair: str = "resnet->resnet", out_dir: str = "runs") -> RunConfig:

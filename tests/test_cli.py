@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from kdzoo.cli import main
-from tests.helpers import TINY
+from tests.helpers import TINY, subprocess_env
 
 
 def _sets(*pairs):
@@ -117,7 +116,7 @@ def _cli(args, env):
 
 def _interrupted_run(tmp_path, how):
     """An uninterrupted run in a/, and the same run in b/ interrupted by ``how``; returns the paths."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(tmp_path)
     sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=512", "train.epochs=4"]
     if how != "sigkill-epoch-boundary":
         sets.append("train.checkpoint_every=1")  # a checkpoint after every step
@@ -192,6 +191,10 @@ def test_run_dir_has_metrics_tensorboard_plots_and_a_timm_loadable_student(tmp_p
     run_dir = tmp_path / "runs" / "fitnets-test_resnet-seed0"
     for name in ("metrics.jsonl", "summary.json", "loss_terms.png", "accuracy.png", "student.safetensors"):
         assert (run_dir / name).is_file(), name
+    modes = {
+        oct((run_dir / name).stat().st_mode & 0o777) for name in ("student.safetensors", "summary.json", "last.pt")
+    }
+    assert len(modes) == 1, modes  # the exported student is as readable as the run's other files
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])

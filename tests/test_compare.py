@@ -60,3 +60,12 @@ def test_compare_writes_the_table_and_skips_finished_runs_on_restart(tmp_path):
         return [{k: v for k, v in r.items() if k != "train_time_s_mean"} for r in rows]
 
     assert accuracy(json.loads((out / "results.json").read_text())["rows"]) == accuracy(report["rows"])
+
+
+def test_a_single_seed_says_n_equals_one_not_a_zero_spread(tmp_path):
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    args = ["compare", "--methods", "kd", "--seeds", "1", "--out", str(tmp_path / "cmp")]
+    result = CliRunner().invoke(main, [*args, *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "(n = 1)" in table and "± 0.00" not in table

@@ -1,7 +1,6 @@
 """Runs started together never share a run directory or write one teacher-cache entry twice."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -9,19 +8,20 @@ from click.testing import CliRunner
 
 from kdzoo.cli import main
 from kdzoo.locking import RunDirLock
-from tests.helpers import TINY
+from tests.helpers import TINY, subprocess_env
 
 SETS = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "teacher.train.epochs=2", "train.epochs=2"]
+CACHED = ["teacher.cache=true", "data.augment=false"]  # the teacher-output cache is written by one of them too
 
 
 def test_two_runs_of_one_config_started_together(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(tmp_path)
     args = [
         "run",
         "--method",
         "kd",
         "--quiet",
-        *[a for s in [*SETS, f"train.out_dir={tmp_path}"] for a in ("--set", s)],
+        *[a for s in [*SETS, *CACHED, f"train.out_dir={tmp_path}"] for a in ("--set", s)],
     ]
     procs = [
         subprocess.Popen(
@@ -47,6 +47,11 @@ def test_two_runs_of_one_config_started_together(tmp_path):
     assert [json.loads(line)["global_epoch"] for line in lines] == [1, 2]
     teachers = {json.loads((tmp_path / n / "summary.json").read_text())["teacher_top1"] for n in runs}
     assert len(teachers) == 1
+    (outputs,) = [p for p in (tmp_path / "cache" / "teacher_outputs").iterdir() if p.is_dir()]
+    (taps,) = outputs.glob("taps-*")
+    assert json.loads((taps / "meta.json").read_text())["complete"]
+    students = {(tmp_path / n / "student.safetensors").read_bytes() for n in runs}
+    assert len(students) == 1  # the same config on the same cached outputs trains the same student
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):

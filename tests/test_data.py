@@ -95,3 +95,16 @@ def test_batch_shift_is_the_per_sample_crop_of_the_padded_images():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     one_by_one = torch.stack([padded[i, :, dy[i] : dy[i] + 9, dx[i] : dx[i] + 9] for i in range(7)])
     assert torch.equal(shift(x, 2, dy, dx), one_by_one)
+
+
+def test_fashion_mnist_follows_data_root_with_no_stale_copy(tmp_path):
+    """Two roots with different files: each run reads its own, nothing unpacked is reused."""
+    rng = np.random.default_rng(0)
+    for root, first_label in (("a", 3), ("b", 7)):
+        (tmp_path / root).mkdir()
+        for prefix, n in (("train", 40), ("t10k", 20)):
+            _idx(tmp_path / root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), 2051)
+            _idx(tmp_path / root / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) + first_label) % 10, 2049)
+    for root, first_label in (("a", 3), ("b", 7), ("a", 3)):
+        data = load_data(DataConfig(name="fashion_mnist", root=str(tmp_path / root)), seed=0)
+        assert data.val.labels[0].item() == first_label

@@ -1,6 +1,5 @@
 """torchrun with 2 CPU processes (gloo, loopback) gives the weights of one process on the same global batch."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TINY
+from tests.helpers import TINY, subprocess_env
 
 
 def _run(tmp_path, out, method, nproc):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(tmp_path)
     sets = [
         *TINY,
         "data.train_limit=128",
@@ -81,7 +80,7 @@ def test_two_processes_equal_one_on_every_model_family(tmp_path):
     for teacher in {t for t, _, _ in PAIRS.values()}:
         model = timm.create_model(teacher, num_classes=10)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights / f"{teacher}.safetensors"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KDZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(tmp_path)
     script = str(Path(__file__).with_name("ddp_pairs.py"))
     for out, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"])):
         done = subprocess.run(

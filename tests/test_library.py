@@ -84,3 +84,12 @@ def test_distill_runs_the_engine_on_user_loaders(tmp_path):
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
     with pytest.raises(kdzoo.KdzooError, match="need a teacher"):
         kdzoo.distill(None, student, train, val, methods=["kd"], run_dir=tmp_path / "x")
+    # the run directory now holds a run: never overwritten, continued only when asked
+    again = dict(methods=["kd", "rkd"], run_dir=tmp_path / "run", settings=["train.epochs=3", "optim.lr=0.01"])
+    with pytest.raises(kdzoo.KdzooError, match="already holds a run"):
+        kdzoo.distill(teacher, student, train, val, **again)
+    assert kdzoo.distill(teacher, student, train, val, resume=True, show_progress=False, **again)["epochs"] == 3
+    with pytest.raises(kdzoo.KdzooError, match=r"optim.lr \(0.01 -> 0.1\)"):
+        kdzoo.distill(
+            teacher, student, train, val, **{**again, "settings": ["train.epochs=3", "optim.lr=0.1"]}, resume=True
+        )

@@ -2,8 +2,10 @@
 
 import json
 
+import torch
 from click.testing import CliRunner
 
+from kdzoo import checkpoint
 from kdzoo.cli import main
 from tests.helpers import TINY
 
@@ -60,3 +62,22 @@ def test_resume_with_more_epochs_continues_a_finished_run_and_says_so(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["train"]["epochs"] == 2
     shorter = runner.invoke(main, ["run", "--resume", str(run_dir), "--set", "train.epochs=1"])
     assert "epochs can only grow" in _one_line(shorter)
+
+
+def test_throughput_after_a_mid_epoch_resume_counts_only_what_this_process_trained(tmp_path):
+    """The images of an epoch trained before the resume are not divided by the time since it."""
+    runner = CliRunner()
+    args = _args(tmp_path, "data.train_limit=128", "train.checkpoint_every=2")
+    assert runner.invoke(main, ["run", "--quiet", *args]).exit_code == 0
+    run_dir = tmp_path / "kd-test_resnet-seed0"
+    state = checkpoint.load(run_dir / "last.pt")
+    state.update(  # as if killed after step 2 of 4, having trained a billion images before that
+        position={"stage": 0, "epoch": 0, "step": 2, "global_epoch": 0},
+        partial={"sums": {}, "seen": 10**9, "skipped": 0},
+        history=[],
+    )
+    torch.save(state, run_dir / "last.pt")
+    (run_dir / "summary.json").unlink()
+    assert runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]).exit_code == 0
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < record["train"]["images_per_s"] < 1e6
