@@ -3,29 +3,51 @@
 Public API::
 
     import kdzoo
-    kdzoo.list_methods()                                  # name -> MethodInfo, from every plugin
-    loss_fn = kdzoo.get_method("at", teacher=t, student=s) # an nn.Module loss for your own loop
+    kdzoo.list_methods()                                   # name -> MethodInfo, from every plugin
+    loss_fn = kdzoo.get_method("at", teacher=t, student=s)  # an nn.Module loss for your own loop
+    loss_fn = kdzoo.get_method(["kd", "at"], teacher=t, student=s)  # methods stack
     kdzoo.distill(t, s, train_loader, val_loader, methods=["kd", "at"])  # the whole engine
-    @kdzoo.hookimpl                                       # mark hooks in your own plugin
+    kdzoo.losses.rkd_angle_loss(student_embedding, teacher_embedding)    # any built-in loss on tensors
+
+Writing a method: everything it touches is here too (from :mod:`kdzoo.api`): ``hookimpl``,
+``MethodInfo``, ``ModelInfo``, ``StageInfo``, ``Taps``, ``Summary``, ``Outputs``, ``Stage``,
+``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``, ``parameters_up_to``,
+``soft_target_kl``, ``KdzooError``.
 """
 
 from __future__ import annotations
 
-from kdzoo.errors import KdzooError
-from kdzoo.features import ModelInfo, Outputs, StageInfo, Summary, Taps, pair_stage
+from kdzoo.api import (
+    WHOLE_RUN,
+    KdzooError,
+    MethodInfo,
+    ModelInfo,
+    Outputs,
+    Run,
+    Stage,
+    StageInfo,
+    Summary,
+    Taps,
+    hookimpl,
+    inner_stages,
+    pair_stage,
+    pair_stages,
+    parameters_up_to,
+    soft_target_kl,
+)
+from kdzoo.engine.objective import Objective
 from kdzoo.library import distill, get_method, list_methods, method_config
-from kdzoo.objective import Objective
-from kdzoo.plugins import MethodInfo, hookimpl
-from kdzoo.schedule import Stage, parameters_up_to
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "WHOLE_RUN",
     "KdzooError",
     "MethodInfo",
     "ModelInfo",
     "Objective",
     "Outputs",
+    "Run",
     "Stage",
     "StageInfo",
     "Summary",
@@ -33,16 +55,19 @@ __all__ = [
     "distill",
     "get_method",
     "hookimpl",
+    "inner_stages",
     "list_methods",
     "method_config",
     "pair_stage",
+    "pair_stages",
     "parameters_up_to",
+    "soft_target_kl",
 ]
 
 
 def _load_plugins() -> None:
     """Load the installed plugins now, so models they register exist for ``timm.create_model``."""
-    from kdzoo.plugins import registry
+    from kdzoo.registry import registry
 
     registry()
 

@@ -23,9 +23,6 @@ import torch
 
 from kdzoo.errors import KdzooError
 
-# 2: RNG states stored as tensors and lists, so the whole file loads with weights_only=True
-RUN_FORMAT = "kdzoo-checkpoint-2"
-
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write to a temp file, fsync, then rename: a kill mid-write never leaves a broken ``path``."""

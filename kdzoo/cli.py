@@ -12,13 +12,12 @@ from pathlib import Path
 import click
 import yaml
 
-from kdzoo import checkpoint
-from kdzoo.config import RunConfig, config_from_dict, load_config
+from kdzoo.config import RunConfig, as_dict, config_from_dict, load_config
+from kdzoo.engine.locking import check_writable
+from kdzoo.engine.resume import ResumeTarget, resume_given, resume_latest
+from kdzoo.engine.state import RunState
 from kdzoo.errors import KdzooError
-from kdzoo.locking import check_writable
-from kdzoo.plugins import registry
-from kdzoo.resume import ResumeTarget, resume_given, resume_latest
-from kdzoo.typed import as_dict
+from kdzoo.registry import registry
 
 
 def one_line_errors(fn):
@@ -68,7 +67,7 @@ def default_run_dir(config: RunConfig) -> Path:
 @one_line_errors
 def run(methods, configs, overrides, resume, quiet, nproc) -> None:
     """Distill a teacher into a student with one or more methods."""
-    from kdzoo.engine import Trainer
+    from kdzoo.engine import build_trainer
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise SystemExit(launch_torchrun(nproc))
@@ -93,7 +92,7 @@ def run(methods, configs, overrides, resume, quiet, nproc) -> None:
         config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
         run_dir = default_run_dir(config)
         check_writable(run_dir.parent)  # before a teacher is trained for minutes
-    trainer = Trainer(config, reg, run_dir, show_progress=False if quiet else None)
+    trainer = build_trainer(config, reg, run_dir, show_progress=False if quiet else None)
     if state is None:
         trainer.claim_new_run_dir()
     summary = trainer.fit(resume=state)
@@ -176,7 +175,7 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
     from kdzoo.config import merge, parse_override
     from kdzoo.data import load_data
     from kdzoo.engine import pick_device
-    from kdzoo.metrics import evaluate
+    from kdzoo.engine.evaluate import evaluate
     from kdzoo.models import create_model
 
     raw, weights = _read_student(Path(checkpoint_path))
@@ -208,10 +207,8 @@ def _read_student(path: Path) -> tuple[dict, dict]:
         if not config_file.is_file():
             raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
         return json.loads(config_file.read_text()), load_file(str(path))
-    state = checkpoint.load(path)
-    if "config" not in state or "student" not in state:
-        raise KdzooError(f"{path} is not a kdzoo run checkpoint (no config/student inside)")
-    return state["config"], state["student"]
+    state = RunState.load(path)
+    return state.config, state.student
 
 
 @main.command()
@@ -219,7 +216,7 @@ def _read_student(path: Path) -> tuple[dict, dict]:
 @one_line_errors
 def plot(run_dir: str) -> None:
     """Draw a run's loss terms and accuracy per epoch (PNG files in RUN_DIR)."""
-    from kdzoo.plots import plot_run
+    from kdzoo.reporting.plots import plot_run
 
     for path in plot_run(run_dir):
         click.echo(str(path))
@@ -238,7 +235,7 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
     Writes results.md / results.csv / results.png (mean ± std over seeds, last and best epoch,
     teacher/student parameters, FLOPs and CPU latency). Restartable: finished runs are skipped.
     """
-    from kdzoo.compare import compare as run_compare
+    from kdzoo.tools.compare import compare as run_compare
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     reg = registry()
@@ -284,7 +281,7 @@ def bench(teacher, student, methods, img_size, batch, rounds, steps, options, de
     """Step cost of each method vs the floor (teacher forward + student step), one process, interleaved."""
     import tempfile
 
-    from kdzoo.bench import format_table, run_bench
+    from kdzoo.tools.bench import format_table, run_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         report = run_bench(

@@ -1,4 +1,4 @@
-"""The one exception type kdzoo raises for things a user can fix.
+"""One-line errors: :class:`KdzooError` (defined with the plugin API) and the suggestion helper.
 
 The CLI prints a :class:`KdzooError` as a single line and exits non-zero; anything else is a bug
 and keeps its traceback.
@@ -9,12 +9,23 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from kdzoo.api import KdzooError
 
-class KdzooError(Exception):
-    """A problem with the user's input (config, models, data, files), stated in one line."""
+__all__ = ["KdzooError", "close_matches", "unknown_method"]
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when something close exists, else ''."""
     found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{found[0]}'?)" if found else ""
+
+
+def unknown_method(name: str, known: Iterable[str], failures: dict[str, str] | None = None) -> KdzooError:
+    """The error for a method name that is not installed, or whose plugin failed to load."""
+    if failures and name in failures:
+        return KdzooError(f"method plugin '{name}' failed to load: {failures[name]}")
+    known = sorted(known)
+    return KdzooError(
+        f"unknown method '{name}'{close_matches(name, known)}; "
+        f"known methods: {', '.join(known) or 'none'} (see `kdzoo list`)"
+    )

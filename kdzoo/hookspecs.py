@@ -1,6 +1,6 @@
 """Every hook a kdzoo plugin can implement.
 
-Two tiers, as in ``docs`` and ``../DESIGN``:
+Two tiers (every hook with its arguments and an example: ``docs/writing-a-plugin.md``):
 
 * :class:`DiscoverySpec` — once per process, on plugin *modules* loaded from the ``kdzoo``
   entry-point group: a module registers the methods it provides.
@@ -15,18 +15,13 @@ with :data:`kdzoo.hookimpl`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from torch import Tensor, nn
-
-    from kdzoo.features import ModelInfo, Outputs, Taps
-    from kdzoo.plugins import MethodInfo
-    from kdzoo.schedule import Stage
+from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps
 
 hookspec = pluggy.HookspecMarker("kdzoo")
 
@@ -135,13 +130,13 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_on_run_start(self, run: Any) -> None:
+    def kdzoo_on_run_start(self, run: Run) -> None:
         """Called once the models, method modules and data are ready, before the first stage.
-        ``run`` is the :class:`kdzoo.engine.Trainer` (``teacher``, ``student``, ``modules``,
-        ``config``, ``device``, ``run_dir``)."""
+        ``run`` is a :class:`kdzoo.Run` (``teacher``, ``student``, ``modules``, ``config``,
+        ``device``, ``run_dir``, ...)."""
 
     @hookspec
-    def kdzoo_on_stage_start(self, run: Any, stage: Stage, index: int, resumed: bool) -> None:
+    def kdzoo_on_stage_start(self, run: Run, stage: Stage, index: int, resumed: bool) -> None:
         """Called before ``stage`` builds its optimizer; ``resumed`` is True when a resumed run
         re-enters the stage mid-way (its state is already restored: do not reset anything then).
 
@@ -150,11 +145,11 @@ class MethodSpec:
             @kdzoo.hookimpl
             def kdzoo_on_stage_start(self, run, index, resumed):
                 if index > 0 and not resumed:
-                    run.fresh_student(generation=index)
+                    run.student.load_state_dict(run.new_student(seed=index).state_dict())
         """
 
     @hookspec
-    def kdzoo_on_epoch_end(self, run: Any, stage: Stage, epoch: int, metrics: dict[str, Any]) -> None:
+    def kdzoo_on_epoch_end(self, run: Run, stage: Stage, epoch: int, metrics: dict[str, Any]) -> None:
         """Called after each epoch's evaluation with that epoch's metrics record.
 
         Example::
@@ -165,17 +160,17 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_on_stage_end(self, run: Any, stage: Stage, index: int) -> None:
+    def kdzoo_on_stage_end(self, run: Run, stage: Stage, index: int) -> None:
         """Called after the last epoch of ``stage`` and before its checkpoint is written: the
         place to hand the trained student over as the next stage's teacher.
 
         Example (Born-Again Networks)::
 
             @kdzoo.hookimpl
-            def kdzoo_on_stage_end(self, run):
-                run.set_teacher(run.student_copy())
+            def kdzoo_on_stage_end(self, run, index):
+                run.set_teacher(run.student_copy(), name=f"generation {index}")
         """
 
     @hookspec
-    def kdzoo_on_run_end(self, run: Any, summary: dict[str, Any]) -> None:
+    def kdzoo_on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
         """Called once at the end with the run's summary (accuracies, wall time, run directory)."""

@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
-from kdzoo.errors import KdzooError
-from kdzoo.objective import Objective, build_objective
-from kdzoo.plugins import MethodInfo, registry
-from kdzoo.typed import build
+from kdzoo.api import KdzooError, MethodInfo
+from kdzoo.config import build
+from kdzoo.engine.extract import device_of, model_name
+from kdzoo.engine.objective import Objective, build_objective
+from kdzoo.registry import registry
 
 
 def list_methods() -> dict[str, MethodInfo]:
@@ -33,30 +34,42 @@ def _input_size(model: nn.Module, img_size: int | None) -> int:
 
 
 def get_method(
-    name: str,
+    name: str | Sequence[str],
     *,
     student: nn.Module,
     teacher: nn.Module | None = None,
     img_size: int | None = None,
     **config: Any,
 ) -> Objective:
-    """Method ``name`` as an ``nn.Module`` loss for your own training loop.
+    """Method ``name`` (or a list of methods, stacked as ``kdzoo run`` stacks them) as an
+    ``nn.Module`` loss for your own training loop.
 
     ``loss = objective(images, labels)`` runs the student (and the frozen teacher) once, with the
-    taps the method needs, and returns CE plus the method's weighted terms. Put
-    ``objective.parameters()`` (the method's own trainable modules, e.g. FitNets' regressor) in
-    your optimizer next to the student's. ``config`` overrides the method's defaults.
+    taps the methods need, and returns CE plus the methods' weighted terms. Put
+    ``objective.parameters()`` (the methods' own trainable modules, e.g. FitNets' regressor) in
+    your optimizer next to the student's. ``config`` overrides one method's defaults; with several
+    methods, pass ``{method: {key: value}}`` per method.
 
     >>> kd = kdzoo.get_method("kd", teacher=teacher, student=student, temperature=2)  # doctest: +SKIP
+    >>> stack = kdzoo.get_method(["kd", "at"], teacher=teacher, student=student)      # doctest: +SKIP
     >>> loss = kd(images, labels)                                                        # doctest: +SKIP
     """
-    info = registry().get(name)
-    cfg = build(info.config_class, config, name)
-    if info.wants_teacher(cfg) and teacher is None:
-        raise KdzooError(f"method '{name}' needs a teacher: get_method('{name}', teacher=..., student=...)")
-    size = _input_size(student, img_size)
-    objective = build_objective({name: info.factory(cfg)}, student, teacher if info.wants_teacher(cfg) else None, size)
-    device = next(student.parameters()).device
+    names = [name] if isinstance(name, str) else list(name)
+    if not names or len(set(names)) != len(names):
+        raise KdzooError(f"get_method: name one or more different methods, got {names}")
+    reg = registry()
+    infos = [reg.get(n) for n in names]
+    settings = {names[0]: config} if len(names) == 1 else config
+    unknown = set(settings) - set(names)
+    if unknown:
+        raise KdzooError(f"get_method: settings for {sorted(unknown)}, which are not among the methods {names}")
+    configs = {info.name: build(info.config_class, settings.get(info.name, {}), info.name) for info in infos}
+    wanting = [info.name for info in infos if info.wants_teacher(configs[info.name])]
+    if wanting and teacher is None:
+        raise KdzooError(f"method '{wanting[0]}' needs a teacher: get_method({name!r}, teacher=..., student=...)")
+    device = device_of(student, "student")
+    methods = {info.name: info.factory(configs[info.name]) for info in infos}
+    objective = build_objective(methods, student, teacher if wanting else None, _input_size(student, img_size))
     return objective.to(device)
 
 
@@ -83,30 +96,26 @@ def distill(
     """
     from kdzoo.config import load_config
     from kdzoo.data import DataBundle, IterableBatches
-    from kdzoo.engine import Trainer
+    from kdzoo.engine import build_trainer
 
     reg = registry()
     if teacher is None and any(reg.get(m).wants_teacher(method_config(m)) for m in methods):
         raise KdzooError(f"methods {list(methods)} need a teacher: distill(teacher, student, ...)")
     first_images, _ = next(iter(train_data))
-    names = [f"student.model={_arch(student)}", f"data.img_size={first_images.shape[-1]}", "data.name=custom"]
+    names = [f"student.model={model_name(student)}", f"data.img_size={first_images.shape[-1]}", "data.name=custom"]
     if teacher is not None:
-        names.append(f"teacher.model={_arch(teacher)}")
+        names.append(f"teacher.model={model_name(teacher)}")
     cfg = load_config([config] if config else [], [*names, *settings], list(methods), reg.config_classes())
     num_classes = int(getattr(student, "num_classes", 0) or 0)
     data = DataBundle(
         "custom", IterableBatches(train_data), IterableBatches(val_data), num_classes, int(first_images.shape[1])
     )
-    trainer = Trainer(cfg, reg, run_dir, teacher=teacher, student=student, data=data, show_progress=show_progress)
+    trainer = build_trainer(cfg, reg, run_dir, teacher=teacher, student=student, data=data, show_progress=show_progress)
     last = Path(run_dir) / "last.pt"
     state = None
     if resume and last.is_file():
-        from kdzoo.resume import check_compatible, read_run
+        from kdzoo.engine.resume import check_compatible, read_run
 
         state, saved = read_run(last, reg)
-        check_compatible(saved, cfg, Path(run_dir), state)  # a resumed run keeps its config
+        check_compatible(saved, cfg, Path(run_dir))  # a resumed run keeps its config
     return trainer.fit(resume=state)
-
-
-def _arch(model: nn.Module) -> str:
-    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__

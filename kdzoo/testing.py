@@ -26,15 +26,20 @@ the teacher, and a checkpoint that restores the run exactly.
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdzoo.config import RunConfig, load_config
-from kdzoo.plugins import registry
-from kdzoo.typed import as_dict, build
+from kdzoo.config import RunConfig, as_dict, build, load_config
+from kdzoo.paths import using_cache
+from kdzoo.registry import registry
+
+#: where the conformance cases keep the tiny teachers they train (never the user's kdzoo cache)
+TESTING_CACHE = Path(tempfile.gettempdir()) / f"kdzoo-testing-{getpass.getuser()}"
 
 #: (teacher, teacher kwargs, student, student kwargs): tiny models, 32 px
 PAIRS: dict[str, tuple[str, dict, str, dict]] = {
@@ -74,22 +79,33 @@ def conformance_cases(method: str, pairs: list[str] | None = None, settings: tup
     return cases
 
 
-def check_method(method: str, tmp_path: str | Path, pairs: list[str] | None = None, settings: tuple[str, ...] = ()):
+def check_method(
+    method: str,
+    tmp_path: str | Path,
+    pairs: list[str] | None = None,
+    settings: tuple[str, ...] = (),
+    cache: str | Path | None = None,
+):
     """Run every conformance check for ``method``; raises AssertionError on the first failure."""
     for case in conformance_cases(method, pairs, settings):
-        run_case(case, Path(tmp_path) / str(case))
+        run_case(case, Path(tmp_path) / str(case), cache)
 
 
-def run_case(case: Case, tmp_path: str | Path) -> None:
+def run_case(case: Case, tmp_path: str | Path, cache: str | Path | None = None) -> None:
+    """Run one check. The tiny teachers it trains go to ``cache`` (default: one folder under the
+    system's temporary directory, shared by every case so each teacher is trained once), never to
+    the user's kdzoo cache, and the environment is left as it was."""
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    {
+    check = {
         "registration": _registration,
         "config": _config,
         "losses": _losses,
         "gradients": _gradients,
         "checkpoint": _checkpoint,
-    }[case.check](case, tmp_path)
+    }[case.check]
+    with using_cache(cache or TESTING_CACHE):
+        check(case, tmp_path)
 
 
 def tiny_config(case: Case, out_dir: Path) -> RunConfig:
@@ -102,12 +118,9 @@ def tiny_config(case: Case, out_dir: Path) -> RunConfig:
 
 
 def _trainer(case: Case, tmp_path: Path, run: str = "run"):
-    import os
+    from kdzoo.engine import build_trainer
 
-    from kdzoo.engine import Trainer
-
-    os.environ.setdefault("KDZOO_CACHE", str(tmp_path / "cache"))
-    return Trainer(tiny_config(case, tmp_path), registry(), tmp_path / run, show_progress=False)
+    return build_trainer(tiny_config(case, tmp_path), registry(), tmp_path / run, show_progress=False)
 
 
 def _registration(case: Case, _tmp: Path) -> None:
@@ -156,7 +169,7 @@ def _gradients(case: Case, tmp_path: Path) -> None:
     trainer = _trainer(case, tmp_path)
     x, y = next(trainer.data.train.epoch(0))
     for stage in trainer.stages:
-        trainable = trainer._set_trainable(stage)
+        trainable = trainer.set_trainable(stage)
         for p in [*trainer.student.parameters(), *trainer.modules.parameters()]:
             p.grad = None
         total, _, _ = trainer.compute_losses(x, y, stage, 0, 0.5)

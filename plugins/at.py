@@ -25,11 +25,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-import torch.nn.functional as F
-from torch import Tensor
-
-from kdzoo import MethodInfo, Summary, Taps, hookimpl
-from kdzoo.features import inner_stages, pair_stages
+from kdzoo import MethodInfo, Summary, Taps, hookimpl, inner_stages, pair_stages
+from kdzoo.losses.at import attention_loss, spatial_attention
 
 
 @dataclass
@@ -39,45 +36,6 @@ class ATConfig:
     form: Literal["code", "paper"] = "code"
     student_stages: list[int] | None = None
     teacher_stages: list[int] | None = None
-
-
-def spatial_attention(feature: Tensor, p: float = 2.0) -> Tensor:
-    """``mean_c(f^p)`` per sample, L2-normalised, kept as a (B, 1, H, W) map.
-
-    Normalising before the pooling that unequal map sizes need changes nothing (average pooling is
-    linear, and the map is normalised again after it), and it keeps the values in [0, 1], safe for
-    a float16 teacher-output cache. This is all AT needs of a teacher map: C times smaller.
-    """
-    q = feature.pow(p).mean(dim=1, keepdim=True) if p != 2 else feature.square().mean(dim=1, keepdim=True)
-    return F.normalize(q.flatten(1), dim=1).view_as(q)
-
-
-def _flat(q: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(q.shape[-2:]) != tuple(size):
-        q = F.adaptive_avg_pool2d(q, size)
-    return F.normalize(q.flatten(1), dim=1)
-
-
-def attention_map(feature: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
-    """``normalize(flatten(mean_c(f^p)))`` per sample; pooled to ``size`` first if given."""
-    return _flat(spatial_attention(feature, p), size or tuple(feature.shape[-2:]))
-
-
-def attention_loss(student_attention: Tensor, teacher_attention: Tensor, form: str = "code") -> Tensor:
-    """AT loss of one stage pair from two :func:`spatial_attention` maps (unweighted)."""
-    size = (
-        min(student_attention.shape[-2], teacher_attention.shape[-2]),
-        min(student_attention.shape[-1], teacher_attention.shape[-1]),
-    )
-    a_s, a_t = _flat(student_attention, size), _flat(teacher_attention.detach(), size)
-    if form == "paper":
-        return 0.5 * (a_s - a_t).norm(p=2, dim=1).mean()
-    return (a_s - a_t).pow(2).mean()
-
-
-def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0, form: str = "code") -> Tensor:
-    """Attention-transfer loss of one stage pair from the two feature maps (unweighted)."""
-    return attention_loss(spatial_attention(student_feature, p), spatial_attention(teacher_feature.detach(), p), form)
 
 
 class AttentionTransfer:

@@ -29,9 +29,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to
-from kdzoo.features import ModelInfo
-from kdzoo.functional import soft_target_kl
+from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to, soft_target_kl
+from kdzoo.losses.fitnets import hint_loss
 
 
 @dataclass
@@ -71,11 +70,6 @@ class ConvRegressor(nn.Module):
         if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
             return F.adaptive_avg_pool2d(x, size)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def hint_loss(student_mapped: Tensor, teacher_feature: Tensor) -> Tensor:
-    """FitNets' hint: mean squared error over every element."""
-    return F.mse_loss(student_mapped, teacher_feature.detach())
 
 
 class FitNets:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, hookimpl
-from kdzoo.functional import soft_target_kl
+from kdzoo import MethodInfo, hookimpl, soft_target_kl
+from kdzoo.losses.kd import kd_loss
 
 
 @dataclass
@@ -38,10 +37,7 @@ class KDLoss(nn.Module):
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None) -> Tensor:
-        loss = self.kd_weight * soft_target_kl(student_logits, teacher_logits, self.temperature)
-        if targets is not None:
-            loss = loss + self.ce_weight * F.cross_entropy(student_logits, targets)
-        return loss
+        return kd_loss(student_logits, teacher_logits, targets, self.temperature, self.ce_weight, self.kd_weight)
 
 
 class HintonKD:

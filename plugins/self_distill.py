@@ -28,9 +28,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Stage, Taps, hookimpl
-from kdzoo.features import ModelInfo, inner_stages
-from kdzoo.functional import soft_target_kl
+from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, inner_stages, soft_target_kl
+from kdzoo.losses.self_distill import byot_losses
 
 
 @dataclass
@@ -70,19 +69,6 @@ class AuxiliaryHead(nn.Module):
         if tuple(features.shape[-2:]) != tuple(size):
             features = F.adaptive_avg_pool2d(features, size)
         return features, self.classifier(features.mean(dim=(2, 3)))
-
-
-def byot_losses(
-    heads: list[tuple[Tensor, Tensor]], deepest_features: Tensor, deepest_logits: Tensor, targets: Tensor, t: float
-) -> dict[str, Tensor]:
-    """Summed over shallow heads: CE with labels, KL to the deepest head, feature hint (unweighted)."""
-    soft_target = deepest_logits.detach()
-    hint_target = deepest_features.detach()
-    return {
-        "byot_ce": sum(F.cross_entropy(logits, targets) for _, logits in heads),
-        "byot_kd": sum(soft_target_kl(logits, soft_target, t) for _, logits in heads),
-        "byot_hint": sum(F.mse_loss(features, hint_target) for features, _ in heads),
-    }
 
 
 class SelfDistillation:
@@ -125,13 +111,14 @@ class SelfDistillation:
 
     @hookimpl
     def kdzoo_on_stage_start(self, run, stage, index, resumed):
-        if not self.byot and index > 0 and not resumed:
-            run.fresh_student(generation=index)
+        if not self.byot and index > 0 and not resumed:  # every generation starts from a fresh initialisation
+            fresh = run.new_student(seed=run.config.train.seed * 1_000 + index)
+            run.student.load_state_dict(fresh.state_dict())
 
     @hookimpl
-    def kdzoo_on_stage_end(self, run, index):
-        if not self.byot and index + 1 < len(run.stages):
-            run.set_teacher(run.student_copy())
+    def kdzoo_on_stage_end(self, run, stage, index):
+        if not self.byot and index + 1 < len(run.stages):  # this generation teaches the next
+            run.set_teacher(run.student_copy(), name=stage.name)
 
     # ------------------------------------------------------------------ both
     @hookimpl

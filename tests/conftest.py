@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own teacher cache and a freshly loaded plugin registry."""
-    from kdzoo.plugins import reset_registry
+    from kdzoo.registry import reset_registry
 
     monkeypatch.setenv("KDZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

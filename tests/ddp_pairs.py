@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from kdzoo.config import load_config
-from kdzoo.engine import Trainer
-from kdzoo.plugins import registry
+from kdzoo.engine import build_trainer
+from kdzoo.registry import registry
 
 VIT = "{img_size: 32, patch_size: 4}"
 # name: (teacher, student, student kwargs); teachers come as weight files, so no teacher is trained here
@@ -37,7 +37,7 @@ def main(out: Path, weights: Path) -> None:
             f"student.kwargs={kwargs}",
         ]
         config = load_config([], sets, ["kd"], registry().config_classes())
-        Trainer(config, registry(), out / name, show_progress=False).fit()
+        build_trainer(config, registry(), out / name, show_progress=False).fit()
 
 
 if __name__ == "__main__":

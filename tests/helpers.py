@@ -7,7 +7,7 @@ import types
 
 import kdzoo
 from kdzoo.config import RunConfig, load_config
-from kdzoo.plugins import Registry, load_registry, registry
+from kdzoo.registry import Registry, load_registry, registry
 
 TINY = [
     "data.name=synthetic",
@@ -52,3 +52,31 @@ def registry_with_method(name: str, factory, config_class=dict, needs_teacher: b
     module = types.ModuleType(f"{name}_plugin")
     module.kdzoo_register_methods = kdzoo_register_methods
     return load_registry(extra=[(f"{name}_plugin", module)])
+
+
+def pip_install_into(source, target) -> None:
+    """Install the distribution at ``source`` for real into folder ``target`` (offline: no deps,
+    the build backend from this environment), as a user's ``pip install`` would."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",  # offline: the build backend (setuptools) comes from this environment
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -4,8 +4,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdzoo.bench_memory import tensor_peak_mb
 from kdzoo.cli import main
+from kdzoo.tools.bench_memory import tensor_peak_mb
 
 
 def test_bench_table_has_every_variant(tmp_path):

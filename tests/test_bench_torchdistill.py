@@ -10,10 +10,10 @@ import timm
 import torch
 
 import kdzoo
-from kdzoo.bench_torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
+from kdzoo.engine.objective import build_objective
 from kdzoo.library import method_config
-from kdzoo.objective import build_objective
-from kdzoo.plugins import registry
+from kdzoo.registry import registry
+from kdzoo.tools.torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
 
 
 @pytest.fixture(scope="module")

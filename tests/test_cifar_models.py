@@ -6,8 +6,8 @@ import torch
 
 import kdzoo  # noqa: F401  (loads the plugins, which register the models)
 from kdzoo.config import load_config
-from kdzoo.features import FeatureExtractor, describe
-from kdzoo.plugins import registry
+from kdzoo.engine.extract import FeatureExtractor, describe
+from kdzoo.registry import registry
 
 PUBLISHED_M_PARAMS = {  # RepDistiller's definitions, 100 classes
     "resnet8x4": 1.234,
@@ -48,7 +48,7 @@ def test_pretrained_weights_do_not_exist_and_say_so():
 )
 def test_paper_setting_configs_build_and_take_one_step_on_cpu(config, tmp_path):
     from kdzoo.data import DataBundle, TensorBatches
-    from kdzoo.engine import Trainer
+    from kdzoo.engine import build_trainer
 
     reg = registry()
     cfg = load_config(
@@ -64,7 +64,7 @@ def test_paper_setting_configs_build_and_take_one_step_on_cpu(config, tmp_path):
     batches = TensorBatches(x, y, 8, 32, norm, train=True)
     data = DataBundle("cifar100-sample", batches, batches, 100, 3)
     teacher = timm.create_model(cfg.teacher.model, num_classes=100)
-    trainer = Trainer(cfg, reg, tmp_path / "run", teacher=teacher, data=data, show_progress=False)
+    trainer = build_trainer(cfg, reg, tmp_path / "run", teacher=teacher, data=data, show_progress=False)
     optimizer, scheduler = trainer.optimizer_for(trainer.stages[0])
     loss, terms, _ = trainer.train_step(*next(batches.epoch(0)), trainer.stages[0], 0, 0.0, optimizer, scheduler)
     assert torch.isfinite(loss) and {"ce", "kd", "hint"} <= set(terms)

@@ -7,7 +7,7 @@ import sys
 from click.testing import CliRunner
 
 from kdzoo.cli import main
-from kdzoo.locking import RunDirLock
+from kdzoo.engine.locking import RunDirLock
 from tests.helpers import TINY, subprocess_env
 
 SETS = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "teacher.train.epochs=2", "train.epochs=2"]

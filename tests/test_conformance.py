@@ -15,6 +15,25 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """One cache for the module: each tiny teacher is trained once."""
+    return tmp_path_factory.mktemp("teachers")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c}{'-' + '-'.join(c.settings) if c.settings else ''}" for c in CASES])
-def test_builtin_method_conforms(case, tmp_path):
-    run_case(case, tmp_path)
+def test_builtin_method_conforms(case, tmp_path, teachers):
+    run_case(case, tmp_path, cache=teachers)
+
+
+def test_the_suite_leaves_the_environment_and_the_users_cache_alone(tmp_path, monkeypatch):
+    import os
+
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("KDZOO_CACHE", str(user_cache))
+    run_case(conformance_cases("kd", pairs=["resnet->resnet"])[2], tmp_path / "case", cache=tmp_path / "teachers")
+    assert os.environ["KDZOO_CACHE"] == str(user_cache) and not user_cache.exists()
+    assert any((tmp_path / "teachers" / "teachers").iterdir())  # the tiny teacher went to the testing cache
+    monkeypatch.delenv("KDZOO_CACHE")
+    run_case(conformance_cases("kd", pairs=["resnet->resnet"])[2], tmp_path / "again", cache=tmp_path / "teachers")
+    assert "KDZOO_CACHE" not in os.environ

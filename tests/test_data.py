@@ -87,7 +87,7 @@ def test_image_folder(tmp_path):
 
 
 def test_batch_shift_is_the_per_sample_crop_of_the_padded_images():
-    from kdzoo.data import shift
+    from kdzoo.data.batches import shift
 
     torch.manual_seed(0)
     x = torch.randn(7, 3, 9, 9)

@@ -121,7 +121,7 @@ def test_global_batchnorm_computes_what_the_model_computed(family, converter):
     from timm.layers import convert_sync_batchnorm
     from torch import nn
 
-    from kdzoo.distributed import GlobalStatistics, global_batchnorm
+    from kdzoo.engine.distributed import GlobalStatistics, global_batchnorm
 
     name, kwargs = FAMILIES[family]
     torch.manual_seed(0)

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import kdzoo
-from kdzoo.engine import Trainer
-from kdzoo.plugins import registry
-from tests.helpers import PAIRS, tiny_config
+from kdzoo.config import load_config
+from kdzoo.engine import build_trainer
+from kdzoo.registry import registry
+from tests.helpers import PAIRS, TINY, tiny_config
 
 
 def _params(module):
@@ -17,7 +18,7 @@ def _params(module):
 @pytest.mark.parametrize("method", ["kd", "fitnets"])
 def test_method_trains_on_pair(method, pair, tmp_path):
     cfg = tiny_config([method], pair=pair, out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     teacher_before = _params(trainer.teacher)
     student_before = _params(trainer.student)
     modules_before = _params(trainer.modules)
@@ -39,7 +40,7 @@ def test_method_trains_on_pair(method, pair, tmp_path):
 
 def test_stacked_total_is_weighted_sum_of_terms(tmp_path):
     cfg = tiny_config(["kd", "fitnets"], out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     stage = trainer.stages[0]
     x, y = next(trainer.data.train.epoch(0))
     total, terms, weights = trainer.compute_losses(x, y, stage, 0, 0.0)
@@ -52,7 +53,7 @@ def test_stacked_total_is_weighted_sum_of_terms(tmp_path):
 
 def test_one_forward_per_model_per_step(tmp_path):
     cfg = tiny_config(["kd", "fitnets"], out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     calls = {"teacher": 0, "student": 0}
     for role in calls:
         model = getattr(trainer, role)
@@ -70,11 +71,11 @@ def test_one_forward_per_model_per_step(tmp_path):
 
 def test_fitnets_two_stage_trains_hint_then_kd(tmp_path):
     cfg = tiny_config(["fitnets"], "schedule=two_stage", "fitnets.hint_epochs=1", out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     assert [s.name for s in trainer.stages] == ["hint", "kd"]
     hint_stage = trainer.stages[0]
     after_hint = {n for n, p in trainer.student.named_parameters()}
-    params = trainer._set_trainable(hint_stage)
+    params = trainer.set_trainable(hint_stage)
     trainable = {n for n, p in trainer.student.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith(("layer3", "layer4", "fc")) for n in trainable)
     assert any(n.startswith("layer2") for n in trainable) and trainable < after_hint
@@ -91,7 +92,7 @@ def test_fitnets_two_stage_trains_hint_then_kd(tmp_path):
 
 def test_hint_stage_leaves_layers_after_hint_untouched(tmp_path):
     cfg = tiny_config(["fitnets"], "schedule=two_stage", "fitnets.hint_epochs=1", out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     later = {
         k: v.clone()
         for k, v in trainer.student.state_dict().items()
@@ -114,9 +115,9 @@ def test_hint_stage_leaves_layers_after_hint_untouched(tmp_path):
 
 def test_teacher_is_trained_once_then_cached(tmp_path, capsys):
     cfg = tiny_config(["kd"], out_dir=str(tmp_path))
-    first = Trainer(cfg, registry(), tmp_path / "a", show_progress=True)
+    first = build_trainer(cfg, registry(), tmp_path / "a", show_progress=True)
     out1 = capsys.readouterr()
-    second = Trainer(cfg, registry(), tmp_path / "b", show_progress=True)
+    second = build_trainer(cfg, registry(), tmp_path / "b", show_progress=True)
     out2 = capsys.readouterr()
     assert "training" in out1.out + out1.err and "from cache" in out2.out + out2.err
     for k, v in first.teacher.state_dict().items():
@@ -128,6 +129,37 @@ def test_library_teacher_without_config_source(tmp_path):
 
     cfg = tiny_config(["kd"], out_dir=str(tmp_path))
     teacher = timm.create_model("test_resnet", num_classes=10, in_chans=3)
-    trainer = Trainer(cfg, registry(), tmp_path / "run", teacher=teacher, show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", teacher=teacher, show_progress=False)
     assert trainer.teacher is teacher
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+class _TinyTerm:
+    def __init__(self, config):
+        pass
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student):
+        return {"tiny": 4.7e-5 + 1e-9 * student.logits.mean()}
+
+
+def test_logged_terms_keep_their_significant_digits_whatever_their_scale(tmp_path, capsys):
+    from dataclasses import dataclass
+
+    from tests.helpers import registry_with_method
+
+    @dataclass
+    class NoConfig:
+        pass
+
+    reg = registry_with_method("tiny", _TinyTerm, NoConfig, needs_teacher=False)
+    cfg = load_config(
+        [],
+        [*TINY, "student.model=test_resnet", "train.epochs=1", f"train.out_dir={tmp_path}"],
+        ["tiny"],
+        reg.config_classes(),
+    )
+    build_trainer(cfg, reg, tmp_path / "run", show_progress=True).fit()
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["train"]["tiny"] == pytest.approx(4.7e-5, rel=1e-3)  # not rounded to 0.000047
+    assert "tiny=4.7e-05" in capsys.readouterr().out  # 4 significant digits on the console, not 0.0000

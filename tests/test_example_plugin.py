@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY
+from tests.helpers import TINY, pip_install_into
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdzoo-dkd"
 
@@ -32,26 +32,7 @@ def site(tmp_path_factory):
     source = root / "src"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*_cache"))
     target = root / "site"
-    installed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",  # offline: the build backend (setuptools) comes from this environment
-            "--disable-pip-version-check",
-            "--quiet",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    pip_install_into(source, target)
     assert (target / "kdzoo_dkd" / "plugin.py").is_file()
     return target
 

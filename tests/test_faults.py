@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import kdzoo
 from kdzoo import checkpoint
 from kdzoo.cli import main
-from kdzoo.engine import Trainer
+from kdzoo.engine import build_trainer
 from tests.helpers import TINY, registry_with_method, tiny_config
 
 
@@ -50,7 +50,7 @@ def _config(reg, method, *sets, tmp_path):
 
 def test_nan_loss_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
     reg = _registry_with("flaky", _NaNAt)
-    trainer = Trainer(
+    trainer = build_trainer(
         _config(reg, "flaky", "train.epochs=3", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False
     )
     with pytest.raises(kdzoo.KdzooError, match=r"epoch 2 step 1: loss term 'flaky' became NaN/inf") as failure:
@@ -64,7 +64,7 @@ def test_nan_loss_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(
 def test_skip_policy_skips_nonfinite_steps_and_finishes(tmp_path):
     reg = _registry_with("flaky", _NaNAt)
     cfg = _config(reg, "flaky", "train.epochs=2", "train.nonfinite=skip", tmp_path=tmp_path)
-    trainer = Trainer(cfg, reg, tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, reg, tmp_path / "run", show_progress=False)
     before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     trainer.fit()
     assert trainer.history[1]["train"]["skipped_steps"] == 2
@@ -83,14 +83,14 @@ class _Raises:
 
 def test_a_plugin_raising_in_a_hook_is_named(tmp_path):
     reg = _registry_with("raiser", _Raises)
-    trainer = Trainer(_config(reg, "raiser", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False)
+    trainer = build_trainer(_config(reg, "raiser", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False)
     with pytest.raises(kdzoo.KdzooError, match="method 'raiser' failed in kdzoo_compute_losses: ValueError: shapes"):
         trainer.fit()
 
 
 def test_a_model_failing_in_forward_names_the_model_and_input_shape(tmp_path):
     cfg = tiny_config(["kd"], out_dir=str(tmp_path))
-    trainer = Trainer(cfg, kdzoo.plugins.registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, kdzoo.registry.registry(), tmp_path / "run", show_progress=False)
 
     def broken(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
@@ -182,6 +182,8 @@ class _ReservedTerm:
 
 def test_a_term_named_like_a_metrics_field_is_refused(tmp_path):
     reg = _registry_with("reserved_term", _ReservedTerm)
-    trainer = Trainer(_config(reg, "reserved_term", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False)
+    trainer = build_trainer(
+        _config(reg, "reserved_term", tmp_path=tmp_path), reg, tmp_path / "run", show_progress=False
+    )
     with pytest.raises(kdzoo.KdzooError, match="loss term name 'loss' is reserved"):
         trainer.fit()

@@ -1,4 +1,5 @@
-"""``kdzoo.features``: model description, the single-forward extractor, stage pairing, teacher runs."""
+"""Model description and the one-forward extractor (``kdzoo.engine.extract``), stage pairing
+(``kdzoo.api``), teacher runs."""
 
 from __future__ import annotations
 
@@ -9,16 +10,9 @@ import timm
 import torch
 from torch import nn
 
+from kdzoo.api import ModelInfo, StageInfo, pair_stage, parameters_up_to
+from kdzoo.engine.extract import FeatureExtractor, describe, run_teacher
 from kdzoo.errors import KdzooError
-from kdzoo.features import (
-    FeatureExtractor,
-    ModelInfo,
-    StageInfo,
-    describe,
-    pair_stage,
-    run_teacher,
-)
-from kdzoo.schedule import parameters_up_to
 
 IMG = 32
 MODELS = {
@@ -456,7 +450,7 @@ def test_hook_fallback_turns_transformer_tokens_into_nchw_maps():
 
 
 def test_a_teacher_summary_replaces_its_map_unless_the_map_is_tapped_whole(model_factory, x):
-    from kdzoo.features import Summary
+    from kdzoo.api import Summary
 
     model = model_factory("test_resnet")
     info = describe(model, "test_resnet", IMG)
@@ -472,7 +466,7 @@ def test_a_teacher_summary_replaces_its_map_unless_the_map_is_tapped_whole(model
 
 
 def test_taps_union_keeps_one_summary_per_name_and_stage():
-    from kdzoo.features import Summary, Taps
+    from kdzoo.api import Summary, Taps
 
     a = Taps(teacher_summaries=(Summary("s", 1, abs), Summary("s", 2, abs)))
     b = Taps(teacher=(2,), teacher_summaries=(Summary("s", 1, abs),))

@@ -93,3 +93,45 @@ def test_distill_runs_the_engine_on_user_loaders(tmp_path):
         kdzoo.distill(
             teacher, student, train, val, **{**again, "settings": ["train.epochs=3", "optim.lr=0.1"]}, resume=True
         )
+
+
+def test_get_method_stacks_a_list_of_methods_like_the_engine():
+    teacher, student = _models()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    stack = kdzoo.get_method(["kd", "at"], teacher=teacher, student=student, img_size=32, at={"beta": 10.0})
+    total = stack(x, y)
+    assert set(stack.last_terms) == {"ce", "kd", "at"}
+    weights = stack.last_weights
+    assert weights["at"] == 10.0 and weights["ce"] == 0.1  # the first method selected sets ce, as in kdzoo run
+    expected = sum(weights[name] * value for name, value in stack.last_terms.items())
+    assert torch.allclose(total.detach(), expected)
+    with pytest.raises(kdzoo.KdzooError, match="not among the methods"):
+        kdzoo.get_method(["kd", "at"], teacher=teacher, student=student, rkd={})
+
+
+def test_models_without_parameters_or_stages_are_one_line_errors():
+    from torch import nn
+
+    teacher, student = _models()
+    with pytest.raises(kdzoo.KdzooError, match=r"the student \(Identity\) has no parameters"):
+        kdzoo.get_method("kd", teacher=teacher, student=nn.Identity(), img_size=32)
+
+    class Plain(nn.Module):  # a model without timm's feature_info
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(kdzoo.KdzooError, match="Plain exposes no feature_info stages"):
+        kdzoo.get_method("at", teacher=teacher, student=Plain(), img_size=32)
+
+
+def test_the_plugin_api_is_importable_from_kdzoo_itself():
+    import kdzoo.api
+
+    for name in ("MethodInfo", "ModelInfo", "Taps", "Summary", "Outputs", "Stage", "Run", "WHOLE_RUN"):
+        assert getattr(kdzoo, name) is getattr(kdzoo.api, name)
+    assert kdzoo.WHOLE_RUN.name == "train" and kdzoo.WHOLE_RUN.losses is None
+    assert callable(kdzoo.pair_stages) and callable(kdzoo.inner_stages) and callable(kdzoo.soft_target_kl)

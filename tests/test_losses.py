@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdzoo.functional import soft_target_kl
-from kdzoo_plugins.fitnets import ConvRegressor, hint_loss
+from kdzoo.api import soft_target_kl
+from kdzoo.losses import hint_loss
+from kdzoo_plugins.fitnets import ConvRegressor
 from kdzoo_plugins.kd import KDLoss
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]

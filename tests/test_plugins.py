@@ -7,7 +7,7 @@ import types
 import pytest
 
 import kdzoo
-from kdzoo.plugins import load_registry
+from kdzoo.registry import load_registry
 from tests.helpers import TINY, registry_with_method
 
 THIRD_PARTY = '''

@@ -3,17 +3,17 @@
 import pytest
 import torch
 
-import kdzoo.teacher
-from kdzoo.engine import Trainer
+import kdzoo.engine.build
+from kdzoo.engine import build_trainer
+from kdzoo.engine.extract import run_teacher
 from kdzoo.errors import KdzooError
-from kdzoo.features import run_teacher
-from kdzoo.plugins import registry
+from kdzoo.registry import registry
 from tests.helpers import tiny_config
 
 
 def _trainer(tmp_path, *sets, method="fitnets", name="run"):
     cfg = tiny_config([method, "rkd"] if method == "fitnets" else [method], *sets, out_dir=str(tmp_path))
-    return Trainer(cfg, registry(), tmp_path / name, show_progress=True)
+    return build_trainer(cfg, registry(), tmp_path / name, show_progress=True)
 
 
 def test_cached_outputs_equal_live_ones_within_fp16(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_warm_cache_never_builds_the_teacher(tmp_path, monkeypatch):
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was built although its outputs are cached")
 
-    monkeypatch.setattr(kdzoo.teacher, "obtain_teacher", no_teacher)
+    monkeypatch.setattr(kdzoo.engine.build, "obtain_teacher", no_teacher)
     second = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", "fitnets.hint_weight=10", name="second")
     assert second.teacher is None and second.teacher_metrics == first.teacher_metrics
     summary = second.fit()

@@ -5,8 +5,8 @@ import timm
 import torch
 
 import kdzoo
-from kdzoo.engine import Trainer
-from kdzoo.plugins import registry
+from kdzoo.engine import RunState, build_trainer
+from kdzoo.registry import registry
 from tests.helpers import tiny_config
 
 TERMS = {
@@ -18,7 +18,7 @@ TERMS = {
 
 
 def _fit(cfg, tmp_path):
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     trainer.fit()
     record = trainer.history[-1]
@@ -53,13 +53,13 @@ def test_method_on_pair(method, pair, tmp_path):
 
 
 def test_at_pairs_inner_stages_by_depth(tmp_path):
-    trainer = Trainer(
+    trainer = build_trainer(
         tiny_config(["at"], pair="resnet->mobilenetv3", out_dir=str(tmp_path)),
         registry(),
         tmp_path / "run",
         show_progress=False,
     )
-    assert trainer.methods["at"].pairs == [(1, 1), (2, 2), (3, 3)]  # stem and last stage excluded
+    assert trainer.objective.methods["at"].pairs == [(1, 1), (2, 2), (3, 3)]  # stem and last stage excluded
 
 
 @pytest.mark.parametrize("pair", ["resnet->resnet", "resnet->mobilenetv3", "resnet->vit"])
@@ -68,7 +68,7 @@ def test_byot_trains_heads_without_a_teacher_and_exports_a_plain_student(pair, t
     trainer, record = _fit(cfg, tmp_path)
     assert trainer.teacher is None and record["train"].keys() >= {"ce", "byot_ce", "byot_kd", "byot_hint"}
     assert len(trainer.modules["self-distill"]["heads"]) == len(trainer.student_info.stages) - 2
-    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     plain = timm.create_model(cfg.student.model, num_classes=10, in_chans=3, **cfg.student.kwargs)
     assert saved["student"].keys() == plain.state_dict().keys()  # no auxiliary head in the student
     assert any(k.startswith("self-distill.heads.") for k in saved["modules"])
@@ -97,7 +97,7 @@ class _Observer:
 @pytest.mark.parametrize("pair", ["resnet->resnet", "resnet->mobilenetv3", "resnet->vit"])
 def test_born_again_hands_generation_k_to_k_plus_1(pair, tmp_path):
     cfg = tiny_config(["self-distill"], "generations=2", pair=pair, out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     assert trainer.teacher is None and [s.name for s in trainer.stages] == ["gen0", "gen1", "gen2"]
     x, _ = next(trainer.data.val.epoch(0))
     observer = _Observer(x[:8])
@@ -113,7 +113,7 @@ def test_born_again_hands_generation_k_to_k_plus_1(pair, tmp_path):
 
 def test_born_again_with_an_external_teacher_as_generation_zero(tmp_path):
     cfg = tiny_config(["self-distill"], "generations=1", "use_teacher=true", out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     assert trainer.teacher is not None and [s.name for s in trainer.stages] == ["gen1"]
     trainer.fit()
     assert "kd" in trainer.history[0]["train"]
@@ -121,7 +121,7 @@ def test_born_again_with_an_external_teacher_as_generation_zero(tmp_path):
 
 def test_stacked_kd_at_rkd_total_is_the_weighted_sum(tmp_path):
     cfg = tiny_config(["kd", "at", "rkd"], out_dir=str(tmp_path))
-    trainer = Trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     x, y = next(trainer.data.train.epoch(0))
     total, terms, weights = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.0)
     assert set(terms) == {"ce", "kd", "at", "rkd_distance", "rkd_angle"}
@@ -149,18 +149,18 @@ class _CrashAt:
 @pytest.mark.parametrize("crash_at", [(1, 0), (1, 1)], ids=["at-generation-boundary", "mid-generation"])
 def test_born_again_resumes_across_generations_exactly(crash_at, tmp_path):
     cfg = tiny_config(["self-distill"], "generations=2", "train.epochs=2", out_dir=str(tmp_path))
-    whole = Trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
+    whole = build_trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
     whole.fit()
 
-    crashed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    crashed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
     crashed.pm.register(_CrashAt(*crash_at))
     with pytest.raises(kdzoo.KdzooError, match="failed in kdzoo_on_epoch_end") as failure:
         crashed.fit()
     assert isinstance(failure.value.__cause__, _Crash)
-    state = torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)
-    assert "teacher_from_run" in state  # generation 0, handed over, is in the checkpoint
-    resumed = Trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
-    resumed.fit(resume=state)
+    state = torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)
+    assert state["method_teacher"]["name"] == "gen0"  # generation 0, handed over, is in the checkpoint
+    resumed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    resumed.fit(resume=RunState.load(tmp_path / "crashed" / "last.pt"))
     for name, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[name]), name
     for name, value in whole.teacher.state_dict().items():

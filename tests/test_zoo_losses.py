@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import kdzoo
-from kdzoo.features import FeatureExtractor
-from kdzoo_plugins.at import at_loss, attention_map
-from kdzoo_plugins.rkd import rkd_angle_loss, rkd_distance_loss, triplet_cosines
-from kdzoo_plugins.self_distill import AuxiliaryHead, byot_losses
+from kdzoo.engine.extract import FeatureExtractor
+from kdzoo.losses import at_loss, attention_map, byot_losses, rkd_angle_loss, rkd_distance_loss, triplet_cosines
+from kdzoo_plugins.self_distill import AuxiliaryHead
 
 
 def _smooth_l1(a, b):

@@ -8,7 +8,7 @@ import math
 import kdzoo
 import pytest
 import torch
-from kdzoo.plugins import registry, run_manager
+from kdzoo.registry import registry, run_manager
 from kdzoo.testing import conformance_cases, run_case
 
 from kdzoo_dkd import DKD, NCKD, TCKD, DKDConfig, DKDLoss, dkd_terms
@@ -24,10 +24,9 @@ def teacher_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _offline_shared_cache(teacher_cache, monkeypatch):
-    """Never download; the tiny teachers the conformance cases train are cached once for the module."""
+def _offline(monkeypatch):
+    """Never download (the tiny teachers the conformance cases train go to ``teacher_cache``)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("KDZOO_CACHE", str(teacher_cache))
 
 
 def _require_installed():
@@ -83,7 +82,7 @@ def test_same_as_masking_the_target_logit_with_minus_1000():
 
 def test_kd_decomposes_into_tckd_and_weighted_nckd():
     """The paper's identity: KD = TCKD + (1 - p_t^teacher) * NCKD, sample by sample."""
-    from kdzoo.functional import soft_target_kl
+    from kdzoo.api import soft_target_kl
 
     torch.manual_seed(1)
     s, t, y = torch.randn(4, 5), 2 * torch.randn(4, 5), torch.randint(0, 5, (4,))
@@ -166,6 +165,6 @@ def test_library_use_follows_the_warmup_through_compute():
 
 
 @pytest.mark.parametrize("case", conformance_cases("dkd"), ids=str)
-def test_conformance(case, tmp_path):
+def test_conformance(case, tmp_path, teacher_cache):
     _require_installed()
-    run_case(case, tmp_path)
+    run_case(case, tmp_path, cache=teacher_cache)

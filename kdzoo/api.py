@@ -1,0 +1,337 @@
+"""Everything a method plugin touches, in one module: import it as ``kdzoo`` (``kdzoo.Taps``...).
+
+It sits at the bottom of kdzoo: it imports nothing else of kdzoo, so a method author reads one file
+to know the contract, and every other part of kdzoo can build on it.
+
+* Registration: :data:`hookimpl`, :class:`MethodInfo`.
+* What a model offers (read from timm, never from a dummy forward): :class:`ModelInfo`,
+  :class:`StageInfo`; pairing stages of two models: :func:`pair_stage`, :func:`pair_stages`,
+  :func:`inner_stages`.
+* What a method asks for and gets each step: :class:`Taps`, :class:`Summary`, :class:`Outputs`.
+* Training phases: :class:`Stage`, :data:`WHOLE_RUN`, :func:`parameters_up_to`.
+* The run the lifecycle hooks receive: :class:`Run`.
+* The loss helper several methods share: :func:`soft_target_kl`; errors a user can fix:
+  :class:`KdzooError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pluggy
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+hookimpl = pluggy.HookimplMarker("kdzoo")
+
+
+class KdzooError(Exception):
+    """A problem with the user's input (config, models, data, files), stated in one line.
+
+    The command line prints it as one ``Error: ...`` line and exits non-zero; anything else is a
+    bug and keeps its traceback."""
+
+
+# ----------------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method as a plugin registers it.
+
+    ``factory(config)`` builds the method object whose ``@hookimpl`` methods implement
+    :class:`kdzoo.hookspecs.MethodSpec`; ``config_class`` is a dataclass whose defaults are the
+    paper's setting. ``needs_teacher=False`` (or a function of the config) lets the core run
+    without an external teacher.
+    """
+
+    name: str
+    factory: Callable[[Any], object]
+    config_class: type
+    paper: str
+    summary: str
+    needs_teacher: bool | Callable[[Any], bool] = True
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+    def wants_teacher(self, config: Any) -> bool:
+        """Whether this method, with ``config``, needs an external teacher."""
+        return bool(self.needs_teacher(config) if callable(self.needs_teacher) else self.needs_teacher)
+
+
+# ----------------------------------------------------------------------------- models and taps
+@dataclass(frozen=True)
+class StageInfo:
+    """One tappable feature map: index into ``feature_info``, channels, stride, module path."""
+
+    index: int
+    channels: int
+    reduction: int
+    module: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model, read from timm without running it."""
+
+    name: str
+    stages: tuple[StageInfo, ...]
+    num_classes: int
+    embedding_dim: int
+    img_size: int
+
+    def relative_depth(self, index: int) -> float:
+        """0.0 for the first tappable stage, 1.0 for the last."""
+        return index / max(len(self.stages) - 1, 1)
+
+    def spatial_size(self, index: int) -> int:
+        """Side of the feature map at ``index`` for a square input of ``img_size``."""
+        return max(1, math.ceil(self.img_size / self.stages[index].reduction))
+
+    def stage(self, index: int) -> StageInfo:
+        return self.stages[self.resolve(index)]
+
+    def resolve(self, index: int) -> int:
+        """A stage index, negative ones counted from the end; out of range is an error."""
+        if not -len(self.stages) <= index < len(self.stages):
+            raise KdzooError(
+                f"{self.name} has {len(self.stages)} tappable stages (0..{len(self.stages) - 1}); "
+                f"stage {index} does not exist"
+            )
+        return index % len(self.stages)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A reduced form of one teacher feature map, when that is all a method needs of it.
+
+    ``fn`` runs on the map right after the teacher's forward pass (no gradient); only its result
+    is kept for the loss and stored in a teacher-output cache, and the map itself is dropped unless
+    some method taps it whole. Attention transfer, for instance, keeps ``mean_c(f^2)``: C times
+    less memory held through the student's step, C times less cache. ``name`` identifies ``fn``
+    with its parameters (it names the cached array): the same name must mean the same function.
+    ``stage`` is a resolved index into the teacher's ``ModelInfo.stages``.
+    """
+
+    name: str
+    stage: int
+    fn: Callable[[Tensor], Tensor] = field(compare=False, hash=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return summary_key(self.name, self.stage)
+
+
+def summary_key(name: str, stage: int) -> str:
+    """How a :class:`Summary` result is named in ``Outputs.summaries`` and in the teacher cache."""
+    return f"{name}@{stage}"
+
+
+@dataclass(frozen=True)
+class Taps:
+    """What a method needs from one step's forward passes (indices into ``ModelInfo.stages``)."""
+
+    teacher: tuple[int, ...] = ()
+    student: tuple[int, ...] = ()
+    teacher_embedding: bool = False
+    student_embedding: bool = False
+    teacher_summaries: tuple[Summary, ...] = ()
+
+    def __or__(self, other: Taps) -> Taps:
+        summaries = {s.key: s for s in (*other.teacher_summaries, *self.teacher_summaries)}
+        return Taps(
+            tuple(sorted(set(self.teacher) | set(other.teacher))),
+            tuple(sorted(set(self.student) | set(other.student))),
+            self.teacher_embedding or other.teacher_embedding,
+            self.student_embedding or other.student_embedding,
+            tuple(summaries[k] for k in sorted(summaries)),
+        )
+
+
+def union(taps: Iterable[Taps | None]) -> Taps:
+    out = Taps()
+    for tap in taps:
+        if tap is not None:
+            out = out | tap
+    return out
+
+
+@dataclass
+class Outputs:
+    """One model's outputs for one batch: logits, tapped NCHW feature maps, optional embedding,
+    and (teacher only) the :class:`Summary` results, keyed by ``Summary.key``."""
+
+    logits: Tensor
+    features: dict[int, Tensor] = field(default_factory=dict)
+    embedding: Tensor | None = None
+    summaries: dict[str, Tensor] = field(default_factory=dict)
+
+    def feature(self, index: int) -> Tensor:
+        try:
+            return self.features[index]
+        except KeyError:
+            raise KdzooError(f"feature {index} was not tapped; declare it in kdzoo_feature_taps") from None
+
+    def summary(self, name: str, stage: int) -> Tensor:
+        try:
+            return self.summaries[summary_key(name, stage)]
+        except KeyError:
+            raise KdzooError(
+                f"summary '{name}' of stage {stage} was not computed; declare it in kdzoo_feature_taps"
+            ) from None
+
+    def detached_copy(self) -> Outputs:
+        """Normal (non-inference) tensors, so losses can save them for backward."""
+        return Outputs(
+            self.logits.clone(),
+            {i: f.clone() for i, f in self.features.items()},
+            None if self.embedding is None else self.embedding.clone(),
+            {k: v.clone() for k, v in self.summaries.items()},
+        )
+
+
+def pair_stage(teacher: ModelInfo, student: ModelInfo, student_index: int) -> int:
+    """The teacher stage matching ``student_index``: closest relative depth, then closest stride."""
+    student_index = student.resolve(student_index)
+    s_depth = student.relative_depth(student_index)
+    s_red = student.stages[student_index].reduction
+
+    def distance(stage: StageInfo) -> tuple[float, float, int]:
+        depth_gap = abs(teacher.relative_depth(stage.index) - s_depth)
+        stride_gap = abs(math.log2(stage.reduction) - math.log2(s_red))
+        return (round(depth_gap, 6), stride_gap, stage.index)
+
+    if not teacher.stages:
+        raise KdzooError(f"teacher {teacher.name} exposes no feature_info stages to pair with")
+    return min(teacher.stages, key=distance).index
+
+
+def pair_stages(
+    teacher: ModelInfo, student: ModelInfo, student_indices: Iterable[int], teacher_indices: Iterable[int] | None = None
+) -> list[tuple[int, int]]:
+    """(student, teacher) stage pairs: given explicitly, or each student stage paired by :func:`pair_stage`."""
+    s_idx = [student.resolve(i) for i in student_indices]
+    if teacher_indices is None:
+        return [(s, pair_stage(teacher, student, s)) for s in s_idx]
+    t_idx = [teacher.resolve(i) for i in teacher_indices]
+    if len(t_idx) != len(s_idx):
+        raise KdzooError(f"{len(s_idx)} student stages but {len(t_idx)} teacher stages given; pair them one to one")
+    return list(zip(s_idx, t_idx, strict=True))
+
+
+def inner_stages(info: ModelInfo) -> list[int]:
+    """Every stage but the first (the stem) and the last: the usual choice for multi-stage losses.
+    A model that exposes no stages (no timm ``feature_info``) is a one-line error."""
+    if not info.stages:
+        raise KdzooError(
+            f"{info.name} exposes no feature_info stages: a method on intermediate features cannot pair "
+            f"its stages (use a timm model with feature_info, or a logit method such as kd)"
+        )
+    return list(range(1, len(info.stages) - 1)) or list(range(len(info.stages)))
+
+
+# ----------------------------------------------------------------------------- stages
+TrainableFn = Callable[[nn.Module, nn.ModuleDict], Iterable[nn.Parameter]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named phase of training.
+
+    ``losses``: names of the loss terms switched on (``None``: every term).
+    ``trainable``: ``fn(student, method_modules) -> parameters`` that train (``None``: all of them).
+    ``optim``: overrides of the run's ``optim`` section for this stage, e.g. ``{"name": "adam"}``.
+    """
+
+    name: str
+    epochs: int
+    losses: frozenset[str] | None = None
+    trainable: TrainableFn | None = None
+    optim: dict[str, Any] = field(default_factory=dict)
+
+    def term_on(self, term: str) -> bool:
+        return self.losses is None or term in self.losses
+
+
+def parameters_up_to(model: nn.Module, module_path: str) -> list[nn.Parameter]:
+    """The parameters registered before and inside ``module_path``.
+
+    timm registers modules in forward order (its own ``FeatureListNet`` truncates a model the same
+    way), so these are the parameters that feed the feature map at ``module_path``.
+    """
+    chosen: list[nn.Parameter] = []
+    found = False
+    for name, module in model.named_modules():
+        inside = name == module_path or name.startswith(module_path + ".")
+        if found and not inside:
+            break
+        found = found or inside
+        chosen.extend(module.parameters(recurse=False))
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no module '{module_path}'")
+    return chosen
+
+
+WHOLE_RUN = Stage("train", 1)  # the one stage of a run without a schedule: every term on
+
+
+# ----------------------------------------------------------------------------- the run
+class Run(Protocol):
+    """What the lifecycle hooks' ``run`` argument offers (the engine's trainer implements it).
+
+    Read-only views of the run, and the few operations a method may perform on it."""
+
+    config: Any  #: the run's ``RunConfig``: ``config.train.epochs``, ``config.method_configs[name]``
+    device: torch.device
+    run_dir: Path
+    stages: list[Stage]  #: the schedule
+    history: list[dict[str, Any]]  #: the ``metrics.jsonl`` records written so far
+    data: Any  #: the data bundle: ``data.train``, ``data.val``, ``data.num_classes``
+    teacher_metrics: dict[str, float] | None  #: the teacher's validation accuracy, once known
+
+    @property
+    def student(self) -> nn.Module: ...
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher in eval mode, or ``None`` (no teacher, or its outputs come from a cache)."""
+
+    @property
+    def modules(self) -> nn.ModuleDict:
+        """Every method's modules: ``run.modules["fitnets"]["regressor"]``."""
+
+    @property
+    def student_info(self) -> ModelInfo: ...
+
+    @property
+    def teacher_info(self) -> ModelInfo | None: ...
+
+    def student_copy(self) -> nn.Module:
+        """A detached deep copy of the current student."""
+
+    def new_student(self, seed: int) -> nn.Module:
+        """A freshly initialised model of the student's architecture, drawn from ``seed`` (the
+        run's RNG streams are left as they were)."""
+
+    def set_teacher(self, model: nn.Module, name: str) -> None:
+        """Make ``model`` the frozen teacher from the next step on, shown as ``name``. A model of the
+        student's architecture (a trained generation) is evaluated, saved with every checkpoint and
+        restored when the run resumes."""
+
+
+# ----------------------------------------------------------------------------- shared loss helpers
+def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton's soft-target term: ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
+
+    Reduction is ``batchmean`` (sum over classes, mean over the batch), the definition of KL;
+    PyTorch's default ``'mean'`` would also divide by the number of classes. The ``T^2`` factor
+    keeps the soft-target gradients on the scale of the hard-label ones (Hinton et al., 2015).
+    """
+    t = float(temperature)
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)

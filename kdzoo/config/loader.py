@@ -1,0 +1,175 @@
+"""The run configuration: YAML files + ``--set`` overrides -> typed dataclasses.
+
+Layout of a config file::
+
+    methods: [fitnets]          # or --method on the command line
+    teacher: {model: resnet18, train: {epochs: 8}}
+    student: {model: mobilenetv3_small_050}
+    data:    {name: digits, img_size: 32, batch_size: 64}
+    optim:   {name: sgd, lr: 0.05, scheduler: cosine}
+    train:   {epochs: 12, seed: 0}
+    fitnets: {schedule: joint}  # one section per method, typed by the method's own config class
+
+The core sections are fixed; a method's section belongs to the method (so a new method never edits
+this file). ``--set key=value`` takes a dotted key; a bare key that is not a core section is looked
+up in the selected methods' configs (``--set schedule=two_stage``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdzoo.config.schema import CORE_SECTIONS, RunConfig
+from kdzoo.config.typed import build
+from kdzoo.errors import KdzooError, close_matches, unknown_method
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KdzooError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KdzooError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KdzooError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise KdzooError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[str]], known: set[str]) -> list[str]:
+    """Route a bare ``--set schedule=...`` to the one selected method whose config has it."""
+    if path[0] in CORE_SECTIONS or path[0] in known or path[0] == "methods":
+        return path
+    owners = [m for m in methods if path[0] in method_fields.get(m, set())]
+    if len(owners) == 1:
+        return [owners[0], *path]
+    if len(owners) > 1:
+        raise KdzooError(
+            f"--set {'.'.join(path)}: ambiguous, methods {', '.join(owners)} all have it; "
+            f"write e.g. --set {owners[0]}.{'.'.join(path)}=..."
+        )
+    choices = [*CORE_SECTIONS, *known, *(f for m in methods for f in method_fields.get(m, ()))]
+    raise KdzooError(f"unknown config key '{'.'.join(path)}'{close_matches(path[0], choices)}")
+
+
+def load_config(
+    files: list[str | Path],
+    overrides: list[str],
+    methods: list[str],
+    method_config_classes: dict[str, type],
+    failures: dict[str, str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build a :class:`RunConfig` from YAML ``files`` (merged in order), ``--set`` overrides and
+    the ``--method`` names; ``method_config_classes`` maps every known method to its config class.
+    ``base`` (a :meth:`RunConfig.to_dict`) is what the files and overrides apply to."""
+    data: dict[str, Any] = copy.deepcopy(base or {})
+    for path in files:
+        data = merge(data, read_yaml(path))
+    selected = list(methods) or data.get("methods") or []
+    # only for routing bare --set keys; a malformed 'methods' value is reported below, by key
+    selected = [selected] if isinstance(selected, str) else selected if isinstance(selected, list) else []
+    method_fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(data, _qualify(path, selected, method_fields, set(method_config_classes)), value)
+    if methods:
+        data["methods"] = list(methods)
+    selected = data.pop("methods", None) or []
+    if isinstance(selected, str):
+        selected = [selected]
+    if not isinstance(selected, list) or not all(isinstance(m, str) for m in selected):
+        raise KdzooError(f"config key 'methods': expected a list of method names, got {selected!r}")
+    if not selected:
+        raise KdzooError(
+            "no method selected: pass --method NAME (known: " + ", ".join(sorted(method_config_classes)) + ")"
+        )
+    for name in selected:
+        if name not in method_config_classes:
+            raise unknown_method(name, method_config_classes, failures)
+    if len(set(selected)) != len(selected):
+        raise KdzooError(f"method selected twice: {selected}")
+    _refuse_renamed_keys(data)
+    core = {key: build(cls, data.pop(key, None), key) for key, cls in CORE_SECTIONS.items()}
+    method_configs = {}
+    for key, section in data.items():
+        if key not in method_config_classes:
+            choices = [*CORE_SECTIONS, "methods", *method_config_classes]
+            raise KdzooError(
+                f"unknown config key '{key}'{close_matches(str(key), choices)}; top-level keys: {', '.join(choices)}"
+            )
+        cfg = build(method_config_classes[key], section, key)
+        if key in selected:
+            method_configs[key] = cfg
+    for name in selected:
+        method_configs.setdefault(name, build(method_config_classes[name], {}, name))
+    return RunConfig(methods=selected, method_configs=method_configs, **core)
+
+
+RENAMED_KEYS = {("teacher", "train_epochs"): "teacher.train.epochs"}
+
+
+def _refuse_renamed_keys(data: dict[str, Any]) -> None:
+    for (section, key), now in RENAMED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise KdzooError(f"config key '{section}.{key}' is now '{now}'; rename it in your config or --set")
+
+
+def config_from_dict(data: dict[str, Any], method_config_classes: dict[str, type]) -> RunConfig:
+    """Rebuild a :class:`RunConfig` saved with :meth:`RunConfig.to_dict` (e.g. in a checkpoint)."""
+    data = copy.deepcopy(data)
+    methods = data.pop("methods")
+    overrides_free = {k: v for k, v in data.items() if k in CORE_SECTIONS or k in methods}
+    core = {key: build(cls, overrides_free.get(key), key) for key, cls in CORE_SECTIONS.items()}
+    method_configs = {}
+    for name in methods:
+        if name not in method_config_classes:
+            raise KdzooError(f"this checkpoint was made with method '{name}', which is not installed here")
+        method_configs[name] = build(method_config_classes[name], overrides_free.get(name), name)
+    return RunConfig(methods=methods, method_configs=method_configs, **core)

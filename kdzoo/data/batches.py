@@ -1,0 +1,293 @@
+"""Batch sources: what the engine iterates over, each with its device and its process's share.
+
+In-memory image sets (:class:`TensorBatches`) are held at native resolution and turned into model
+inputs a batch at a time (resize, normalise, augment), fast on CPU and GPU alike; file-backed sets
+go through a DataLoader (:class:`LoaderBatches`); a user's own loader is wrapped as it is
+(:class:`IterableBatches`). Batch order and augmentation draw from a generator seeded by (seed,
+epoch), so an epoch is the same whether the run was interrupted before it or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdzoo.errors import KdzooError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def shard(x: Tensor, info: DistInfo) -> Tensor:
+    """This process's contiguous share of a global batch."""
+    if not info.enabled:
+        return x
+    if len(x) % info.world:
+        raise ValueError(f"a batch of {len(x)} does not split evenly over {info.world} processes")
+    size = len(x) // info.world
+    return x[info.rank * size : (info.rank + 1) * size]
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class Batches:
+    """What the engine needs of a batch source: its device, and this process's share of each batch."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.shard_info = DistInfo()  # set by the engine under torchrun
+
+    def to(self, device: torch.device) -> Batches:
+        self.device = torch.device(device)
+        return self
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` without the host waiting: from pinned memory, asynchronously, on CUDA
+    (a copy from ordinary memory would make the host wait for the GPU's queued work each step)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` takes at most a quarter of the accelerator memory still free."""
+    return device.type == "cuda" and nbytes <= torch.cuda.mem_get_info(device)[0] // 4
+
+
+def batches_per_epoch(samples: int, batch_size: int, train: bool) -> int:
+    """Training drops the ragged last batch; evaluation keeps it."""
+    return (samples // batch_size or 1) if train else math.ceil(samples / batch_size)
+
+
+class TensorBatches(Batches):
+    """Mini-batches over an in-memory image tensor (N, C, H, W), uint8 or float in [0, 1]."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        img_size: int,
+        norm: Normalisation,
+        train: bool,
+        augment: bool = False,
+        flip: bool = False,
+        seed: int = 0,
+        views: int = 0,
+    ):
+        self.images, self.labels = images, labels.long()
+        self.batch_size, self.img_size, self.norm = batch_size, img_size, norm
+        self.train, self.augment, self.flip, self.seed = train, augment and train, flip, seed
+        self.views = views
+        self._norm_tensors: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        super().__init__()
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.labels), self.batch_size, self.train)
+
+    def to(self, device: torch.device) -> TensorBatches:
+        """Train on ``device``; on a GPU the whole set moves there when it fits, so batches are
+        gathered, augmented and normalised on the GPU with no per-step copy from the host."""
+        super().to(device)
+        if fits_on(self.device, self.images.nbytes + self.labels.nbytes):
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
+        """The batches of one epoch, from batch ``start`` on; they depend only on (seed, epoch).
+
+        ``with_index`` adds each batch's sample indices (for per-sample caches).
+        """
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        stored = to_device(order, self.images.device)  # the order where the images are, once an epoch
+        for b in range(len(self)):
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx, rows = order[batch], stored[batch]
+            params = self._draw(idx, gen, epoch)  # drawn for skipped batches too: later ones stay the same
+            if b < start:
+                continue
+            if self.shard_info.enabled:  # drawn for the global batch, applied to this process's share
+                idx, rows = shard(idx, self.shard_info), shard(rows, self.shard_info)
+                params = None if params is None else tuple(shard(p, self.shard_info) for p in params)
+            x = to_device(self._prepare(self.images[rows], params), self.device)
+            y = to_device(self.labels[rows], self.device)
+            yield (x, y, idx) if with_index else (x, y)
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether a sample looks the same in every epoch (no augmentation, or a fixed set of views)."""
+        return not self.augment or self.views > 0
+
+    def view_of(self, epoch: int) -> int:
+        return epoch % self.views if self.augment and self.views else 0
+
+    def view(self, idx: Tensor, view: int) -> Tensor:
+        """The model input of samples ``idx`` in augmented view ``view`` (what training will see)."""
+        return self._prepare(self.images[to_device(idx, self.images.device)], self._per_sample(idx, view))
+
+    def _draw(self, idx: Tensor, gen: torch.Generator, epoch: int):
+        if not self.augment:
+            return None
+        if self.views:
+            return self._per_sample(idx, epoch % self.views)
+        n, pad = len(idx), self._pad()
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        flip = torch.rand(n, generator=gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return dy, dx, flip
+
+    def _per_sample(self, idx: Tensor, view: int):
+        """Augmentation keyed by (seed, sample, view): the same view of a sample in every epoch."""
+        if not self.augment:
+            return None
+        pad, draws = self._pad(), []
+        for i in idx.tolist():
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i) * 97 + view)
+            d = torch.randint(0, 2 * pad + 1, (2,), generator=gen)
+            draws.append((int(d[0]), int(d[1]), bool(self.flip and torch.rand(1, generator=gen).item() < 0.5)))
+        dy, dx, flip = zip(*draws, strict=True) if draws else ((), (), ())
+        return torch.tensor(dy), torch.tensor(dx), torch.tensor(flip, dtype=torch.bool)
+
+    def _pad(self) -> int:
+        return max(1, self.img_size // 8)
+
+    def _prepare(self, x: Tensor, params) -> Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        if params is not None:
+            dy, dx, flip = (to_device(p, x.device) for p in params)
+            x = shift(x, self._pad(), dy, dx)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        mean, std = self._norm_on(x.device)
+        return (x - mean) / std
+
+    def _norm_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        # made once per device: building them each step would copy from the host each step
+        if device not in self._norm_tensors:
+            self._norm_tensors[device] = tuple(
+                torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.norm.mean, self.norm.std)
+            )
+        return self._norm_tensors[device]
+
+
+def shift(x: Tensor, pad: int, dy: Tensor, dx: Tensor) -> Tensor:
+    """Crop after zero padding by ``pad`` pixels at per-sample offsets (the CIFAR recipe), as one
+    gather for the whole batch (a crop per sample would be a kernel launch per sample on a GPU)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy.view(-1, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(-1, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    sample = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[sample, channel, rows, cols]
+
+
+@dataclass
+class DataBundle:
+    """Train and validation batches plus what the models must be built for."""
+
+    name: str
+    train: Batches
+    val: Batches
+    num_classes: int
+    in_chans: int
+
+
+class LoaderBatches(Batches):
+    """Mini-batches from a file-backed dataset through a DataLoader (workers decode images).
+
+    Shuffling and worker seeds come from a generator seeded by (seed, epoch), like
+    :class:`TensorBatches`, so an epoch's batches do not depend on what ran before it.
+    """
+
+    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0):
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        # 0 means "choose": file-backed images need decoding workers to keep up with the model
+        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
+        self.seed = seed
+        super().__init__()
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.dataset), self.batch_size, self.train)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        from torch.utils.data import DataLoader
+
+        # a fresh loader per epoch: worker seeds then come from the (seed, epoch) generator, so an epoch
+        # is the same after a resume (persistent workers would carry their RNG across epochs)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.train,
+            drop_last=self.train and len(self.dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
+        )
+        try:
+            for x, y in itertools.islice(loader, start, None):
+                x, y = shard(x, self.shard_info), shard(y, self.shard_info)
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
+            raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
+
+
+class IterableBatches(Batches):
+    """Wraps a user's DataLoader (or any sized iterable of (images, labels)) for the engine; under
+    torchrun, give it a DistributedSampler (it is not sharded again here)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        super().__init__()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        dataset = getattr(self.loader, "dataset", None)
+        return len(dataset) if dataset is not None else len(self.loader)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
+            sampler.set_epoch(epoch)
+        for x, y in itertools.islice(self.loader, start, None):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -1,0 +1,247 @@
+"""Building a run: everything the loop needs, assembled before its first step.
+
+:func:`build_run` owns the set-up of one run: processes (torchrun) and device, seeding, data, the
+selected methods, the teacher (given, loaded, or trained here and cached), the teacher-output
+cache, the objective (taps, method modules, schedule), precision, compilation and data
+parallelism. It returns a :class:`~kdzoo.engine.parts.RunParts` record; :func:`build_trainer` hands that to the loop
+(:class:`kdzoo.engine.loop.Trainer`). Training a missing teacher is a run of its own, built the
+same way (:func:`obtain_teacher`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdzoo import checkpoint
+from kdzoo.api import KdzooError, ModelInfo
+from kdzoo.config import RunConfig
+from kdzoo.data import DataBundle, DistInfo, load_data
+from kdzoo.engine import locking
+from kdzoo.engine import teacher as teachers
+from kdzoo.engine.distributed import global_batchnorm, init_from_env
+from kdzoo.engine.evaluate import evaluate
+from kdzoo.engine.extract import describe
+from kdzoo.engine.loop import Trainer
+from kdzoo.engine.objective import Objective
+from kdzoo.engine.parts import RunParts
+from kdzoo.engine.state import RunState
+from kdzoo.engine.teacher_cache import TeacherOutputCache, check_cacheable, data_settings
+from kdzoo.models import check_label_sets, check_pair, create_model
+from kdzoo.registry import Registry
+
+
+def build_trainer(config: RunConfig, registry: Registry, run_dir: str | Path, **options: Any) -> Trainer:
+    """A :class:`Trainer` for ``config``: call ``.fit()``. ``options`` are :func:`build_run`'s
+    (``teacher``, ``data`` and ``student`` given directly for library use, ``show_progress``...)."""
+    return Trainer(build_run(config, registry, **options), run_dir)
+
+
+def build_run(
+    config: RunConfig,
+    registry: Registry,
+    teacher: nn.Module | None = None,
+    data: DataBundle | None = None,
+    student: nn.Module | None = None,
+    show_progress: bool | None = None,
+    label: str = "",
+    distributed: bool = True,
+) -> RunParts:
+    dist = init_from_env() if distributed else DistInfo()
+    show_progress = show_progress if dist.main else False
+    checkpoint.seed_everything(config.train.seed)  # the same seed everywhere: identical replicas
+    device = pick_device(config.train.device, dist)
+    data = data or load_data(config.data, config.train.seed)
+    data.train.to(device)
+    data.val.to(device)
+    infos = [registry.get(name) for name in config.methods]
+    methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
+    needs_teacher = any(info.wants_teacher(config.method_configs[info.name]) for info in infos)
+    if needs_teacher:
+        check_label_sets(config, data.num_classes)
+    student = student or create_model(config.student, "student", data.num_classes, data.in_chans)
+    ready = _Teacher(config, registry, data, dist, show_progress)
+    cache = teacher_info = None
+    if needs_teacher and teacher is None and config.teacher.cache:
+        cache = TeacherOutputCache(ready.identity(), data_settings(config), check_cacheable(data.train))
+        teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
+    if needs_teacher and teacher is None and teacher_info is None:
+        teacher = ready.model()
+    teacher = teacher if needs_teacher else None
+    check_pair(teacher, student, config.teacher.model, config.student.model)
+    if teacher is not None:
+        teacher_info = describe(teacher, config.teacher.model, config.data.img_size)
+    student.to(device)
+    s_info = describe(student, config.student.model, config.data.img_size)
+    objective = Objective(methods, student, s_info, teacher, teacher_info).to(device)
+    teacher_metrics = None
+    if cache is not None:
+        with ready.main_first():
+            teacher_metrics = _warm(cache, objective, ready, teacher_info, show_progress)
+    _set_up_precision_and_compile(config, objective)
+    if dist.enabled:
+        _set_up_data_parallel(config, dist, data, objective, show_progress)
+    return RunParts(
+        config,
+        registry,
+        dist,
+        device,
+        data,
+        student,
+        objective,
+        objective.schedule(config.train.epochs),
+        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
+        torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"),
+        cache,
+        teacher_metrics,
+        show_progress,
+        label,
+    )
+
+
+def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    if name == "auto":
+        local = dist_info.local_rank if dist_info is not None else 0
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdzooError(f"config key 'train.device': unknown device '{name}' (use auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdzooError("config key 'train.device': CUDA was asked for but is not available here")
+    return device
+
+
+class _Teacher:
+    """The run's teacher model, obtained at most once, on the main process first under torchrun
+    (it trains and caches the teacher; the others then read it), without shifting the run's RNG."""
+
+    def __init__(self, config: RunConfig, registry: Registry, data: DataBundle, dist: DistInfo, show_progress):
+        self.config, self.registry, self.data, self.dist, self.show_progress = (
+            config,
+            registry,
+            data,
+            dist,
+            show_progress,
+        )
+        self._model: nn.Module | None = None
+
+    def model(self) -> nn.Module:
+        if self._model is None:
+            rng = checkpoint.rng_state()
+            with self.main_first():
+                self._model = obtain_teacher(self.config, self.registry, self.data, self.show_progress)
+            checkpoint.restore_rng(rng)
+        return self._model
+
+    def identity(self) -> str:
+        """What the teacher's outputs are cached under: its weights (trained first if need be)."""
+        if teachers.teacher_identity(self.config) is None:
+            self.model()
+        return teachers.teacher_identity(self.config)
+
+    @contextlib.contextmanager
+    def main_first(self):
+        if self.dist.enabled and not self.dist.main:
+            torch.distributed.barrier()
+        yield
+        if self.dist.enabled and self.dist.main:
+            torch.distributed.barrier()
+
+
+def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show_progress: bool | None) -> nn.Module:
+    """The teacher the config describes: given, or trained before (cached), or trained now with
+    its own settings and cached. The cache entry is locked while it is written."""
+    given = teachers.given_teacher(config, data.num_classes, data.in_chans)
+    if given is not None:
+        return given
+    folder = teachers.teacher_cache_dir(config)
+    say = tqdm.write if show_progress is not False else (lambda _text: None)
+    with locking.writing(folder, lambda: say(f"teacher: another process is training it into {folder}; waiting")):
+        model = teachers.load_trained_teacher(config, data.num_classes, data.in_chans)
+        if model is not None:
+            say(f"teacher: {config.teacher.model} from cache {folder}")
+            return model
+        model = _train_teacher(config, registry, folder, show_progress, say)
+        teachers.save_trained_teacher(config, model)
+    return model
+
+
+def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_progress, say) -> nn.Module:
+    run = teachers.teacher_run_config(config)
+    data = load_data(run.data, run.train.seed)
+    checkpoint.seed_everything(run.train.seed)  # the teacher's init depends on its own settings only
+    model = create_model(config.teacher, "teacher", data.num_classes, data.in_chans)
+    last = folder / "last.pt"
+    resume = RunState.load(last) if last.is_file() else None
+    if resume is None:  # a resumed training says where it resumes itself
+        say(f"teacher: training {config.teacher.model} for {run.train.epochs} epochs (cached in {folder})")
+    trainer = build_trainer(
+        run,
+        registry,
+        folder,
+        data=data,
+        student=model,
+        show_progress=show_progress,
+        label="teacher ",
+        distributed=False,
+    )
+    trainer.fit(resume=resume)
+    return trainer.student.cpu()
+
+
+def _warm(cache: TeacherOutputCache, objective: Objective, ready: _Teacher, info: ModelInfo, show_progress) -> Any:
+    """Fill the teacher-output cache for the objective's taps unless done before (by this or
+    another process: the entry is locked while written); then the teacher model is let go."""
+    if not cache.select(objective.taps):
+        waiting = f"teacher-output cache {cache.root}: another process is writing it; waiting"
+        with locking.writing(cache.root, lambda: tqdm.write(waiting) if show_progress is not False else None):
+            if not cache.select(objective.taps):  # again: it may have been written while we waited
+                if objective.teacher is None:
+                    objective.set_teacher(ready.model(), info)
+                who = f"teacher ({ready.config.teacher.model})"
+                # the teacher's accuracy first: a process that finds the outputs complete finds it too
+                cache.remember(info, evaluate(objective.teacher, ready.data.val.epoch(0), ready.data.num_classes, who))
+                device = next(objective.student_tap.model.parameters()).device
+                cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
+                cache.select(objective.taps)
+    objective.drop_teacher()
+    if show_progress is not False:
+        tqdm.write(cache.describe())
+    return cache.teacher_metrics()
+
+
+def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> None:
+    if config.train.channels_last:
+        objective.student_tap.model.to(memory_format=torch.channels_last)
+        if objective.teacher is not None:
+            objective.teacher.to(memory_format=torch.channels_last)
+    if config.train.precision == "fp16":
+        # the scaler skips the optimizer on steps whose gradients overflowed (it then lowers the
+        # scale); the schedule still advancing one step there is intended, not a misordering
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+    if config.train.compile:
+        objective.compile()
+
+
+def _set_up_data_parallel(config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, show) -> None:
+    if config.data.batch_size % dist.world:
+        raise KdzooError(
+            f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
+            f"{dist.world} processes"
+        )
+    global_batchnorm(objective.student_tap.model)
+    global_batchnorm(objective.method_modules)
+    data.train.shard_info = dist
+    if dist.main and show is not False:
+        tqdm.write(
+            f"distributed: {dist.world} processes ({torch.distributed.get_backend()}), global batch "
+            f"{config.data.batch_size} = {dist.world} x {config.data.batch_size // dist.world}, "
+            f"optim.lr={config.optim.lr} for the global batch"
+        )

@@ -1,0 +1,140 @@
+"""Data parallelism on PyTorch's own engine: ``torchrun --nproc-per-node N -m kdzoo run ...``.
+
+The student and the methods' trainable modules train under ``DistributedDataParallel`` (one wrapper
+around both, rebuilt per stage since stages change what trains); the frozen teacher is replicated
+without DDP. ``data.batch_size`` is the GLOBAL batch: each of the N processes takes 1/N of every
+batch, augmentation is drawn for the whole batch first, and ``optim.lr`` applies to that global
+batch, so N processes see exactly what one process sees. BatchNorm statistics are computed over
+the global batch too (``nn.SyncBatchNorm`` on GPU, :class:`GlobalStatistics` on CPU/gloo). Loss
+terms are averaged across processes for the logs; only rank 0 logs and writes files. Methods whose
+loss relates samples within a batch (RKD) see the local batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from kdzoo.data.batches import DistInfo
+
+
+def init_from_env() -> DistInfo:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), or run as a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class GlobalStatistics:
+    """Mixed into a batch-norm layer's own class: in training under a process group its statistics
+    cover the global batch of every process (differentiably, on CPU and GPU alike); in eval mode,
+    or in a single process, the layer's own forward runs unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        y = _global_batch_norm(self, x)
+        # timm's norm + activation layers (BatchNormAct2d and kin) normalise, then drop and activate
+        for after in ("drop", "act"):
+            module = getattr(self, after, None)
+            if isinstance(module, nn.Module):
+                y = module(y)
+        return y
+
+
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    from torch.distributed.nn.functional import all_reduce  # differentiable
+
+    dims = [0, *range(2, x.ndim)]  # every axis but the channels
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    # two passes (mean, then squared deviations from it), as a single-process BatchNorm computes them:
+    # E[x^2] - mean^2 would lose digits in float32
+    n_local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+    sums = all_reduce(torch.cat([x.sum(dim=dims), n_local]))
+    count = sums[-1]
+    mean = sums[:-1] / count
+    var = all_reduce((x - mean.view(shape)).square().sum(dim=dims)) / count
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / max(count - 1, 1))
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y
+
+
+_GLOBAL_CLASSES: dict[type, type] = {}
+
+
+def _with_global_statistics(cls: type) -> type:
+    if issubclass(cls, GlobalStatistics):
+        return cls
+    if cls not in _GLOBAL_CLASSES:
+        _GLOBAL_CLASSES[cls] = type(f"Global{cls.__name__}", (GlobalStatistics, cls), {})
+    return _GLOBAL_CLASSES[cls]
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """Make every batch-statistics norm layer (any ``_BatchNorm`` subclass, timm's norm+activation
+    layers included) compute its statistics over all processes, so N processes train what one
+    process trains. On GPUs timm's converter makes them ``SyncBatchNorm`` (keeping timm's
+    activation and drop path, which torch's own converter silently drops); elsewhere each layer
+    keeps its class, parameters, children and eval behaviour, with :class:`GlobalStatistics`
+    mixed in."""
+    if torch.cuda.is_available():
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not isinstance(layer, nn.SyncBatchNorm):
+            layer.__class__ = _with_global_statistics(type(layer))
+    return module
+
+
+class TrainingStep(nn.Module):
+    """Student + method modules as one module, so DDP sees every trainable parameter and the
+    forward pass (the objective's step) runs inside DDP's forward."""
+
+    def __init__(self, student: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, x, y, stage, epoch, progress, teacher_out):
+        total, terms, weights = self.objective.compute(x, y, stage, epoch, progress, teacher_out)
+        return total, terms, weights
+
+
+def wrap(student: nn.Module, objective: nn.Module, info: DistInfo) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = TrainingStep(student, objective)
+    device_ids = [info.local_rank] if torch.cuda.is_available() else None
+    # a stage may leave some trainable parameters without a gradient (a term switched off)
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
+def mean_across(values: dict[str, Tensor], info: DistInfo) -> dict[str, Tensor]:
+    if not info.enabled or not values:
+        return values
+    names = sorted(values)
+    stacked = torch.stack([torch.as_tensor(values[n], dtype=torch.float64).reshape(()) for n in names])
+    dist.all_reduce(stacked)
+    return {n: stacked[i] / info.world for i, n in enumerate(names)}
+
+
+def any_across(flag: bool, info: DistInfo) -> bool:
+    if not info.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -1,0 +1,160 @@
+"""The single forward pass per model that produces what the active methods tapped.
+
+:func:`describe` reads a :class:`~kdzoo.api.ModelInfo` from timm's own description of a model
+(``feature_info``: channels, reduction, module path per stage), so adapters are sized without a
+dummy forward. One forward per model per step
+yields logits, every requested intermediate feature map and, on request, the pooled pre-logits
+embedding: ``forward_intermediates`` + ``forward_head`` where timm has them, forward hooks on the
+``feature_info`` module paths otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo.api import KdzooError, ModelInfo, Outputs, StageInfo, Summary
+
+
+def model_name(model: nn.Module) -> str:
+    """The timm architecture a model was created as (its class name for other models)."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+
+
+def device_of(model: nn.Module, role: str) -> torch.device:
+    """Where ``model``'s parameters live; a model without parameters is a one-line error."""
+    try:
+        return next(iter(model.parameters())).device
+    except StopIteration:
+        raise KdzooError(
+            f"the {role} ({model_name(model)}) has no parameters: distillation needs a model with weights"
+        ) from None
+
+
+def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
+    """Read a :class:`ModelInfo` from a timm model's ``feature_info`` and head attributes."""
+    raw = getattr(model, "feature_info", None) or []
+    stages = tuple(
+        StageInfo(i, int(f["num_chs"]), int(f["reduction"]), str(f.get("module", ""))) for i, f in enumerate(raw)
+    )
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    embedding_dim = int(getattr(model, "head_hidden_size", 0) or getattr(model, "num_features", 0) or 0)
+    return ModelInfo(name, stages, num_classes, embedding_dim, img_size)
+
+
+class FeatureExtractor:
+    """Runs a model once and returns :class:`Outputs` with exactly the requested taps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        info: ModelInfo,
+        indices: Iterable[int],
+        embedding: bool,
+        summaries: Iterable[Summary] = (),
+    ):
+        self.model = model
+        self.info = info
+        # (key, function, resolved stage) of each summary, resolved once rather than every step
+        self.summaries = [(s.key, s.fn, info.resolve(s.stage)) for s in summaries]
+        self.kept = {info.resolve(i) for i in indices}  # the maps returned whole
+        self.indices = sorted(self.kept | {stage for _, _, stage in self.summaries})
+        self.embedding = embedding
+        self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
+        self._hooked: dict[int, Tensor] = {}
+        self._handles = [] if self.native else self._install_hooks()
+
+    def _install_hooks(self) -> list:
+        handles = []
+        for i in self.indices:
+            path = self.info.stages[i].module
+            try:
+                module = self.model.get_submodule(path)
+            except AttributeError:
+                raise KdzooError(f"{self.info.name}: feature_info module '{path}' not found") from None
+            handles.append(module.register_forward_hook(self._hook(i)))
+        return handles
+
+    def _hook(self, index: int):
+        prefix = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
+
+        def keep(_module, _inputs, output):
+            self._hooked[index] = tokens_to_nchw(output, prefix) if output.ndim == 3 else output
+
+        return keep
+
+    def compile(self) -> None:
+        """Compile the forward pass (graph breaks fall back to eager; hooks make it eager anyway)."""
+        if self.native:
+            self._forward = torch.compile(self._forward)
+
+    def __call__(self, x: Tensor) -> Outputs:
+        out = self._forward(x)
+        if self.summaries:
+            out.summaries = {key: fn(out.features[stage]) for key, fn, stage in self.summaries}
+            out.features = {i: f for i, f in out.features.items() if i in self.kept}
+        return out
+
+    def _forward(self, x: Tensor) -> Outputs:
+        if self.native:
+            if self.indices:
+                final, maps = self.model.forward_intermediates(x, indices=self.indices)
+                features = dict(zip(self.indices, maps, strict=True))
+            else:
+                final, features = self.model.forward_features(x), {}
+        else:
+            has_head = hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")
+            try:
+                final = self.model.forward_features(x) if has_head else self.model(x)
+            finally:
+                features, self._hooked = self._hooked, {}
+            if not has_head:
+                if self.embedding:
+                    raise KdzooError(f"{self.info.name} has no forward_head: cannot tap its embedding")
+                return Outputs(final, features, None)
+        return self._head(final, features)
+
+    def _head(self, final: Tensor, features: dict[int, Tensor]) -> Outputs:
+        if not self.embedding:
+            return Outputs(self.model.forward_head(final), features, None)
+        pooled = self.model.forward_head(final, pre_logits=True)
+        return Outputs(self.model.get_classifier()(pooled), features, pooled)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def tokens_to_nchw(tokens: Tensor, num_prefix_tokens: int) -> Tensor:
+    """(B, prefix + H*W, C) transformer tokens -> (B, C, H, W), dropping class/register tokens."""
+    patches = tokens[:, num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise KdzooError(f"cannot reshape {patches.shape[1]} patch tokens into a square map")
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def named_forward(who: str, run, x: Tensor):
+    """Run a model; a failure names the model and the input shape instead of a bare traceback."""
+    try:
+        return run()
+    except KdzooError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise KdzooError(
+            f"the {who} failed in its forward pass on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None:
+    """The teacher's outputs without autograd, as normal tensors usable in a loss."""
+    if extractor is None:
+        return None
+    with torch.inference_mode():
+        out = extractor(x)
+    return out.detached_copy()

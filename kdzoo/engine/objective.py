@@ -1,0 +1,191 @@
+"""The distillation objective: active methods + taps + method modules -> one weighted loss.
+
+This is the part of kdzoo a user can drop into their own training loop::
+
+    kd = kdzoo.get_method("at", teacher=teacher, student=student)   # an nn.Module
+    loss = kd(images, labels)                                      # instead of F.cross_entropy(...)
+
+The engine uses the same object for every step, so the library and the CLI compute the same loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo.api import WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, union
+from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
+from kdzoo.registry import call_hook, call_hook_impl, run_manager
+
+CE = "ce"
+RESERVED_TERMS = {"loss", "weights", "images_per_s"}  # names the metrics records use themselves
+
+
+class Objective(nn.Module):
+    """The weighted sum of the core's ``ce`` and every active method's loss terms.
+
+    Owns the run-scoped plugin manager, the union of the methods' taps (one forward per model per
+    step) and the methods' trainable modules (``self.method_modules[method][name]``). The teacher is held
+    outside the module tree, so ``objective.parameters()`` are exactly the method modules'.
+    """
+
+    def __init__(
+        self,
+        methods: dict[str, object],
+        student: nn.Module,
+        student_info: ModelInfo,
+        teacher: nn.Module | None = None,
+        teacher_info: ModelInfo | None = None,
+    ):
+        super().__init__()
+        self.methods = methods
+        # pluggy calls the last registered first: register in reverse so results follow selection order
+        self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
+        self.student_info, self.teacher_info = student_info, teacher_info
+        self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
+        self.method_modules = nn.ModuleDict()
+        for name in methods:
+            built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
+            self.method_modules[name] = nn.ModuleDict(built or {})
+        self.student_tap = FeatureExtractor(student, student_info, self.taps.student, self.taps.student_embedding)
+        self._teacher: list[nn.Module] = []  # a list keeps the frozen teacher out of parameters()/state_dict()
+        self.teacher_tap: FeatureExtractor | None = None
+        if teacher is not None:
+            self.set_teacher(teacher, teacher_info)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def set_teacher(self, model: nn.Module, info: ModelInfo) -> None:
+        """Freeze ``model`` and make it the teacher from the next step on."""
+        model.requires_grad_(False).eval().to(device_of(self.student_tap.model, "student"))
+        for p in model.parameters():
+            p.grad = None  # a teacher trained just before would otherwise carry its last gradients
+        self._teacher = [model]
+        self.teacher_info = info
+        self.teacher_tap = FeatureExtractor(
+            model, info, self.taps.teacher, self.taps.teacher_embedding, self.taps.teacher_summaries
+        )
+
+    def close(self) -> None:
+        """Remove the forward hooks the extractors put on models without native taps."""
+        self.student_tap.close()
+        if self.teacher_tap is not None:
+            self.teacher_tap.close()
+
+    def drop_teacher(self) -> None:
+        """Forget the teacher model (its outputs now come from a cache); its ``ModelInfo`` stays."""
+        if self.teacher_tap is not None:
+            self.teacher_tap.close()
+        self._teacher, self.teacher_tap = [], None
+
+    def compile(self) -> None:
+        """``torch.compile`` the teacher's and student's tapped forward passes."""
+        self.student_tap.compile()
+        if self.teacher_tap is not None:
+            self.teacher_tap.compile()
+
+    def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` on one method only (for results that must be attributed to it)."""
+        impls = [impl for impl in getattr(self.pm.hook, hook).get_hookimpls() if impl.plugin_name == method]
+        return call_hook_impl(impls[0], hook, kwargs) if impls else None
+
+    def schedule(self, epochs: int) -> list[Stage]:
+        return call_hook(self.pm, "kdzoo_schedule", epochs=epochs, teacher=self.teacher_info, student=self.student_info)
+
+    def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
+        weights: dict[str, float] = {}
+        for result in call_hook(self.pm, "kdzoo_loss_weights", stage=stage, epoch=epoch, progress=progress):
+            for name, value in (result or {}).items():
+                weights.setdefault(name, float(value))  # the first selected method wins
+        return weights
+
+    def terms(self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage) -> dict[str, Tensor]:
+        """Unweighted terms from given outputs (for when you ran the models yourself)."""
+        terms: dict[str, Tensor] = {}
+        if stage.term_on(CE):
+            terms[CE] = F.cross_entropy(student.logits, targets)
+        hook = self.pm.hook.kdzoo_compute_losses
+        # called one implementation at a time (pluggy's order) so that a bad result names its method
+        for impl in reversed(hook.get_hookimpls()):
+            given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage}
+            result = call_hook_impl(impl, "kdzoo_compute_losses", given)
+            for name, value in _checked_terms(impl.plugin_name, result).items():
+                if name in RESERVED_TERMS:
+                    raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
+                if name in terms:
+                    raise KdzooError(f"loss term '{name}' is produced by two active methods; they cannot be stacked")
+                if stage.term_on(name):
+                    terms[name] = value
+        return terms
+
+    def compute(
+        self,
+        x: Tensor,
+        targets: Tensor,
+        stage: Stage = WHOLE_RUN,
+        epoch: int = 0,
+        progress: float = 0.0,
+        teacher_out: Outputs | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """One forward per model (none for the teacher when ``teacher_out`` is given, e.g. from a
+        teacher-output cache); returns (total loss, unweighted terms, weights)."""
+        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out)
+        return total, terms, weights
+
+    def _step(self, x, targets, stage, epoch, progress, teacher_out=None):
+        # the teacher first: its forward's transient activations are then gone before the student's
+        # saved ones pile up, so the step's memory peak is the student's alone
+        if teacher_out is None and self.teacher_tap is not None:
+            teacher_out = named_forward(
+                f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
+            )
+        student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        terms = self.terms(student_out, teacher_out, targets, stage)
+        weights = self.loss_weights(stage, epoch, progress)
+        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        return total, terms, weights, student_out
+
+    def forward(self, x: Tensor, targets: Tensor, epoch: int = 0, progress: float = 0.0) -> Tensor:
+        """The total loss for a batch. Pass ``epoch`` (from 0) and ``progress`` (0..1 over training)
+        for methods whose weights ramp up (warm-ups). Afterwards ``last_logits`` holds the student's
+        logits and ``last_terms`` the unweighted terms (both detached), for the user's own logging."""
+        total, terms, self.last_weights, student_out = self._step(x, targets, WHOLE_RUN, epoch, progress)
+        self.last_terms = {name: value.detach() for name, value in terms.items()}
+        self.last_logits = student_out.logits.detach()
+        return total
+
+
+def _checked_terms(method: str, result: Any) -> dict[str, Tensor]:
+    """A method's terms, or a one-line error naming the method when it returned something else."""
+    if result is None:
+        return {}
+    where = f"method '{method}' kdzoo_compute_losses"
+    if not isinstance(result, dict):
+        raise KdzooError(f"{where} returned {type(result).__name__}; return a dict of named scalar tensors")
+    for name, value in result.items():
+        if not isinstance(value, Tensor):
+            raise KdzooError(f"{where}: term '{name}' is {type(value).__name__}, not a tensor; return a scalar tensor")
+        if value.ndim != 0:
+            raise KdzooError(
+                f"{where}: term '{name}' has shape {tuple(value.shape)}; reduce it to a scalar (e.g. .mean())"
+            )
+    return result
+
+
+def build_objective(
+    methods: dict[str, object],
+    student: nn.Module,
+    teacher: nn.Module | None,
+    img_size: int,
+    student_name: str | None = None,
+    teacher_name: str | None = None,
+) -> Objective:
+    """An :class:`Objective` for two timm models (described from their ``feature_info``)."""
+    s_info = describe(student, student_name or model_name(student), img_size)
+    t_info = None if teacher is None else describe(teacher, teacher_name or model_name(teacher), img_size)
+    return Objective(methods, student, s_info, teacher, t_info)

@@ -1,0 +1,133 @@
+"""Which run ``--resume`` continues, and whether the command's config allows it.
+
+A run is identified by its config: ``--resume`` (auto) picks the latest run directory whose saved
+config equals the command's, never another config's run that happens to share the folder prefix.
+A resumed run keeps its config: the command may only extend ``train.epochs`` (said when it does);
+any other difference is refused in one line naming the keys, so a ``--set`` is never silently
+dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdzoo.config import RunConfig, config_from_dict, load_config
+from kdzoo.engine.state import RunState
+from kdzoo.errors import KdzooError
+from kdzoo.registry import Registry
+
+# where a run lives, not what it is: a moved or renamed run directory is the same run
+LOCATION_KEYS = frozenset({"train.out_dir", "train.name"})
+EXTENDABLE = "train.epochs"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def differences(saved: RunConfig, wanted: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ (saved, wanted), location keys aside."""
+    a, b = flatten(saved.to_dict()), flatten(wanted.to_dict())
+    keys = sorted((a.keys() | b.keys()) - LOCATION_KEYS)
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+def config_digest(config: RunConfig) -> str:
+    """What makes a run this run: its config, without its location and its length."""
+    flat = {k: v for k, v in flatten(config.to_dict()).items() if k not in LOCATION_KEYS | {EXTENDABLE}}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _describe(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in diff.items())
+
+
+@dataclass
+class ResumeTarget:
+    run_dir: Path
+    state: RunState
+    config: RunConfig
+    notes: list[str]
+    finished: bool
+
+
+def check_compatible(saved: RunConfig, wanted: RunConfig, run_dir: Path) -> list[str]:
+    """Refuse a changed config; return what the allowed change (more epochs) means, to be said."""
+    diff = differences(saved, wanted)
+    epochs = diff.pop(EXTENDABLE, None)
+    if diff:
+        raise KdzooError(
+            f"cannot resume {run_dir} with a different config: {_describe(diff)}; "
+            f"resume without those changes, or start a new run without --resume"
+        )
+    if epochs is None:
+        return []
+    old, new = epochs
+    if new < old:
+        raise KdzooError(f"cannot resume {run_dir} with train.epochs={new}: epochs can only grow on resume (was {old})")
+    return [
+        f"train.epochs {old} -> {new}: the current (or last) stage runs to the new length, its LR schedule "
+        f"stretched from here; finished stages stay as they were"
+    ]
+
+
+def read_run(file: Path, registry: Registry) -> tuple[RunState, RunConfig]:
+    state = RunState.load(file)
+    return state, config_from_dict(state.config, registry.config_classes())
+
+
+def resume_given(
+    path: Path, files: list[str], overrides: list[str], methods: list[str], registry: Registry
+) -> ResumeTarget:
+    """``--resume RUN_DIR``: the run's own config, with the command's files and --set applied on top."""
+    file = path if path.suffix == ".pt" else path / "last.pt"
+    run_dir = file.parent
+    state, saved = read_run(file, registry)
+    wanted = saved
+    if files or overrides or methods:
+        wanted = load_config(
+            files, overrides, methods, registry.config_classes(), registry.failures, base=saved.to_dict()
+        )
+    notes = check_compatible(saved, wanted, run_dir)
+    return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, notes))
+
+
+def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTarget:
+    """``--resume``: the latest run of this config among ``base``, ``base-2``, ..."""
+    candidates = [p for p in base.parent.glob(f"{base.name}*") if (p / "last.pt").is_file()]
+    candidates = [p for p in candidates if p == base or p.name[len(base.name) :].lstrip("-").isdigit()]
+    if not candidates:
+        raise KdzooError(f"nothing to resume: no checkpoint under {base} (run without --resume first)")
+    candidates.sort(key=lambda p: (p / "last.pt").stat().st_mtime, reverse=True)
+    digest = config_digest(wanted)
+    for run_dir in candidates:
+        saved_file = run_dir / "config.json"
+        try:
+            saved = config_from_dict(json.loads(saved_file.read_text()), registry.config_classes())
+        except (OSError, ValueError, KdzooError):
+            continue
+        if config_digest(saved) == digest:
+            state, saved = read_run(run_dir / "last.pt", registry)
+            notes = check_compatible(saved, wanted, run_dir)
+            return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, notes))
+    latest = candidates[0]
+    try:
+        saved = config_from_dict(json.loads((latest / "config.json").read_text()), registry.config_classes())
+        why = f"the latest, {latest}, differs in {_describe(differences(saved, wanted))}"
+    except (OSError, ValueError, KdzooError) as exc:
+        why = f"the latest, {latest}, has no readable config.json ({exc})"
+    raise KdzooError(
+        f"no run of this config to resume under {base}: {why}; "
+        f"pass --resume {latest} to continue that one as it was, or run without --resume"
+    )
+
+
+def _finished(run_dir: Path, notes: list[str]) -> bool:
+    """Done, with nothing added: the summary is written only after the last checkpoint."""
+    return (run_dir / "summary.json").is_file() and not notes

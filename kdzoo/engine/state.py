@@ -1,0 +1,70 @@
+"""What ``last.pt`` holds: one typed record, written and read in this one place.
+
+The file is a plain dict of tensors and containers (loadable with ``weights_only=True``) with a
+``format`` field; :meth:`RunState.load` refuses any other format in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdzoo import checkpoint
+from kdzoo.errors import KdzooError
+
+FORMAT = "kdzoo-checkpoint-2"  # 2: RNG states as tensors and lists
+
+
+@dataclass
+class Position:
+    """Where a run stands: the stage and epoch to run next, the step inside that epoch (mid-epoch
+    checkpoints), and the epochs finished over the whole run. ``stage == len(stages)``: done."""
+
+    stage: int = 0
+    epoch: int = 0
+    step: int = 0
+    global_epoch: int = 0
+
+
+@dataclass
+class RunState:
+    """A run's checkpoint. ``rng`` is this process's RNG states (``rng_per_rank``: every process's,
+    under torchrun); ``partial`` an epoch's running sums at a mid-epoch checkpoint; ``method_teacher``
+    the ``name`` and weights of a teacher a method set during the run (a trained generation)."""
+
+    config: dict[str, Any]
+    student: dict[str, Any]
+    modules: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    position: Position
+    rng: dict[str, Any]
+    history: list[dict[str, Any]]
+    teacher_metrics: dict[str, float] | None = None
+    wall_time_s: float = 0.0
+    partial: dict[str, Any] | None = None
+    rng_per_rank: list[dict[str, Any]] | None = None
+    method_teacher: dict[str, Any] | None = None
+    format: str = field(default=FORMAT)
+
+    def save(self, path: Path) -> None:
+        checkpoint.save_atomic(dataclasses.asdict(self), path)
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        data = checkpoint.load(path)
+        if "config" not in data or "position" not in data:
+            raise KdzooError(f"{path} is not a kdzoo run checkpoint (no config/position inside)")
+        if data.get("format") != FORMAT:
+            raise KdzooError(
+                f"{path} has checkpoint format {data.get('format')!r}; this kdzoo reads {FORMAT!r} "
+                f"(use the kdzoo that wrote it, or train the run again)"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "position": Position(**data["position"])})
+
+    def rng_of(self, rank: int) -> dict[str, Any]:
+        return self.rng_per_rank[rank] if self.rng_per_rank else self.rng

@@ -1,0 +1,57 @@
+"""Every built-in method's loss as a plain function on tensors: no models, no plugins, no engine.
+
+The method plugins (``kdzoo_plugins``) compute their terms with these functions; a hand-written
+training loop, a test or another library can call them directly. Teacher inputs never receive a
+gradient. Each returns the **unweighted** term a method logs (weights are the method's, see
+``kdzoo show METHOD``), except :func:`kd_loss`, the whole Hinton objective.
+
+=============================================  =======  ==============================================
+function                                        method   what
+=============================================  =======  ==============================================
+``soft_target_kl(s_logits, t_logits, T)``       kd       ``T^2 KL(softmax(t/T) || softmax(s/T))``, batchmean
+``kd_loss(s_logits, t_logits, y, T, a, b)``     kd       ``a CE + b T^2 KL``, the whole objective
+``hint_loss(s_mapped, t_feature)``              fitnets  MSE of the regressed student map and the teacher's
+``at_loss(s_feature, t_feature, p, form)``      at       attention transfer of one stage pair
+``attention_loss(s_att, t_att, form)``          at       the same from :func:`spatial_attention` maps
+``spatial_attention(feature, p)``               at       ``normalize(mean_c f^p)``, (B, 1, H, W)
+``rkd_distance_loss(s_emb, t_emb)``             rkd      smooth-L1 of mean-normalised pairwise distances
+``rkd_angle_loss(s_emb, t_emb)``                rkd      smooth-L1 of triplet angle cosines (B x B x B)
+``byot_losses(heads, deep_feat, deep_logits,    self-    Be Your Own Teacher's CE, KL and hint terms
+y, T)``                                         distill
+=============================================  =======  ==============================================
+"""
+
+from kdzoo.api import soft_target_kl
+from kdzoo.losses.at import at_loss, attention_loss, attention_map, spatial_attention
+from kdzoo.losses.fitnets import hint_loss
+from kdzoo.losses.kd import kd_loss
+from kdzoo.losses.rkd import (
+    Relations,
+    angle_term,
+    distance_term,
+    normalised_distances,
+    pairwise_distances,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    triplet_cosines,
+)
+from kdzoo.losses.self_distill import byot_losses
+
+__all__ = [
+    "Relations",
+    "angle_term",
+    "at_loss",
+    "attention_loss",
+    "attention_map",
+    "byot_losses",
+    "distance_term",
+    "hint_loss",
+    "kd_loss",
+    "normalised_distances",
+    "pairwise_distances",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "soft_target_kl",
+    "spatial_attention",
+    "triplet_cosines",
+]

@@ -1,0 +1,114 @@
+"""Building teacher and student with timm, offline: local checkpoints, cached pretrained weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from kdzoo import checkpoint
+from kdzoo.config.schema import ModelConfig, RunConfig
+from kdzoo.errors import KdzooError, close_matches
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_model_name(name: str, role: str) -> None:
+    if not timm.is_model(name.split(".")[0]):
+        raise KdzooError(f"{role} model '{name}' is not a timm model{close_matches(name, timm.list_models())}")
+
+
+def cached_pretrained_file(name: str) -> Path | None:
+    """The local file holding timm's pretrained weights for ``name``, or None if not cached."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.file and Path(cfg.file).is_file():
+        return Path(cfg.file)
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in (cfg.hf_hub_filename, *_WEIGHT_FILES):
+            if filename:
+                found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE"))
+                if isinstance(found, str):
+                    return Path(found)
+    if cfg.url:
+        local = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        if local.is_file():
+            return local
+    return None
+
+
+def create_model(cfg: ModelConfig, role: str, num_classes: int, in_chans: int) -> nn.Module:
+    """``timm.create_model`` for ``cfg``; sized for the data unless ``cfg.kwargs`` says otherwise.
+
+    Nothing is fetched from the network: pretrained weights must already be in the local
+    Hugging Face / torch hub cache, else this fails at once with what to do.
+    """
+    check_model_name(cfg.model, role)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **cfg.kwargs}
+    if cfg.pretrained and not cfg.checkpoint:
+        local = cached_pretrained_file(cfg.model)
+        if local is None:
+            raise KdzooError(
+                f"pretrained weights for {role} '{cfg.model}' are not in the local cache and kdzoo does not "
+                f"download; put them in the Hugging Face cache, or pass {role}.checkpoint=FILE"
+            )
+        kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
+    try:
+        model = timm.create_model(cfg.model, pretrained=cfg.pretrained and not cfg.checkpoint, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise KdzooError(f"cannot build {role} '{cfg.model}' with {kwargs}: {exc}") from None
+    if cfg.checkpoint:
+        load_weights(model, cfg.checkpoint, f"{role} '{cfg.model}'")
+    return model
+
+
+def classifier_classes(state: dict[str, Any], model: nn.Module) -> int | None:
+    """How many classes the classifier weights in ``state`` predict (None if not found)."""
+    key = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    weight = state.get(f"{key}.weight") if key else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
+    state = checkpoint.model_state(checkpoint.load(path))
+    classes = classifier_classes(state, model)
+    if classes is not None and classes != getattr(model, "num_classes", classes):
+        raise KdzooError(
+            f"{what}: checkpoint {path} predicts {classes} classes but the run has {model.num_classes}; "
+            f"teacher and student must share the label set"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise KdzooError(f"{what}: checkpoint {path} does not fit this architecture ({first[:200]})") from None
+
+
+def check_label_sets(config: RunConfig, data_classes: int) -> None:
+    """Teacher and student must predict the same classes; say so before anything is built."""
+    t = config.teacher.kwargs.get("num_classes", data_classes)
+    s = config.student.kwargs.get("num_classes", data_classes)
+    _same_classes(config.teacher.model, t, config.student.model, s)
+
+
+def check_pair(teacher: nn.Module | None, student: nn.Module, t_name: str, s_name: str) -> None:
+    """Fail before training when teacher and student cannot be distilled into each other."""
+    if teacher is not None:
+        _same_classes(t_name, getattr(teacher, "num_classes", None), s_name, getattr(student, "num_classes", None))
+
+
+def _same_classes(t_name: str, t_classes: int | None, s_name: str, s_classes: int | None) -> None:
+    if t_classes != s_classes:
+        raise KdzooError(
+            f"teacher {t_name} predicts {t_classes} classes but student {s_name} predicts {s_classes}; "
+            f"they must share the label set (check teacher/student kwargs.num_classes)"
+        )

@@ -1,0 +1,15 @@
+"""What a run reports as it goes: the metrics file, console lines, TensorBoard and plots."""
+
+from kdzoo.reporting.metrics_file import append_jsonl, read_jsonl, significant, write_jsonl
+from kdzoo.reporting.reporters import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
+
+__all__ = [
+    "ConsoleReporter",
+    "MetricsFileReporter",
+    "PlotReporter",
+    "TensorBoardReporter",
+    "append_jsonl",
+    "read_jsonl",
+    "significant",
+    "write_jsonl",
+]

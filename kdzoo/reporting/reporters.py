@@ -1,0 +1,92 @@
+"""Watching a run: the metrics file, the per-epoch line, TensorBoard scalars and PNG plots.
+
+Each is a core plugin on the run's lifecycle hooks, the hooks a method plugin can implement,
+registered by the loop on the main process only. ``metrics.jsonl`` is the source of truth: the
+plots are drawn from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from kdzoo.api import Run, hookimpl
+from kdzoo.reporting.metrics_file import append_jsonl, write_jsonl
+
+
+class MetricsFileReporter:
+    """``metrics.jsonl``: rewritten from the run's history when it starts (a resumed run drops what
+    a killed process wrote after its last checkpoint), then one line per epoch."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+
+    @hookimpl
+    def kdzoo_on_run_start(self, run: Run) -> None:
+        write_jsonl(self.path, run.history)
+
+    @hookimpl
+    def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        append_jsonl(self.path, metrics)
+
+
+class ConsoleReporter:
+    """One line per epoch: every term (4 significant digits), validation top-1 and throughput."""
+
+    def __init__(self, label: str = ""):
+        self.label = label
+
+    @hookimpl
+    def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        train = metrics["train"]
+        terms = " ".join(f"{k}={v:.4g}" for k, v in train.items() if isinstance(v, float) and k != "images_per_s")
+        tqdm.write(
+            f"[{self.label}{metrics['stage']} {metrics['epoch']}] {terms} val_top1={metrics['val']['top1']:.2f} "
+            f"({train['images_per_s']:.0f} img/s)"
+        )
+
+
+class TensorBoardReporter:
+    """Every loss term, loss weight, accuracy, the LR and throughput per epoch, in ``tensorboard/``."""
+
+    def __init__(self, run_dir: Path, first_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run wrote after its last checkpoint
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch + 1 if first_epoch else None)
+
+    @hookimpl
+    def kdzoo_on_run_start(self, run: Run) -> None:
+        if run.teacher_metrics is not None:
+            self.writer.add_scalar("teacher/top1", run.teacher_metrics["top1"], 0)
+
+    @hookimpl
+    def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        step = metrics["global_epoch"]
+        for name, value in metrics["train"].items():
+            if name == "weights":
+                for term, weight in value.items():
+                    self.writer.add_scalar(f"weight/{term}", weight, step)
+            elif name == "images_per_s":
+                self.writer.add_scalar("throughput/images_per_s", value, step)
+            else:
+                self.writer.add_scalar(f"train/{name}", value, step)
+        for name, value in metrics["val"].items():
+            self.writer.add_scalar(f"val/{name}", value, step)
+        self.writer.add_scalar("lr", metrics["lr"], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class PlotReporter:
+    """``loss_terms.png`` and ``accuracy.png`` at the end of the run (also ``kdzoo plot RUN_DIR``)."""
+
+    @hookimpl
+    def kdzoo_on_run_end(self, run: Run) -> None:
+        from kdzoo.reporting.plots import plot_run
+
+        plot_run(run.run_dir)
