@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 hookimpl = pluggy.HookimplMarker("kdzoo")
+#: what a method matches: the student's predictions (logit), intermediate features (feature), relations
+#: between samples or features (relation), or itself without an external teacher (self)
+KINDS = ("logit", "feature", "relation", "self", "other")
 
 
 class KdzooError(Exception):
@@ -54,6 +57,7 @@ class MethodInfo:
     paper: str
     summary: str
     needs_teacher: bool | Callable[[Any], bool] = True
+    kind: str = "other"  #: one of KINDS: what the method matches, for `kdzoo list`
     plugin: str = ""
     distribution: str = ""
     version: str = ""

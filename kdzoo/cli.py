@@ -143,10 +143,16 @@ def launch_torchrun(nproc: int) -> int:
 @main.command("list")
 def list_cmd() -> None:
     """Installed methods, their papers and the plugins they come from."""
+    from kdzoo.api import KINDS
+
     reg = registry()
-    for name, info in sorted(reg.methods.items()):
-        source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
-        click.echo(f"{name:<14} {info.summary}\n{'':<14} paper: {info.paper}\n{'':<14} plugin: {source}")
+    for kind in KINDS:
+        methods = sorted((name, info) for name, info in reg.methods.items() if info.kind == kind)
+        if methods:
+            click.echo(f"== {kind} methods ==")
+        for name, info in methods:
+            source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
+            click.echo(f"{name:<14} {info.summary}\n{'':<14} paper: {info.paper}\n{'':<14} plugin: {source}")
     for plugin, error in sorted(reg.failures.items()):
         click.echo(f"{'[failed]':<14} plugin '{plugin}' did not load: {error}")
 

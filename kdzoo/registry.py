@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 
 from kdzoo import hookspecs
-from kdzoo.api import MethodInfo, Stage, hookimpl
+from kdzoo.api import KINDS, MethodInfo, Stage, hookimpl
 from kdzoo.errors import KdzooError, close_matches, unknown_method
 
 ENTRY_POINT_GROUP = "kdzoo"
@@ -122,6 +122,8 @@ def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
         raise TypeError(f"kdzoo_register_methods must register MethodInfo objects, got {type(info).__name__}")
     if info.name in existing:
         raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
+    if info.kind not in KINDS:
+        raise ValueError(f"method '{info.name}': kind '{info.kind}' is not one of {', '.join(KINDS)}")
     if info.name in RESERVED_NAMES or not info.name or "." in info.name:
         raise ValueError(
             f"method name '{info.name}' is reserved or invalid (not one of {sorted(RESERVED_NAMES)}, no '.')"

@@ -81,5 +81,6 @@ def kdzoo_register_methods(register):
             config_class=ATConfig,
             paper="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017. arXiv:1612.03928",
             summary="match normalised spatial attention maps (mean_c f^2) at paired stages; CE + 1000 * AT",
+            kind="feature",
         )
     )

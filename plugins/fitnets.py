@@ -146,5 +146,6 @@ def kdzoo_register_methods(register):
             config_class=FitNetsConfig,
             paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015. arXiv:1412.6550",
             summary="regress a teacher's intermediate features from the student's through a trainable conv regressor",
+            kind="feature",
         )
     )

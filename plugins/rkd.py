@@ -75,5 +75,6 @@ def kdzoo_register_methods(register):
             config_class=RKDConfig,
             paper="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019. arXiv:1904.05068",
             summary="match pairwise distances (x25) and triplet angles (x50) of pooled embeddings; widths may differ",
+            kind="relation",
         )
     )

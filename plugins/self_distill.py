@@ -158,5 +158,6 @@ def kdzoo_register_methods(register):
             ),
             summary="the student teaches itself: born-again generations, or auxiliary heads on shallow stages (byot)",
             needs_teacher=lambda config: config.variant == "born_again" and config.use_teacher,
+            kind="self",
         )
     )

@@ -10,9 +10,6 @@ import timm
 import torch
 
 import kdzoo
-from kdzoo.engine.objective import build_objective
-from kdzoo.library import method_config
-from kdzoo.registry import registry
 from kdzoo.tools.torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
 
 
@@ -26,14 +23,10 @@ def pair():
 
 
 def _kdzoo_objective(stack, teacher, student):
-    names = stack.split("+")
-    if len(names) == 1:
-        return kdzoo.get_method(stack, teacher=teacher, student=student, img_size=32)
-    reg = registry()
-    return build_objective({n: reg.get(n).factory(method_config(n)) for n in names}, student, teacher, 32)
+    return kdzoo.get_method(stack.split("+"), teacher=teacher, student=student, img_size=32)
 
 
-@pytest.mark.parametrize("stack", ["kd", "fitnets", "at", "rkd", "kd+at+rkd"])
+@pytest.mark.parametrize("stack", ["kd", "fitnets", "at", "rkd", "dist", "kd+at+rkd", "dist+at"])
 def test_first_step_loss_equals_kdzoo_and_the_student_trains(pair, stack):
     teacher, student, x, y = pair
     ours, theirs = copy.deepcopy(student).train(), copy.deepcopy(student)

@@ -12,6 +12,12 @@ CASES = [
     *conformance_cases("rkd"),
     *conformance_cases("self-distill", pairs=["resnet->resnet"]),
     *conformance_cases("self-distill", pairs=["resnet->mobilenetv3"], settings=("variant=byot",)),
+    *conformance_cases("dkd"),
+    *conformance_cases("dkd", pairs=["resnet->resnet"], settings=("logit_standardization=true",)),
+    *conformance_cases("kd", pairs=["vit->resnet"], settings=("logit_standardization=true",)),
+    *conformance_cases("dist"),
+    *conformance_cases("dist_plus"),
+    *conformance_cases("tfkd", pairs=["resnet->resnet"]),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The example third-party plugin (examples/kdzoo-dkd) installs with pip, is discovered, runs and passes its tests.
+"""The example third-party plugin (examples/kdzoo-logit-matching) installs with pip, is discovered, runs
+and passes its tests.
 
 The package is installed for real (``pip install --target``, offline, no build isolation) from a copy of
 its source, so building it leaves no ``build/`` or ``*.egg-info`` in the repository; every check then runs
@@ -19,12 +20,12 @@ import pytest
 
 from tests.helpers import TINY, pip_install_into
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdzoo-dkd"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdzoo-logit-matching"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """``examples/kdzoo-dkd`` installed with pip into a fresh target directory (once for the module)."""
+    """``examples/kdzoo-logit-matching`` installed with pip into a fresh target directory (once for the module)."""
     missing = [tool for tool in ("pip", "setuptools") if importlib.util.find_spec(tool) is None]
     if missing:  # setuptools: the example's build backend, taken from this environment (offline, no isolation)
         pytest.skip(f"installing the example needs {' and '.join(missing)} in this environment")
@@ -33,7 +34,7 @@ def site(tmp_path_factory):
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*_cache"))
     target = root / "site"
     pip_install_into(source, target)
-    assert (target / "kdzoo_dkd" / "plugin.py").is_file()
+    assert (target / "kdzoo_logit_matching" / "plugin.py").is_file()
     return target
 
 
@@ -51,9 +52,9 @@ def test_listed_with_its_distribution(site, tmp_path):
     listed = _run(site, ["-m", "kdzoo", "list"], tmp_path, tmp_path / "cache")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("dkd "))
-    assert "Decoupled Knowledge Distillation" in lines[at + 1]
-    assert "plugin: dkd (kdzoo-dkd 0.1.0)" in lines[at + 2]
+    at = next(i for i, line in enumerate(lines) if line.startswith("logit_matching "))
+    assert "Do Deep Nets Really Need to be Deep" in lines[at + 1]
+    assert "plugin: logit_matching (kdzoo-logit-matching 0.1.0)" in lines[at + 2]
     assert "[failed]" not in listed.stdout
 
 
@@ -65,13 +66,14 @@ def test_runs_from_the_command_line(site, tmp_path):
         "train.epochs=1",
         f"train.out_dir={tmp_path / 'runs'}",
     ]
-    args = ["-m", "kdzoo", "run", "--method", "dkd", "--quiet", *(a for s in settings for a in ("--set", s))]
+    settings.append("logit_matching.warmup_epochs=4")
+    args = ["-m", "kdzoo", "run", "--method", "logit_matching", "--quiet", *(a for s in settings for a in ("--set", s))]
     ran = _run(site, args, tmp_path, tmp_path / "cache")
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    (record,) = [json.loads(line) for line in next((tmp_path / "runs").glob("dkd-*/metrics.jsonl")).open()]
+    (record,) = [json.loads(line) for line in next((tmp_path / "runs").glob("logit_matching-*/metrics.jsonl")).open()]
     train = record["train"]
-    assert {"ce", "dkd_tckd", "dkd_nckd"} <= set(train)
-    assert train["weights"] == pytest.approx({"ce": 1.0, "dkd_tckd": 1 / 20, "dkd_nckd": 8 / 20})  # warm-up, epoch 0
+    assert {"ce", "logit_l2"} <= set(train)
+    assert train["weights"] == pytest.approx({"ce": 0.0, "logit_l2": 1 / 4})  # warm-up, epoch 0
 
 
 def test_its_own_test_suite_passes(site, tmp_path):

@@ -10,6 +10,12 @@ function                                        method   what
 =============================================  =======  ==============================================
 ``soft_target_kl(s_logits, t_logits, T)``       kd       ``T^2 KL(softmax(t/T) || softmax(s/T))``, batchmean
 ``kd_loss(s_logits, t_logits, y, T, a, b)``     kd       ``a CE + b T^2 KL``, the whole objective
+``standardize(logits)``                         kd, dkd  logit standardization: per-sample z-score
+``dkd_terms(s_logits, t_logits, y, T)``         dkd      (TCKD, NCKD), each ``T^2 KL`` batchmean
+``dist_losses(s_logits, t_logits, tau)``        dist     (inter, intra): ``tau^2 (1 - mean Pearson)``
+``channel_relation_loss(f_s, f_t)``             dist+    ``1 -`` channel-wise Pearson at each position
+``spatial_relation_loss(f_s, f_t)``             dist+    ``1 -`` Pearson across the batch per position
+``virtual_teacher_loss(s_logits, y, T, p)``     tfkd     KL from Tf-KD's virtual teacher
 ``hint_loss(s_mapped, t_feature)``              fitnets  MSE of the regressed student map and the teacher's
 ``at_loss(s_feature, t_feature, p, form)``      at       attention transfer of one stage pair
 ``attention_loss(s_att, t_att, form)``          at       the same from :func:`spatial_attention` maps
@@ -23,8 +29,16 @@ y, T)``                                         distill
 
 from kdzoo.api import soft_target_kl
 from kdzoo.losses.at import at_loss, attention_loss, attention_map, spatial_attention
+from kdzoo.losses.dist import (
+    channel_relation_loss,
+    dist_inter_loss,
+    dist_intra_loss,
+    dist_losses,
+    spatial_relation_loss,
+)
+from kdzoo.losses.dkd import dkd_terms
 from kdzoo.losses.fitnets import hint_loss
-from kdzoo.losses.kd import kd_loss
+from kdzoo.losses.kd import kd_loss, standardize
 from kdzoo.losses.rkd import (
     Relations,
     angle_term,
@@ -36,9 +50,19 @@ from kdzoo.losses.rkd import (
     triplet_cosines,
 )
 from kdzoo.losses.self_distill import byot_losses
+from kdzoo.losses.tfkd import virtual_teacher, virtual_teacher_loss
 
 __all__ = [
     "Relations",
+    "channel_relation_loss",
+    "dist_inter_loss",
+    "dist_intra_loss",
+    "dist_losses",
+    "dkd_terms",
+    "spatial_relation_loss",
+    "standardize",
+    "virtual_teacher",
+    "virtual_teacher_loss",
     "angle_term",
     "at_loss",
     "attention_loss",

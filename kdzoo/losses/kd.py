@@ -22,3 +22,10 @@ def kd_loss(
     if targets is not None:
         loss = loss + ce_weight * F.cross_entropy(student_logits, targets)
     return loss
+
+
+def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): ``(z - mean(z)) / (eps + std(z))`` per sample,
+    with the unbiased standard deviation as the authors' code (and torchdistill) compute it, so the
+    student matches the teacher's logit *relations*, not their scale."""
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (eps + logits.std(dim=-1, keepdim=True))

@@ -43,6 +43,8 @@ Per method, torchdistill side -> kdzoo side:
   term builds the (B, B, D) difference tensor of the reference code (memory grows with B^2 D),
   kdzoo's works from Gram matrices. A model whose classifier input comes out of a functional op
   (``drop_rate > 0``) has no module to hook and is refused.
+* ``dist``: ``CrossEntropyLoss`` x 1 plus ``DISTLoss(beta, gamma, tau)`` with kdzoo's weights:
+  identical values (tests/test_zoo_logits.py checks the terms alone).
 * stacks (e.g. ``kd+at+rkd``): one ``WeightedSumLoss`` of the same terms with kdzoo's stacked
   weights; ``KDLoss`` carries the ``ce`` term when ``kd`` is in the stack.
 
@@ -69,7 +71,7 @@ from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
 
-_BASE_METHODS = ("kd", "fitnets", "at", "rkd")
+_BASE_METHODS = ("kd", "fitnets", "at", "rkd", "dist")
 TORCHDISTILL_METHODS: frozenset[str] = frozenset(
     "+".join(stack) for n in range(1, len(_BASE_METHODS) + 1) for stack in itertools.permutations(_BASE_METHODS, n)
 )
@@ -285,6 +287,14 @@ def torchdistill_config(
         else:  # alpha unset: KDLoss returns the bare KL, without T^2
             kwargs = {**logits, "temperature": t, "alpha": None, "beta": 1.0}
             terms["kd"] = {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weights["kd"] * t * t}
+    if "dist" in names:  # DISTLoss = beta * inter + gamma * intra, with tau^2 inside each
+        kwargs = {
+            **logits,
+            "beta": weights["dist_inter"],
+            "gamma": weights["dist_intra"],
+            "tau": method_config("dist").tau,
+        }
+        terms["dist"] = {"criterion": {"key": "DISTLoss", "kwargs": kwargs}, "weight": 1.0}
     if ce and "kd" not in names:
         terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
 

@@ -1,4 +1,4 @@
-"""Decoupled Knowledge Distillation (DKD) as a kdzoo method plugin.
+"""Decoupled Knowledge Distillation (DKD).
 
 Zhao, Cui, Song, Qiu, Liang. "Decoupled Knowledge Distillation". CVPR 2022.
 https://arxiv.org/abs/2203.08679 (reference code: megvii-research/mdistiller, ``DKD.py``)
@@ -15,7 +15,7 @@ Classic KD equals ``TCKD + (1 - p_t^T) * NCKD`` per sample, which ties NCKD's we
 teacher's confidence; DKD weights the two freely:
 ``L = ce_weight * CE + w(epoch) * (alpha * TCKD + beta * NCKD)``.
 
-Conventions (checked in ``tests/test_dkd.py``):
+Conventions (checked in ``tests/test_zoo_logits.py``):
 
 * both KLs are reduced ``batchmean`` (sum over classes, mean over the batch) and multiplied by T^2,
   as mdistiller does (``size_average=False`` then ``/ batch_size``);
@@ -30,16 +30,21 @@ Conventions (checked in ``tests/test_dkd.py``):
 Defaults are mdistiller's CIFAR-100 setting (``CFG.DKD``): ce_weight 1, alpha 1, beta 8, T = 4,
 warm-up 20 epochs. Its ImageNet setting is ``beta=0.5, temperature=1, warmup_epochs=1``, and some
 CIFAR-100 pairs use another beta (6 for wrn-40-2 -> wrn-16-2).
+
+``logit_standardization: true`` z-scores both models' logits before softening (Sun et al., CVPR
+2024), as that paper applies it to DKD.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from kdzoo import KdzooError, MethodInfo, hookimpl
 from torch import Tensor, nn
+
+from kdzoo import KdzooError, MethodInfo, hookimpl
+from kdzoo.losses.dkd import dkd_terms, warmup_factor
+from kdzoo.losses.kd import standardize
 
 TCKD = "dkd_tckd"
 NCKD = "dkd_nckd"
@@ -54,6 +59,7 @@ class DKDConfig:
     alpha: float = 1.0  # weight of TCKD
     beta: float = 8.0  # weight of NCKD
     warmup_epochs: int = 20  # linear warm-up of both KD terms; 0 switches it off
+    logit_standardization: bool = False  # z-score logits before softening (Sun et al., CVPR 2024)
 
     def validate(self, where: str) -> None:
         """Called by kdzoo after building the config (``where`` is the section name, ``dkd``)."""
@@ -61,57 +67,6 @@ class DKDConfig:
             raise KdzooError(f"config key '{where}.temperature': must be > 0, got {self.temperature}")
         if self.warmup_epochs < 0:
             raise KdzooError(f"config key '{where}.warmup_epochs': must be >= 0, got {self.warmup_epochs}")
-
-
-def _binary_and_non_target(log_p: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """From log-probabilities (B, C): ``log [p_t, 1 - p_t]`` (B, 2) and ``log p_hat`` (B, C - 1)."""
-    batch, classes = log_p.shape
-    log_target = log_p[target_mask]  # (B,): one target per row, in row order
-    log_others = log_p[~target_mask].view(batch, classes - 1)
-    log_rest = torch.logsumexp(log_others, dim=1)  # log(1 - p_t), without computing 1 - p_t
-    binary = torch.stack([log_target, log_rest], dim=1)
-    non_target = F.log_softmax(log_others, dim=1)  # softmax over the non-target classes only
-    return binary, non_target
-
-
-def dkd_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: float = 4.0
-) -> tuple[Tensor, Tensor]:
-    """DKD's two unweighted terms ``(TCKD, NCKD)`` for one batch (Zhao et al., CVPR 2022).
-
-    ``student_logits`` and ``teacher_logits``: (B, C) with C >= 2; ``targets``: (B,) class indices.
-    Each term is ``T^2 * KL(teacher || student)`` reduced ``batchmean``; the teacher is detached.
-    """
-    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"DKD needs (batch, classes) logits of the same shape, got student {tuple(student_logits.shape)} "
-            f"and teacher {tuple(teacher_logits.shape)}"
-        )
-    batch, classes = student_logits.shape
-    if classes < 2:
-        raise ValueError("DKD needs at least 2 classes (NCKD is a distribution over the non-target ones)")
-    if targets.is_floating_point() or targets.numel() != batch:
-        raise ValueError(f"DKD needs one class index per sample, got targets of shape {tuple(targets.shape)}")
-    t = float(temperature)
-    target_mask = F.one_hot(targets.reshape(-1).long(), classes).bool()
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
-    s_binary, s_non_target = _binary_and_non_target(log_p_student, target_mask)
-    t_binary, t_non_target = _binary_and_non_target(log_p_teacher, target_mask)
-    tckd = F.kl_div(s_binary, t_binary, reduction="batchmean", log_target=True) * (t * t)
-    nckd = F.kl_div(s_non_target, t_non_target, reduction="batchmean", log_target=True) * (t * t)
-    return tckd, nckd
-
-
-def warmup_factor(epoch: int, warmup_epochs: int) -> float:
-    """mdistiller's linear warm-up of the KD terms for a 0-based ``epoch``: ``min((epoch + 1) / warmup, 1)``.
-
-    mdistiller counts epochs from 1 and uses ``min(epoch / warmup, 1)``, so its first epoch already
-    gets ``1 / warmup``; the two are the same schedule. ``warmup_epochs=0``: always 1.
-    """
-    if warmup_epochs <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup_epochs, 1.0)
 
 
 def dkd_weights(config: DKDConfig, epoch: int | None) -> dict[str, float]:
@@ -166,7 +121,10 @@ class DKD:
         wanted = [name for name in (TCKD, NCKD) if stage.term_on(name)]
         if teacher is None or not wanted:  # a stage of a stacked method may switch DKD off
             return {}
-        tckd, nckd = dkd_terms(student.logits, teacher.logits, targets, self.config.temperature)
+        s, t = student.logits, teacher.logits
+        if self.config.logit_standardization:
+            s, t = standardize(s), standardize(t)
+        tckd, nckd = dkd_terms(s, t, targets, self.config.temperature)
         return {name: value for name, value in ((TCKD, tckd), (NCKD, nckd)) if name in wanted}
 
     @hookimpl
@@ -184,5 +142,6 @@ def kdzoo_register_methods(register):
             config_class=DKDConfig,
             paper="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022. arXiv:2203.08679",
             summary="KD split into target-class (TCKD) and non-target-class (NCKD) terms, weighted alpha and beta",
+            kind="logit",
         )
     )

@@ -1,0 +1,131 @@
+"""DIST and DIST+: match the correlations of the teacher's predictions, not their values.
+
+**DIST** — Huang, You, Wang, Qian, Xu. "Knowledge Distillation from A Stronger Teacher". NeurIPS
+2022. https://arxiv.org/abs/2205.10536. With ``p = softmax(z / tau)``: the inter-class relation
+``tau^2 (1 - mean_i pearson(p_s[i], p_t[i]))`` (each sample's ranking of the classes) and the
+intra-class relation ``tau^2 (1 - mean_c pearson(p_s[:, c], p_t[:, c]))`` (each class across the
+batch), weighted beta and gamma, plus CE. Defaults: the paper's CIFAR-100 setting, tau = 4,
+beta = gamma = 2 (ImageNet: tau = 1, beta = gamma = 1).
+
+**DIST+** — Huang et al. "DIST+: Knowledge Distillation From a Stronger Adaptive Teacher". TPAMI
+2025. DIST plus two relations on the last feature maps: along channels at every position
+(``dist_channel``) and across the batch for every position of the channel-summed maps
+(``dist_spatial``), each ``1 - mean correlation``. Feature maps of different widths or sizes are
+made comparable by a trainable 1x1 conv + BN on the student side and average pooling to the
+smaller map (kdzoo's choice; the relations are defined on equal shapes). torchdistill's
+``DISTPlusLoss`` adds the raw channel correlation (``+ iota * corr``), which rewards
+*anti*-correlation; kdzoo uses ``1 - corr``, like every other DIST relation
+(docs/differences-from-torchdistill.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo.losses.dist import channel_relation_loss, dist_losses, spatial_relation_loss
+
+
+@dataclass
+class DISTConfig:
+    tau: float = 4.0
+    beta: float = 2.0  # inter-class relation
+    gamma: float = 2.0  # intra-class relation
+    ce_weight: float = 1.0
+
+
+@dataclass
+class DISTPlusConfig(DISTConfig):
+    channel_weight: float = 1.0
+    spatial_weight: float = 1.0
+    student_stage: int = -1  # the feature maps whose relations are matched: the last stages by default
+    teacher_stage: int = -1
+
+
+class DIST:
+    def __init__(self, config: DISTConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        inter, intra = dist_losses(student.logits.float(), teacher.logits.float(), self.config.tau)
+        return {name: value for name, value in (("dist_inter", inter), ("dist_intra", intra)) if stage.term_on(name)}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        c = self.config
+        return {"ce": c.ce_weight, "dist_inter": c.beta, "dist_intra": c.gamma}
+
+
+class Projector(nn.Module):
+    """Student map (B, Cs, H, W) -> (B, Ct, h, w): 1x1 conv + BN, then average pooling to ``size``."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(teacher_channels)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        x = self.bn(self.conv(x))
+        return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
+
+
+class DISTPlus(DIST):
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
+        return Taps(student=(self.s,), teacher=(self.t,))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        self.projector = Projector(student.stages[self.s].channels, teacher.stages[self.t].channels)
+        return {"projector": self.projector}
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        terms = super().kdzoo_compute_losses(student, teacher, stage)
+        target = teacher.feature(self.t)
+        size = (
+            min(target.shape[-2], student.feature(self.s).shape[-2]),
+            min(target.shape[-1], student.feature(self.s).shape[-1]),
+        )
+        mapped = self.projector(student.feature(self.s), size)
+        target = target if tuple(target.shape[-2:]) == size else F.adaptive_avg_pool2d(target, size)
+        terms["dist_channel"] = channel_relation_loss(mapped.float(), target.float())
+        terms["dist_spatial"] = spatial_relation_loss(mapped.float(), target.float())
+        return terms
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        c = self.config
+        weights = super().kdzoo_loss_weights()
+        return {**weights, "dist_channel": c.channel_weight, "dist_spatial": c.spatial_weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="dist",
+            factory=DIST,
+            config_class=DISTConfig,
+            paper="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022. "
+            "arXiv:2205.10536",
+            summary="match inter- and intra-class Pearson correlations of softened predictions (tau 4, 2 + 2)",
+            kind="logit",
+        )
+    )
+    register(
+        MethodInfo(
+            name="dist_plus",
+            factory=DISTPlus,
+            config_class=DISTPlusConfig,
+            paper="Huang, You, Wang, Qian, Xu. DIST+: Knowledge Distillation From a Stronger Adaptive Teacher. "
+            "TPAMI 2025",
+            summary="DIST plus channel and spatial correlations of the last feature maps",
+            kind="relation",
+        )
+    )
