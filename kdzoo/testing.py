@@ -46,6 +46,8 @@ PAIRS: dict[str, tuple[str, dict, str, dict]] = {
     "resnet->resnet": ("resnet10t", {}, "test_resnet", {}),
     "resnet->mobilenetv3": ("test_resnet", {}, "mobilenetv3_small_050", {}),
     "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
+    # for methods that compare stages channel by channel (FSP): same widths, another initialisation
+    "resnet->resnet-same-widths": ("test_resnet", {}, "test_resnet", {}),
 }
 CHECKS = ("registration", "config", "losses", "gradients", "checkpoint")
 _TINY = [
@@ -70,9 +72,14 @@ class Case:
         return f"{self.method}-{self.check}-{self.pair}"
 
 
+#: the pairs every method is checked on unless told otherwise: CNN -> CNN of other widths, a CNN ->
+#: MobileNetV3 student, ViT -> CNN
+DEFAULT_PAIRS = ["resnet->resnet", "resnet->mobilenetv3", "vit->resnet"]
+
+
 def conformance_cases(method: str, pairs: list[str] | None = None, settings: tuple[str, ...] = ()) -> list[Case]:
     """Every (check, pair) case for ``method``; pair-independent checks run once."""
-    pairs = pairs or list(PAIRS)
+    pairs = pairs or DEFAULT_PAIRS
     cases = [Case(method, "registration", settings=settings), Case(method, "config", settings=settings)]
     for check in ("losses", "gradients", "checkpoint"):
         cases += [Case(method, check, pair, settings) for pair in pairs]

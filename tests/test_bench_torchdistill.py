@@ -26,7 +26,7 @@ def _kdzoo_objective(stack, teacher, student):
     return kdzoo.get_method(stack.split("+"), teacher=teacher, student=student, img_size=32)
 
 
-@pytest.mark.parametrize("stack", ["kd", "fitnets", "at", "rkd", "dist", "kd+at+rkd", "dist+at"])
+@pytest.mark.parametrize("stack", ["kd", "fitnets", "at", "rkd", "dist", "pkt", "kd+at+rkd", "dist+at", "pkt+rkd"])
 def test_first_step_loss_equals_kdzoo_and_the_student_trains(pair, stack):
     teacher, student, x, y = pair
     ours, theirs = copy.deepcopy(student).train(), copy.deepcopy(student)

@@ -87,7 +87,7 @@ def test_the_paper_setting_config_runs_every_built_in_method(tmp_path):
         sets = [f"train.out_dir={tmp_path}", "train.device=cpu", *variants.get(method, [])]
         cfg = load_config(["configs/cifar100/resnet32x4_resnet8x4.yaml"], sets, [method], reg.config_classes())
         trainer = build_trainer(cfg, reg, tmp_path / method, teacher=teacher, data=data, show_progress=False)
-        stage = trainer.stages[-1]
+        stage = next(s for s in trainer.stages if s.losses is None or s.losses - {"ce"})  # a distilling stage
         optimizer, scheduler = trainer.optimizer_for(stage)
         loss, terms, _ = trainer.train_step(*next(batches.epoch(0)), stage, 0, 0.0, optimizer, scheduler)
-        assert torch.isfinite(loss) and len(terms) > 1, (method, terms)
+        assert torch.isfinite(loss) and set(terms) - {"ce"}, (method, terms)

@@ -18,6 +18,12 @@ CASES = [
     *conformance_cases("dist"),
     *conformance_cases("dist_plus"),
     *conformance_cases("tfkd", pairs=["resnet->resnet"]),
+    *conformance_cases("pkt"),
+    *conformance_cases("sp"),
+    *conformance_cases("nst"),
+    *conformance_cases("vid"),
+    *conformance_cases("cc"),
+    *conformance_cases("fsp", pairs=["resnet->resnet-same-widths"], settings=("fsp.init_epochs=1",)),
 ]
 
 

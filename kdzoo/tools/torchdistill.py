@@ -43,6 +43,8 @@ Per method, torchdistill side -> kdzoo side:
   term builds the (B, B, D) difference tensor of the reference code (memory grows with B^2 D),
   kdzoo's works from Gram matrices. A model whose classifier input comes out of a functional op
   (``drop_rate > 0``) has no module to hook and is refused.
+* ``pkt``: ``CrossEntropyLoss`` x 1 plus ``PKTLoss`` x 30000 on the pooled pre-logits embeddings
+  (the same hooks as ``rkd``): identical values.
 * ``dist``: ``CrossEntropyLoss`` x 1 plus ``DISTLoss(beta, gamma, tau)`` with kdzoo's weights:
   identical values (tests/test_zoo_logits.py checks the terms alone).
 * stacks (e.g. ``kd+at+rkd``): one ``WeightedSumLoss`` of the same terms with kdzoo's stacked
@@ -71,7 +73,7 @@ from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
 
-_BASE_METHODS = ("kd", "fitnets", "at", "rkd", "dist")
+_BASE_METHODS = ("kd", "fitnets", "at", "rkd", "dist", "pkt")
 TORCHDISTILL_METHODS: frozenset[str] = frozenset(
     "+".join(stack) for n in range(1, len(_BASE_METHODS) + 1) for stack in itertools.permutations(_BASE_METHODS, n)
 )
@@ -275,6 +277,15 @@ def torchdistill_config(
             },
             "weight": 1.0,
         }
+
+    if "pkt" in names:
+        if s_embed is None or t_embed is None:
+            raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
+        s_hooks.add(prefix + s_embed)
+        t_hooks.add(t_embed)
+        paths = {"student_module_path": prefix + s_embed, "student_module_io": "output"}
+        paths |= {"teacher_module_path": t_embed, "teacher_module_io": "output"}
+        terms["pkt"] = {"criterion": {"key": "PKTLoss", "kwargs": paths}, "weight": weights["pkt"]}
 
     logits = {"student_module_path": ".", "student_module_io": "output"}
     logits |= {"teacher_module_path": ".", "teacher_module_io": "output"}

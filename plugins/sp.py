@@ -1,0 +1,56 @@
+"""Similarity-preserving KD: Tung, Mori. "Similarity-Preserving Knowledge Distillation". ICCV 2019.
+https://arxiv.org/abs/1907.09682
+
+Samples that the teacher's last feature map finds similar should be similar for the student:
+``||G_s - G_t||_F^2 / B^2`` with ``G = f f^T`` over the flattened maps, rows L2-normalised (the
+paper's eq. 2 and RepDistiller; torchdistill uses the L1 norm there, see
+docs/differences-from-torchdistill.md). ``G`` is B x B, so any widths and sizes pair. Defaults:
+RepDistiller's CIFAR-100 setting, CE + 3000 SP on the last stage (``feat[-2]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo.losses.sp import sp_loss
+
+
+@dataclass
+class SPConfig:
+    weight: float = 3000.0
+    ce_weight: float = 1.0
+    student_stage: int = -1
+    teacher_stage: int = -1
+
+
+class SimilarityPreserving:
+    def __init__(self, config: SPConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
+        return Taps(student=(self.s,), teacher=(self.t,))
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher):
+        return {"sp": sp_loss(student.feature(self.s).float(), teacher.feature(self.t).float())}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        return {"ce": self.config.ce_weight, "sp": self.config.weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="sp",
+            factory=SimilarityPreserving,
+            config_class=SPConfig,
+            paper="Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019. arXiv:1907.09682",
+            summary="match the batch's pairwise similarities of the last feature maps (B x B Gram, rows L2-normalised)",
+            kind="relation",
+        )
+    )

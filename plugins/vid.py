@@ -1,0 +1,108 @@
+"""Variational information distillation: Ahn, Hu, Damianou, Lawrence, Dai. "Variational Information
+Distillation for Knowledge Transfer". CVPR 2019. https://arxiv.org/abs/1904.05835
+
+At every inner stage pair (paired like attention transfer) a regressor of three 1x1 convs (ReLU
+between) maps the student's map to the mean of a Gaussian over the teacher's, with a learned
+per-channel variance ``softplus(alpha) + eps`` (initialised to 5); the student maximises the teacher
+map's likelihood. The larger map is average-pooled to the smaller. Defaults: RepDistiller's
+CIFAR-100 setting, CE + 1 VID on ``feat[1:-1]``, middle width = the teacher's channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import MethodInfo, Taps, hookimpl, inner_stages, pair_stages
+from kdzoo.losses.vid import vid_loss
+
+
+@dataclass
+class VIDConfig:
+    weight: float = 1.0
+    ce_weight: float = 1.0
+    init_variance: float = 5.0
+    eps: float = 1e-5
+    student_stages: list[int] | None = None
+    teacher_stages: list[int] | None = None
+
+
+class VIDRegressor(nn.Module):
+    """Student map -> (mean of the teacher map, per-channel variance)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, init_variance: float, eps: float):
+        super().__init__()
+        self.regressor = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_channels, mid_channels, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(mid_channels, out_channels, 1, bias=False),
+        )
+        self.eps = eps
+        # softplus(alpha) + eps == init_variance at the start
+        self.alpha = nn.Parameter(torch.full((out_channels,), math.log(math.expm1(init_variance - eps))))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.regressor(x), F.softplus(self.alpha) + self.eps
+
+
+class VID:
+    def __init__(self, config: VIDConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
+        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        c = self.config
+        self.regressors = nn.ModuleList(
+            VIDRegressor(
+                student.stages[s].channels,
+                teacher.stages[t].channels,
+                teacher.stages[t].channels,
+                c.init_variance,
+                c.eps,
+            )
+            for s, t in self.pairs
+        )
+        return {"regressors": self.regressors}
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher):
+        total = 0.0
+        for (s, t), regressor in zip(self.pairs, self.regressors, strict=True):
+            f_s, f_t = student.feature(s), teacher.feature(t)
+            size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
+            f_s = f_s if tuple(f_s.shape[-2:]) == size else F.adaptive_avg_pool2d(f_s, size)
+            f_t = f_t if tuple(f_t.shape[-2:]) == size else F.adaptive_avg_pool2d(f_t, size)
+            mean, variance = regressor(f_s)
+            total = total + vid_loss(mean.float(), variance.float(), f_t.float())
+        return {"vid": total}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        return {"ce": self.config.ce_weight, "vid": self.config.weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="vid",
+            factory=VID,
+            config_class=VIDConfig,
+            paper="Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for Knowledge Transfer. "
+            "CVPR 2019. arXiv:1904.05835",
+            summary="teacher maps made likely under a Gaussian predicted from the student's (inner stages)",
+            kind="feature",
+        )
+    )
