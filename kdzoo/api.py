@@ -137,13 +137,19 @@ def summary_key(name: str, stage: int) -> str:
 
 @dataclass(frozen=True)
 class Taps:
-    """What a method needs from one step's forward passes (indices into ``ModelInfo.stages``)."""
+    """What a method needs from one step's forward passes (indices into ``ModelInfo.stages``).
+
+    ``teacher_preact`` / ``student_preact``: stages whose map is wanted *before* the activation
+    that ends the stage (pre-ReLU features, for methods such as OFD and AB); a stage that does not
+    end in an activation (a transformer block, a linear bottleneck) gives its output itself."""
 
     teacher: tuple[int, ...] = ()
     student: tuple[int, ...] = ()
     teacher_embedding: bool = False
     student_embedding: bool = False
     teacher_summaries: tuple[Summary, ...] = ()
+    teacher_preact: tuple[int, ...] = ()
+    student_preact: tuple[int, ...] = ()
 
     def __or__(self, other: Taps) -> Taps:
         summaries = {s.key: s for s in (*other.teacher_summaries, *self.teacher_summaries)}
@@ -153,6 +159,8 @@ class Taps:
             self.teacher_embedding or other.teacher_embedding,
             self.student_embedding or other.student_embedding,
             tuple(summaries[k] for k in sorted(summaries)),
+            tuple(sorted(set(self.teacher_preact) | set(other.teacher_preact))),
+            tuple(sorted(set(self.student_preact) | set(other.student_preact))),
         )
 
 
@@ -173,12 +181,23 @@ class Outputs:
     features: dict[int, Tensor] = field(default_factory=dict)
     embedding: Tensor | None = None
     summaries: dict[str, Tensor] = field(default_factory=dict)
+    preact: dict[int, Tensor] = field(default_factory=dict)  #: pre-activation maps (``Taps.*_preact``)
 
     def feature(self, index: int) -> Tensor:
         try:
             return self.features[index]
         except KeyError:
             raise KdzooError(f"feature {index} was not tapped; declare it in kdzoo_feature_taps") from None
+
+    def pre_activation(self, index: int) -> Tensor:
+        """The map of stage ``index`` before the activation that ends the stage."""
+        try:
+            return self.preact[index]
+        except KeyError:
+            raise KdzooError(
+                f"the pre-activation map of stage {index} was not tapped; declare it in kdzoo_feature_taps "
+                f"(Taps.student_preact / teacher_preact)"
+            ) from None
 
     def summary(self, name: str, stage: int) -> Tensor:
         try:
@@ -195,6 +214,7 @@ class Outputs:
             {i: f.clone() for i, f in self.features.items()},
             None if self.embedding is None else self.embedding.clone(),
             {k: v.clone() for k, v in self.summaries.items()},
+            {i: f.clone() for i, f in self.preact.items()},
         )
 
 

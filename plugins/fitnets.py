@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to, soft_target_kl
 from kdzoo.losses.fitnets import hint_loss
+from kdzoo_plugins.connectors import ConvRegressor
 
 
 @dataclass
@@ -46,30 +46,6 @@ class FitNetsConfig:
     temperature: float = 4.0
     kd_weight: float = 0.9
     kd_ce_weight: float = 0.1
-
-
-class ConvRegressor(nn.Module):
-    """Maps a student feature map (B, Cs, Hs, Ws) onto a teacher's (B, Ct, Ht, Wt)."""
-
-    def __init__(self, student_channels: int, teacher_channels: int, stride_ratio: float, relu: bool = True):
-        super().__init__()
-        if stride_ratio == 2:  # student map is twice the teacher's
-            conv = nn.Conv2d(student_channels, teacher_channels, 3, stride=2, padding=1, bias=False)
-        elif stride_ratio == 0.5:  # student map is half the teacher's
-            conv = nn.ConvTranspose2d(student_channels, teacher_channels, 4, stride=2, padding=1, bias=False)
-        else:  # same size (or an odd ratio, resampled below): a 1x1 conv, as RepDistiller's ConvReg
-            conv = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
-        self.conv = conv
-        self.bn = nn.BatchNorm2d(teacher_channels)
-        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        x = self.act(self.bn(self.conv(x)))
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-            return F.adaptive_avg_pool2d(x, size)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class FitNets:

@@ -24,6 +24,8 @@ CASES = [
     *conformance_cases("vid"),
     *conformance_cases("cc"),
     *conformance_cases("fsp", pairs=["resnet->resnet-same-widths"], settings=("fsp.init_epochs=1",)),
+    *conformance_cases("ab", settings=("ab.init_epochs=1",)),
+    *conformance_cases("ofd"),
 ]
 
 

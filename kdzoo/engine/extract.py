@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdzoo.api import KdzooError, ModelInfo, Outputs, StageInfo, Summary
+from kdzoo.engine.preact import PreActivationTaps
 
 
 def model_name(model: nn.Module) -> str:
@@ -55,6 +56,7 @@ class FeatureExtractor:
         indices: Iterable[int],
         embedding: bool,
         summaries: Iterable[Summary] = (),
+        preact: Iterable[int] = (),
     ):
         self.model = model
         self.info = info
@@ -66,6 +68,9 @@ class FeatureExtractor:
         self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
         self._hooked: dict[int, Tensor] = {}
         self._handles = [] if self.native else self._install_hooks()
+        prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        to_nchw = lambda t: tokens_to_nchw(t, prefix) if t.ndim == 3 else t  # noqa: E731
+        self.preact = PreActivationTaps(model, info, preact, to_nchw) if preact else None
 
     def _install_hooks(self) -> list:
         handles = []
@@ -93,6 +98,8 @@ class FeatureExtractor:
 
     def __call__(self, x: Tensor) -> Outputs:
         out = self._forward(x)
+        if self.preact is not None:
+            out.preact = self.preact.take()
         if self.summaries:
             out.summaries = {key: fn(out.features[stage]) for key, fn, stage in self.summaries}
             out.features = {i: f for i, f in out.features.items() if i in self.kept}
@@ -127,6 +134,8 @@ class FeatureExtractor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self.preact is not None:
+            self.preact.close()
 
 
 def tokens_to_nchw(tokens: Tensor, num_prefix_tokens: int) -> Tensor:

@@ -50,7 +50,9 @@ class Objective(nn.Module):
         for name in methods:
             built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
             self.method_modules[name] = nn.ModuleDict(built or {})
-        self.student_tap = FeatureExtractor(student, student_info, self.taps.student, self.taps.student_embedding)
+        self.student_tap = FeatureExtractor(
+            student, student_info, self.taps.student, self.taps.student_embedding, preact=self.taps.student_preact
+        )
         self._teacher: list[nn.Module] = []  # a list keeps the frozen teacher out of parameters()/state_dict()
         self.teacher_tap: FeatureExtractor | None = None
         if teacher is not None:
@@ -67,8 +69,9 @@ class Objective(nn.Module):
             p.grad = None  # a teacher trained just before would otherwise carry its last gradients
         self._teacher = [model]
         self.teacher_info = info
+        taps = self.taps
         self.teacher_tap = FeatureExtractor(
-            model, info, self.taps.teacher, self.taps.teacher_embedding, self.taps.teacher_summaries
+            model, info, taps.teacher, taps.teacher_embedding, taps.teacher_summaries, taps.teacher_preact
         )
 
     def close(self) -> None:

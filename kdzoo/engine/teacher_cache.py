@@ -95,6 +95,8 @@ class TeacherOutputCache:
         what = {"features": list(taps.teacher), "embedding": taps.teacher_embedding}
         if taps.teacher_summaries:
             what["summaries"] = [s.key for s in taps.teacher_summaries]
+        if taps.teacher_preact:
+            what["preact"] = list(taps.teacher_preact)
         self.folder = self.root / f"taps-{_key(what)}"
         meta = self.folder / "meta.json"
         if not meta.is_file() or not json.loads(meta.read_text()).get("complete"):
@@ -136,6 +138,7 @@ class TeacherOutputCache:
     def _named(out: Outputs) -> dict[str, Tensor]:
         named = {"logits": out.logits, **{f"feature{i}": f for i, f in out.features.items()}}
         named |= {f"summary-{key}": v for key, v in out.summaries.items()}
+        named |= {f"preact{i}": v for i, v in out.preact.items()}
         if out.embedding is not None:
             named["embedding"] = out.embedding
         return named
@@ -160,8 +163,9 @@ class TeacherOutputCache:
 
         features = {int(k[len("feature") :]): read(k) for k in self.arrays if k.startswith("feature")}
         summaries = {k[len("summary-") :]: read(k) for k in self.arrays if k.startswith("summary-")}
+        preact = {int(k[len("preact") :]): read(k) for k in self.arrays if k.startswith("preact")}
         embedding = read("embedding") if "embedding" in self.arrays else None
-        return Outputs(read("logits"), features, embedding, summaries)
+        return Outputs(read("logits"), features, embedding, summaries, preact)
 
     def _resident_on(self, device: torch.device) -> dict[str, Tensor]:
         """On a GPU, the whole cache in device memory when it fits: a lookup is then an on-device

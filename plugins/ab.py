@@ -1,0 +1,91 @@
+"""Activation-boundary transfer: Heo, Lee, Yun, Choi. "Knowledge Transfer via Distillation of
+Activation Boundaries Formed by Hidden Neurons". AAAI 2019. https://arxiv.org/abs/1811.03233
+
+At every inner stage pair (paired like attention transfer) a connector (1x1 conv + BN, resampled
+when the map sizes differ; none when the shapes already agree) maps the student's *pre-activation*
+map onto the teacher's, and the alternative L2 with margin 1 makes each neuron switch on exactly
+where the teacher's does; deeper pairs weigh more (``2^(i - n + 1)``). As in the paper and
+RepDistiller, this is an **initialisation stage** (``init``, 30 epochs: the connectors and the
+student's layers up to the last paired stage train on it alone, weight ``3 / 1000`` as in
+RepDistiller's ``ABLoss``), followed by training on the labels (stage ``train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, inner_stages, pair_stages, parameters_up_to
+from kdzoo.losses.ab import ab_loss
+from kdzoo_plugins.connectors import connector
+
+
+@dataclass
+class ABConfig:
+    weight: float = 0.003  # RepDistiller's ABLoss: / 1000 * 3
+    margin: float = 1.0
+    init_epochs: int = 30
+    student_stages: list[int] | None = None
+    teacher_stages: list[int] | None = None
+
+    def validate(self, where: str) -> None:
+        if self.init_epochs < 1:
+            raise KdzooError(f"config key '{where}.init_epochs': AB is learned in its init stage, give it >= 1")
+
+
+class ActivationBoundaries:
+    def __init__(self, config: ABConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
+        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        self.last_module = student.stages[max(s for s, _ in self.pairs)].module
+        return Taps(student_preact=tuple(s for s, _ in self.pairs), teacher_preact=tuple(t for _, t in self.pairs))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        self.connectors = nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in self.pairs)
+        return {"connectors": self.connectors}
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs):
+        return [
+            Stage("init", self.config.init_epochs, losses=frozenset({"ab"}), trainable=self._init_parameters),
+            Stage("train", epochs, losses=frozenset({"ce"}), trainable=lambda student, _modules: student.parameters()),
+        ]
+
+    def _init_parameters(self, student, _modules):
+        return [*parameters_up_to(student, self.last_module), *self.connectors.parameters()]
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        if not stage.term_on("ab"):
+            return {}
+        s, t = [], []
+        for (si, ti), conn in zip(self.pairs, self.connectors, strict=True):
+            target = teacher.pre_activation(ti)
+            s.append(conn(student.pre_activation(si), tuple(target.shape[-2:])).float())
+            t.append(target.float())
+        return {"ab": ab_loss(s, t, self.config.margin)}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        return {"ce": 1.0, "ab": self.config.weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="ab",
+            factory=ActivationBoundaries,
+            config_class=ABConfig,
+            paper="Heo, Lee, Yun, Choi. Knowledge Transfer via Distillation of Activation Boundaries Formed by "
+            "Hidden Neurons. AAAI 2019. arXiv:1811.03233",
+            summary="an init stage transferring where pre-activation neurons switch on (margin 1), then CE",
+            kind="feature",
+        )
+    )

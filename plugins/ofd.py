@@ -1,0 +1,100 @@
+"""A comprehensive overhaul of feature distillation: Heo, Kim, Yun, Park, Kwak, Choi. ICCV 2019.
+https://arxiv.org/abs/1904.01866
+
+The student's *pre-ReLU* maps, through connectors (1x1 conv + BN, resampled when sizes differ),
+regress the teacher's pre-ReLU maps with a partial L2: the teacher's map is clamped from below at
+a per-channel margin ``m = E[t | t < 0]``, and a student already below an "off" target is not
+pushed. Every stage but the stem takes part, paired by relative depth; shallower pairs are halved
+per step. Trained jointly with CE: ``CE + sum / B / 1000`` as in the authors' CIFAR code.
+
+The margin: the authors derive ``E[t | t < 0]`` from the BatchNorm before each teacher ReLU,
+assuming Gaussian responses. kdzoo measures it on the teacher's pre-activation maps of the first
+training batch, once, and keeps it in a buffer (saved with the run): the same quantity without the
+Gaussian assumption or a BatchNorm, so any teacher (a ViT's blocks included) works, and a
+teacher-output cache is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kdzoo import MethodInfo, Taps, hookimpl, pair_stages
+from kdzoo.losses.ofd import negative_margin, ofd_loss
+from kdzoo_plugins.connectors import connector
+
+
+@dataclass
+class OFDConfig:
+    weight: float = 0.001  # the authors' CIFAR code: loss_distill.sum() / batch_size / 1000
+    ce_weight: float = 1.0
+    student_stages: list[int] | None = None  # None: every stage but the stem
+    teacher_stages: list[int] | None = None
+
+
+class Margins(nn.Module):
+    """Per-pair channel margins, measured once from the teacher and then fixed (buffers)."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        for i, c in enumerate(channels):
+            self.register_buffer(f"margin{i}", torch.zeros(c))
+        self.register_buffer("measured", torch.tensor(False))
+
+    def get(self, teacher_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not bool(self.measured):
+            with torch.no_grad():
+                for i, t in enumerate(teacher_maps):
+                    getattr(self, f"margin{i}").copy_(negative_margin(t))
+                self.measured.fill_(True)
+        return [getattr(self, f"margin{i}") for i in range(len(teacher_maps))]
+
+
+class OverhaulFeatureDistillation:
+    def __init__(self, config: OFDConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        wanted = self.config.student_stages
+        wanted = wanted if wanted is not None else range(1, len(student.stages))
+        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        return Taps(student_preact=tuple(s for s, _ in self.pairs), teacher_preact=tuple(t for _, t in self.pairs))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        self.connectors = nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in self.pairs)
+        self.margins = Margins([teacher.stages[t].channels for _, t in self.pairs])
+        return {"connectors": self.connectors, "margins": self.margins}
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        if not stage.term_on("ofd"):
+            return {}
+        targets = [teacher.pre_activation(t).float() for _, t in self.pairs]
+        mapped = [
+            conn(student.pre_activation(s), tuple(target.shape[-2:])).float()
+            for (s, _), conn, target in zip(self.pairs, self.connectors, targets, strict=True)
+        ]
+        return {"ofd": ofd_loss(mapped, targets, self.margins.get(targets))}
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        return {"ce": self.config.ce_weight, "ofd": self.config.weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="ofd",
+            factory=OverhaulFeatureDistillation,
+            config_class=OFDConfig,
+            paper="Heo, Kim, Yun, Park, Kwak, Choi. A Comprehensive Overhaul of Feature Distillation. ICCV 2019. "
+            "arXiv:1904.01866",
+            summary="pre-ReLU features through connectors, partial L2 against margin-clamped teacher maps",
+            kind="feature",
+        )
+    )
