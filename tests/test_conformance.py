@@ -27,6 +27,7 @@ CASES = [
     *conformance_cases("ab", settings=("ab.init_epochs=1",)),
     *conformance_cases("ofd"),
     *conformance_cases("ft", settings=("ft.paraphrase_epochs=1",)),
+    *conformance_cases("ctkd"),
 ]
 
 
