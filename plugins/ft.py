@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl
@@ -102,12 +103,13 @@ class FactorTransfer:
             return {"ft_reconstruction": reconstruction_loss(reconstruction, target)}
         if not stage.term_on("ft"):
             return {}
-        teacher_factor, _ = self.paraphraser(target)
+        with torch.no_grad():  # the paraphraser is frozen after its stage: its factor is a fixed target
+            teacher_factor = self.paraphraser.encoder(target)
         student_factor = self.translator(student.feature(self.s))
         size = teacher_factor.shape[-2:]
         if student_factor.shape[-2:] != size:
             student_factor = nn.functional.adaptive_avg_pool2d(student_factor, size)
-        return {"ft": factor_loss(student_factor.float(), teacher_factor.detach())}
+        return {"ft": factor_loss(student_factor.float(), teacher_factor)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
