@@ -258,6 +258,19 @@ def inner_stages(info: ModelInfo) -> list[int]:
     return list(range(1, len(info.stages) - 1)) or list(range(len(info.stages)))
 
 
+def pair_inner_stages(
+    teacher: ModelInfo,
+    student: ModelInfo,
+    student_stages: Iterable[int] | None = None,
+    teacher_stages: Iterable[int] | None = None,
+) -> list[tuple[int, int]]:
+    """(student, teacher) pairs for a multi-stage method: the given student stages (default: every
+    stage but the stem and the last), each with the given teacher stage or the one :func:`pair_stage`
+    picks. The common default of AT, NST, VID and AB."""
+    wanted = student_stages if student_stages is not None else inner_stages(student)
+    return pair_stages(teacher, student, wanted, teacher_stages)
+
+
 # ----------------------------------------------------------------------------- stages
 TrainableFn = Callable[[nn.Module, nn.ModuleDict], Iterable[nn.Parameter]]
 

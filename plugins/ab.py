@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, inner_stages, pair_stages, parameters_up_to
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_inner_stages, parameters_up_to
 from kdzoo.losses.ab import ab_loss
 from kdzoo_plugins.connectors import connector
 
@@ -40,8 +40,7 @@ class ActivationBoundaries:
 
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
-        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
         self.last_module = student.stages[max(s for s, _ in self.pairs)].module
         return Taps(student_preact=tuple(s for s, _ in self.pairs), teacher_preact=tuple(t for _, t in self.pairs))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from kdzoo import MethodInfo, Summary, Taps, hookimpl, inner_stages, pair_stages
+from kdzoo import MethodInfo, Summary, Taps, hookimpl, pair_inner_stages
 from kdzoo.losses.at import attention_loss, spatial_attention
 
 
@@ -49,8 +49,7 @@ class AttentionTransfer:
 
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
-        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
         # of each teacher map, only its attention is kept (and cached), not the map itself
         summaries = tuple(
             Summary(self.summary_name, t, partial(spatial_attention, p=self.config.p))

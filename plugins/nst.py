@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, hookimpl, inner_stages, pair_stages
+from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages
 from kdzoo.losses.nst import nst_loss
 
 
@@ -30,8 +30,7 @@ class NeuronSelectivityTransfer:
 
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
-        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
         return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
 
     @hookimpl

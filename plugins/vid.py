@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, hookimpl, inner_stages, pair_stages
+from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages
 from kdzoo.losses.vid import vid_loss
 
 
@@ -57,8 +57,7 @@ class VID:
 
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
-        wanted = self.config.student_stages if self.config.student_stages is not None else inner_stages(student)
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
         return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
 
     @hookimpl

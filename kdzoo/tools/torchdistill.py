@@ -195,7 +195,7 @@ def torchdistill_config(
     stack: str, teacher: nn.Module, student: nn.Module, x: Tensor, lr: float = 0.01
 ) -> dict[str, Any]:
     """The DistillationBox ``train_config`` for ``stack`` on these models (kdzoo's settings)."""
-    from kdzoo.api import WHOLE_RUN, inner_stages, pair_stages
+    from kdzoo.api import WHOLE_RUN, pair_inner_stages
     from kdzoo.config import OptimConfig, TrainConfig
     from kdzoo.library import method_config
 
@@ -237,7 +237,7 @@ def torchdistill_config(
         at = method_config("at")
         if at.p != 2 or at.form != "code":
             raise KdzooError("torchdistill adapter: ATLoss has p = 2 and kdzoo's 'code' form only")
-        at_pairs = pair_stages(t_info, s_info, inner_stages(s_info))  # AT's default pairing
+        at_pairs = pair_inner_stages(t_info, s_info)  # AT's default pairing
         s_paths = [s_info.stages[s].module for s, _ in at_pairs]
         t_paths = [t_info.stages[t].module for _, t in at_pairs]
         pairs = {}
