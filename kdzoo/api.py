@@ -151,6 +151,13 @@ class Taps:
     teacher_preact: tuple[int, ...] = ()
     student_preact: tuple[int, ...] = ()
 
+    @classmethod
+    def of_pairs(cls, pairs: Iterable[tuple[int, int]], preact: bool = False) -> Taps:
+        """The maps (or, with ``preact``, the pre-activation maps) of (student, teacher) stage pairs."""
+        pairs = list(pairs)
+        student, teacher = tuple(sorted({s for s, _ in pairs})), tuple(sorted({t for _, t in pairs}))
+        return cls(student_preact=student, teacher_preact=teacher) if preact else cls(student=student, teacher=teacher)
+
     def __or__(self, other: Taps) -> Taps:
         summaries = {s.key: s for s in (*other.teacher_summaries, *self.teacher_summaries)}
         return Taps(

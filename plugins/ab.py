@@ -42,7 +42,7 @@ class ActivationBoundaries:
     def kdzoo_feature_taps(self, teacher, student):
         self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
         self.last_module = student.stages[max(s for s, _ in self.pairs)].module
-        return Taps(student_preact=tuple(s for s, _ in self.pairs), teacher_preact=tuple(t for _, t in self.pairs))
+        return Taps.of_pairs(self.pairs, preact=True)
 
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):

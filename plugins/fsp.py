@@ -50,7 +50,7 @@ class FlowOfSolutionProcedure:
                 f"{teacher.stages[t].channels}; use a pair of equal stage widths, or at / nst for this pair"
             )
         self.last_module = student.stages[max(s for s, _ in self.pairs)].module
-        return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
+        return Taps.of_pairs(self.pairs)
 
     @hookimpl
     def kdzoo_schedule(self, epochs):

@@ -61,7 +61,7 @@ class OverhaulFeatureDistillation:
         wanted = self.config.student_stages
         wanted = wanted if wanted is not None else range(1, len(student.stages))
         self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
-        return Taps(student_preact=tuple(s for s, _ in self.pairs), teacher_preact=tuple(t for _, t in self.pairs))
+        return Taps.of_pairs(self.pairs, preact=True)
 
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):

@@ -58,7 +58,7 @@ class VID:
     @hookimpl
     def kdzoo_feature_taps(self, teacher, student):
         self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
-        return Taps(student=tuple(s for s, _ in self.pairs), teacher=tuple(t for _, t in self.pairs))
+        return Taps.of_pairs(self.pairs)
 
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):
