@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo import MethodInfo, Taps, hookimpl
 from kdzoo.losses.dist import channel_relation_loss, dist_losses, spatial_relation_loss
+from kdzoo.losses.shapes import pooled_to_smaller
 
 
 @dataclass
@@ -61,16 +61,15 @@ class DIST:
 
 
 class Projector(nn.Module):
-    """Student map (B, Cs, H, W) -> (B, Ct, h, w): 1x1 conv + BN, then average pooling to ``size``."""
+    """Student map (B, Cs, H, W) -> (B, Ct, H, W): 1x1 conv + BN."""
 
     def __init__(self, student_channels: int, teacher_channels: int):
         super().__init__()
         self.conv = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(teacher_channels)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        x = self.bn(self.conv(x))
-        return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
 
 
 class DISTPlus(DIST):
@@ -87,13 +86,7 @@ class DISTPlus(DIST):
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
         terms = super().kdzoo_compute_losses(student, teacher, stage)
-        target = teacher.feature(self.t)
-        size = (
-            min(target.shape[-2], student.feature(self.s).shape[-2]),
-            min(target.shape[-1], student.feature(self.s).shape[-1]),
-        )
-        mapped = self.projector(student.feature(self.s), size)
-        target = target if tuple(target.shape[-2:]) == size else F.adaptive_avg_pool2d(target, size)
+        mapped, target = pooled_to_smaller(self.projector(student.feature(self.s)), teacher.feature(self.t))
         terms["dist_channel"] = channel_relation_loss(mapped.float(), target.float())
         terms["dist_spatial"] = spatial_relation_loss(mapped.float(), target.float())
         return terms

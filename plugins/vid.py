@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages
+from kdzoo.losses.shapes import pooled_to_smaller
 from kdzoo.losses.vid import vid_loss
 
 
@@ -79,10 +80,7 @@ class VID:
     def kdzoo_compute_losses(self, student, teacher):
         total = 0.0
         for (s, t), regressor in zip(self.pairs, self.regressors, strict=True):
-            f_s, f_t = student.feature(s), teacher.feature(t)
-            size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
-            f_s = f_s if tuple(f_s.shape[-2:]) == size else F.adaptive_avg_pool2d(f_s, size)
-            f_t = f_t if tuple(f_t.shape[-2:]) == size else F.adaptive_avg_pool2d(f_t, size)
+            f_s, f_t = pooled_to_smaller(student.feature(s), teacher.feature(t))
             mean, variance = regressor(f_s)
             total = total + vid_loss(mean.float(), variance.float(), f_t.float())
         return {"vid": total}

@@ -83,7 +83,7 @@ def build_run(
     teacher_metrics = None
     if cache is not None:
         with ready.main_first():
-            teacher_metrics = _warm(cache, objective, ready, teacher_info, show_progress)
+            teacher_metrics = _warm(cache, objective, ready, teacher_info, device, show_progress)
     _set_up_precision_and_compile(config, objective)
     if dist.enabled:
         _set_up_data_parallel(config, dist, data, objective, show_progress)
@@ -196,7 +196,14 @@ def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_pro
     return trainer.student.cpu()
 
 
-def _warm(cache: TeacherOutputCache, objective: Objective, ready: _Teacher, info: ModelInfo, show_progress) -> Any:
+def _warm(
+    cache: TeacherOutputCache,
+    objective: Objective,
+    ready: _Teacher,
+    info: ModelInfo,
+    device: torch.device,
+    show_progress,
+) -> dict[str, float] | None:
     """Fill the teacher-output cache for the objective's taps unless done before (by this or
     another process: the entry is locked while written); then the teacher model is let go."""
     if not cache.select(objective.taps):
@@ -208,7 +215,6 @@ def _warm(cache: TeacherOutputCache, objective: Objective, ready: _Teacher, info
                 who = f"teacher ({ready.config.teacher.model})"
                 # the teacher's accuracy first: a process that finds the outputs complete finds it too
                 cache.remember(info, evaluate(objective.teacher, ready.data.val.epoch(0), ready.data.num_classes, who))
-                device = next(objective.student_tap.model.parameters()).device
                 cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
                 cache.select(objective.taps)
     objective.drop_teacher()

@@ -114,8 +114,8 @@ class Objective(nn.Module):
             terms[CE] = F.cross_entropy(student.logits, targets)
         hook = self.pm.hook.kdzoo_compute_losses
         # called one implementation at a time (pluggy's order) so that a bad result names its method
+        given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage}
         for impl in reversed(hook.get_hookimpls()):
-            given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage}
             result = call_hook_impl(impl, "kdzoo_compute_losses", given)
             for name, value in _checked_terms(impl.plugin_name, result).items():
                 if name in RESERVED_TERMS:

@@ -10,14 +10,13 @@ torchdistill sums the column norms without squaring them.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
+
+from kdzoo.losses.shapes import pooled_to_smaller
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
-    size = (min(first.shape[-2], second.shape[-2]), min(first.shape[-1], second.shape[-1]))
-    first = first if tuple(first.shape[-2:]) == size else F.adaptive_avg_pool2d(first, size)
-    second = second if tuple(second.shape[-2:]) == size else F.adaptive_avg_pool2d(second, size)
+    first, second = pooled_to_smaller(first, second)
     a, b = first.flatten(2), second.flatten(2)
     return a @ b.transpose(1, 2) / a.shape[-1]
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.losses.shapes import pooled_to_smaller
+
 
 def _patterns(feature: Tensor) -> Tensor:
     return F.normalize(feature.flatten(2), dim=2)  # (B, C, HW)
 
 
 def nst_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    s, t = student_feature, teacher_feature.detach()
-    size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
-    s = s if tuple(s.shape[-2:]) == size else F.adaptive_avg_pool2d(s, size)
-    t = t if tuple(t.shape[-2:]) == size else F.adaptive_avg_pool2d(t, size)
+    s, t = pooled_to_smaller(student_feature, teacher_feature.detach())
     s, t = _patterns(s), _patterns(t)  # (B, C, N) with N = H x W
     c_s, c_t = s.shape[1], t.shape[1]
     if s.shape[-1] < max(c_s, c_t):
