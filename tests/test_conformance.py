@@ -28,6 +28,10 @@ CASES = [
     *conformance_cases("ofd"),
     *conformance_cases("ft", settings=("ft.paraphrase_epochs=1",)),
     *conformance_cases("ctkd"),
+    *conformance_cases("ickd"),
+    *conformance_cases("srd"),
+    *conformance_cases("skd"),
+    *conformance_cases("pad", settings=("pad.l2_epochs=1",)),
 ]
 
 

@@ -222,13 +222,13 @@ def run_bench(
 
 
 def _torchdistill_variants(methods: list[str], teacher, student, x, y) -> list[Variant]:
-    from kdzoo.tools.torchdistill import TORCHDISTILL_METHODS, torchdistill_available, torchdistill_step
+    from kdzoo.tools.torchdistill import torchdistill_available, torchdistill_step, torchdistill_supports
 
     if not torchdistill_available():
         raise KdzooError("--torchdistill needs torchdistill: pip install 'kdzoo[bench]'")
     variants = []
     for stack in methods:
-        if stack in TORCHDISTILL_METHODS:
+        if torchdistill_supports(stack):
             step = torchdistill_step(stack, teacher, copy.deepcopy(student), x, y)
             variants.append(Variant(f"torchdistill {stack}", step, step.box.optimizer))
     return variants

@@ -27,9 +27,10 @@ Per method, torchdistill side -> kdzoo side:
   pair kdzoo picks. The regressor is kdzoo's own ``ConvRegressor``, a copy of the one kdzoo's FitNets
   builds for the pair (1x1 conv without bias + BN + ReLU for equal map sizes; the strided/transposed
   variants otherwise), held with the student by an auxiliary model wrapper registered in
-  torchdistill's registry (``KdzooFitNetsRegressor``, run by the box's ``secondary_forward``) and
-  trained by the same optimizer: identical. (torchdistill's stock ``Connector4DAB`` is conv + BN
-  without the ReLU, and its ``ConvReg`` adaptation has a conv bias, so neither is the same shape.)
+  torchdistill's registry (``KdzooMethodModules``: the model plus copies of kdzoo's method modules,
+  run on the hooked outputs by the box's ``secondary_forward``) and trained by the same optimizer:
+  identical. (torchdistill's stock ``Connector4DAB`` is conv + BN without the ReLU, and its
+  ``ConvReg`` adaptation has a conv bias, so neither is the same shape.)
   Only the joint schedule; the two-stage one is not built.
 * ``at``: ``CrossEntropyLoss`` x 1 plus ``ATLoss(mode='code')`` x 1000 over the (student, teacher)
   stage pairs kdzoo's AT plugin picks (every student stage but the stem and the last): identical
@@ -47,6 +48,18 @@ Per method, torchdistill side -> kdzoo side:
   (the same hooks as ``rkd``): identical values.
 * ``dist``: ``CrossEntropyLoss`` x 1 plus ``DISTLoss(beta, gamma, tau)`` with kdzoo's weights:
   identical values (tests/test_zoo_logits.py checks the terms alone).
+* ``ickd``: ``ChSimLoss`` on kdzoo's embedding of the student's last stage (a copy of ICKD's 1x1
+  conv + BN, in the wrapper) and the teacher's last stage, weighted ``2.5 B`` (torchdistill divides
+  by ``C B^2``, kdzoo by ``C B``), plus ``KDLoss`` (T = 4) and CE: identical values.
+* ``srd``: ``SRDLoss`` (``2 log sum |z_s - z_t|^4 + KL`` at T = 1) on copies of kdzoo's projector and
+  affine-free batch norms (the teacher's norm in a teacher-side wrapper, in training mode as
+  kdzoo's), plus CE: identical values.
+* ``skd``: ``SKDInstanceLoss`` and ``SKDDirectionLoss`` in kdzoo's ``form`` (``mode``), each x 0.9,
+  plus CE x 0.1. The direction term is identical; in the ``code`` form torchdistill masks each
+  sample's KL where the authors' code (and kdzoo) scales the batch's KL by the masked fraction, so
+  the first-step loss differs by exactly that (tests/test_bench_torchdistill.py).
+* ``pad``: the distilling stage (the one the bench times): ``PADL2Loss`` on copies of kdzoo's
+  regressor and variance branch, plus CE: identical values.
 * stacks (e.g. ``kd+at+rkd``): one ``WeightedSumLoss`` of the same terms with kdzoo's stacked
   weights; ``KDLoss`` carries the ``ce`` term when ``kd`` is in the stack.
 
@@ -63,7 +76,6 @@ torchdistill 1.1.5 imported and ran unchanged under torch 2.14 (and 2.11): no wo
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -73,11 +85,17 @@ from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
 
-_BASE_METHODS = ("kd", "fitnets", "at", "rkd", "dist", "pkt")
 TORCHDISTILL_METHODS: frozenset[str] = frozenset(
-    "+".join(stack) for n in range(1, len(_BASE_METHODS) + 1) for stack in itertools.permutations(_BASE_METHODS, n)
+    ("kd", "fitnets", "at", "rkd", "dist", "pkt", "ickd", "srd", "skd", "pad")
 )
-_WRAPPER_KEY = "KdzooFitNetsRegressor"
+_WRAPPER_KEY = "KdzooMethodModules"
+_WRAPS_STUDENT = {"fitnets", "ickd", "srd", "pad"}  # methods whose modules run on the student's taps
+
+
+def torchdistill_supports(stack: str) -> bool:
+    """Whether the adapter builds ``stack`` (``+``-joined methods, each once, each one it has)."""
+    names = stack.split("+")
+    return len(set(names)) == len(names) and set(names) <= TORCHDISTILL_METHODS
 
 
 def torchdistill_available() -> bool:
@@ -110,6 +128,9 @@ def _quiet() -> None:
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
 
 
+SecondaryStep = Callable[[dict, nn.ModuleDict], None]
+
+
 def _register_wrapper() -> None:
     from torchdistill.models.registry import AUXILIARY_MODEL_WRAPPER_DICT, register_auxiliary_model_wrapper
     from torchdistill.models.wrapper import AuxiliaryModelWrapper
@@ -117,25 +138,32 @@ def _register_wrapper() -> None:
     if _WRAPPER_KEY in AUXILIARY_MODEL_WRAPPER_DICT:
         return
 
-    class KdzooFitNetsRegressor(AuxiliaryModelWrapper):
-        """The student plus FitNets' regressor, applied to the hooked hint stage in ``secondary_forward``."""
+    class KdzooMethodModules(AuxiliaryModelWrapper):
+        """A model plus copies of kdzoo's method modules (``method.<method>_<name>``), run on the
+        hooked outputs by ``secondary_forward``; torchdistill's hooks on them feed its losses."""
 
         def __init__(
-            self, student_model: nn.Module, regressor: nn.Module, hint_path: str, target_size: tuple[int, int], **kwargs
+            self,
+            modules: dict[str, nn.Module],
+            steps: list[SecondaryStep],
+            student_model: nn.Module | None = None,
+            teacher_model: nn.Module | None = None,
+            **kwargs,
         ):
             super().__init__()
-            self.student_model = student_model
-            self.regressor = regressor
-            self.hint_path = hint_path
-            self.target_size = tuple(target_size)
+            self.model = student_model if student_model is not None else teacher_model
+            self.method = nn.ModuleDict(modules)
+            self.steps = steps
 
         def forward(self, x: Tensor) -> Tensor:
-            return self.student_model(x)
+            return self.model(x)
 
         def secondary_forward(self, io_dict: dict) -> None:
-            self.regressor(io_dict[self.hint_path]["output"], self.target_size)
+            self.method.train()  # as kdzoo's method modules in a training step (the teacher's too)
+            for step in self.steps:
+                step(io_dict, self.method)
 
-    register_auxiliary_model_wrapper(key=_WRAPPER_KEY)(KdzooFitNetsRegressor)
+    register_auxiliary_model_wrapper(key=_WRAPPER_KEY)(KdzooMethodModules)
 
 
 def _probe(model: nn.Module, x: Tensor) -> tuple[dict[str, tuple[int, ...]], str | None]:
@@ -191,147 +219,253 @@ def _kdzoo_objective(names: list[str], teacher: nn.Module, student: nn.Module, i
     return objective
 
 
+def _embedding_paths(student_embed: str | None, teacher_embed: str | None) -> tuple[str, str]:
+    if student_embed is None or teacher_embed is None:
+        raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
+    return student_embed, teacher_embed
+
+
+class _ConfigBuilder:
+    """Builds the ``train_config`` term by term: one method per torchdistill method."""
+
+    def __init__(self, names: list[str], teacher: nn.Module, student: nn.Module, x: Tensor):
+        from kdzoo.api import WHOLE_RUN
+
+        self.names, self.teacher, self.student, self.x = names, teacher, student, x
+        objective = _kdzoo_objective(names, teacher, student, int(x.shape[-1]))
+        self.weights = objective.loss_weights(WHOLE_RUN, 0, 0.0)
+        self.s_info, self.t_info = objective.student_info, objective.teacher_info
+        if names != ["kd"]:  # feature methods need the models' module shapes and embedding paths
+            (self.s_shapes, self.s_embed), (self.t_shapes, self.t_embed) = _probe(student, x), _probe(teacher, x)
+        self.s_hooks: set[str] = set()
+        self.t_hooks: set[str] = set()
+        self.terms: dict[str, Any] = {}
+        # model paths are relative to the auxiliary wrapper when there is one
+        self.s_prefix = "model." if _WRAPS_STUDENT & set(names) else ""
+        self.t_prefix = "model." if "srd" in names else ""
+        self.s_modules: dict[str, nn.Module] = {}
+        self.t_modules: dict[str, nn.Module] = {}
+        self.s_steps: list[SecondaryStep] = []
+        self.t_steps: list[SecondaryStep] = []
+
+    def kdzoo_modules(self, method: str) -> tuple[Any, dict[str, nn.Module]]:
+        """kdzoo's objective for ``method`` alone and copies of its method modules (kdzoo's own
+        shapes and initialisation; tests load the same weights into both sides)."""
+        objective = _kdzoo_objective([method], self.teacher, self.student, int(self.x.shape[-1]))
+        return objective, {name: copy.deepcopy(m) for name, m in objective.method_modules[method].items()}
+
+    def student_map(self, index: int) -> str:
+        return self.s_prefix + self.s_info.stages[index].module
+
+    def teacher_map(self, index: int) -> str:
+        return self.t_prefix + self.t_info.stages[index].module
+
+    def logit_paths(self) -> dict[str, str]:
+        return {
+            "student_module_path": ".",
+            "student_module_io": "output",
+            "teacher_module_path": ".",
+            "teacher_module_io": "output",
+        }
+
+    def bare_kl(self, temperature: float, weight: float) -> dict[str, Any]:
+        """``weight * T^2 KL``: KDLoss with ``alpha`` unset returns the KL without ``T^2``."""
+        kwargs = {**self.logit_paths(), "temperature": temperature, "alpha": None, "beta": 1.0}
+        return {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weight * temperature * temperature}
+
+    def fitnets(self) -> None:
+        from kdzoo.library import method_config
+
+        if method_config("fitnets").schedule != "joint":
+            raise KdzooError("torchdistill adapter: only FitNets' joint schedule is built")
+        fit, modules = self.kdzoo_modules("fitnets")
+        hint, guided = self.student_map(fit.taps.student[0]), self.teacher_map(fit.taps.teacher[0])
+        size = self.t_shapes[guided[len(self.t_prefix) :]][-2:]
+        self.s_modules["fitnets_regressor"] = modules["regressor"]
+        self.s_steps.append(lambda io, m: m["fitnets_regressor"](io[hint]["output"], size))
+        self.s_hooks |= {hint, "method.fitnets_regressor"}
+        self.t_hooks.add(guided)
+        target = {"is_from_teacher": True, "module_path": guided, "io": "output"}
+        self.terms["hint"] = _wrapped_term("MSELoss", "method.fitnets_regressor", target, self.weights["hint"])
+
+    def at(self) -> None:
+        from kdzoo.api import pair_inner_stages
+        from kdzoo.library import method_config
+
+        at = method_config("at")
+        if at.p != 2 or at.form != "code":
+            raise KdzooError("torchdistill adapter: ATLoss has p = 2 and kdzoo's 'code' form only")
+        pairs = {}
+        for i, (s, t) in enumerate(pair_inner_stages(self.t_info, self.s_info)):  # AT's default pairing
+            sp, tp = self.s_info.stages[s].module, self.t_info.stages[t].module
+            if self.s_shapes[sp][-2:] != self.t_shapes[tp][-2:]:
+                raise KdzooError(
+                    f"torchdistill adapter: AT pair student {sp} {self.s_shapes[sp][-2:]} / teacher {tp} "
+                    f"{self.t_shapes[tp][-2:]} differ in size; torchdistill's ATLoss does not resample"
+                )
+            sp, tp = self.student_map(s), self.teacher_map(t)
+            pairs[f"pair{i}"] = {"student": {"io": "output", "path": sp}, "teacher": {"io": "output", "path": tp}}
+            pairs[f"pair{i}"]["weight"] = 1
+            self.s_hooks.add(sp)
+            self.t_hooks.add(tp)
+        self.terms["at"] = {
+            "criterion": {"key": "ATLoss", "kwargs": {"at_pairs": pairs, "mode": "code"}},
+            "weight": self.weights["at"],
+        }
+
+    def embeddings(self) -> tuple[str, str]:
+        s, t = _embedding_paths(self.s_embed, self.t_embed)
+        s, t = self.s_prefix + s, self.t_prefix + t
+        self.s_hooks.add(s)
+        self.t_hooks.add(t)
+        return s, t
+
+    def rkd(self) -> None:
+        s, t = self.embeddings()
+        kwargs = {"student_output_path": s, "teacher_output_path": t, "reduction": "mean"}
+        kwargs |= {"dist_factor": self.weights["rkd_distance"], "angle_factor": self.weights["rkd_angle"]}
+        self.terms["rkd"] = {"criterion": {"key": "RKDLoss", "kwargs": kwargs}, "weight": 1.0}
+
+    def pkt(self) -> None:
+        s, t = self.embeddings()
+        paths = {"student_module_path": s, "student_module_io": "output"}
+        paths |= {"teacher_module_path": t, "teacher_module_io": "output"}
+        self.terms["pkt"] = {"criterion": {"key": "PKTLoss", "kwargs": paths}, "weight": self.weights["pkt"]}
+
+    def ickd(self) -> None:
+        from kdzoo.library import method_config
+
+        objective, modules = self.kdzoo_modules("ickd")
+        s, t = self.student_map(objective.taps.student[0]), self.teacher_map(objective.taps.teacher[0])
+        self.s_modules["ickd_embed"] = modules["embed"]
+        self.s_steps.append(lambda io, m: m["ickd_embed"](io[s]["output"], tuple(io[s]["output"].shape[-2:])))
+        self.s_hooks |= {s, "method.ickd_embed"}
+        self.t_hooks.add(t)
+        pair = {"student": {"io": "output", "path": "method.ickd_embed"}, "teacher": {"io": "output", "path": t}}
+        # ChSimLoss divides by C B^2, kdzoo (the authors' CIFAR code) by C B
+        batch = int(self.x.shape[0])
+        self.terms["ickd"] = {
+            "criterion": {"key": "ChSimLoss", "kwargs": {"feature_pairs": {"pair1": {**pair, "weight": 1}}}},
+            "weight": self.weights["ickd"] * batch,
+        }
+        config = method_config("ickd")
+        if config.kd_weight:
+            self.terms["ickd_kd"] = self.bare_kl(config.temperature, self.weights["kd"])
+
+    def srd(self) -> None:
+        from kdzoo.library import method_config
+
+        config = method_config("srd")
+        kl_weight = self.weights["kd"] * config.temperature**2  # SRDLoss: 2 * feature term + KL without T^2
+        if self.weights["srd"] != 2 * kl_weight:
+            raise KdzooError("torchdistill adapter: SRDLoss weighs its feature term 2x its KL; kdzoo's weights differ")
+        _, modules = self.kdzoo_modules("srd")
+        s, t = self.embeddings()
+        self.s_modules |= {"srd_projector": modules["projector"], "srd_student_norm": modules["student_norm"]}
+        self.t_modules["srd_teacher_norm"] = modules["teacher_norm"]
+        self.s_steps.append(lambda io, m: m["srd_student_norm"](m["srd_projector"](io[s]["output"].flatten(1))))
+        self.t_steps.append(lambda io, m: m["srd_teacher_norm"](io[t]["output"].flatten(1)))
+        self.s_hooks.add("method.srd_student_norm")
+        self.t_hooks.add("method.srd_teacher_norm")
+        kwargs = {"student_feature_module_path": "method.srd_student_norm", "student_feature_module_io": "output"}
+        kwargs |= {"teacher_feature_module_path": "method.srd_teacher_norm", "teacher_feature_module_io": "output"}
+        kwargs |= {
+            f"{side}_linear_module_{key}": v
+            for side in ("student", "teacher")
+            for key, v in (("path", "."), ("io", "output"))
+        }
+        kwargs |= {"exponent": config.exponent, "temperature": config.temperature, "reduction": "batchmean"}
+        self.terms["srd"] = {"criterion": {"key": "SRDLoss", "kwargs": kwargs}, "weight": kl_weight}
+
+    def skd(self) -> None:
+        """In the ``code`` form torchdistill masks each sample's KL where the authors' code (and kdzoo)
+        scales the batch's KL by the masked fraction: the instance term's value differs by design."""
+        from kdzoo.library import method_config
+
+        config = method_config("skd")
+        kwargs = {**self.logit_paths(), "mode": config.form}
+        self.terms["skd_instance"] = {
+            "criterion": {"key": "SKDInstanceLoss", "kwargs": {**kwargs, "temperature": config.temperature}},
+            "weight": self.weights["skd_instance"],
+        }
+        self.terms["skd_direction"] = {
+            "criterion": {"key": "SKDDirectionLoss", "kwargs": {**kwargs, "tikhonov": config.tikhonov}},
+            "weight": self.weights["skd_direction"],
+        }
+
+    def pad(self) -> None:
+        """PAD's distilling stage (the one the bench times): PADL2Loss on the mapped embedding."""
+        from kdzoo.library import method_config
+
+        _, modules = self.kdzoo_modules("pad")
+        s, t = self.embeddings()
+        self.s_modules |= {"pad_regressor": modules["regressor"], "pad_variance": modules["variance"]}
+
+        def secondary(io: dict, m: nn.ModuleDict) -> None:
+            z = io[s]["output"].flatten(1)
+            m["pad_regressor"](z)
+            m["pad_variance"](z)
+
+        self.s_steps.append(secondary)
+        self.s_hooks |= {"method.pad_regressor", "method.pad_variance"}
+        kwargs = {"student_embed_module_path": "method.pad_regressor", "teacher_embed_module_path": t}
+        kwargs |= {"module_path": "method.pad_variance", "eps": method_config("pad").eps, "reduction": "mean"}
+        self.terms["pad"] = {"criterion": {"key": "PADL2Loss", "kwargs": kwargs}, "weight": self.weights["pad"]}
+
+    def logit_terms(self) -> None:
+        from kdzoo.library import method_config
+
+        ce = self.weights.get("ce", 0.0)
+        if "kd" in self.names:
+            t = method_config("kd").temperature
+            if ce:  # KDLoss = alpha * CE + beta * T^2 * KL: it carries the ce term
+                kwargs = {**self.logit_paths(), "temperature": t, "alpha": ce, "beta": self.weights["kd"]}
+                self.terms = {"kd": {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": 1.0}, **self.terms}
+            else:
+                self.terms["kd"] = self.bare_kl(t, self.weights["kd"])
+        if "dist" in self.names:  # DISTLoss = beta * inter + gamma * intra, with tau^2 inside each
+            kwargs = {**self.logit_paths(), "tau": method_config("dist").tau}
+            kwargs |= {"beta": self.weights["dist_inter"], "gamma": self.weights["dist_intra"]}
+            self.terms["dist"] = {"criterion": {"key": "DISTLoss", "kwargs": kwargs}, "weight": 1.0}
+        if ce and "kd" not in self.names:
+            self.terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
+
+    def model_config(self, hooks: set[str], modules: dict, steps: list, extra: dict[str, Any]) -> dict[str, Any]:
+        config = {"forward_proc": "forward_batch_only", **extra}
+        if modules:
+            config["auxiliary_model_wrapper"] = {"key": _WRAPPER_KEY, "kwargs": {"modules": modules, "steps": steps}}
+        if hooks:
+            config["forward_hook"] = {"input": [], "output": sorted(hooks)}
+        return config
+
+    def build(self, lr: float) -> dict[str, Any]:
+        from kdzoo.config import OptimConfig, TrainConfig
+
+        for name in self.names:
+            if name not in ("kd", "dist"):
+                getattr(self, name)()
+        self.logit_terms()
+        optim = OptimConfig(lr=lr)
+        sgd = {"lr": optim.lr, "momentum": optim.momentum, "weight_decay": optim.weight_decay}
+        return {
+            "num_epochs": 1,
+            "teacher": self.model_config(self.t_hooks, self.t_modules, self.t_steps, {"requires_grad": False}),
+            "student": self.model_config(self.s_hooks, self.s_modules, self.s_steps, {"requires_grad": True}),
+            "optimizer": {"key": "SGD", "kwargs": {**sgd, "nesterov": optim.nesterov}},
+            # kdzoo_step's schedule: cosine over the default epochs of one batch each, stepped per batch
+            "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": TrainConfig().epochs}, "scheduling_step": 1},
+            "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": self.terms}},
+        }
+
+
 def torchdistill_config(
     stack: str, teacher: nn.Module, student: nn.Module, x: Tensor, lr: float = 0.01
 ) -> dict[str, Any]:
     """The DistillationBox ``train_config`` for ``stack`` on these models (kdzoo's settings)."""
-    from kdzoo.api import WHOLE_RUN, pair_inner_stages
-    from kdzoo.config import OptimConfig, TrainConfig
-    from kdzoo.library import method_config
-
-    names = stack.split("+")
-    if stack not in TORCHDISTILL_METHODS:
-        raise KdzooError(f"torchdistill adapter: no equivalent for '{stack}' (have {', '.join(_BASE_METHODS)})")
-    objective = _kdzoo_objective(names, teacher, student, int(x.shape[-1]))
-    weights = objective.loss_weights(WHOLE_RUN, 0, 0.0)
-    s_info, t_info = objective.student_info, objective.teacher_info
-    if names != ["kd"]:  # feature methods need the models' module shapes and embedding paths
-        (s_shapes, s_embed), (t_shapes, t_embed) = _probe(student, x), _probe(teacher, x)
-    t_hooks: set[str] = set()
-    s_hooks: set[str] = set()
-    terms: dict[str, Any] = {}
-    student_cfg: dict[str, Any] = {"forward_proc": "forward_batch_only", "requires_grad": True}
-    prefix = ""  # student paths are relative to the auxiliary wrapper when there is one
-
-    if "fitnets" in names:
-        if method_config("fitnets").schedule != "joint":
-            raise KdzooError("torchdistill adapter: only FitNets' joint schedule is built")
-        fit = _kdzoo_objective(["fitnets"], teacher, student, int(x.shape[-1]))
-        s_stage, t_stage = s_info.stages[fit.taps.student[0]], t_info.stages[fit.taps.teacher[0]]
-        prefix = "student_model."
-        student_cfg["auxiliary_model_wrapper"] = {
-            "key": _WRAPPER_KEY,
-            "kwargs": {
-                # kdzoo's own regressor for this pair (the module FitNets builds, sized from feature_info)
-                "regressor": copy.deepcopy(fit.method_modules["fitnets"]["regressor"]),
-                "hint_path": prefix + s_stage.module,
-                "target_size": t_shapes[t_stage.module][-2:],
-            },
-        }
-        s_hooks |= {prefix + s_stage.module, "regressor"}
-        t_hooks.add(t_stage.module)
-        teacher_map = {"is_from_teacher": True, "module_path": t_stage.module, "io": "output"}
-        terms["hint"] = _wrapped_term("MSELoss", "regressor", teacher_map, weights["hint"])
-
-    if "at" in names:
-        at = method_config("at")
-        if at.p != 2 or at.form != "code":
-            raise KdzooError("torchdistill adapter: ATLoss has p = 2 and kdzoo's 'code' form only")
-        at_pairs = pair_inner_stages(t_info, s_info)  # AT's default pairing
-        s_paths = [s_info.stages[s].module for s, _ in at_pairs]
-        t_paths = [t_info.stages[t].module for _, t in at_pairs]
-        pairs = {}
-        for i, (sp, tp) in enumerate(zip(s_paths, t_paths, strict=True)):
-            if s_shapes[sp][-2:] != t_shapes[tp][-2:]:
-                raise KdzooError(
-                    f"torchdistill adapter: AT pair student {sp} {s_shapes[sp][-2:]} / teacher {tp} "
-                    f"{t_shapes[tp][-2:]} differ in size; torchdistill's ATLoss does not resample"
-                )
-            pairs[f"pair{i}"] = {
-                "student": {"io": "output", "path": prefix + sp},
-                "teacher": {"io": "output", "path": tp},
-                "weight": 1,
-            }
-        s_hooks |= {prefix + p for p in s_paths}
-        t_hooks |= set(t_paths)
-        terms["at"] = {
-            "criterion": {"key": "ATLoss", "kwargs": {"at_pairs": pairs, "mode": "code"}},
-            "weight": weights["at"],
-        }
-
-    if "rkd" in names:
-        if s_embed is None or t_embed is None:
-            raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
-        s_hooks.add(prefix + s_embed)
-        t_hooks.add(t_embed)
-        terms["rkd"] = {
-            "criterion": {
-                "key": "RKDLoss",
-                "kwargs": {
-                    "student_output_path": prefix + s_embed,
-                    "teacher_output_path": t_embed,
-                    "dist_factor": weights["rkd_distance"],
-                    "angle_factor": weights["rkd_angle"],
-                    "reduction": "mean",
-                },
-            },
-            "weight": 1.0,
-        }
-
-    if "pkt" in names:
-        if s_embed is None or t_embed is None:
-            raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
-        s_hooks.add(prefix + s_embed)
-        t_hooks.add(t_embed)
-        paths = {"student_module_path": prefix + s_embed, "student_module_io": "output"}
-        paths |= {"teacher_module_path": t_embed, "teacher_module_io": "output"}
-        terms["pkt"] = {"criterion": {"key": "PKTLoss", "kwargs": paths}, "weight": weights["pkt"]}
-
-    logits = {"student_module_path": ".", "student_module_io": "output"}
-    logits |= {"teacher_module_path": ".", "teacher_module_io": "output"}
-    ce = weights.get("ce", 0.0)
-    if "kd" in names:
-        t = method_config("kd").temperature
-        if ce:  # KDLoss = alpha * CE + beta * T^2 * KL: it carries the ce term
-            kwargs = {**logits, "temperature": t, "alpha": ce, "beta": weights["kd"]}
-            terms = {"kd": {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": 1.0}, **terms}
-        else:  # alpha unset: KDLoss returns the bare KL, without T^2
-            kwargs = {**logits, "temperature": t, "alpha": None, "beta": 1.0}
-            terms["kd"] = {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weights["kd"] * t * t}
-    if "dist" in names:  # DISTLoss = beta * inter + gamma * intra, with tau^2 inside each
-        kwargs = {
-            **logits,
-            "beta": weights["dist_inter"],
-            "gamma": weights["dist_intra"],
-            "tau": method_config("dist").tau,
-        }
-        terms["dist"] = {"criterion": {"key": "DISTLoss", "kwargs": kwargs}, "weight": 1.0}
-    if ce and "kd" not in names:
-        terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
-
-    optim = OptimConfig(lr=lr)
-    teacher_cfg: dict[str, Any] = {"forward_proc": "forward_batch_only", "requires_grad": False}
-    if t_hooks:
-        teacher_cfg["forward_hook"] = {"input": [], "output": sorted(t_hooks)}
-    if s_hooks:
-        student_cfg["forward_hook"] = {"input": [], "output": sorted(s_hooks)}
-    return {
-        "num_epochs": 1,
-        "teacher": teacher_cfg,
-        "student": student_cfg,
-        "optimizer": {
-            "key": "SGD",
-            "kwargs": {
-                "lr": optim.lr,
-                "momentum": optim.momentum,
-                "weight_decay": optim.weight_decay,
-                "nesterov": optim.nesterov,
-            },
-        },
-        # kdzoo_step's schedule: cosine over the default epochs of one batch each, stepped per batch
-        "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": TrainConfig().epochs}, "scheduling_step": 1},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": terms}},
-    }
+    if not torchdistill_supports(stack):
+        have = ", ".join(sorted(TORCHDISTILL_METHODS))
+        raise KdzooError(f"torchdistill adapter: no equivalent for '{stack}' (have {have}, each once)")
+    return _ConfigBuilder(stack.split("+"), teacher, student, x).build(lr)
 
 
 def torchdistill_step(

@@ -1,0 +1,74 @@
+"""Inter-channel correlation KD: Liu, Huang, Lin, Xie, Wang, Chang, Liang. "Exploring Inter-Channel
+Correlation for Diversity-preserved Knowledge Distillation". ICCV 2021.
+https://openaccess.thecvf.com/content/ICCV2021/html/Liu_Exploring_Inter-Channel_Correlation_for_Diversity-Preserved_Knowledge_Distillation_ICCV_2021_paper.html
+
+The student's last feature map goes through an embedding (1x1 conv + BN) to the teacher's width;
+per sample, the channels' correlation matrix (C x C Gram over positions, rows L2-normalised) of
+the student must match the teacher's: ``sum ||G_s - G_t||^2 / (C B)``. Map sizes may differ.
+Defaults: the authors' CIFAR-100 code and README (``ICKD-C``): CE + KD (T = 4, weight 1) + 2.5 ICKD
+on the last stage (``feat[-2]``); ``kd_weight: 0`` is their "w/o KL" row. torchdistill's
+``ChSimLoss`` (the authors' ImageNet code) divides by ``C B^2`` and embeds with a 3x3 conv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdzoo import MethodInfo, Taps, hookimpl, soft_target_kl
+from kdzoo.losses.ickd import ickd_loss
+from kdzoo_plugins.connectors import ConvRegressor
+
+
+@dataclass
+class ICKDConfig:
+    weight: float = 2.5
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 4.0
+    student_stage: int = -1
+    teacher_stage: int = -1
+
+
+class InterChannelCorrelation:
+    def __init__(self, config: ICKDConfig):
+        self.config = config
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
+        return Taps(student=(self.s,), teacher=(self.t,))
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        s, t = student.stage(self.config.student_stage), teacher.stage(self.config.teacher_stage)
+        # the authors' Embed: a 1x1 conv without bias and BN, no activation, the map's size kept
+        self.embed = ConvRegressor(s.channels, t.channels, stride_ratio=1.0, relu=False)
+        return {"embed": self.embed}
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        feature = student.feature(self.s).float()
+        terms = {"ickd": ickd_loss(self.embed(feature, tuple(feature.shape[-2:])), teacher.feature(self.t).float())}
+        if self.config.kd_weight and stage.term_on("kd"):
+            terms["kd"] = soft_target_kl(student.logits, teacher.logits, self.config.temperature)
+        return terms
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        c = self.config
+        return {"ce": c.ce_weight, "ickd": c.weight, "kd": c.kd_weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="ickd",
+            factory=InterChannelCorrelation,
+            config_class=ICKDConfig,
+            paper="Liu et al. Exploring Inter-Channel Correlation for Diversity-preserved Knowledge "
+            "Distillation. ICCV 2021",
+            summary="match each sample's channel-to-channel correlations of the last feature map (+ KD)",
+            kind="feature",
+        )
+    )
