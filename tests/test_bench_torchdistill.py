@@ -28,12 +28,14 @@ def pair():
 
 
 def _same_method_modules(box, objective):
-    """Load kdzoo's method modules into torchdistill's copies (``method.<method>_<name>``): the same
+    """Load kdzoo's method modules into torchdistill's copies (``method.<method>__<name>``): the same
     initial weights on both sides. Returns how many were loaded."""
     loaded = 0
     for model in (box.student_model, box.teacher_model):
         for key, module in getattr(model, "method", {}).items():
-            method, name = key.split("_", 1)
+            method, name = key.split("__", 1)
+            if name not in objective.method_modules[method]:
+                continue  # a view of a synced module (e.g. VID's outputs reshaped for torchdistill)
             module.load_state_dict(objective.method_modules[method][name].state_dict())
             loaded += 1
     return loaded
@@ -43,7 +45,21 @@ def _kdzoo_objective(stack, teacher, student):
     return kdzoo.get_method(stack.split("+"), teacher=teacher, student=student, img_size=32)
 
 
-STACKS = ["kd", "fitnets", "at", "rkd", "dist", "pkt", "ickd", "srd", "pad", "kd+at+rkd", "dist+at", "pkt+rkd+srd"]
+STACKS = [
+    "kd",
+    "fitnets",
+    "at",
+    "rkd",
+    "dist",
+    "pkt",
+    "vid",
+    "ickd",
+    "srd",
+    "pad",
+    "kd+at+rkd",
+    "dist+at",
+    "pkt+rkd+srd",
+]
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -63,8 +79,8 @@ def test_first_step_loss_equals_kdzoo_and_the_student_trains(pair, stack):
     assert any(not torch.equal(a, b) for a, b in zip(before, theirs.parameters(), strict=True))
     if "fitnets" in stack:
         regressor = objective.method_modules["fitnets"]["regressor"]
-        assert not torch.equal(step.box.student_model.method["fitnets_regressor"].conv.weight, regressor.conv.weight)
-    assert synced == {"fitnets": 1, "ickd": 1, "srd": 3, "pad": 2}.get(stack, 0) or "+" in stack
+        assert not torch.equal(step.box.student_model.method["fitnets__regressor"].conv.weight, regressor.conv.weight)
+    assert synced == {"fitnets": 1, "vid": 1, "ickd": 1, "srd": 3, "pad": 2}.get(stack, 0) or "+" in stack
 
 
 def test_adapter_leaves_the_callers_teacher_alone_and_is_silent(pair, capsys):
@@ -110,3 +126,50 @@ def test_skd_first_step_differs_from_kdzoo_only_by_torchdistills_per_sample_mask
     step()
     gap = 0.9 * (per_sample - skd_instance_loss(s_logits, t_logits, 4.0, "code"))
     assert step.last_loss.item() - expected.item() == pytest.approx(gap.item(), abs=1e-4 * expected.item())
+
+
+def _first_steps(pair, stack):
+    """kdzoo's first-step loss and unweighted terms, and torchdistill's first-step loss, from the same
+    student and the same method-module weights."""
+    teacher, student, x, y = pair
+    objective = _kdzoo_objective(stack, teacher, copy.deepcopy(student).train())
+    expected = objective(x, y).detach()
+    step = torchdistill_step(stack, teacher, copy.deepcopy(student), x, y)
+    _same_method_modules(step.box, objective)
+    step()
+    return expected.item(), objective.last_terms, step.last_loss.item()
+
+
+def test_sp_first_step_equals_kdzoo_once_torchdistills_rows_are_l2_normalised(pair, monkeypatch):
+    import torchdistill.losses.mid_level as td
+
+    ours, _, theirs_l1 = _first_steps(pair, "sp")
+    assert abs(theirs_l1 - ours) > 1e-4 * ours  # torchdistill's L1 rows: another number
+    with monkeypatch.context() as patch:
+        patch.setattr(td, "normalize", lambda g, p: torch.nn.functional.normalize(g, p=2.0))
+        ours, _, theirs = _first_steps(pair, "sp")
+    assert theirs == pytest.approx(ours, rel=1e-4)
+
+
+def test_cc_first_step_is_torchdistills_unsquared_norm_of_the_same_kernels(pair):
+    ours, terms, theirs = _first_steps(pair, "cc")
+    batch = pair[2].shape[0]
+    assert ours == pytest.approx(terms["ce"].item() + 0.02 * terms["cc"].item(), rel=1e-5)
+    assert theirs == pytest.approx(terms["ce"].item() + 0.02 * terms["cc"].sqrt().item() / batch, rel=1e-4)
+
+
+def test_dist_plus_first_step_differs_only_by_torchdistills_raw_channel_correlation(pair):
+    ours, terms, theirs = _first_steps(pair, "dist_plus")
+    assert theirs == pytest.approx(ours + 1.0 * (1 - 2 * terms["dist_channel"].item()), rel=1e-4)
+
+
+def test_ft_first_step_of_its_main_stage_equals_kdzoo(pair):
+    teacher, student, x, y = pair
+    objective = _kdzoo_objective("ft", teacher, copy.deepcopy(student).train())
+    main_stage = objective.methods["ft"].kdzoo_schedule(epochs=1)[-1]
+    expected, terms, _ = objective.compute(x, y, main_stage)
+    assert set(terms) == {"ce", "ft"}
+    step = torchdistill_step("ft", teacher, copy.deepcopy(student), x, y)
+    assert _same_method_modules(step.box, objective) == 2
+    step()
+    assert step.last_loss.item() == pytest.approx(expected.item(), rel=1e-4)

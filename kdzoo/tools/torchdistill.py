@@ -1,67 +1,12 @@
 """torchdistill's own training step, for ``kdzoo bench`` to time beside kdzoo's (optional extra).
 
-:func:`torchdistill_step` builds a ``torchdistill.core.distillation.DistillationBox`` from a config
-dict the way a torchdistill user writes one (teacher/student ``forward_hook`` paths, a
-``WeightedSumLoss`` of registry losses, a registry optimizer and scheduler) and returns a closure
-doing one step through the box's own per-step path: ``forward_process`` (teacher forward under
-``no_grad``, student forward, the hooks' I/O dicts, the auxiliary wrapper's secondary forward, the
-criterion) then ``post_forward_process`` (backward, optimizer step, zero_grad, scheduler step).
-Nothing is computed by hand: the measured cost is torchdistill's.
-
-Settings are kdzoo's defaults, read from kdzoo itself: the loss weights come from an
-:class:`~kdzoo.engine.objective.Objective` built for the same stack and models (so the stacking rule "the
-first selected method sets ``ce``" holds too), the FitNets stage pair and regressor
-from the objective ``kdzoo.get_method("fitnets")`` builds (its taps and method modules), AT's pairs
-from the public pairing helpers with AT's default settings (``pair_stages`` / ``inner_stages``), and the optimizer from
-:class:`~kdzoo.config.OptimConfig` (SGD, momentum 0.9, weight decay 5e-4, the given ``lr``) with the
-per-step cosine schedule ``kdzoo_step`` gets (T_max = the default epoch count, one batch an epoch).
-
-Per method, torchdistill side -> kdzoo side:
-
-* ``kd``: ``KDLoss(temperature=4, alpha=0.1, beta=0.9, reduction='batchmean')`` on the two models'
-  outputs = ``0.1 CE + 0.9 T^2 KL``, batchmean: identical. (torchdistill feeds the KL
-  ``softmax(t/T)`` as a probability target, kdzoo ``log_softmax(t/T)`` with ``log_target``: the same
-  value up to rounding.)
-* ``fitnets`` (joint): ``CrossEntropyLoss`` x 1 plus ``SimpleLossWrapper(MSELoss)`` x 100 between
-  the student hint stage passed through a regressor and the teacher's guided stage, on the stage
-  pair kdzoo picks. The regressor is kdzoo's own ``ConvRegressor``, a copy of the one kdzoo's FitNets
-  builds for the pair (1x1 conv without bias + BN + ReLU for equal map sizes; the strided/transposed
-  variants otherwise), held with the student by an auxiliary model wrapper registered in
-  torchdistill's registry (``KdzooMethodModules``: the model plus copies of kdzoo's method modules,
-  run on the hooked outputs by the box's ``secondary_forward``) and trained by the same optimizer:
-  identical. (torchdistill's stock ``Connector4DAB`` is conv + BN without the ReLU, and its
-  ``ConvReg`` adaptation has a conv bias, so neither is the same shape.)
-  Only the joint schedule; the two-stage one is not built.
-* ``at``: ``CrossEntropyLoss`` x 1 plus ``ATLoss(mode='code')`` x 1000 over the (student, teacher)
-  stage pairs kdzoo's AT plugin picks (every student stage but the stem and the last): identical
-  when the paired maps have the same spatial size. torchdistill's ``ATLoss`` does not resample, so a
-  pair of different sizes (kdzoo pools the larger attention map to the smaller) is refused with an
-  error rather than measured unlike. ``p`` is fixed at 2 there, as kdzoo's default.
-* ``rkd``: ``CrossEntropyLoss`` x 1 plus ``RKDLoss(dist_factor=25, angle_factor=50,
-  reduction='mean')`` on the pooled pre-logits embedding (the output of the module feeding each
-  model's classifier, found by one no-grad probe forward: ``global_pool`` in timm's CNNs), the
-  embedding kdzoo's RKD uses: identical values. The cost differs by design: torchdistill's angle
-  term builds the (B, B, D) difference tensor of the reference code (memory grows with B^2 D),
-  kdzoo's works from Gram matrices. A model whose classifier input comes out of a functional op
-  (``drop_rate > 0``) has no module to hook and is refused.
-* ``pkt``: ``CrossEntropyLoss`` x 1 plus ``PKTLoss`` x 30000 on the pooled pre-logits embeddings
-  (the same hooks as ``rkd``): identical values.
-* ``dist``: ``CrossEntropyLoss`` x 1 plus ``DISTLoss(beta, gamma, tau)`` with kdzoo's weights:
-  identical values (tests/test_zoo_logits.py checks the terms alone).
-* ``ickd``: ``ChSimLoss`` on kdzoo's embedding of the student's last stage (a copy of ICKD's 1x1
-  conv + BN, in the wrapper) and the teacher's last stage, weighted ``2.5 B`` (torchdistill divides
-  by ``C B^2``, kdzoo by ``C B``), plus ``KDLoss`` (T = 4) and CE: identical values.
-* ``srd``: ``SRDLoss`` (``2 log sum |z_s - z_t|^4 + KL`` at T = 1) on copies of kdzoo's projector and
-  affine-free batch norms (the teacher's norm in a teacher-side wrapper, in training mode as
-  kdzoo's), plus CE: identical values.
-* ``skd``: ``SKDInstanceLoss`` and ``SKDDirectionLoss`` in kdzoo's ``form`` (``mode``), each x 0.9,
-  plus CE x 0.1. The direction term is identical; in the ``code`` form torchdistill masks each
-  sample's KL where the authors' code (and kdzoo) scales the batch's KL by the masked fraction, so
-  the first-step loss differs by exactly that (tests/test_bench_torchdistill.py).
-* ``pad``: the distilling stage (the one the bench times): ``PADL2Loss`` on copies of kdzoo's
-  regressor and variance branch, plus CE: identical values.
-* stacks (e.g. ``kd+at+rkd``): one ``WeightedSumLoss`` of the same terms with kdzoo's stacked
-  weights; ``KDLoss`` carries the ``ce`` term when ``kd`` is in the stack.
+:func:`torchdistill_step` builds a ``torchdistill.core.distillation.DistillationBox`` from the config
+:mod:`kdzoo.tools.torchdistill_config` writes for a stack (how each kdzoo method maps onto
+torchdistill's losses is documented there) and returns a closure doing one step through the box's
+own per-step path: ``forward_process`` (teacher forward under ``no_grad``, student forward, the
+hooks' I/O dicts, the auxiliary wrappers' secondary forward, the criterion) then
+``post_forward_process`` (backward, optimizer step, zero_grad, scheduler step). Nothing is computed
+by hand: the measured cost is torchdistill's.
 
 The teacher is deep-copied (torchdistill hooks its modules; the caller's teacher stays hook-free
 for the other variants); the student is trained in place, as the other variants' students are.
@@ -83,19 +28,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdzoo.errors import KdzooError
-
-TORCHDISTILL_METHODS: frozenset[str] = frozenset(
-    ("kd", "fitnets", "at", "rkd", "dist", "pkt", "ickd", "srd", "skd", "pad")
+from kdzoo.tools.torchdistill_config import (
+    TORCHDISTILL_METHODS,
+    WRAPPER_KEY,
+    SecondaryStep,
+    torchdistill_config,
+    torchdistill_supports,
 )
-_WRAPPER_KEY = "KdzooMethodModules"
-_WRAPS_STUDENT = {"fitnets", "ickd", "srd", "pad"}  # methods whose modules run on the student's taps
 
-
-def torchdistill_supports(stack: str) -> bool:
-    """Whether the adapter builds ``stack`` (``+``-joined methods, each once, each one it has)."""
-    names = stack.split("+")
-    return len(set(names)) == len(names) and set(names) <= TORCHDISTILL_METHODS
+__all__ = [
+    "TORCHDISTILL_METHODS",
+    "TorchdistillStep",
+    "torchdistill_available",
+    "torchdistill_config",
+    "torchdistill_step",
+    "torchdistill_supports",
+]
 
 
 def torchdistill_available() -> bool:
@@ -128,18 +76,15 @@ def _quiet() -> None:
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
 
 
-SecondaryStep = Callable[[dict, nn.ModuleDict], None]
-
-
 def _register_wrapper() -> None:
     from torchdistill.models.registry import AUXILIARY_MODEL_WRAPPER_DICT, register_auxiliary_model_wrapper
     from torchdistill.models.wrapper import AuxiliaryModelWrapper
 
-    if _WRAPPER_KEY in AUXILIARY_MODEL_WRAPPER_DICT:
+    if WRAPPER_KEY in AUXILIARY_MODEL_WRAPPER_DICT:
         return
 
     class KdzooMethodModules(AuxiliaryModelWrapper):
-        """A model plus copies of kdzoo's method modules (``method.<method>_<name>``), run on the
+        """A model plus copies of kdzoo's method modules (``method.<method>__<name>``), run on the
         hooked outputs by ``secondary_forward``; torchdistill's hooks on them feed its losses."""
 
         def __init__(
@@ -163,309 +108,7 @@ def _register_wrapper() -> None:
             for step in self.steps:
                 step(io_dict, self.method)
 
-    register_auxiliary_model_wrapper(key=_WRAPPER_KEY)(KdzooMethodModules)
-
-
-def _probe(model: nn.Module, x: Tensor) -> tuple[dict[str, tuple[int, ...]], str | None]:
-    """One no-grad eval forward on two samples: every module's output shape by path, and the path of
-    the module whose output is the classifier's input (the pooled pre-logits embedding)."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    seen: list[tuple[str, Any]] = []
-    fed: list[Tensor] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        if module is classifier:
-            handles.append(module.register_forward_pre_hook(lambda _m, args: fed.append(args[0])))
-        else:
-            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out))))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x[:2])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    shapes = {name: tuple(out.shape) for name, out in seen if isinstance(out, Tensor)}
-    embedding = [name for name, out in seen if fed and out is fed[0]]
-    return shapes, (embedding[-1] if embedding else None)
-
-
-def _wrapped_term(criterion: str, input_path: str, target: dict[str, Any], weight: float) -> dict[str, Any]:
-    """A ``SimpleLossWrapper`` sub-term: ``criterion(student output at input_path, target)``."""
-    return {
-        "criterion": {"key": criterion, "kwargs": {"reduction": "mean"}},
-        "criterion_wrapper": {
-            "key": "SimpleLossWrapper",
-            "kwargs": {
-                "input": {"is_from_teacher": False, "module_path": input_path, "io": "output"},
-                "target": target,
-            },
-        },
-        "weight": weight,
-    }
-
-
-def _kdzoo_objective(names: list[str], teacher: nn.Module, student: nn.Module, img_size: int):
-    """kdzoo's objective for ``names`` (the public ``kdzoo.get_method``): its weights, taps and
-    method modules are what torchdistill must use. It is only read, never run."""
-    from kdzoo.library import get_method
-
-    objective = get_method(names, teacher=teacher, student=student, img_size=img_size)
-    objective.close()  # the extractor may hook non-native models
-    return objective
-
-
-def _embedding_paths(student_embed: str | None, teacher_embed: str | None) -> tuple[str, str]:
-    if student_embed is None or teacher_embed is None:
-        raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
-    return student_embed, teacher_embed
-
-
-class _ConfigBuilder:
-    """Builds the ``train_config`` term by term: one method per torchdistill method."""
-
-    def __init__(self, names: list[str], teacher: nn.Module, student: nn.Module, x: Tensor):
-        from kdzoo.api import WHOLE_RUN
-
-        self.names, self.teacher, self.student, self.x = names, teacher, student, x
-        objective = _kdzoo_objective(names, teacher, student, int(x.shape[-1]))
-        self.weights = objective.loss_weights(WHOLE_RUN, 0, 0.0)
-        self.s_info, self.t_info = objective.student_info, objective.teacher_info
-        if names != ["kd"]:  # feature methods need the models' module shapes and embedding paths
-            (self.s_shapes, self.s_embed), (self.t_shapes, self.t_embed) = _probe(student, x), _probe(teacher, x)
-        self.s_hooks: set[str] = set()
-        self.t_hooks: set[str] = set()
-        self.terms: dict[str, Any] = {}
-        # model paths are relative to the auxiliary wrapper when there is one
-        self.s_prefix = "model." if _WRAPS_STUDENT & set(names) else ""
-        self.t_prefix = "model." if "srd" in names else ""
-        self.s_modules: dict[str, nn.Module] = {}
-        self.t_modules: dict[str, nn.Module] = {}
-        self.s_steps: list[SecondaryStep] = []
-        self.t_steps: list[SecondaryStep] = []
-
-    def kdzoo_modules(self, method: str) -> tuple[Any, dict[str, nn.Module]]:
-        """kdzoo's objective for ``method`` alone and copies of its method modules (kdzoo's own
-        shapes and initialisation; tests load the same weights into both sides)."""
-        objective = _kdzoo_objective([method], self.teacher, self.student, int(self.x.shape[-1]))
-        return objective, {name: copy.deepcopy(m) for name, m in objective.method_modules[method].items()}
-
-    def student_map(self, index: int) -> str:
-        return self.s_prefix + self.s_info.stages[index].module
-
-    def teacher_map(self, index: int) -> str:
-        return self.t_prefix + self.t_info.stages[index].module
-
-    def logit_paths(self) -> dict[str, str]:
-        return {
-            "student_module_path": ".",
-            "student_module_io": "output",
-            "teacher_module_path": ".",
-            "teacher_module_io": "output",
-        }
-
-    def bare_kl(self, temperature: float, weight: float) -> dict[str, Any]:
-        """``weight * T^2 KL``: KDLoss with ``alpha`` unset returns the KL without ``T^2``."""
-        kwargs = {**self.logit_paths(), "temperature": temperature, "alpha": None, "beta": 1.0}
-        return {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": weight * temperature * temperature}
-
-    def fitnets(self) -> None:
-        from kdzoo.library import method_config
-
-        if method_config("fitnets").schedule != "joint":
-            raise KdzooError("torchdistill adapter: only FitNets' joint schedule is built")
-        fit, modules = self.kdzoo_modules("fitnets")
-        hint, guided = self.student_map(fit.taps.student[0]), self.teacher_map(fit.taps.teacher[0])
-        size = self.t_shapes[guided[len(self.t_prefix) :]][-2:]
-        self.s_modules["fitnets_regressor"] = modules["regressor"]
-        self.s_steps.append(lambda io, m: m["fitnets_regressor"](io[hint]["output"], size))
-        self.s_hooks |= {hint, "method.fitnets_regressor"}
-        self.t_hooks.add(guided)
-        target = {"is_from_teacher": True, "module_path": guided, "io": "output"}
-        self.terms["hint"] = _wrapped_term("MSELoss", "method.fitnets_regressor", target, self.weights["hint"])
-
-    def at(self) -> None:
-        from kdzoo.api import pair_inner_stages
-        from kdzoo.library import method_config
-
-        at = method_config("at")
-        if at.p != 2 or at.form != "code":
-            raise KdzooError("torchdistill adapter: ATLoss has p = 2 and kdzoo's 'code' form only")
-        pairs = {}
-        for i, (s, t) in enumerate(pair_inner_stages(self.t_info, self.s_info)):  # AT's default pairing
-            sp, tp = self.s_info.stages[s].module, self.t_info.stages[t].module
-            if self.s_shapes[sp][-2:] != self.t_shapes[tp][-2:]:
-                raise KdzooError(
-                    f"torchdistill adapter: AT pair student {sp} {self.s_shapes[sp][-2:]} / teacher {tp} "
-                    f"{self.t_shapes[tp][-2:]} differ in size; torchdistill's ATLoss does not resample"
-                )
-            sp, tp = self.student_map(s), self.teacher_map(t)
-            pairs[f"pair{i}"] = {"student": {"io": "output", "path": sp}, "teacher": {"io": "output", "path": tp}}
-            pairs[f"pair{i}"]["weight"] = 1
-            self.s_hooks.add(sp)
-            self.t_hooks.add(tp)
-        self.terms["at"] = {
-            "criterion": {"key": "ATLoss", "kwargs": {"at_pairs": pairs, "mode": "code"}},
-            "weight": self.weights["at"],
-        }
-
-    def embeddings(self) -> tuple[str, str]:
-        s, t = _embedding_paths(self.s_embed, self.t_embed)
-        s, t = self.s_prefix + s, self.t_prefix + t
-        self.s_hooks.add(s)
-        self.t_hooks.add(t)
-        return s, t
-
-    def rkd(self) -> None:
-        s, t = self.embeddings()
-        kwargs = {"student_output_path": s, "teacher_output_path": t, "reduction": "mean"}
-        kwargs |= {"dist_factor": self.weights["rkd_distance"], "angle_factor": self.weights["rkd_angle"]}
-        self.terms["rkd"] = {"criterion": {"key": "RKDLoss", "kwargs": kwargs}, "weight": 1.0}
-
-    def pkt(self) -> None:
-        s, t = self.embeddings()
-        paths = {"student_module_path": s, "student_module_io": "output"}
-        paths |= {"teacher_module_path": t, "teacher_module_io": "output"}
-        self.terms["pkt"] = {"criterion": {"key": "PKTLoss", "kwargs": paths}, "weight": self.weights["pkt"]}
-
-    def ickd(self) -> None:
-        from kdzoo.library import method_config
-
-        objective, modules = self.kdzoo_modules("ickd")
-        s, t = self.student_map(objective.taps.student[0]), self.teacher_map(objective.taps.teacher[0])
-        self.s_modules["ickd_embed"] = modules["embed"]
-        self.s_steps.append(lambda io, m: m["ickd_embed"](io[s]["output"], tuple(io[s]["output"].shape[-2:])))
-        self.s_hooks |= {s, "method.ickd_embed"}
-        self.t_hooks.add(t)
-        pair = {"student": {"io": "output", "path": "method.ickd_embed"}, "teacher": {"io": "output", "path": t}}
-        # ChSimLoss divides by C B^2, kdzoo (the authors' CIFAR code) by C B
-        batch = int(self.x.shape[0])
-        self.terms["ickd"] = {
-            "criterion": {"key": "ChSimLoss", "kwargs": {"feature_pairs": {"pair1": {**pair, "weight": 1}}}},
-            "weight": self.weights["ickd"] * batch,
-        }
-        config = method_config("ickd")
-        if config.kd_weight:
-            self.terms["ickd_kd"] = self.bare_kl(config.temperature, self.weights["kd"])
-
-    def srd(self) -> None:
-        from kdzoo.library import method_config
-
-        config = method_config("srd")
-        kl_weight = self.weights["kd"] * config.temperature**2  # SRDLoss: 2 * feature term + KL without T^2
-        if self.weights["srd"] != 2 * kl_weight:
-            raise KdzooError("torchdistill adapter: SRDLoss weighs its feature term 2x its KL; kdzoo's weights differ")
-        _, modules = self.kdzoo_modules("srd")
-        s, t = self.embeddings()
-        self.s_modules |= {"srd_projector": modules["projector"], "srd_student_norm": modules["student_norm"]}
-        self.t_modules["srd_teacher_norm"] = modules["teacher_norm"]
-        self.s_steps.append(lambda io, m: m["srd_student_norm"](m["srd_projector"](io[s]["output"].flatten(1))))
-        self.t_steps.append(lambda io, m: m["srd_teacher_norm"](io[t]["output"].flatten(1)))
-        self.s_hooks.add("method.srd_student_norm")
-        self.t_hooks.add("method.srd_teacher_norm")
-        kwargs = {"student_feature_module_path": "method.srd_student_norm", "student_feature_module_io": "output"}
-        kwargs |= {"teacher_feature_module_path": "method.srd_teacher_norm", "teacher_feature_module_io": "output"}
-        kwargs |= {
-            f"{side}_linear_module_{key}": v
-            for side in ("student", "teacher")
-            for key, v in (("path", "."), ("io", "output"))
-        }
-        kwargs |= {"exponent": config.exponent, "temperature": config.temperature, "reduction": "batchmean"}
-        self.terms["srd"] = {"criterion": {"key": "SRDLoss", "kwargs": kwargs}, "weight": kl_weight}
-
-    def skd(self) -> None:
-        """In the ``code`` form torchdistill masks each sample's KL where the authors' code (and kdzoo)
-        scales the batch's KL by the masked fraction: the instance term's value differs by design."""
-        from kdzoo.library import method_config
-
-        config = method_config("skd")
-        kwargs = {**self.logit_paths(), "mode": config.form}
-        self.terms["skd_instance"] = {
-            "criterion": {"key": "SKDInstanceLoss", "kwargs": {**kwargs, "temperature": config.temperature}},
-            "weight": self.weights["skd_instance"],
-        }
-        self.terms["skd_direction"] = {
-            "criterion": {"key": "SKDDirectionLoss", "kwargs": {**kwargs, "tikhonov": config.tikhonov}},
-            "weight": self.weights["skd_direction"],
-        }
-
-    def pad(self) -> None:
-        """PAD's distilling stage (the one the bench times): PADL2Loss on the mapped embedding."""
-        from kdzoo.library import method_config
-
-        _, modules = self.kdzoo_modules("pad")
-        s, t = self.embeddings()
-        self.s_modules |= {"pad_regressor": modules["regressor"], "pad_variance": modules["variance"]}
-
-        def secondary(io: dict, m: nn.ModuleDict) -> None:
-            z = io[s]["output"].flatten(1)
-            m["pad_regressor"](z)
-            m["pad_variance"](z)
-
-        self.s_steps.append(secondary)
-        self.s_hooks |= {"method.pad_regressor", "method.pad_variance"}
-        kwargs = {"student_embed_module_path": "method.pad_regressor", "teacher_embed_module_path": t}
-        kwargs |= {"module_path": "method.pad_variance", "eps": method_config("pad").eps, "reduction": "mean"}
-        self.terms["pad"] = {"criterion": {"key": "PADL2Loss", "kwargs": kwargs}, "weight": self.weights["pad"]}
-
-    def logit_terms(self) -> None:
-        from kdzoo.library import method_config
-
-        ce = self.weights.get("ce", 0.0)
-        if "kd" in self.names:
-            t = method_config("kd").temperature
-            if ce:  # KDLoss = alpha * CE + beta * T^2 * KL: it carries the ce term
-                kwargs = {**self.logit_paths(), "temperature": t, "alpha": ce, "beta": self.weights["kd"]}
-                self.terms = {"kd": {"criterion": {"key": "KDLoss", "kwargs": kwargs}, "weight": 1.0}, **self.terms}
-            else:
-                self.terms["kd"] = self.bare_kl(t, self.weights["kd"])
-        if "dist" in self.names:  # DISTLoss = beta * inter + gamma * intra, with tau^2 inside each
-            kwargs = {**self.logit_paths(), "tau": method_config("dist").tau}
-            kwargs |= {"beta": self.weights["dist_inter"], "gamma": self.weights["dist_intra"]}
-            self.terms["dist"] = {"criterion": {"key": "DISTLoss", "kwargs": kwargs}, "weight": 1.0}
-        if ce and "kd" not in self.names:
-            self.terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
-
-    def model_config(self, hooks: set[str], modules: dict, steps: list, extra: dict[str, Any]) -> dict[str, Any]:
-        config = {"forward_proc": "forward_batch_only", **extra}
-        if modules:
-            config["auxiliary_model_wrapper"] = {"key": _WRAPPER_KEY, "kwargs": {"modules": modules, "steps": steps}}
-        if hooks:
-            config["forward_hook"] = {"input": [], "output": sorted(hooks)}
-        return config
-
-    def build(self, lr: float) -> dict[str, Any]:
-        from kdzoo.config import OptimConfig, TrainConfig
-
-        for name in self.names:
-            if name not in ("kd", "dist"):
-                getattr(self, name)()
-        self.logit_terms()
-        optim = OptimConfig(lr=lr)
-        sgd = {"lr": optim.lr, "momentum": optim.momentum, "weight_decay": optim.weight_decay}
-        return {
-            "num_epochs": 1,
-            "teacher": self.model_config(self.t_hooks, self.t_modules, self.t_steps, {"requires_grad": False}),
-            "student": self.model_config(self.s_hooks, self.s_modules, self.s_steps, {"requires_grad": True}),
-            "optimizer": {"key": "SGD", "kwargs": {**sgd, "nesterov": optim.nesterov}},
-            # kdzoo_step's schedule: cosine over the default epochs of one batch each, stepped per batch
-            "scheduler": {"key": "CosineAnnealingLR", "kwargs": {"T_max": TrainConfig().epochs}, "scheduling_step": 1},
-            "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": self.terms}},
-        }
-
-
-def torchdistill_config(
-    stack: str, teacher: nn.Module, student: nn.Module, x: Tensor, lr: float = 0.01
-) -> dict[str, Any]:
-    """The DistillationBox ``train_config`` for ``stack`` on these models (kdzoo's settings)."""
-    if not torchdistill_supports(stack):
-        have = ", ".join(sorted(TORCHDISTILL_METHODS))
-        raise KdzooError(f"torchdistill adapter: no equivalent for '{stack}' (have {have}, each once)")
-    return _ConfigBuilder(stack.split("+"), teacher, student, x).build(lr)
+    register_auxiliary_model_wrapper(key=WRAPPER_KEY)(KdzooMethodModules)
 
 
 def torchdistill_step(
