@@ -64,3 +64,14 @@ def test_tensor_peak_counts_what_a_step_holds_at_once():
         kept[:] = [a.sum() + b.sum()]
 
     assert tensor_peak_mb(step, cpu) == pytest.approx(6.0, abs=0.01)
+
+
+def test_the_bench_times_the_stage_a_method_distils_in():
+    from kdzoo import Stage
+    from kdzoo.tools.bench import distilling_stage
+
+    init, plain = Stage("init", 30, losses=frozenset({"ab"})), Stage("train", 5, losses=frozenset({"ce"}))
+    assert distilling_stage([init, plain]) is init  # AB, FSP: the main stage is plain CE
+    paraphrase, main = Stage("paraphrase", 3, losses=frozenset({"ft_reconstruction"})), Stage("train", 5)
+    assert distilling_stage([paraphrase, main]) is main
+    assert distilling_stage([plain]) is plain

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdzoo.api import Stage
 from kdzoo.config import load_config
 from kdzoo.data import DataBundle, Normalisation, TensorBatches
 from kdzoo.errors import KdzooError
@@ -93,6 +94,12 @@ def student_only_step(student, x, y) -> Built:
     return floor_step(None, student, x, y)
 
 
+def distilling_stage(stages: list[Stage]) -> Stage:
+    """The stage a method distils in: the last one that switches on a term besides ``ce`` (AB's and
+    FSP's ``init`` stage, whose main stage is plain CE; every other method's last stage)."""
+    return next((s for s in reversed(stages) if s.losses is None or s.losses - {"ce"}), stages[-1])
+
+
 def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path) -> Built:
     """The engine's own training step for ``methods`` (built exactly as ``kdzoo run`` builds it)."""
     from kdzoo.engine import build_trainer
@@ -105,7 +112,7 @@ def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], 
     trainer = build_trainer(
         cfg, reg, tmp / "+".join(methods), teacher=teacher, student=student, data=data, show_progress=False
     )
-    stage = trainer.stages[-1]  # the main stage (FitNets' two-stage variant would start with its hint stage)
+    stage = distilling_stage(trainer.stages)
     optimizer, scheduler = trainer.optimizer_for(stage)
     trainer.student.train()
     trainer.modules.train()

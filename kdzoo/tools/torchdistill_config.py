@@ -58,8 +58,9 @@ Per method, torchdistill side -> kdzoo side:
   (kdzoo pools the larger) are refused, as for AT.
 * ``ft``: the main stage (the one the bench times): ``FTLoss`` (p = 1) between kdzoo's translator
   and its frozen paraphraser's factor (in a teacher-side wrapper), plus CE: identical values.
-  AB and FSP are not built: their distillation happens in their ``init`` stage, and the bench
-  times a method's last stage, a plain CE step for them.
+  AB and FSP are not built: they distil in an ``init`` stage that trains part of the student on
+  the distillation term alone, which would take torchdistill's multi-stage configs and frozen
+  modules; kdzoo's bench times that stage for them against the floor.
 * ``ickd``: ``ChSimLoss`` on kdzoo's embedding of the student's last stage (a copy of ICKD's 1x1
   conv + BN, in the wrapper) and the teacher's last stage, weighted ``2.5 B`` (torchdistill divides
   by ``C B^2``, kdzoo by ``C B``), plus ``KDLoss`` (T = 4) and CE: identical values.
