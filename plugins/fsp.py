@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_stages, parameters_up_to
-from kdzoo.losses.fsp import fsp_loss, fsp_matrix
+from kdzoo.losses.fsp import fsp_flow_loss
 
 
 @dataclass
@@ -66,10 +66,11 @@ class FlowOfSolutionProcedure:
     def kdzoo_compute_losses(self, student, teacher, stage):
         if not stage.term_on("fsp"):
             return {}
-        flows = list(zip(self.pairs, self.pairs[1:], strict=False))
-        s = [fsp_matrix(student.feature(a).float(), student.feature(b).float()) for (a, _), (b, _) in flows]
-        t = [fsp_matrix(teacher.feature(a).float(), teacher.feature(b).float()) for (_, a), (_, b) in flows]
-        return {"fsp": fsp_loss(s, t)}
+        total = 0.0
+        for (s1, t1), (s2, t2) in zip(self.pairs, self.pairs[1:], strict=False):  # consecutive stages
+            s_maps = student.feature(s1).float(), student.feature(s2).float()
+            total = total + fsp_flow_loss(*s_maps, teacher.feature(t1).float(), teacher.feature(t2).float())
+        return {"fsp": total}
 
     @hookimpl
     def kdzoo_loss_weights(self):

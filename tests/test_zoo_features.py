@@ -55,16 +55,23 @@ def test_nst_is_the_squared_mmd_with_a_polynomial_kernel_by_hand():
     assert nst_loss(s, s).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_nst_through_small_gram_matrices_equals_the_channel_kernels():
-    """Deep stages (few positions, many channels) take the N x N route; the value must not move."""
-    s, t = torch.randn(4, 96, 2, 2, generator=_gen(17)), torch.randn(4, 64, 2, 2, generator=_gen(18))
-    ps, pt = F.normalize(s.flatten(2), dim=2), F.normalize(t.flatten(2), dim=2)
+@pytest.mark.parametrize("agreement", [None, 1e-3])
+def test_nst_through_small_gram_matrices_equals_the_channel_kernels(agreement):
+    """Deep stages (few positions, many channels) take the N x N route; the value must equal the
+    channel kernels' (in float64), also when the student's patterns nearly match the teacher's."""
+    s = torch.randn(4, 96, 2, 2, generator=_gen(17))
+    t = (
+        torch.randn(4, 64, 2, 2, generator=_gen(18))
+        if agreement is None
+        else s + agreement * torch.randn(s.shape, generator=_gen(19))
+    )
+    ps, pt = F.normalize(s.double().flatten(2), dim=2), F.normalize(t.double().flatten(2), dim=2)
 
     def k(a, b):
         return (a @ b.transpose(1, 2)).square().mean()
 
     direct = k(pt, pt) + k(ps, ps) - 2 * k(ps, pt)
-    assert nst_loss(s, t).item() == pytest.approx(direct.item(), rel=1e-4)
+    assert nst_loss(s, t).item() == pytest.approx(direct.item(), rel=1e-5)
 
 
 def test_vid_equals_torchdistill():
@@ -113,3 +120,30 @@ def test_fsp_refuses_stages_of_unequal_width_in_one_line(tmp_path):
 
     with pytest.raises(KdzooError, match=r"fsp compares flow matrices channel by channel: student test_resnet stage"):
         build_trainer(tiny_config(["fsp"], out_dir=str(tmp_path)), registry(), tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "sizes, agreement",
+    [((8, 4), None), ((2, 1), None), ((2, 1), 1e-2), ((2, 1), 1e-3), ((4, 2), None), ((4, 2), 1e-3)],
+)
+def test_fsp_through_small_grams_equals_the_flow_matrices_in_value_and_gradient(sizes, agreement):
+    """Few positions, many channels take the N x N route ((8, 4) takes the C1 x C2 one); value and
+    gradient must equal the flow matrices' (computed in float64), also when the student's maps are
+    smaller than the teacher's and when the two flows nearly agree (the route's sums then nearly
+    cancel, which its float64 absorbs)."""
+    from kdzoo.losses.fsp import fsp_flow_loss
+
+    s1 = torch.randn(4, 32, sizes[0], sizes[0], generator=_gen(30)).requires_grad_(True)
+    s2 = torch.randn(4, 48, sizes[1], sizes[1], generator=_gen(31))
+    if agreement is None:
+        t1, t2 = torch.randn(4, 32, 4, 4, generator=_gen(32)), torch.randn(4, 48, 2, 2, generator=_gen(33))
+    else:
+        t1 = s1.detach() + agreement * torch.randn(s1.shape, generator=_gen(34))
+        t2 = s2 + agreement * torch.randn(s2.shape, generator=_gen(35))
+    s64 = s1.detach().double().requires_grad_(True)
+    exact = fsp_loss([fsp_matrix(s64, s2.double())], [fsp_matrix(t1.double(), t2.double())])
+    (g_exact,) = torch.autograd.grad(exact, s64)
+    ours = fsp_flow_loss(s1, s2, t1, t2)
+    (g_ours,) = torch.autograd.grad(ours, s1)
+    assert ours.dtype == torch.float32 and ours.item() == pytest.approx(exact.item(), rel=1e-5)
+    assert torch.allclose(g_ours.double(), g_exact, rtol=1e-4, atol=1e-5 * g_exact.abs().max().item())

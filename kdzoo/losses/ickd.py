@@ -9,7 +9,8 @@ embedding does that); the spatial sizes may differ, as the Gram sums over positi
 Deep stages of small images have far fewer positions than channels (resnet18 at 32 px: N = 1,
 C = 512), where B C x C matrices cost hundreds of MB. There the same sum is taken row by row,
 ``|a_i|^2 - 2 a_i.b_i + |b_i|^2`` of the normalised rows, from N x N products only
-(``(F F^T F' F'^T)_ii``): O(C N^2) work and O(C N) memory instead of O(C^2 N) and O(C^2).
+(``(F F^T F' F'^T)_ii``): O(C N^2) work and O(C N) memory instead of O(C^2 N) and O(C^2), in
+float64, as the three terms nearly cancel once the student's rows approach the teacher's.
 """
 
 from __future__ import annotations
@@ -48,6 +49,6 @@ def ickd_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     b, c = student_feature.shape[:2]
     f_s, f_t = student_feature.flatten(2), teacher_feature.detach().flatten(2)
     if max(f_s.shape[2], f_t.shape[2]) < c:
-        return _squared_row_distances(f_s, f_t).sum() / (c * b)
+        return (_squared_row_distances(f_s.double(), f_t.double()).sum() / (c * b)).to(f_s.dtype)
     diff = channel_correlation(student_feature) - channel_correlation(teacher_feature.detach())
     return diff.square().sum() / (c * b)

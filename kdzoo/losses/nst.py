@@ -25,12 +25,14 @@ def nst_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     c_s, c_t = s.shape[1], t.shape[1]
     if s.shape[-1] < max(c_s, c_t):
         # sum_ij (x_i . y_j)^2 = ||X Y^T||_F^2 = sum(X^T X * Y^T Y): N x N Gram matrices instead of C x C
-        # kernels, each computed once (deep stages of small images have N << C)
+        # kernels, each computed once (deep stages of small images have N << C); in float64, as the
+        # three sums nearly cancel once the student's patterns approach the teacher's
+        s, t = s.double(), t.double()
         g_s, g_t = s.transpose(1, 2) @ s, t.transpose(1, 2) @ t
         k_tt = g_t.square().sum(dim=(1, 2)) / c_t**2
         k_ss = g_s.square().sum(dim=(1, 2)) / c_s**2
         k_st = (g_s * g_t).sum(dim=(1, 2)) / (c_s * c_t)
-        return (k_tt + k_ss - 2 * k_st).mean()
+        return (k_tt + k_ss - 2 * k_st).mean().to(student_feature.dtype)
     return _poly_kernel_mean(t, t) + _poly_kernel_mean(s, s) - 2 * _poly_kernel_mean(s, t)
 
 
