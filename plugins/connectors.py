@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdzoo.losses.shapes import average_pooled
+
 
 class ConvRegressor(nn.Module):
     """Maps a student feature map (B, Cs, Hs, Ws) onto a teacher's (B, Ct, Ht, Wt)."""
@@ -27,7 +29,7 @@ class ConvRegressor(nn.Module):
         if tuple(x.shape[-2:]) == tuple(size):
             return x
         if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-            return F.adaptive_avg_pool2d(x, size)
+            return average_pooled(x, tuple(size))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 

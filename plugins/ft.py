@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl
 from kdzoo.losses.ft import factor_loss, reconstruction_loss
+from kdzoo.losses.shapes import average_pooled
 
 
 @dataclass
@@ -106,9 +107,7 @@ class FactorTransfer:
         with torch.no_grad():  # the paraphraser is frozen after its stage: its factor is a fixed target
             teacher_factor = self.paraphraser.encoder(target)
         student_factor = self.translator(student.feature(self.s))
-        size = teacher_factor.shape[-2:]
-        if student_factor.shape[-2:] != size:
-            student_factor = nn.functional.adaptive_avg_pool2d(student_factor, size)
+        student_factor = average_pooled(student_factor, tuple(teacher_factor.shape[-2:]))
         return {"ft": factor_loss(student_factor.float(), teacher_factor)}
 
     @hookimpl

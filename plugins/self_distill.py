@@ -25,11 +25,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, inner_stages, soft_target_kl
 from kdzoo.losses.self_distill import byot_losses
+from kdzoo.losses.shapes import average_pooled
 
 
 @dataclass
@@ -66,8 +66,7 @@ class AuxiliaryHead(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         features = self.bottleneck(x)
-        if tuple(features.shape[-2:]) != tuple(size):
-            features = F.adaptive_avg_pool2d(features, size)
+        features = average_pooled(features, tuple(size))
         return features, self.classifier(features.mean(dim=(2, 3)))
 
 

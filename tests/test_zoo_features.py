@@ -147,3 +147,16 @@ def test_fsp_through_small_grams_equals_the_flow_matrices_in_value_and_gradient(
     (g_ours,) = torch.autograd.grad(ours, s1)
     assert ours.dtype == torch.float32 and ours.item() == pytest.approx(exact.item(), rel=1e-5)
     assert torch.allclose(g_ours.double(), g_exact, rtol=1e-4, atol=1e-5 * g_exact.abs().max().item())
+
+
+@pytest.mark.parametrize("size, out", [((8, 8), (4, 4)), ((16, 8), (4, 2)), ((7, 7), (3, 3)), ((4, 4), (4, 4))])
+def test_average_pooling_is_adaptive_pooling_in_value_and_gradient(size, out):
+    from kdzoo.losses.shapes import average_pooled
+
+    x = torch.randn(2, 3, *size, generator=_gen(40)).requires_grad_(True)
+    ours, theirs = average_pooled(x, out), F.adaptive_avg_pool2d(x, out)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    weights = torch.randn(theirs.shape, generator=_gen(41))
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (g_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    assert torch.allclose(g_ours, g_theirs, atol=1e-6)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.losses.shapes import average_pooled
+
 
 def spatial_attention(feature: Tensor, p: float = 2.0) -> Tensor:
     """``mean_c(f^p)`` per sample, L2-normalised, kept as a (B, 1, H, W) map.
@@ -24,9 +26,7 @@ def spatial_attention(feature: Tensor, p: float = 2.0) -> Tensor:
 
 
 def _flat(q: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(q.shape[-2:]) != tuple(size):
-        q = F.adaptive_avg_pool2d(q, size)
-    return F.normalize(q.flatten(1), dim=1)
+    return F.normalize(average_pooled(q, tuple(size)).flatten(1), dim=1)
 
 
 def attention_map(feature: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
