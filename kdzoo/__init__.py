@@ -12,7 +12,7 @@ Public API::
 Writing a method: everything it touches is here too (from :mod:`kdzoo.api`): ``hookimpl``,
 ``MethodInfo``, ``ModelInfo``, ``StageInfo``, ``Taps``, ``Summary``, ``Outputs``, ``Stage``,
 ``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``, ``parameters_up_to``,
-``soft_target_kl``, ``KdzooError``.
+``linear_warmup``, ``soft_target_kl``, ``KdzooError``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from kdzoo.api import (
     Taps,
     hookimpl,
     inner_stages,
+    linear_warmup,
     pair_inner_stages,
     pair_stage,
     pair_stages,
@@ -57,6 +58,7 @@ __all__ = [
     "get_method",
     "hookimpl",
     "inner_stages",
+    "linear_warmup",
     "list_methods",
     "method_config",
     "pair_inner_stages",

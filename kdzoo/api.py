@@ -368,6 +368,16 @@ class Run(Protocol):
 
 
 # ----------------------------------------------------------------------------- shared loss helpers
+def linear_warmup(epoch: int, warmup_epochs: int) -> float:
+    """A loss weight's linear warm-up at 0-based ``epoch``: ``min((epoch + 1) / warmup_epochs, 1)``
+    (``warmup_epochs <= 0``: always 1). mdistiller's ``min(epoch / warmup, 1)`` counts epochs from 1,
+    so its first epoch already gets ``1 / warmup``: the same schedule. Use it in
+    ``kdzoo_loss_weights``."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min((epoch + 1) / warmup_epochs, 1.0)
+
+
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton's soft-target term: ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, hookimpl
-from kdzoo.losses.dkd import dkd_terms, warmup_factor
+from kdzoo import KdzooError, MethodInfo, hookimpl, linear_warmup
+from kdzoo.losses.dkd import dkd_terms
 from kdzoo.losses.kd import standardize
 
 TCKD = "dkd_tckd"
@@ -71,7 +71,7 @@ class DKDConfig:
 
 def dkd_weights(config: DKDConfig, epoch: int | None) -> dict[str, float]:
     """The weights of ``ce``, ``dkd_tckd`` and ``dkd_nckd`` at 0-based ``epoch`` (``None``: warmed up)."""
-    ramp = 1.0 if epoch is None else warmup_factor(epoch, config.warmup_epochs)
+    ramp = 1.0 if epoch is None else linear_warmup(epoch, config.warmup_epochs)
     return {"ce": config.ce_weight, TCKD: config.alpha * ramp, NCKD: config.beta * ramp}
 
 

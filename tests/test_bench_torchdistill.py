@@ -42,7 +42,8 @@ def _same_method_modules(box, objective):
 
 
 def _kdzoo_objective(stack, teacher, student):
-    return kdzoo.get_method(stack.split("+"), teacher=teacher, student=student, img_size=32)
+    # a copy: pre-activation taps hook the teacher, and the module's teacher must stay hook-free
+    return kdzoo.get_method(stack.split("+"), teacher=copy.deepcopy(teacher), student=student, img_size=32)
 
 
 STACKS = [
@@ -56,6 +57,7 @@ STACKS = [
     "ickd",
     "srd",
     "pad",
+    "reviewkd",
     "kd+at+rkd",
     "dist+at",
     "pkt+rkd+srd",
@@ -80,7 +82,9 @@ def test_first_step_loss_equals_kdzoo_and_the_student_trains(pair, stack):
     if "fitnets" in stack:
         regressor = objective.method_modules["fitnets"]["regressor"]
         assert not torch.equal(step.box.student_model.method["fitnets__regressor"].conv.weight, regressor.conv.weight)
-    assert synced == {"fitnets": 1, "vid": 1, "ickd": 1, "srd": 3, "pad": 2}.get(stack, 0) or "+" in stack
+    assert (
+        synced == {"fitnets": 1, "vid": 1, "ickd": 1, "srd": 3, "pad": 2, "reviewkd": 1}.get(stack, 0) or "+" in stack
+    )
 
 
 def test_adapter_leaves_the_callers_teacher_alone_and_is_silent(pair, capsys):

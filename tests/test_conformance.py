@@ -32,6 +32,7 @@ CASES = [
     *conformance_cases("srd"),
     *conformance_cases("skd"),
     *conformance_cases("pad", settings=("pad.l2_epochs=1",)),
+    *conformance_cases("reviewkd", settings=("reviewkd.warmup_epochs=1",)),
 ]
 
 

@@ -52,14 +52,3 @@ def dkd_terms(
     tckd = F.kl_div(s_binary, t_binary, reduction="batchmean", log_target=True) * (t * t)
     nckd = F.kl_div(s_non_target, t_non_target, reduction="batchmean", log_target=True) * (t * t)
     return tckd, nckd
-
-
-def warmup_factor(epoch: int, warmup_epochs: int) -> float:
-    """mdistiller's linear warm-up of the KD terms for a 0-based ``epoch``: ``min((epoch + 1) / warmup, 1)``.
-
-    mdistiller counts epochs from 1 and uses ``min(epoch / warmup, 1)``, so its first epoch already
-    gets ``1 / warmup``; the two are the same schedule. ``warmup_epochs=0``: always 1.
-    """
-    if warmup_epochs <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup_epochs, 1.0)

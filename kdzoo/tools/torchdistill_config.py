@@ -61,6 +61,11 @@ Per method, torchdistill side -> kdzoo side:
   AB and FSP are not built: they distil in an ``init`` stage that trains part of the student on
   the distillation term alone, which would take torchdistill's multi-stage configs and frozen
   modules; kdzoo's bench times that stage for them against the floor.
+* ``reviewkd``: copies of kdzoo's attention-based fusions in the wrapper, run deep to shallow over
+  the hooked student levels and embedding; one ``HierarchicalContextLoss`` per level against the
+  teacher's pre-activation map, hooked at the *input* of the activation ending the stage (made
+  out-of-place on the adapter's private teacher copy, else the in-place ReLU would overwrite it),
+  and the teacher's embedding as a 1 x 1 map for the deepest level: identical values.
 * ``ickd``: ``ChSimLoss`` on kdzoo's embedding of the student's last stage (a copy of ICKD's 1x1
   conv + BN, in the wrapper) and the teacher's last stage, weighted ``2.5 B`` (torchdistill divides
   by ``C B^2``, kdzoo by ``C B``), plus ``KDLoss`` (T = 4) and CE: identical values.
@@ -90,12 +95,29 @@ from torch import Tensor, nn
 from kdzoo.errors import KdzooError
 
 TORCHDISTILL_METHODS: frozenset[str] = frozenset(
-    ("kd", "fitnets", "at", "rkd", "dist", "dist_plus", "pkt", "sp", "cc", "vid", "ft", "ickd", "srd", "skd", "pad")
+    (
+        "kd",
+        "fitnets",
+        "at",
+        "rkd",
+        "dist",
+        "dist_plus",
+        "pkt",
+        "sp",
+        "cc",
+        "vid",
+        "ft",
+        "ickd",
+        "srd",
+        "skd",
+        "pad",
+        "reviewkd",
+    )
 )
 WRAPPER_KEY = "KdzooMethodModules"  # the auxiliary model wrapper holding kdzoo's method modules
 # methods whose modules run on the student's / the teacher's taps
-_WRAPS_STUDENT = {"fitnets", "dist_plus", "cc", "vid", "ft", "ickd", "srd", "pad"}
-_WRAPS_TEACHER = {"cc", "ft", "srd"}
+_WRAPS_STUDENT = {"fitnets", "dist_plus", "cc", "vid", "ft", "ickd", "srd", "pad", "reviewkd"}
+_WRAPS_TEACHER = {"cc", "ft", "srd", "reviewkd"}
 
 
 def torchdistill_supports(stack: str) -> bool:
@@ -183,6 +205,13 @@ class _VIDOutput(nn.Module):
         return mean, variance.view(1, -1, 1, 1)
 
 
+class _AsMap(nn.Module):
+    """A pooled embedding (B, D) as a (B, D, 1, 1) map (ReviewKD's deepest level)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)[:, :, None, None]
+
+
 def _embedding_paths(student_embed: str | None, teacher_embed: str | None) -> tuple[str, str]:
     if student_embed is None or teacher_embed is None:
         raise KdzooError("torchdistill adapter: no module outputs the pre-logits embedding (drop_rate > 0?)")
@@ -203,6 +232,7 @@ class _ConfigBuilder:
             (self.s_shapes, self.s_embed), (self.t_shapes, self.t_embed) = _probe(student, x), _probe(teacher, x)
         self.s_hooks: set[str] = set()
         self.t_hooks: set[str] = set()
+        self.t_input_hooks: set[str] = set()  # modules whose *input* is the map (pre-activation taps)
         self.terms: dict[str, Any] = {}
         # model paths are relative to the auxiliary wrapper when there is one
         self.s_prefix = "model." if _WRAPS_STUDENT & set(names) else ""
@@ -411,6 +441,58 @@ class _ConfigBuilder:
         kwargs["translator_path"] = "method.ft__translator"
         self.terms["ft"] = {"criterion": {"key": "FTLoss", "kwargs": kwargs}, "weight": self.weights["ft"]}
 
+    def teacher_pre_activation(self, index: int) -> tuple[str, str]:
+        """The (path, io) of a teacher stage's pre-activation map for torchdistill's hooks: the input of
+        the activation ending the stage (made out-of-place on this private teacher copy, so the hook
+        keeps the map before the activation, as kdzoo's pre-activation taps copy it), or the stage's
+        output when it ends in none."""
+        from kdzoo.engine.preact import last_activation
+
+        stage_path = self.t_info.stages[index].module
+        act = last_activation(self.teacher.get_submodule(stage_path))
+        if act is None:
+            return self.t_prefix + stage_path, "output"
+        act.inplace = False
+        path = next(name for name, module in self.teacher.named_modules() if module is act)
+        return self.t_prefix + path, "input"
+
+    def reviewkd(self) -> None:
+        """Each fused level (kdzoo's ABF copies, run deep to shallow in the wrapper) against the
+        teacher's pre-activation map by ``HierarchicalContextLoss``; the deepest against the teacher's
+        embedding as a 1 x 1 map."""
+        from kdzoo.api import inner_stages, pair_stages
+
+        _, modules = self.kdzoo_modules("reviewkd")
+        levels = list(dict.fromkeys([*inner_stages(self.s_info), len(self.s_info.stages) - 1]))
+        pairs = pair_stages(self.t_info, self.s_info, levels)
+        s_emb, t_emb = self.embeddings()
+        s_paths = [self.student_map(s) for s, _ in pairs]
+        sizes = [(1, 1), *(self.t_shapes[self.t_info.stages[t].module][-2:] for _, t in reversed(pairs))]
+        self.s_modules["reviewkd__fusions"] = modules["fusions"]
+        self.t_modules["reviewkd__embedding_map"] = _AsMap()
+        self.s_hooks |= set(s_paths)
+
+        def review(io: dict, m: nn.ModuleDict) -> None:
+            levels = [io[s_emb]["output"].flatten(1)[:, :, None, None], *(io[p]["output"] for p in reversed(s_paths))]
+            residual = None
+            for fusion, level, size in zip(m["reviewkd__fusions"], levels, sizes, strict=True):
+                _, residual = fusion(level, residual, tuple(size))
+
+        self.s_steps.append(review)
+        self.t_steps.append(lambda io, m: m["reviewkd__embedding_map"](io[t_emb]["output"]))
+        targets = [("method.reviewkd__embedding_map", "output")]
+        targets += [self.teacher_pre_activation(t) for _, t in reversed(pairs)]
+        self.t_hooks.add("method.reviewkd__embedding_map")
+        for k, (path, io) in enumerate(targets):
+            (self.t_input_hooks if io == "input" else self.t_hooks).add(path)
+            kwargs = {"student_module_path": f"method.reviewkd__fusions.{k}", "student_module_io": "output"}
+            kwargs |= {"teacher_module_path": path, "teacher_module_io": io}
+            self.s_hooks.add(f"method.reviewkd__fusions.{k}")
+            self.terms[f"reviewkd{k}"] = {
+                "criterion": {"key": "HierarchicalContextLoss", "kwargs": kwargs},
+                "weight": self.weights["reviewkd"],
+            }
+
     def ickd(self) -> None:
         from kdzoo.library import method_config
 
@@ -509,12 +591,14 @@ class _ConfigBuilder:
         if ce and "kd" not in self.names:
             self.terms["ce"] = _wrapped_term("CrossEntropyLoss", ".", {"uses_label": True}, ce)
 
-    def model_config(self, hooks: set[str], modules: dict, steps: list, extra: dict[str, Any]) -> dict[str, Any]:
+    def model_config(
+        self, hooks: set[str], modules: dict, steps: list, extra: dict[str, Any], input_hooks: set[str] = frozenset()
+    ) -> dict[str, Any]:
         config = {"forward_proc": "forward_batch_only", **extra}
         if modules:
             config["auxiliary_model_wrapper"] = {"key": WRAPPER_KEY, "kwargs": {"modules": modules, "steps": steps}}
-        if hooks:
-            config["forward_hook"] = {"input": [], "output": sorted(hooks)}
+        if hooks or input_hooks:
+            config["forward_hook"] = {"input": sorted(input_hooks), "output": sorted(hooks)}
         return config
 
     def build(self, lr: float) -> dict[str, Any]:
@@ -528,7 +612,9 @@ class _ConfigBuilder:
         sgd = {"lr": optim.lr, "momentum": optim.momentum, "weight_decay": optim.weight_decay}
         return {
             "num_epochs": 1,
-            "teacher": self.model_config(self.t_hooks, self.t_modules, self.t_steps, {"requires_grad": False}),
+            "teacher": self.model_config(
+                self.t_hooks, self.t_modules, self.t_steps, {"requires_grad": False}, self.t_input_hooks
+            ),
             "student": self.model_config(self.s_hooks, self.s_modules, self.s_steps, {"requires_grad": True}),
             "optimizer": {"key": "SGD", "kwargs": {**sgd, "nesterov": optim.nesterov}},
             # kdzoo_step's schedule: cosine over the default epochs of one batch each, stepped per batch
