@@ -31,6 +31,7 @@ from kdzoo.losses.ickd import ickd_loss
 from kdzoo.losses.kd import kd_loss, standardize
 from kdzoo.losses.pad import pad_l2_loss
 from kdzoo.losses.pkt import pkt_loss
+from kdzoo.losses.reviewkd import hcl_loss
 from kdzoo.losses.rkd import rkd_angle_loss, rkd_distance_loss
 from kdzoo.losses.skd import skd_direction_loss, skd_instance_loss
 from kdzoo.losses.sp import sp_loss
@@ -211,6 +212,12 @@ def skd(g: torch.Generator) -> Pair:
     return ours, theirs
 
 
+def reviewkd(g: torch.Generator) -> Pair:
+    s, t = torch.randn(8, 16, 8, 8, generator=g), torch.randn(8, 16, 8, 8, generator=g)
+    theirs = td.HierarchicalContextLoss("s", "output", "t", "output")(_io((s, None), "s"), _io(t, "t"))
+    return hcl_loss(s, t), theirs
+
+
 def pad(g: torch.Generator) -> Pair:
     zs, zt, v = (
         torch.randn(16, 32, generator=g),
@@ -224,7 +231,7 @@ def pad(g: torch.Generator) -> Pair:
 CHECKS: dict[str, Callable[[torch.Generator], Pair]] = {
     "kd": kd, "fitnets": fitnets, "at": at, "rkd": rkd, "pkt": pkt, "dist": dist, "dist_plus": dist_plus,
     "logit standardization": logit_standardization, "sp": sp, "cc": cc, "vid": vid, "fsp": fsp, "ab": ab, "ft": ft,
-    "ickd": ickd, "srd": srd, "skd": skd, "pad": pad,
+    "ickd": ickd, "srd": srd, "skd": skd, "pad": pad, "reviewkd": reviewkd,
 }  # fmt: skip
 
 
