@@ -87,6 +87,8 @@ class ModelInfo:
     num_classes: int
     embedding_dim: int
     img_size: int
+    #: a second classifier on a distillation token (timm's ``*_distilled_*`` models, DeiT)
+    distillation_head: bool = False
 
     def relative_depth(self, index: int) -> float:
         """0.0 for the first tappable stage, 1.0 for the last."""
@@ -150,6 +152,10 @@ class Taps:
     teacher_summaries: tuple[Summary, ...] = ()
     teacher_preact: tuple[int, ...] = ()
     student_preact: tuple[int, ...] = ()
+    #: the logits of the student's distillation head as well (``Outputs.distillation_logits``), for
+    #: students with a distillation token (``ModelInfo.distillation_head``); the student then trains
+    #: its two heads apart, and is evaluated on their average, as DeiT does
+    student_distillation_head: bool = False
 
     @classmethod
     def of_pairs(cls, pairs: Iterable[tuple[int, int]], preact: bool = False) -> Taps:
@@ -168,6 +174,7 @@ class Taps:
             tuple(summaries[k] for k in sorted(summaries)),
             tuple(sorted(set(self.teacher_preact) | set(other.teacher_preact))),
             tuple(sorted(set(self.student_preact) | set(other.student_preact))),
+            self.student_distillation_head or other.student_distillation_head,
         )
 
 
@@ -189,6 +196,7 @@ class Outputs:
     embedding: Tensor | None = None
     summaries: dict[str, Tensor] = field(default_factory=dict)
     preact: dict[int, Tensor] = field(default_factory=dict)  #: pre-activation maps (``Taps.*_preact``)
+    distillation_logits: Tensor | None = None  #: the distillation head's (``Taps.student_distillation_head``)
 
     def feature(self, index: int) -> Tensor:
         try:
@@ -222,6 +230,7 @@ class Outputs:
             None if self.embedding is None else self.embedding.clone(),
             {k: v.clone() for k, v in self.summaries.items()},
             {i: f.clone() for i, f in self.preact.items()},
+            None if self.distillation_logits is None else self.distillation_logits.clone(),
         )
 
 

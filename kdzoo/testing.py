@@ -48,6 +48,13 @@ PAIRS: dict[str, tuple[str, dict, str, dict]] = {
     "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
     # for methods that compare stages channel by channel (FSP): same widths, another initialisation
     "resnet->resnet-same-widths": ("test_resnet", {}, "test_resnet", {}),
+    # for methods that train a distillation token (DeiT): a two-block distilled transformer
+    "resnet->deit": (
+        "test_resnet",
+        {},
+        "deit_tiny_distilled_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+    ),
 }
 CHECKS = ("registration", "config", "losses", "gradients", "checkpoint")
 _TINY = [

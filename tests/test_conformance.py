@@ -33,6 +33,8 @@ CASES = [
     *conformance_cases("skd"),
     *conformance_cases("pad", settings=("pad.l2_epochs=1",)),
     *conformance_cases("reviewkd", settings=("reviewkd.warmup_epochs=1",)),
+    *conformance_cases("deit", pairs=["resnet->deit"]),
+    *conformance_cases("deit", pairs=["resnet->deit"], settings=("deit.variant=soft",)),
 ]
 
 

@@ -43,7 +43,8 @@ def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
     )
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     embedding_dim = int(getattr(model, "head_hidden_size", 0) or getattr(model, "num_features", 0) or 0)
-    return ModelInfo(name, stages, num_classes, embedding_dim, img_size)
+    distillation_head = callable(getattr(model, "set_distilled_training", None))  # timm's distilled ViTs
+    return ModelInfo(name, stages, num_classes, embedding_dim, img_size, distillation_head)
 
 
 class FeatureExtractor:
@@ -57,8 +58,13 @@ class FeatureExtractor:
         embedding: bool,
         summaries: Iterable[Summary] = (),
         preact: Iterable[int] = (),
+        distillation_head: bool = False,
     ):
         self.model = model
+        if distillation_head:
+            # in training, timm's distilled models then return (class head, distillation head) logits;
+            # in eval mode their average, as DeiT evaluates
+            model.set_distilled_training(True)
         self.info = info
         # (key, function, resolved stage) of each summary, resolved once rather than every step
         self.summaries = [(s.key, s.fn, info.resolve(s.stage)) for s in summaries]
@@ -125,10 +131,15 @@ class FeatureExtractor:
         return self._head(final, features)
 
     def _head(self, final: Tensor, features: dict[int, Tensor]) -> Outputs:
-        if not self.embedding:
-            return Outputs(self.model.forward_head(final), features, None)
-        pooled = self.model.forward_head(final, pre_logits=True)
-        return Outputs(self.model.get_classifier()(pooled), features, pooled)
+        pooled = self.model.forward_head(final, pre_logits=True) if self.embedding else None
+        classifier = self.model.get_classifier() if self.embedding else None
+        if isinstance(classifier, nn.Module):  # one head: its logits from the pooled embedding, one pass
+            return Outputs(classifier(pooled), features, pooled)
+        # no embedding wanted, or two heads (a distillation token): the model's own head
+        logits = self.model.forward_head(final)
+        if isinstance(logits, tuple):  # (class head, distillation head) while distilled-training
+            return Outputs(logits[0], features, pooled, distillation_logits=logits[1])
+        return Outputs(logits, features, pooled)
 
     def close(self) -> None:
         for handle in self._handles:

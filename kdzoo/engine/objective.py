@@ -51,7 +51,12 @@ class Objective(nn.Module):
             built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
             self.method_modules[name] = nn.ModuleDict(built or {})
         self.student_tap = FeatureExtractor(
-            student, student_info, self.taps.student, self.taps.student_embedding, preact=self.taps.student_preact
+            student,
+            student_info,
+            self.taps.student,
+            self.taps.student_embedding,
+            preact=self.taps.student_preact,
+            distillation_head=self.taps.student_distillation_head,
         )
         self._teacher: list[nn.Module] = []  # a list keeps the frozen teacher out of parameters()/state_dict()
         self.teacher_tap: FeatureExtractor | None = None

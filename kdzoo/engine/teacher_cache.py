@@ -79,6 +79,7 @@ class TeacherOutputCache:
             raw["num_classes"],
             raw["embedding_dim"],
             raw["img_size"],
+            raw.get("distillation_head", False),
         )
 
     def teacher_metrics(self) -> dict[str, float] | None:
