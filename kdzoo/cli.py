@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -281,9 +282,37 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
     is_flag=True,
     help="Also time torchdistill's own step for the stacks it has (pip install 'kdzoo[bench]').",
 )
+@click.option(
+    "--teacher-arg",
+    "teacher_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A timm.create_model argument for the teacher (repeatable), e.g. img_size=32.",
+)
+@click.option(
+    "--student-arg",
+    "student_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A timm.create_model argument for the student (repeatable), e.g. patch_size=4.",
+)
 @click.option("--json", "json_out", default=None, help="Also write the raw numbers to this JSON file.")
 @one_line_errors
-def bench(teacher, student, methods, img_size, batch, rounds, steps, options, device, torchdistill, json_out) -> None:
+def bench(
+    teacher,
+    student,
+    methods,
+    img_size,
+    batch,
+    rounds,
+    steps,
+    options,
+    device,
+    torchdistill,
+    teacher_args,
+    student_args,
+    json_out,
+) -> None:
     """Step cost of each method vs the floor (teacher forward + student step), one process, interleaved."""
     import tempfile
 
@@ -302,10 +331,23 @@ def bench(teacher, student, methods, img_size, batch, rounds, steps, options, de
             tmp=Path(tmp),
             device=device,
             torchdistill=torchdistill,
+            teacher_kwargs=_model_args(teacher_args, "--teacher-arg"),
+            student_kwargs=_model_args(student_args, "--student-arg"),
         )
     click.echo(format_table(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
+
+
+def _model_args(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> keyword arguments, each value read as YAML (``32`` is an int)."""
+    args = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise KdzooError(f"{option} '{pair}': expected KEY=VALUE, e.g. {option} img_size=32")
+        args[key.strip()] = yaml.safe_load(raw)
+    return args
 
 
 @main.command()

@@ -75,3 +75,20 @@ def test_the_bench_times_the_stage_a_method_distils_in():
     paraphrase, main = Stage("paraphrase", 3, losses=frozenset({"ft_reconstruction"})), Stage("train", 5)
     assert distilling_stage([paraphrase, main]) is main
     assert distilling_stage([plain]) is plain
+
+
+def test_bench_model_arguments_are_read_as_yaml_and_a_malformed_one_is_one_line():
+    from click.testing import CliRunner
+
+    from kdzoo.cli import _model_args, main
+
+    assert _model_args(("img_size=32", "patch_size=4", "global_pool=avg"), "--student-arg") == {
+        "img_size": 32,
+        "patch_size": 4,
+        "global_pool": "avg",
+    }
+    result = CliRunner().invoke(main, ["bench", "--methods", "kd", "--student-arg", "img_size"])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip() == "Error: --student-arg 'img_size': expected KEY=VALUE, e.g. --student-arg img_size=32"
+    )
