@@ -340,13 +340,13 @@ def bench(
 
 
 def _model_args(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> keyword arguments, each value read as YAML (``32`` is an int)."""
+    """``KEY=VALUE`` strings -> keyword arguments, each value read as YAML (``32`` is an int), as ``--set``."""
+    from kdzoo.config import parse_override
+
     args = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise KdzooError(f"{option} '{pair}': expected KEY=VALUE, e.g. {option} img_size=32")
-        args[key.strip()] = yaml.safe_load(raw)
+        path, value = parse_override(pair, option, "img_size=32")
+        args[".".join(path)] = value
     return args
 
 

@@ -58,12 +58,13 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML."""
+def parse_override(text: str, option: str = "--set", example: str = "optim.lr=0.1") -> tuple[list[str], Any]:
+    """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML. ``option`` and
+    ``example`` name the command-line option in the error."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise KdzooError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+        raise KdzooError(f"{option} {text!r}: expected KEY=VALUE, e.g. {option} {example}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

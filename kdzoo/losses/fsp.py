@@ -45,7 +45,7 @@ def fsp_flow_loss(s_first: Tensor, s_second: Tensor, t_first: Tensor, t_second: 
     c1, c2 = s_first.shape[1], s_second.shape[1]
     n = sum(min(a.shape[-2:].numel(), b.shape[-2:].numel()) for a, b in ((s_first, s_second), (t_first, t_second)))
     if (c1 + c2) * n >= c1 * c2:  # the C1 x C2 matrices are the cheaper route
-        return (fsp_matrix(s_first, s_second) - fsp_matrix(t_first, t_second)).square().mean()
+        return fsp_loss([fsp_matrix(s_first, s_second)], [fsp_matrix(t_first, t_second)])
     s1, s2 = pooled_to_smaller(s_first.double(), s_second.double())
     t1, t2 = pooled_to_smaller(t_first.double(), t_second.double())
     a_s, b_s, a_t, b_t = (x.flatten(2) for x in (s1, s2, t1, t2))
