@@ -626,7 +626,10 @@ class _ConfigBuilder:
 def torchdistill_config(
     stack: str, teacher: nn.Module, student: nn.Module, x: Tensor, lr: float = 0.01
 ) -> dict[str, Any]:
-    """The DistillationBox ``train_config`` for ``stack`` on these models (kdzoo's settings)."""
+    """The DistillationBox ``train_config`` for ``stack`` on these models (kdzoo's settings).
+
+    For ``reviewkd`` the activations ending the teacher's tapped stages are made out-of-place, so pass
+    the copy of the teacher torchdistill will run (as :func:`torchdistill_step` does)."""
     if not torchdistill_supports(stack):
         have = ", ".join(sorted(TORCHDISTILL_METHODS))
         raise KdzooError(f"torchdistill adapter: no equivalent for '{stack}' (have {have}, each once)")
