@@ -11,7 +11,7 @@ Public API::
 
 Writing a method: everything it touches is here too (from :mod:`kdzoo.api`): ``hookimpl``,
 ``MethodInfo``, ``ModelInfo``, ``StageInfo``, ``Taps``, ``Summary``, ``Outputs``, ``Stage``,
-``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``, ``parameters_up_to``,
+``TrainingSet``, ``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``, ``parameters_up_to``,
 ``linear_warmup``, ``soft_target_kl``, ``KdzooError``.
 """
 
@@ -28,6 +28,7 @@ from kdzoo.api import (
     StageInfo,
     Summary,
     Taps,
+    TrainingSet,
     hookimpl,
     inner_stages,
     linear_warmup,
@@ -54,6 +55,7 @@ __all__ = [
     "StageInfo",
     "Summary",
     "Taps",
+    "TrainingSet",
     "distill",
     "get_method",
     "hookimpl",

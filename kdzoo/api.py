@@ -7,7 +7,8 @@ to know the contract, and every other part of kdzoo can build on it.
 * What a model offers (read from timm, never from a dummy forward): :class:`ModelInfo`,
   :class:`StageInfo`; pairing stages of two models: :func:`pair_stage`, :func:`pair_stages`,
   :func:`inner_stages`.
-* What a method asks for and gets each step: :class:`Taps`, :class:`Summary`, :class:`Outputs`.
+* What a method asks for and gets each step: :class:`Taps`, :class:`Summary`, :class:`Outputs`;
+  what it may know of the training data when it builds its modules: :class:`TrainingSet`.
 * Training phases: :class:`Stage`, :data:`WHOLE_RUN`, :func:`parameters_up_to`.
 * The run the lifecycle hooks receive: :class:`Run`.
 * The loss helper several methods share: :func:`soft_target_kl`; errors a user can fix:
@@ -285,6 +286,21 @@ def pair_inner_stages(
     picks. The common default of AT, NST, VID and AB."""
     wanted = student_stages if student_stages is not None else inner_stages(student)
     return pair_stages(teacher, student, wanted, teacher_stages)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What a method may know of the training data when it builds its modules
+    (``kdzoo_build_modules(train_set=...)``): per-sample state, such as CRD's memory bank, is sized
+    from it, and ``kdzoo_compute_losses(indices=...)`` then gives each batch's positions in it.
+
+    ``labels``: each sample's class in dataset order (what ``indices`` index), when the data says
+    so; ``batch_size``: this process's share of a training batch; ``device``: where training runs."""
+
+    num_samples: int
+    labels: Tensor | None = None
+    batch_size: int | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- stages

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 from torch import Tensor, nn
 
-from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps
+from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet
 
 hookspec = pluggy.HookspecMarker("kdzoo")
 
@@ -72,11 +72,18 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_build_modules(self, teacher: ModelInfo | None, student: ModelInfo) -> dict[str, nn.Module] | None:
+    def kdzoo_build_modules(
+        self, teacher: ModelInfo | None, student: ModelInfo, train_set: TrainingSet | None
+    ) -> dict[str, nn.Module] | None:
         """Trainable modules this method owns (regressors, auxiliary heads), sized from the
         ``ModelInfo`` (channels, reduction) without a dummy forward. The core moves them to the
         device, optimises them with the student and saves them in checkpoints; they are not part
         of the exported student. Keep references to use them in :meth:`kdzoo_compute_losses`.
+
+        State kept per training sample (a memory bank) is sized from ``train_set`` (``None`` when
+        the objective is used without one: say so in one line if the method needs it) and lives in
+        :class:`kdzoo.memory.SampleMemory` / :class:`kdzoo.memory.EmbeddingQueue` buffers, which are
+        checkpointed with the modules and kept equal across processes.
 
         Example::
 
@@ -88,12 +95,14 @@ class MethodSpec:
 
     @hookspec
     def kdzoo_compute_losses(
-        self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage
+        self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage, indices: Tensor | None
     ) -> dict[str, Tensor] | None:
         """Named, *unweighted* scalar loss terms for one batch. Weights come from
         :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
         labels) itself, so methods never compute it. Term names must be unique across the
         active methods; terms a stage switches off may be skipped (``stage.term_on(name)``).
+        ``indices``: each sample's position in the training set (int64, on the batch's device, or
+        ``None`` where the data gives none, e.g. a user's own loader of (images, labels)).
 
         Example::
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from kdzoo.api import KdzooError, MethodInfo
+from kdzoo.api import KdzooError, MethodInfo, TrainingSet
 from kdzoo.config import build
 from kdzoo.engine.extract import device_of, model_name
 from kdzoo.engine.objective import Objective, build_objective
@@ -39,6 +40,7 @@ def get_method(
     student: nn.Module,
     teacher: nn.Module | None = None,
     img_size: int | None = None,
+    train_set: TrainingSet | None = None,
     **config: Any,
 ) -> Objective:
     """Method ``name`` (or a list of methods, stacked as ``kdzoo run`` stacks them) as an
@@ -48,7 +50,9 @@ def get_method(
     taps the methods need, and returns CE plus the methods' weighted terms. Put
     ``objective.parameters()`` (the methods' own trainable modules, e.g. FitNets' regressor) in
     your optimizer next to the student's. ``config`` overrides one method's defaults; with several
-    methods, pass ``{method: {key: value}}`` per method.
+    methods, pass ``{method: {key: value}}`` per method. Methods that keep state per training sample
+    (CRD's memory bank) need ``train_set=kdzoo.TrainingSet(num_samples, labels)`` here and each
+    batch's ``indices`` in the call: ``objective(images, labels, indices=idx)``.
 
     >>> kd = kdzoo.get_method("kd", teacher=teacher, student=student, temperature=2)  # doctest: +SKIP
     >>> stack = kdzoo.get_method(["kd", "at"], teacher=teacher, student=student)      # doctest: +SKIP
@@ -69,7 +73,11 @@ def get_method(
         raise KdzooError(f"method '{wanting[0]}' needs a teacher: get_method({name!r}, teacher=..., student=...)")
     device = device_of(student, "student")
     methods = {info.name: info.factory(configs[info.name]) for info in infos}
-    objective = build_objective(methods, student, teacher if wanting else None, _input_size(student, img_size))
+    if train_set is not None and train_set.device != device:
+        train_set = dataclasses.replace(train_set, device=device)
+    objective = build_objective(
+        methods, student, teacher if wanting else None, _input_size(student, img_size), train_set=train_set
+    )
     return objective.to(device)
 
 
@@ -88,7 +96,8 @@ def distill(
 ) -> dict[str, Any]:
     """Train ``student`` from ``teacher`` with ``methods`` through kdzoo's engine; returns the summary.
 
-    ``train_data`` / ``val_data``: DataLoaders (or sized iterables) of ``(images, labels)``.
+    ``train_data`` / ``val_data``: DataLoaders (or sized iterables) of ``(images, labels)``; training
+    batches of ``(images, labels, sample_indices)`` serve methods that keep per-sample state (CRD).
     ``config``: an optional YAML file; ``settings``: ``--set`` style overrides such as
     ``["train.epochs=5", "optim.lr=0.01", "kd.temperature=2"]``. Checkpoints, metrics and the summary
     go to ``run_dir`` as for ``kdzoo run``; a ``run_dir`` that already holds a run is refused unless
@@ -101,7 +110,7 @@ def distill(
     reg = registry()
     if teacher is None and any(reg.get(m).wants_teacher(method_config(m)) for m in methods):
         raise KdzooError(f"methods {list(methods)} need a teacher: distill(teacher, student, ...)")
-    first_images, _ = next(iter(train_data))
+    first_images = next(iter(train_data))[0]
     names = [f"student.model={model_name(student)}", f"data.img_size={first_images.shape[-1]}", "data.name=custom"]
     if teacher is not None:
         names.append(f"teacher.model={model_name(teacher)}")

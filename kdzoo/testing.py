@@ -46,6 +46,8 @@ PAIRS: dict[str, tuple[str, dict, str, dict]] = {
     "resnet->resnet": ("resnet10t", {}, "test_resnet", {}),
     "resnet->mobilenetv3": ("test_resnet", {}, "mobilenetv3_small_050", {}),
     "vit->resnet": ("test_vit", {"img_size": 32, "patch_size": 4}, "test_resnet", {}),
+    # a transformer student of a CNN teacher, for methods that promise heterogeneous pairs (OFA)
+    "resnet->vit": ("test_resnet", {}, "test_vit", {"img_size": 32, "patch_size": 4}),
     # for methods that compare stages channel by channel (FSP): same widths, another initialisation
     "resnet->resnet-same-widths": ("test_resnet", {}, "test_resnet", {}),
     # for methods that train a distillation token (DeiT): a two-block distilled transformer
@@ -163,8 +165,8 @@ def _config(case: Case, _tmp: Path) -> None:
 
 def _losses(case: Case, tmp_path: Path) -> None:
     trainer = _trainer(case, tmp_path)
-    x, y = next(trainer.data.train.epoch(0))
-    total, terms, _ = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.5)
+    x, y, idx = next(trainer.data.train.epoch(0, with_index=True))
+    total, terms, _ = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.5, indices=idx)
     assert terms, f"stage {trainer.stages[0].name}: no loss terms"
     for name, value in terms.items():
         assert isinstance(name, str) and name, "term names are non-empty strings"
@@ -183,12 +185,12 @@ def _losses(case: Case, tmp_path: Path) -> None:
 
 def _gradients(case: Case, tmp_path: Path) -> None:
     trainer = _trainer(case, tmp_path)
-    x, y = next(trainer.data.train.epoch(0))
+    x, y, idx = next(trainer.data.train.epoch(0, with_index=True))
     for stage in trainer.stages:
         trainable = trainer.set_trainable(stage)
         for p in [*trainer.student.parameters(), *trainer.modules.parameters()]:
             p.grad = None
-        total, _, _ = trainer.compute_losses(x, y, stage, 0, 0.5)
+        total, _, _ = trainer.compute_losses(x, y, stage, 0, 0.5, indices=idx)
         total.backward()
         # a stage may train only the method's own modules (a paraphraser's pre-training, say)
         trains_student = any(p.requires_grad for p in trainer.student.parameters())

@@ -95,6 +95,7 @@ def test_the_paper_setting_config_runs_every_built_in_method(tmp_path):
             continue
         stage = next(s for s in trainer.stages if s.losses is None or s.losses - {"ce"})  # a distilling stage
         optimizer, scheduler = trainer.optimizer_for(stage)
-        loss, terms, _ = trainer.train_step(*next(batches.epoch(0)), stage, 0, 0.0, optimizer, scheduler)
+        x, y, idx = next(batches.epoch(0, with_index=True))  # CRD's memory bank is indexed by sample
+        loss, terms, _ = trainer.train_step(x, y, stage, 0, 0.0, optimizer, scheduler, indices=idx)
         assert torch.isfinite(loss) and set(terms) - {"ce"}, (method, terms)
     assert set(refused) == {"deit"} and "\n" not in refused["deit"] and "resnet8x4 has none" in refused["deit"]

@@ -35,6 +35,9 @@ CASES = [
     *conformance_cases("reviewkd", settings=("reviewkd.warmup_epochs=1",)),
     *conformance_cases("deit", pairs=["resnet->deit"]),
     *conformance_cases("deit", pairs=["resnet->deit"], settings=("deit.variant=soft",)),
+    *conformance_cases("crd", settings=("crd.nce_k=64",)),
+    *conformance_cases("crd", pairs=["vit->resnet"], settings=("crd.nce_k=64", "crd.memory=queue")),
+    *conformance_cases("ofa", pairs=["vit->resnet", "resnet->vit", "resnet->mobilenetv3"]),
 ]
 
 

@@ -20,6 +20,7 @@ def _run(tmp_path, out, method, nproc):
         "student.model=test_resnet",
         "train.epochs=2",
         f"train.out_dir={tmp_path / out}",
+        *EXTRA.get(method, ()),
     ]
     args = ["-m", "kdzoo", "run", "--method", method, "--quiet", *[a for s in sets for a in ("--set", s)]]
     if nproc > 1 and method == "kd":  # torchrun itself
@@ -32,7 +33,11 @@ def _run(tmp_path, out, method, nproc):
     return torch.load(tmp_path / out / f"{method}-test_resnet-seed0" / "last.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("method", ["kd", "fitnets"])
+# crd: trainable modules under DDP, and per-sample state (memory banks) kept equal by gathered updates
+EXTRA = {"crd": ("crd.nce_k=64",)}
+
+
+@pytest.mark.parametrize("method", ["kd", "crd"])
 def test_two_processes_equal_one_process(method, tmp_path):
     one = _run(tmp_path, "one", method, 1)
     two = _run(tmp_path, "two", method, 2)

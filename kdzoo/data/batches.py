@@ -64,6 +64,14 @@ class Batches:
         self.device = torch.device(device)
         return self
 
+    def class_labels(self) -> Tensor | None:
+        """Every sample's class in dataset order (what batch indices index), when the data says so."""
+        return None
+
+
+def _as_labels(values) -> Tensor | None:
+    return None if values is None else torch.as_tensor(values).long().cpu()
+
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device`` without the host waiting: from pinned memory, asynchronously, on CUDA
@@ -122,6 +130,9 @@ class TensorBatches(Batches):
     @property
     def num_samples(self) -> int:
         return len(self.labels)
+
+    def class_labels(self) -> Tensor:
+        return self.labels.cpu()
 
     def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
         """The batches of one epoch, from batch ``start`` on; they depend only on (seed, epoch).
@@ -247,13 +258,17 @@ class LoaderBatches(Batches):
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def class_labels(self) -> Tensor | None:
+        return _as_labels(getattr(self.dataset, "targets", None))
+
+    def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
+        """The batches of one epoch from batch ``start`` on; ``with_index`` adds each batch's sample indices."""
         from torch.utils.data import DataLoader
 
         # a fresh loader per epoch: worker seeds then come from the (seed, epoch) generator, so an epoch
         # is the same after a resume (persistent workers would carry their RNG across epochs)
         loader = DataLoader(
-            self.dataset,
+            _WithIndex(self.dataset),
             batch_size=self.batch_size,
             shuffle=self.train,
             drop_last=self.train and len(self.dataset) >= self.batch_size,
@@ -262,16 +277,32 @@ class LoaderBatches(Batches):
             generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
         try:
-            for x, y in itertools.islice(loader, start, None):
-                x, y = shard(x, self.shard_info), shard(y, self.shard_info)
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            for x, y, idx in itertools.islice(loader, start, None):
+                x, y, idx = (shard(t, self.shard_info) for t in (x, y, idx))
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                yield (x, y, idx) if with_index else (x, y)
         except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
             raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
 
 
+class _WithIndex:
+    """A map-style dataset whose items also carry their index (the position per-sample state uses)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return x, y, index
+
+
 class IterableBatches(Batches):
-    """Wraps a user's DataLoader (or any sized iterable of (images, labels)) for the engine; under
-    torchrun, give it a DistributedSampler (it is not sharded again here)."""
+    """Wraps a user's DataLoader (or any sized iterable of (images, labels) or (images, labels,
+    sample indices)) for the engine; under torchrun, give it a DistributedSampler (it is not sharded
+    again here)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -285,9 +316,15 @@ class IterableBatches(Batches):
         dataset = getattr(self.loader, "dataset", None)
         return len(dataset) if dataset is not None else len(self.loader)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def class_labels(self) -> Tensor | None:
+        return _as_labels(getattr(getattr(self.loader, "dataset", None), "targets", None))
+
+    def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
+        """The loader's batches from batch ``start`` on; ``with_index`` adds the sample indices a batch
+        carries as its third element (``None`` for a batch of (images, labels) only)."""
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
             sampler.set_epoch(epoch)
-        for x, y in itertools.islice(self.loader, start, None):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for x, y, *rest in itertools.islice(self.loader, start, None):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield (x, y, rest[0] if rest else None) if with_index else (x, y)

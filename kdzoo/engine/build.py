@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
-from kdzoo.api import KdzooError, ModelInfo
+from kdzoo.api import KdzooError, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.engine import locking
@@ -79,7 +79,10 @@ def build_run(
         teacher_info = describe(teacher, config.teacher.model, config.data.img_size)
     student.to(device)
     s_info = describe(student, config.student.model, config.data.img_size)
-    objective = Objective(methods, student, s_info, teacher, teacher_info).to(device)
+    train_set = TrainingSet(
+        data.train.num_samples, data.train.class_labels(), config.data.batch_size // dist.world, device
+    )
+    objective = Objective(methods, student, s_info, teacher, teacher_info, train_set).to(device)
     teacher_metrics = None
     if cache is not None:
         with ready.main_first():

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdzoo.data.batches import DistInfo
+from kdzoo.memory import ReplicatedState
 
 
 def init_from_env() -> DistInfo:
@@ -109,8 +110,8 @@ class TrainingStep(nn.Module):
         self.student = student
         self.objective = objective
 
-    def forward(self, x, y, stage, epoch, progress, teacher_out):
-        total, terms, weights = self.objective.compute(x, y, stage, epoch, progress, teacher_out)
+    def forward(self, x, y, stage, epoch, progress, teacher_out, indices):
+        total, terms, weights = self.objective.compute(x, y, stage, epoch, progress, teacher_out, indices)
         return total, terms, weights
 
 
@@ -118,9 +119,21 @@ def wrap(student: nn.Module, objective: nn.Module, info: DistInfo) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     module = TrainingStep(student, objective)
+    # per-sample state keeps its copies equal itself (gathered updates): broadcasting it would cost more
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, replicated_buffers(module))
     device_ids = [info.local_rank] if torch.cuda.is_available() else None
     # a stage may leave some trainable parameters without a gradient (a term switched off)
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
+def replicated_buffers(module: nn.Module) -> list[str]:
+    """The fully qualified names of the buffers of every :class:`~kdzoo.memory.ReplicatedState` in ``module``."""
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        if isinstance(sub, ReplicatedState)
+        for name, _ in sub.named_buffers(recurse=False)
+    ]
 
 
 def mean_across(values: dict[str, Tensor], info: DistInfo) -> dict[str, Tensor]:

@@ -110,15 +110,14 @@ class Trainer(RunBase):
         self.student.train()
         self.modules.train()
         steps, totals, cache = len(self.data.train), EpochTotals(partial), self.teacher_cache
-        batches = self.data.train.epoch(global_epoch, start_step, with_index=True) if cache else None
-        batches = batches or self.data.train.epoch(global_epoch, start_step)
+        batches = self.data.train.epoch(global_epoch, start_step, with_index=True)
         desc = f"{self.label}{stage.name} {epoch + 1}/{stage.epochs}"
         bar = tqdm(batches, total=steps, initial=start_step, leave=False, disable=self._quiet(), desc=desc)
         started, weights, every = time.perf_counter(), {}, self.config.train.checkpoint_every
-        for step, (x, y, *sample_index) in enumerate(bar, start=start_step):
+        for step, (x, y, idx) in enumerate(bar, start=start_step):
             progress = (epoch + step / steps) / max(stage.epochs, 1)
-            teacher_out = cache.lookup(sample_index[0], global_epoch, self.device) if cache is not None else None
-            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler, teacher_out)
+            teacher_out = cache.lookup(idx, global_epoch, self.device) if cache is not None else None
+            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler, teacher_out, idx)
             totals.add(step, loss, terms, len(y))
             done = step + 1
             if done % self.config.train.log_every == 0 or done == steps:  # the only host syncs

@@ -16,7 +16,7 @@ import pluggy
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.api import WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, union
+from kdzoo.api import WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, union
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
@@ -39,6 +39,7 @@ class Objective(nn.Module):
         student_info: ModelInfo,
         teacher: nn.Module | None = None,
         teacher_info: ModelInfo | None = None,
+        train_set: TrainingSet | None = None,
     ):
         super().__init__()
         self.methods = methods
@@ -48,7 +49,9 @@ class Objective(nn.Module):
         self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
         self.method_modules = nn.ModuleDict()
         for name in methods:
-            built = self.call_one(name, "kdzoo_build_modules", teacher=teacher_info, student=student_info)
+            built = self.call_one(
+                name, "kdzoo_build_modules", teacher=teacher_info, student=student_info, train_set=train_set
+            )
             self.method_modules[name] = nn.ModuleDict(built or {})
         self.student_tap = FeatureExtractor(
             student,
@@ -112,14 +115,24 @@ class Objective(nn.Module):
                 weights.setdefault(name, float(value))  # the first selected method wins
         return weights
 
-    def terms(self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage) -> dict[str, Tensor]:
-        """Unweighted terms from given outputs (for when you ran the models yourself)."""
+    def terms(
+        self,
+        student: Outputs,
+        teacher: Outputs | None,
+        targets: Tensor,
+        stage: Stage,
+        indices: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Unweighted terms from given outputs (for when you ran the models yourself); ``indices``
+        are the samples' positions in the training set, for methods that keep per-sample state."""
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(student.logits, targets)
         hook = self.pm.hook.kdzoo_compute_losses
         # called one implementation at a time (pluggy's order) so that a bad result names its method
-        given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage}
+        if indices is not None:
+            indices = indices.to(targets.device, non_blocking=True)
+        given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage, "indices": indices}
         for impl in reversed(hook.get_hookimpls()):
             result = call_hook_impl(impl, "kdzoo_compute_losses", given)
             for name, value in _checked_terms(impl.plugin_name, result).items():
@@ -139,13 +152,14 @@ class Objective(nn.Module):
         epoch: int = 0,
         progress: float = 0.0,
         teacher_out: Outputs | None = None,
+        indices: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
         """One forward per model (none for the teacher when ``teacher_out`` is given, e.g. from a
         teacher-output cache); returns (total loss, unweighted terms, weights)."""
-        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out)
+        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out, indices)
         return total, terms, weights
 
-    def _step(self, x, targets, stage, epoch, progress, teacher_out=None):
+    def _step(self, x, targets, stage, epoch, progress, teacher_out=None, indices=None):
         # the teacher first: its forward's transient activations are then gone before the student's
         # saved ones pile up, so the step's memory peak is the student's alone
         if teacher_out is None and self.teacher_tap is not None:
@@ -153,16 +167,22 @@ class Objective(nn.Module):
                 f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
             )
         student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
-        terms = self.terms(student_out, teacher_out, targets, stage)
+        terms = self.terms(student_out, teacher_out, targets, stage, indices)
         weights = self.loss_weights(stage, epoch, progress)
         total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
         return total, terms, weights, student_out
 
-    def forward(self, x: Tensor, targets: Tensor, epoch: int = 0, progress: float = 0.0) -> Tensor:
+    def forward(
+        self, x: Tensor, targets: Tensor, epoch: int = 0, progress: float = 0.0, indices: Tensor | None = None
+    ) -> Tensor:
         """The total loss for a batch. Pass ``epoch`` (from 0) and ``progress`` (0..1 over training)
-        for methods whose weights ramp up (warm-ups). Afterwards ``last_logits`` holds the student's
-        logits and ``last_terms`` the unweighted terms (both detached), for the user's own logging."""
-        total, terms, self.last_weights, student_out = self._step(x, targets, WHOLE_RUN, epoch, progress)
+        for methods whose weights ramp up (warm-ups), and ``indices`` (each sample's position in the
+        training set) for methods that keep per-sample state (CRD). Afterwards ``last_logits`` holds
+        the student's logits and ``last_terms`` the unweighted terms (both detached), for the user's
+        own logging."""
+        total, terms, self.last_weights, student_out = self._step(
+            x, targets, WHOLE_RUN, epoch, progress, indices=indices
+        )
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         self.last_logits = student_out.logits.detach()
         return total
@@ -192,8 +212,9 @@ def build_objective(
     img_size: int,
     student_name: str | None = None,
     teacher_name: str | None = None,
+    train_set: TrainingSet | None = None,
 ) -> Objective:
     """An :class:`Objective` for two timm models (described from their ``feature_info``)."""
     s_info = describe(student, student_name or model_name(student), img_size)
     t_info = None if teacher is None else describe(teacher, teacher_name or model_name(teacher), img_size)
-    return Objective(methods, student, s_info, teacher, t_info)
+    return Objective(methods, student, s_info, teacher, t_info, train_set)

@@ -68,10 +68,12 @@ class RunBase:
         self.method_teacher = name
         self.teacher_metrics = self._evaluate(model, "teacher", name)
 
-    def compute_losses(self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, teacher_out=None):
+    def compute_losses(
+        self, x: Tensor, y: Tensor, stage: Stage, epoch: int, progress: float, teacher_out=None, indices=None
+    ):
         """Forward both models once (the teacher not at all when its outputs are given); return
-        (total loss, unweighted terms, weights)."""
-        return self.objective.compute(x, y, stage, epoch, progress, teacher_out)
+        (total loss, unweighted terms, weights). ``indices``: the samples' positions in the training set."""
+        return self.objective.compute(x, y, stage, epoch, progress, teacher_out, indices)
 
     def claim_new_run_dir(self) -> None:
         """Move to a new run directory named after ``run_dir`` (``-2``, ``-3``... when taken), created
@@ -81,14 +83,16 @@ class RunBase:
             torch.distributed.broadcast_object_list(chosen, src=0)
         self.run_dir = chosen[0]
 
-    def train_step(self, x, y, stage: Stage, epoch: int, progress: float, optimizer, scheduler, teacher_out=None):
+    def train_step(
+        self, x, y, stage: Stage, epoch: int, progress: float, optimizer, scheduler, teacher_out=None, indices=None
+    ):
         """One optimisation step; returns (loss, terms, weights) without any host sync (loss is
         ``None`` for a step skipped as non-finite under ``train.nonfinite: skip``)."""
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             step = self.ddp if self.ddp is not None else self.compute_losses
-            loss, terms, weights = step(x, y, stage, epoch, progress, teacher_out)
+            loss, terms, weights = step(x, y, stage, epoch, progress, teacher_out, indices)
         optimizer.zero_grad(set_to_none=True)
         if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync, this policy only
             return None, terms, weights

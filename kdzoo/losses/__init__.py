@@ -24,11 +24,14 @@ function                                        method   what
 ``rkd_angle_loss(s_emb, t_emb)``                rkd      smooth-L1 of triplet angle cosines (B x B x B)
 ``byot_losses(heads, deep_feat, deep_logits,    self-    Be Your Own Teacher's CE, KL and hint terms
 y, T)``                                         distill
+``nce_loss(scores, num_samples)``               crd      NCE of (B, K + 1) contrast scores, positive first
+``ofa_loss(s_logits, t_logits, y, eps, T)``     ofa      ``-sum_c ((p_t + y)^eps - y) log p_s``, batch mean
 =============================================  =======  ==============================================
 """
 
 from kdzoo.api import soft_target_kl
 from kdzoo.losses.at import at_loss, attention_loss, attention_map, spatial_attention
+from kdzoo.losses.crd import nce_loss
 from kdzoo.losses.dist import (
     channel_relation_loss,
     dist_inter_loss,
@@ -39,6 +42,7 @@ from kdzoo.losses.dist import (
 from kdzoo.losses.dkd import dkd_terms
 from kdzoo.losses.fitnets import hint_loss
 from kdzoo.losses.kd import kd_loss, standardize
+from kdzoo.losses.ofa import ofa_loss
 from kdzoo.losses.rkd import (
     Relations,
     angle_term,
@@ -71,7 +75,9 @@ __all__ = [
     "distance_term",
     "hint_loss",
     "kd_loss",
+    "nce_loss",
     "normalised_distances",
+    "ofa_loss",
     "pairwise_distances",
     "rkd_angle_loss",
     "rkd_distance_loss",

@@ -117,8 +117,10 @@ def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], 
     trainer.student.train()
     trainer.modules.train()
 
+    indices = torch.arange(len(y))  # the batch is the whole training set: per-sample state indexes it
+
     def step() -> None:
-        trainer.train_step(x, y, stage, 0, 0.5, optimizer, scheduler)
+        trainer.train_step(x, y, stage, 0, 0.5, optimizer, scheduler, indices=indices)
 
     return step, optimizer
 
