@@ -7,17 +7,19 @@ Public API::
     loss_fn = kdzoo.get_method("at", teacher=t, student=s)  # an nn.Module loss for your own loop
     loss_fn = kdzoo.get_method(["kd", "at"], teacher=t, student=s)  # methods stack
     kdzoo.distill(t, s, train_loader, val_loader, methods=["kd", "at"])  # the whole engine
+    kdzoo.load_student("runs/.../student.safetensors")     # what a run deployed, with its weights
     kdzoo.losses.rkd_angle_loss(student_embedding, teacher_embedding)    # any built-in loss on tensors
 
 Writing a method: everything it touches is here too (from :mod:`kdzoo.api`): ``hookimpl``,
 ``MethodInfo``, ``ModelInfo``, ``StageInfo``, ``Taps``, ``Summary``, ``Outputs``, ``Stage``,
-``TrainingSet``, ``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``, ``parameters_up_to``,
-``linear_warmup``, ``soft_target_kl``, ``KdzooError``.
+``TrainingSet``, ``View``, ``WHOLE_RUN``, ``Run``, ``pair_stage``, ``pair_stages``, ``inner_stages``,
+``parameters_up_to``, ``linear_warmup``, ``soft_target_kl``, ``KdzooError``.
 """
 
 from __future__ import annotations
 
 from kdzoo.api import (
+    INPUT_VIEW,
     WHOLE_RUN,
     KdzooError,
     MethodInfo,
@@ -29,6 +31,7 @@ from kdzoo.api import (
     Summary,
     Taps,
     TrainingSet,
+    View,
     hookimpl,
     inner_stages,
     linear_warmup,
@@ -38,12 +41,14 @@ from kdzoo.api import (
     parameters_up_to,
     soft_target_kl,
 )
+from kdzoo.engine.deployed import load_student
 from kdzoo.engine.objective import Objective
 from kdzoo.library import distill, get_method, list_methods, method_config
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "INPUT_VIEW",
     "WHOLE_RUN",
     "KdzooError",
     "MethodInfo",
@@ -56,12 +61,14 @@ __all__ = [
     "Summary",
     "Taps",
     "TrainingSet",
+    "View",
     "distill",
     "get_method",
     "hookimpl",
     "inner_stages",
     "linear_warmup",
     "list_methods",
+    "load_student",
     "method_config",
     "pair_inner_stages",
     "pair_stage",

@@ -223,6 +223,17 @@ class Outputs:
                 f"summary '{name}' of stage {stage} was not computed; declare it in kdzoo_feature_taps"
             ) from None
 
+    def rows(self, index: slice) -> Outputs:
+        """These outputs for a slice of the batch (one view of a stack of views)."""
+        return Outputs(
+            self.logits[index],
+            {i: f[index] for i, f in self.features.items()},
+            None if self.embedding is None else self.embedding[index],
+            {k: v[index] for k, v in self.summaries.items()},
+            {i: f[index] for i, f in self.preact.items()},
+            None if self.distillation_logits is None else self.distillation_logits[index],
+        )
+
     def detached_copy(self) -> Outputs:
         """Normal (non-inference) tensors, so losses can save them for backward."""
         return Outputs(
@@ -286,6 +297,25 @@ def pair_inner_stages(
     picks. The common default of AT, NST, VID and AB."""
     wanted = student_stages if student_stages is not None else inner_stages(student)
     return pair_stages(teacher, student, wanted, teacher_stages)
+
+
+@dataclass(frozen=True)
+class View:
+    """An extra view of every training image that a method wants in its step (``kdzoo_views``):
+    rotated copies (SSKD), a strongly augmented copy (MLKD).
+
+    ``make(x)`` turns a batch of model inputs (B, C, H, W; normalised, already augmented as the data
+    pipeline does) into the view, same shape, drawing any randomness from torch's global RNG (saved
+    in checkpoints: a resumed run draws the same). The core stacks the views after the input batch
+    and runs each model once on the stack. ``name`` identifies ``make``: methods asking for a view of
+    the same name share it."""
+
+    name: str
+    make: Callable[[Tensor], Tensor] = field(compare=False, hash=False, repr=False)
+
+
+#: the name of the batch as the data pipeline made it, first in every stack of views
+INPUT_VIEW = "input"
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ def default_run_dir(config: RunConfig) -> Path:
 def run(methods, configs, overrides, resume, quiet, nproc) -> None:
     """Distill a teacher into a student with one or more methods."""
     from kdzoo.engine import build_trainer
+    from kdzoo.engine.distributed import process_group_left_at_exit
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise SystemExit(launch_torchrun(nproc))
@@ -93,10 +94,11 @@ def run(methods, configs, overrides, resume, quiet, nproc) -> None:
         config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
         run_dir = default_run_dir(config)
         check_writable(run_dir.parent)  # before a teacher is trained for minutes
-    trainer = build_trainer(config, reg, run_dir, show_progress=False if quiet else None)
-    if state is None:
-        trainer.claim_new_run_dir()
-    summary = trainer.fit(resume=state)
+    with process_group_left_at_exit():
+        trainer = build_trainer(config, reg, run_dir, show_progress=False if quiet else None)
+        if state is None:
+            trainer.claim_new_run_dir()
+        summary = trainer.fit(resume=state)
     if not trainer.dist.main:  # under torchrun, only rank 0 speaks
         return
     teacher = "no external teacher"
@@ -174,18 +176,19 @@ def show(method: str) -> None:
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.* keys.")
 @one_line_errors
 def eval_cmd(checkpoint_path: str, overrides) -> None:
-    """Accuracy of a run's student on its validation data.
+    """Accuracy of a run's deployed student on its validation data.
 
     CHECKPOINT: a run's last.pt, or its exported student.safetensors (read with the run's
-    config.json beside it).
+    config.json beside it). What a method deploys around the student (SimKD's projector and reused
+    teacher classifier) is scored with it.
     """
     from kdzoo.config import merge, parse_override
     from kdzoo.data import load_data
     from kdzoo.engine import pick_device
+    from kdzoo.engine.deployed import build_deployed
     from kdzoo.engine.evaluate import evaluate
-    from kdzoo.models import create_model
 
-    raw, weights = _read_student(Path(checkpoint_path))
+    raw, weights, modules = _read_student(Path(checkpoint_path))
     for text in overrides:
         path, value = parse_override(text)
         update: dict = value
@@ -194,17 +197,21 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
         raw = merge(raw, update)
     config = config_from_dict(raw, registry().config_classes())
     data = load_data(config.data, config.train.seed)
-    student_cfg = dataclasses.replace(config.student, pretrained=False, checkpoint=None)
-    model = create_model(student_cfg, "student", data.num_classes, data.in_chans)
-    model.load_state_dict(weights)
+    deployed = build_deployed(config, data.num_classes, data.in_chans)
+    if modules is None:  # the exported file: the deployed network's own weights
+        deployed.network.load_state_dict(weights)
+    else:
+        deployed.load_checkpoint_weights(weights, modules)
+    model = deployed.network
     device = pick_device(config.train.device)
     model.to(device)
     scores = evaluate(model, data.val.to(device).epoch(0), data.num_classes)
     click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
 
 
-def _read_student(path: Path) -> tuple[dict, dict]:
-    """(run config, student weights) from a checkpoint or an exported safetensors file."""
+def _read_student(path: Path) -> tuple[dict, dict, dict | None]:
+    """(run config, weights, method modules' weights) from a checkpoint, or (run config, the deployed
+    network's weights, None) from an exported safetensors file."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -213,9 +220,9 @@ def _read_student(path: Path) -> tuple[dict, dict]:
             raise KdzooError(f"file not found: {path}")
         if not config_file.is_file():
             raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
-        return json.loads(config_file.read_text()), load_file(str(path))
+        return json.loads(config_file.read_text()), load_file(str(path)), None
     state = RunState.load(path)
-    return state.config, state.student
+    return state.config, state.student, state.modules
 
 
 @main.command()

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 from torch import Tensor, nn
 
-from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet
+from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet, View
 
 hookspec = pluggy.HookspecMarker("kdzoo")
 
@@ -72,6 +72,23 @@ class MethodSpec:
         """
 
     @hookspec
+    def kdzoo_views(self, student: ModelInfo) -> list[View] | None:
+        """Extra views of each training image this method trains on (:class:`kdzoo.View`), besides the
+        batch itself. The core stacks them after the batch, one forward pass per model on the stack;
+        this method's :meth:`kdzoo_compute_losses` then gets outputs for the whole stack and
+        ``views``, each view's rows (``{"input": slice(0, B), "rotate90": slice(B, 2B), ...}``),
+        while methods that ask for no views still see the input rows alone, and the core's ``ce``
+        uses the input rows. A teacher-output cache holds one view per sample: runs with views
+        refuse it in one line.
+
+        Example (SSKD's rotations)::
+
+            @kdzoo.hookimpl
+            def kdzoo_views(self):
+                return [View(f"rot{k * 90}", functools.partial(torch.rot90, k=k, dims=(2, 3))) for k in (1, 2, 3)]
+        """
+
+    @hookspec
     def kdzoo_build_modules(
         self, teacher: ModelInfo | None, student: ModelInfo, train_set: TrainingSet | None
     ) -> dict[str, nn.Module] | None:
@@ -95,7 +112,13 @@ class MethodSpec:
 
     @hookspec
     def kdzoo_compute_losses(
-        self, student: Outputs, teacher: Outputs | None, targets: Tensor, stage: Stage, indices: Tensor | None
+        self,
+        student: Outputs,
+        teacher: Outputs | None,
+        targets: Tensor,
+        stage: Stage,
+        indices: Tensor | None,
+        views: dict[str, slice],
     ) -> dict[str, Tensor] | None:
         """Named, *unweighted* scalar loss terms for one batch. Weights come from
         :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
@@ -103,6 +126,8 @@ class MethodSpec:
         active methods; terms a stage switches off may be skipped (``stage.term_on(name)``).
         ``indices``: each sample's position in the training set (int64, on the batch's device, or
         ``None`` where the data gives none, e.g. a user's own loader of (images, labels)).
+        ``views``: the rows of each view in ``student`` / ``teacher`` (see :meth:`kdzoo_views`;
+        ``{"input": slice(0, B)}`` for a method that asked for none); ``targets`` are the input's.
 
         Example::
 
@@ -136,6 +161,38 @@ class MethodSpec:
             def kdzoo_schedule(self, epochs):
                 return [Stage("hint", 5, losses=frozenset({"hint"}), trainable=self.up_to_hint),
                         Stage("kd", epochs, losses=frozenset({"ce", "kd"}))]
+        """
+
+    @hookspec
+    def kdzoo_on_teacher(self, teacher: nn.Module, info: ModelInfo) -> None:
+        """Called whenever the objective gets a teacher *model* (when it is built, and when a method
+        hands one over), for a method that reuses the teacher's weights (SimKD copies its classifier).
+        A teacher whose outputs come from a teacher-output cache is never built: such a method says
+        so in one line (e.g. in :meth:`kdzoo_on_run_start`).
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_on_teacher(self, teacher):
+                self.head.load_state_dict(teacher.get_classifier().state_dict())
+        """
+
+    @hookspec
+    def kdzoo_deployed_model(self, student: nn.Module, modules: nn.ModuleDict) -> nn.Module | None:
+        """The network to evaluate and export in place of the bare student, for a method that changes
+        what is deployed (SimKD: the student's backbone, a projector and the teacher's classifier).
+
+        Build it from ``student`` and this method's own ``modules`` (from :meth:`kdzoo_build_modules`),
+        sharing their parameters, with a plain ``forward(images) -> logits``. It is called once per
+        run, and again by ``kdzoo eval`` on a fresh build whose weights then come from the exported
+        file, so it must depend on nothing but its arguments. Return ``None`` (or leave the hook out)
+        to deploy the student alone.
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_deployed_model(self, student, modules):
+                return nn.Sequential(student, modules["calibration"])
         """
 
     @hookspec

@@ -6,8 +6,8 @@ The tests assert each gap stays under 1e-5; this prints the gap actually seen, p
 closing notes and docs/differences-from-torchdistill.md. The reference is torchdistill 1.1.5's
 loss class on the same tensors, or, where kdzoo follows the paper or the authors' code instead,
 torchdistill's value put through the exact relation between the two (the "relation" column).
-Methods torchdistill does not ship (DKD, CTKD, NST, OFD, Tf-KD) are checked against hand-written
-formulas in the tests and are not listed here.
+Methods torchdistill does not ship (DKD, CTKD, NST, OFD, Tf-KD, OFA) are checked against
+hand-written formulas in the tests and are not listed here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchdistill.losses.mid_level as td
 
-from kdzoo import soft_target_kl
+from kdzoo import TrainingSet, soft_target_kl
 from kdzoo.losses.ab import ab_loss
 from kdzoo.losses.at import at_loss
 from kdzoo.losses.cc import cc_loss
@@ -228,10 +228,28 @@ def pad(g: torch.Generator) -> Pair:
     return pad_l2_loss(zs, zt, v), theirs
 
 
+def crd(g: torch.Generator) -> Pair:
+    """The first step (it also sets the normalisers Z) from the same memory banks and negatives."""
+    from kdzoo_plugins.crd import ContrastMemory, CRDConfig
+
+    n, d, k, b = 256, 32, 64, 16  # n a power of two: CRDLoss's alias table needs n * (1/n) == 1
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    reference = td.CRDLoss("s", "e", "t", input_size=d, output_size=n, num_negative_samples=k, num_samples=n)
+    ours = ContrastMemory(CRDConfig(feat_dim=d, nce_k=k), TrainingSet(n, torch.arange(n) % 10))
+    ours.student_memory.bank.copy_(reference.memory_v1)
+    ours.teacher_memory.bank.copy_(reference.memory_v2)
+    idx = torch.randperm(n, generator=g)[:b]
+    keys = torch.cat([idx[:, None], torch.randint(0, n, (b, k), generator=g)], dim=1)
+    ours.draw = lambda indices: keys
+    s, t = (F.normalize(torch.randn(b, d, generator=g), dim=1) for _ in range(2))
+    theirs = reference({"s": {"output": s}, "e": {"input": {"pos_idx": idx, "contrast_idx": keys}}}, _io(t, "t"))
+    return ours(s, t, idx), theirs.squeeze()
+
+
 CHECKS: dict[str, Callable[[torch.Generator], Pair]] = {
     "kd": kd, "fitnets": fitnets, "at": at, "rkd": rkd, "pkt": pkt, "dist": dist, "dist_plus": dist_plus,
     "logit standardization": logit_standardization, "sp": sp, "cc": cc, "vid": vid, "fsp": fsp, "ab": ab, "ft": ft,
-    "ickd": ickd, "srd": srd, "skd": skd, "pad": pad, "reviewkd": reviewkd,
+    "ickd": ickd, "srd": srd, "skd": skd, "pad": pad, "reviewkd": reviewkd, "crd": crd,
 }  # fmt: skip
 
 

@@ -37,6 +37,8 @@ CASES = [
     *conformance_cases("deit", pairs=["resnet->deit"], settings=("deit.variant=soft",)),
     *conformance_cases("crd", settings=("crd.nce_k=64",)),
     *conformance_cases("crd", pairs=["vit->resnet"], settings=("crd.nce_k=64", "crd.memory=queue")),
+    *conformance_cases("mlkd"),
+    *conformance_cases("simkd", pairs=["resnet->resnet", "vit->resnet"]),
     *conformance_cases("ofa", pairs=["vit->resnet", "resnet->vit", "resnet->mobilenetv3"]),
 ]
 

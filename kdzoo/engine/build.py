@@ -83,6 +83,12 @@ def build_run(
         data.train.num_samples, data.train.class_labels(), config.data.batch_size // dist.world, device
     )
     objective = Objective(methods, student, s_info, teacher, teacher_info, train_set).to(device)
+    if cache is not None and objective.views:
+        raise KdzooError(
+            f"teacher.cache: methods {sorted(objective.view_methods)} train on {len(objective.views) + 1} views of "
+            "each image drawn every step, and a teacher-output cache holds one view per sample: "
+            "set teacher.cache=false"
+        )
     teacher_metrics = None
     if cache is not None:
         with ready.main_first():

@@ -12,6 +12,7 @@ loss relates samples within a batch (RKD) see the local batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -20,6 +21,22 @@ from torch import Tensor, nn
 
 from kdzoo.data.batches import DistInfo
 from kdzoo.memory import ReplicatedState
+
+
+@contextlib.contextmanager
+def process_group_left_at_exit():
+    """Leave the process group torchrun's run joined once it is over: a process exiting with its
+    gloo group alive can abort in the group's teardown. After a run that finished, every process
+    waits for the others first; after a failure it leaves at once (the others may never arrive)."""
+    try:
+        yield
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def init_from_env() -> DistInfo:

@@ -6,13 +6,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from kdzoo.config import RunConfig
 
 
-def export_student(student: nn.Module, config: RunConfig, num_classes: int, in_chans: int, run_dir: Path) -> None:
-    """The student alone (no method modules) as a timm-loadable safetensors file + how to load it."""
+def export_student(
+    student: nn.Module,
+    config: RunConfig,
+    num_classes: int,
+    in_chans: int,
+    run_dir: Path,
+    deployed_by: str | None = None,
+) -> None:
+    """The deployed network as a safetensors file + how to load it: the student alone (a timm model,
+    no method modules), or, when a method changes what is deployed (``deployed_by``), the network it
+    built around the student (SimKD: + projector + teacher classifier), which ``kdzoo eval`` and
+    :func:`kdzoo.load_student` rebuild through that method."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -20,12 +31,39 @@ def export_student(student: nn.Module, config: RunConfig, num_classes: int, in_c
     (run_dir / "student.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **config.student.kwargs}
     model = config.student.model
-    load = (
-        f"timm.create_model({model!r}, pretrained=True, "
-        + "".join(f"{k}={v!r}, " for k, v in kwargs.items())
-        + f"pretrained_cfg_overlay=dict(file='student.safetensors', num_classes={kwargs['num_classes']}))"
-    )
-    (run_dir / "student.json").write_text(json.dumps({"model": model, "kwargs": kwargs, "load": load}, indent=2))
+    if deployed_by is None:
+        load = (
+            f"timm.create_model({model!r}, pretrained=True, "
+            + "".join(f"{k}={v!r}, " for k, v in kwargs.items())
+            + f"pretrained_cfg_overlay=dict(file='student.safetensors', num_classes={kwargs['num_classes']}))"
+        )
+    else:
+        load = f"kdzoo.load_student({str(run_dir / 'student.safetensors')!r})"
+    record = {"model": model, "kwargs": kwargs, "deployed_by": deployed_by, "load": load}
+    (run_dir / "student.json").write_text(json.dumps(record, indent=2))
+
+
+def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass of one input of ``shape`` (C, H, W)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(iter(model.parameters())).device
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(torch.randn(1, *shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def deployed_costs(model: nn.Module, in_chans: int, img_size: int, deployed_by: str | None) -> dict[str, Any]:
+    """What the deployed network costs: its parameters (a reused teacher classifier included) and
+    FLOPs per image."""
+    return {
+        "network": "student" if deployed_by is None else f"student as {deployed_by} deploys it",
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops": count_flops(model, (in_chans, img_size, img_size)),
+    }
 
 
 def summarise(
@@ -38,8 +76,9 @@ def summarise(
     data_name: str,
     wall: float,
     run_dir: Path,
+    deployed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json``: teacher and student accuracy, per stage, wall time."""
+    """``summary.json``: teacher and student accuracy, per stage, wall time, the deployed network's cost."""
     return {
         "methods": config.methods,
         "teacher": teacher,
@@ -56,4 +95,5 @@ def summarise(
         ],
         "wall_time_s": round(wall, 2),
         "run_dir": str(run_dir),
+        "deployed": deployed,
     }

@@ -20,7 +20,7 @@ from kdzoo import checkpoint
 from kdzoo.api import KdzooError
 from kdzoo.engine.accounting import EpochTotals
 from kdzoo.engine.distributed import any_across
-from kdzoo.engine.export import export_student, summarise
+from kdzoo.engine.export import deployed_costs, export_student, summarise
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.run import RunBase
 from kdzoo.engine.state import Position, RunState
@@ -83,7 +83,7 @@ class Trainer(RunBase):
                     "epoch": epoch + 1,
                     "global_epoch": global_epoch + 1,
                     "train": train,
-                    "val": self._evaluate(self.student, "student"),
+                    "val": self._evaluate(self.objective.deployed_model(), "student"),
                     "lr": optimizer.param_groups[0]["lr"],
                     "epoch_time_s": round(time.perf_counter() - started, 3),
                 }
@@ -101,7 +101,14 @@ class Trainer(RunBase):
                 call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=index)
         summary = self._summary()
         if self.dist.main:
-            export_student(self.student, self.config, self.data.num_classes, self.data.in_chans, self.run_dir)
+            export_student(
+                self.objective.deployed_model(),
+                self.config,
+                self.data.num_classes,
+                self.data.in_chans,
+                self.run_dir,
+                self.objective.deploying,
+            )
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         call_hook(self.pm, "kdzoo_on_run_end", run=self, summary=summary)
         return summary
@@ -212,7 +219,8 @@ class Trainer(RunBase):
             board.close()
 
     def _summary(self) -> dict[str, Any]:
-        last = self.history[-1]["val"] if self.history else self._evaluate(self.student, "student")
+        deployed = self.objective.deployed_model()
+        last = self.history[-1]["val"] if self.history else self._evaluate(deployed, "student")
         teacher = self.config.teacher.model if self.teacher is not None else None
         if self.teacher_cache is not None:
             teacher = f"{self.config.teacher.model} (cached outputs)"
@@ -229,4 +237,5 @@ class Trainer(RunBase):
             self.data.name,
             self._wall(),
             self.run_dir,
+            deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
         )

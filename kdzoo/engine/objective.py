@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import pluggy
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.api import WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, union
+from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
@@ -47,6 +48,15 @@ class Objective(nn.Module):
         self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
         self.student_info, self.teacher_info = student_info, teacher_info
         self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
+        self.views: list[View] = []  # extra views of each image, stacked after the batch
+        self.view_methods: set[str] = set()  # the methods that asked for them (and see the whole stack)
+        for name in methods:
+            for view in self.call_one(name, "kdzoo_views", student=student_info) or ():
+                self.view_methods.add(name)
+                if view.name == INPUT_VIEW:
+                    raise KdzooError(f"method '{name}': view name '{INPUT_VIEW}' is the batch itself; rename the view")
+                if view.name not in {v.name for v in self.views}:
+                    self.views.append(view)
         self.method_modules = nn.ModuleDict()
         for name in methods:
             built = self.call_one(
@@ -81,6 +91,7 @@ class Objective(nn.Module):
         self.teacher_tap = FeatureExtractor(
             model, info, taps.teacher, taps.teacher_embedding, taps.teacher_summaries, taps.teacher_preact
         )
+        call_hook(self.pm, "kdzoo_on_teacher", teacher=model, info=info)
 
     def close(self) -> None:
         """Remove the forward hooks the extractors put on models without native taps."""
@@ -99,6 +110,22 @@ class Objective(nn.Module):
         self.student_tap.compile()
         if self.teacher_tap is not None:
             self.teacher_tap.compile()
+
+    def deployed_model(self) -> nn.Module:
+        """What training produces to deploy: the student, or the network a method builds around it
+        (:meth:`~kdzoo.hookspecs.MethodSpec.kdzoo_deployed_model`), sharing its parameters."""
+        if getattr(self, "_deployed", None) is None:
+            student = self.student_tap.model
+            built = {}
+            for name in self.methods:
+                model = self.call_one(name, "kdzoo_deployed_model", student=student, modules=self.method_modules[name])
+                if model is not None:
+                    built[name] = model
+            if len(built) > 1:
+                raise KdzooError(f"methods {sorted(built)} each change the deployed student; they cannot be stacked")
+            self.deploying = next(iter(built), None)  #: the method that changed the deployed network, if any
+            self._deployed = [built.get(self.deploying, student)]  # a list: not a submodule of the objective
+        return self._deployed[0]
 
     def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on one method only (for results that must be attributed to it)."""
@@ -122,9 +149,16 @@ class Objective(nn.Module):
         targets: Tensor,
         stage: Stage,
         indices: Tensor | None = None,
+        views: dict[str, slice] | None = None,
     ) -> dict[str, Tensor]:
         """Unweighted terms from given outputs (for when you ran the models yourself); ``indices``
-        are the samples' positions in the training set, for methods that keep per-sample state."""
+        are the samples' positions in the training set, for methods that keep per-sample state;
+        ``views`` the rows of each view when the outputs cover a stack of views (:meth:`stack_views`)."""
+        views = views or {INPUT_VIEW: slice(0, len(targets))}
+        alone = views[INPUT_VIEW]
+        given_all = {"student": student, "teacher": teacher, "views": views}
+        if len(views) > 1:  # methods that asked for no views see the input's rows only
+            student, teacher = student.rows(alone), None if teacher is None else teacher.rows(alone)
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(student.logits, targets)
@@ -133,8 +167,10 @@ class Objective(nn.Module):
         if indices is not None:
             indices = indices.to(targets.device, non_blocking=True)
         given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage, "indices": indices}
+        given["views"] = {INPUT_VIEW: slice(0, len(targets))}
         for impl in reversed(hook.get_hookimpls()):
-            result = call_hook_impl(impl, "kdzoo_compute_losses", given)
+            asked = impl.plugin_name in self.view_methods
+            result = call_hook_impl(impl, "kdzoo_compute_losses", {**given, **given_all} if asked else given)
             for name, value in _checked_terms(impl.plugin_name, result).items():
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
@@ -159,7 +195,20 @@ class Objective(nn.Module):
         total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out, indices)
         return total, terms, weights
 
+    def stack_views(self, x: Tensor) -> tuple[Tensor, dict[str, slice]]:
+        """The batch followed by each view the methods asked for, and the rows of each."""
+        n = x.shape[0]
+        rows = {INPUT_VIEW: slice(0, n)}
+        if not self.views:
+            return x, rows
+        for i, view in enumerate(self.views, start=1):
+            rows[view.name] = slice(i * n, (i + 1) * n)
+        return torch.cat([x, *(view.make(x) for view in self.views)]), rows
+
     def _step(self, x, targets, stage, epoch, progress, teacher_out=None, indices=None):
+        x, views = self.stack_views(x)
+        if teacher_out is not None and len(views) > 1:
+            raise KdzooError("teacher outputs given for one view, but the methods train on several views of each image")
         # the teacher first: its forward's transient activations are then gone before the student's
         # saved ones pile up, so the step's memory peak is the student's alone
         if teacher_out is None and self.teacher_tap is not None:
@@ -167,7 +216,7 @@ class Objective(nn.Module):
                 f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
             )
         student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
-        terms = self.terms(student_out, teacher_out, targets, stage, indices)
+        terms = self.terms(student_out, teacher_out, targets, stage, indices, views)
         weights = self.loss_weights(stage, epoch, progress)
         total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
         return total, terms, weights, student_out
@@ -184,7 +233,7 @@ class Objective(nn.Module):
             x, targets, WHOLE_RUN, epoch, progress, indices=indices
         )
         self.last_terms = {name: value.detach() for name, value in terms.items()}
-        self.last_logits = student_out.logits.detach()
+        self.last_logits = student_out.logits[: len(targets)].detach()  # the input's, not its views'
         return total
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.data import load_data
+from kdzoo.engine.export import count_flops
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
@@ -126,6 +127,7 @@ def compare(
     teacher_file = shared_teacher(first, registry, echo)
     results: list[RunResult] = []
     teacher_top1 = None
+    deployed: dict[str, dict[str, Any]] = {}
     total = len(configs)
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
@@ -142,6 +144,8 @@ def compare(
             summary = run_one(cfg, registry, teacher_file)
             echo(f"[{i}/{total}] {method} seed {seed}: top-1 {summary['student_top1']:.2f}%")
         teacher_top1 = summary.get("teacher_top1") or teacher_top1
+        if (summary.get("deployed") or {}).get("network", "student") != "student":
+            deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
         curve = [json.loads(line)["val"]["top1"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         results.append(
             RunResult(
@@ -149,7 +153,7 @@ def compare(
             )
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
-    report["models"] = model_costs(first, teacher_file)
+    report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     report["meta"] = meta(methods, files, overrides, seeds)
     write_report(report, results, out)
     return report
@@ -196,15 +200,6 @@ def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> 
     return 1000 * statistics.median(times)
 
 
-def _flops(model: nn.Module, shape: tuple[int, ...]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(torch.randn(1, *shape))
-    return int(counter.get_total_flops())
-
-
 def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
     """Parameters, FLOPs per image and measured CPU latency per image of teacher and student."""
     data = load_data(config.data, config.train.seed)
@@ -217,7 +212,7 @@ def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
         costs[role] = {
             "model": cfg.model,
             "params": sum(p.numel() for p in model.parameters()),
-            "flops": _flops(model, shape),
+            "flops": count_flops(model, shape),
             "latency_ms": _latency_ms(model, shape),
         }
     t, s = costs["teacher"], costs["student"]
@@ -293,6 +288,11 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
             f"| {role} | {c['model']} | {c['params'] / 1e6:.3f} M | {c['flops'] / 1e6:.1f} M | "
             f"{c['latency_ms']:.2f} ms |"
             for role, c in (("teacher", t), ("student", s))
+        ),
+        *(
+            f"| {d['network']} | {s['model']} + {method}'s modules | {d['params'] / 1e6:.3f} M | "
+            f"{d['flops'] / 1e6:.1f} M | - |"
+            for method, d in costs.get("deployed", {}).items()
         ),
         "",
         f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, "

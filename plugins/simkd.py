@@ -1,0 +1,191 @@
+"""SimKD: Chen, Mei, Zhang, Wang, Wang, Feng, Chen. "Knowledge Distillation with the Reused Teacher
+Classifier". CVPR 2022. https://arxiv.org/abs/2203.14001
+
+The student's last feature map goes through a projector (a bottleneck: 1x1 conv to C_t / 2, 3x3
+conv, 1x1 conv to C_t, each with BN + ReLU; the authors' ``SimKD`` module, ``factor 2``) and is
+matched to the teacher's last map by MSE (the larger map average-pooled to the smaller side); the
+student then *predicts with the teacher's classifier*: its logits are the teacher's frozen
+classifier applied to the pooled projected map. That network -- student backbone + projector +
+teacher classifier -- is what a SimKD run evaluates, exports (``student.safetensors``; ``kdzoo
+eval`` and ``kdzoo.load_student`` rebuild it) and counts in ``summary.json``'s ``deployed`` cost.
+Defaults: the authors' CIFAR-100 command (``--distill simkd -c 0 -d 0 -b 1 --factor 2``): the
+MSE alone (CE weight 0: the student's own classifier is not deployed).
+
+A teacher whose classifier does not read its average-pooled last map (a ViT: a class token after a
+norm) gives the pooled projected map the teacher's pooled embedding to match instead, the input of
+the classifier it lends (``align: embedding``, chosen by ``auto``). The student must be a CNN whose
+``forward_features`` ends at its last stage (its pooled width is that stage's), so the deployed
+network runs the map it trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo import KdzooError, MethodInfo, ModelInfo, Stage, Taps, hookimpl
+
+
+@dataclass
+class SimKDConfig:
+    weight: float = 1.0
+    ce_weight: float = 0.0
+    factor: int = 2
+    align: Literal["auto", "map", "embedding"] = "auto"
+
+
+def reads_pooled_last_map(info: ModelInfo) -> bool:
+    """A CNN whose classifier reads its average-pooled last stage (pooled width = that stage's)."""
+    pyramid = len({s.reduction for s in info.stages}) > 1
+    return bool(info.stages) and pyramid and info.embedding_dim == info.stages[-1].channels
+
+
+class Projector(nn.Module):
+    """The authors' bottleneck: 1x1 to C_t/factor, 3x3, 1x1 to C_t, each conv + BN + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int):
+        super().__init__()
+        mid = max(out_channels // factor, 1)
+        self.transfer = nn.Sequential(
+            nn.Conv2d(in_channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        for m in self.modules():  # the authors' initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.transfer(x)
+
+
+def pooled_to(x: Tensor, side: int | None) -> Tensor:
+    """``x`` average-pooled to ``side`` x ``side`` when it is larger (SimKD's spatial alignment)."""
+    return F.adaptive_avg_pool2d(x, (side, side)) if side is not None and x.shape[-1] > side else x
+
+
+class DeployedSimKD(nn.Module):
+    """Student backbone -> (pooled to the teacher's side) projector -> average pool -> teacher classifier."""
+
+    def __init__(self, student: nn.Module, projector: Projector, classifier: nn.Linear, side: int | None):
+        super().__init__()
+        self.student, self.projector, self.classifier, self.side = student, projector, classifier, side
+
+    def forward(self, x: Tensor) -> Tensor:
+        projected = self.projector(pooled_to(self.student.forward_features(x), self.side))
+        return self.classifier(projected.mean(dim=(2, 3)))
+
+
+class SimKD:
+    def __init__(self, config: SimKDConfig):
+        self.config = config
+        self.from_teacher = False
+
+    def _plan(self, teacher: ModelInfo, student: ModelInfo) -> None:
+        if not reads_pooled_last_map(student):
+            raise KdzooError(
+                f"simkd deploys the student's last feature map through a projector and the teacher's classifier: "
+                f"student {student.name} is not a CNN whose forward_features ends at its last stage "
+                f"(pooled width {student.embedding_dim}); use a CNN student such as a ResNet"
+            )
+        align = self.config.align
+        self.align = ("map" if reads_pooled_last_map(teacher) else "embedding") if align == "auto" else align
+        if self.align == "map" and not teacher.stages:
+            raise KdzooError(f"simkd.align=map: teacher {teacher.name} exposes no stages; use align=embedding")
+        self.student_stage = len(student.stages) - 1
+        t_side, s_side = teacher.spatial_size(-1), student.spatial_size(-1)
+        # the map of the larger side is pooled to the smaller (the authors' spatial alignment)
+        self.student_side = t_side if self.align == "map" and s_side > t_side else None
+        self.teacher_side = s_side if self.align == "map" and t_side > s_side else None
+        self.teacher_width = teacher.stages[-1].channels if self.align == "map" else teacher.embedding_dim
+
+    @hookimpl
+    def kdzoo_feature_taps(self, teacher, student):
+        self._plan(teacher, student)
+        if self.align == "map":
+            return Taps(student=(self.student_stage,), teacher=(len(teacher.stages) - 1,))
+        return Taps(student=(self.student_stage,), teacher_embedding=True)
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student):
+        self._plan(teacher, student)
+        self.projector = Projector(student.stages[-1].channels, self.teacher_width, self.config.factor)
+        # the teacher's classifier, copied in when the teacher model is set (kdzoo_on_teacher) and never trained
+        self.classifier = nn.Linear(teacher.embedding_dim, teacher.num_classes)
+        self.teacher_stage = len(teacher.stages) - 1
+        return {"projector": self.projector, "teacher_classifier": self.classifier}
+
+    @hookimpl
+    def kdzoo_on_teacher(self, teacher):
+        head = teacher.get_classifier()
+        head = head[0] if isinstance(head, tuple) else head
+        if not isinstance(head, nn.Linear) or head.in_features != self.classifier.in_features:
+            raise KdzooError(
+                f"simkd reuses the teacher's classifier, which must be one linear layer on its pooled embedding; "
+                f"this teacher's is {type(head).__name__}"
+            )
+        self.classifier.load_state_dict(copy.deepcopy(head.state_dict()))
+        self.from_teacher = True
+
+    @hookimpl
+    def kdzoo_on_run_start(self, run):
+        # a run whose cache was filled before never builds the teacher: refuse the cache every time alike
+        if run.config.teacher.cache or not (self.from_teacher or run.history):
+            raise KdzooError(
+                "simkd reuses the teacher's classifier weights, which a teacher-output cache does not hold: "
+                "set teacher.cache=false"
+            )
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs):
+        # the reused classifier stays the teacher's: everything but it trains
+        return [Stage("train", epochs, trainable=self._trainable)]
+
+    def _trainable(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
+        return [*student.parameters(), *self.projector.parameters()]
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, stage):
+        if not stage.term_on("simkd"):
+            return None
+        projected = self.projector(pooled_to(student.feature(self.student_stage), self.student_side))
+        if self.align == "map":
+            target = pooled_to(teacher.feature(self.teacher_stage), self.teacher_side)
+            return {"simkd": F.mse_loss(projected, target.float())}
+        return {"simkd": F.mse_loss(projected.mean(dim=(2, 3)), teacher.embedding.float())}
+
+    @hookimpl
+    def kdzoo_deployed_model(self, student, modules):
+        return DeployedSimKD(student, modules["projector"], modules["teacher_classifier"], self.student_side)
+
+    @hookimpl
+    def kdzoo_loss_weights(self):
+        return {"ce": self.config.ce_weight, "simkd": self.config.weight}
+
+
+@hookimpl
+def kdzoo_register_methods(register):
+    register(
+        MethodInfo(
+            name="simkd",
+            factory=SimKD,
+            config_class=SimKDConfig,
+            paper="Chen et al. Knowledge Distillation with the Reused Teacher Classifier. CVPR 2022. arXiv:2203.14001",
+            summary="a projector maps the student's last map onto the teacher's (MSE); the student deploys with "
+            "the projector and the teacher's reused classifier",
+            kind="feature",
+        )
+    )
