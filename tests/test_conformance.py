@@ -38,6 +38,7 @@ CASES = [
     *conformance_cases("crd", settings=("crd.nce_k=64",)),
     *conformance_cases("crd", pairs=["vit->resnet"], settings=("crd.nce_k=64", "crd.memory=queue")),
     *conformance_cases("mlkd"),
+    *conformance_cases("sskd", settings=("sskd.head_epochs=1",)),
     *conformance_cases("simkd", pairs=["resnet->resnet", "vit->resnet"]),
     *conformance_cases("ofa", pairs=["vit->resnet", "resnet->vit", "resnet->mobilenetv3"]),
 ]

@@ -26,6 +26,8 @@ function                                        method   what
 y, T)``                                         distill
 ``nce_loss(scores, num_samples)``               crd      NCE of (B, K + 1) contrast scores, positive first
 ``ofa_loss(s_logits, t_logits, y, eps, T)``     ofa      ``-sum_c ((p_t + y)^eps - y) log p_s``, batch mean
+``batch_level_loss(s_logits, t_logits, T)``     mlkd     ``||P_t P_t^T - P_s P_s^T||^2 / B`` (and ``class_level_loss``)
+``sskd_terms(...)``                             sskd     KD, T-SS KD and SS-KD of rotated copies
 =============================================  =======  ==============================================
 """
 
@@ -42,6 +44,7 @@ from kdzoo.losses.dist import (
 from kdzoo.losses.dkd import dkd_terms
 from kdzoo.losses.fitnets import hint_loss
 from kdzoo.losses.kd import kd_loss, standardize
+from kdzoo.losses.mlkd import batch_level_loss, class_level_loss
 from kdzoo.losses.ofa import ofa_loss
 from kdzoo.losses.rkd import (
     Relations,
@@ -54,6 +57,7 @@ from kdzoo.losses.rkd import (
     triplet_cosines,
 )
 from kdzoo.losses.self_distill import byot_losses
+from kdzoo.losses.sskd import sskd_terms
 from kdzoo.losses.tfkd import virtual_teacher, virtual_teacher_loss
 
 __all__ = [
@@ -71,7 +75,9 @@ __all__ = [
     "at_loss",
     "attention_loss",
     "attention_map",
+    "batch_level_loss",
     "byot_losses",
+    "class_level_loss",
     "distance_term",
     "hint_loss",
     "kd_loss",
@@ -83,5 +89,6 @@ __all__ = [
     "rkd_distance_loss",
     "soft_target_kl",
     "spatial_attention",
+    "sskd_terms",
     "triplet_cosines",
 ]
