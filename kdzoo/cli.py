@@ -281,7 +281,8 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
 @click.option(
     "--options",
     default="",
-    help="Also measure kdzoo's first stack, and the floor, with each of: channels_last,bf16,fp16,compile.",
+    help="Also measure every stack, and the floor in the same mode, with each of: channels_last,bf16,fp16,"
+    "compile (the models),compile_objective (+ the distillation terms),reduce_overhead (+ CUDA graphs).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when there is one), cpu, cuda, cuda:1.")
 @click.option(

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU numbers of docs/performance.md, in one go: the step benchmark on a larger pair at
-# ImageNet size and on the CPU section's pair, each with torchdistill beside kdzoo, then real
-# epochs (live teacher, warm teacher-output cache, fp16 with its grad scaler) through `kdzoo run`.
+# The GPU numbers of docs/performance.md, in one go (about 8 minutes by default): issue 16's CIFAR
+# steps eager and compiled against a floor run in the same mode, and real CIFAR-shaped epochs
+# (live teacher, warm teacher-output cache, eager and compiled objective). The older parts: the
+# step benchmark on a larger pair at ImageNet size and on the CPU section's pair, each with
+# torchdistill beside kdzoo, then real epochs through `kdzoo run` (PARTS="big small epochs").
 #
 #   pip install -e '.[bench]' && bash scripts/bench_gpu.sh        # results in runs/bench-gpu/
 #   COMPILE=1 bash scripts/bench_gpu.sh                            # also times the torch.compile option
@@ -36,7 +38,32 @@ epochs+=(--set data.augment=false --set train.device="$device")
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; fi
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
 
-parts=${PARTS:-big small epochs}  # e.g. PARTS=epochs for the real epochs alone
+# cifar: issue 16's targets -- each stack at 32 px, batch 64, eager and compiled, against the floor run
+# in the same mode (kdzoo bench's "x the floor's in the same mode" line); then real CIFAR-shaped epochs
+# (scripts/gpu_epochs.py). PAIRS=wrn adds wrn_40_2 -> wrn_16_2; big/small/epochs are the older parts.
+parts=${PARTS:-cifar cifar_epochs}  # e.g. PARTS="cifar big small epochs"
+if [[ -n "${SMALL:-}" ]]; then
+    cifar_pairs=("test_resnet test_resnet")
+    cifar=(--img-size 32 --batch 8 --rounds 2 --steps 1)
+    cifar_epochs=(--samples 256 --epochs 1 --teacher test_resnet --student test_resnet)
+else
+    cifar_pairs=("resnet32x4 resnet8x4")
+    [[ ${PAIRS:-} == *wrn* ]] && cifar_pairs+=("wrn_40_2 wrn_16_2")
+    cifar=(--img-size 32 --batch 64 --rounds 7 --steps 20)
+    cifar_epochs=(--samples 50000 --epochs 2)
+fi
+if [[ " $parts " == *" cifar "* ]]; then
+    for pair in "${cifar_pairs[@]}"; do
+        read -r teacher student <<<"$pair"
+        $kdzoo bench --device "$device" --teacher "$teacher" --student "$student" "${cifar[@]}" \
+            --methods kd,fitnets,at,rkd,kd+at+rkd --options compile_objective,reduce_overhead \
+            --json "$out/bench_cifar_$student.json" | tee "$out/bench_cifar_$student.md"
+    done
+fi
+if [[ " $parts " == *" cifar_epochs "* ]]; then
+    python3 scripts/gpu_epochs.py --device "$device" "${cifar_epochs[@]}" --out "$out/epochs" |
+        tee "$out/cifar_epochs.md"
+fi
 if [[ $parts == *big* ]]; then
     $kdzoo bench --device "$device" "${big[@]}" --options channels_last,bf16,fp16 --torchdistill \
         --json "$out/bench_big.json" | tee "$out/bench_big.md"
@@ -45,7 +72,7 @@ if [[ $parts == *small* ]]; then
     $kdzoo bench --device "$device" "${small[@]}" --torchdistill --json "$out/bench_small.json" |
         tee "$out/bench_small.md"
 fi
-[[ $parts == *epochs* ]] || exit 0
+[[ " $parts " == *" epochs "* ]] || exit 0
 
 epoch_rates() {  # images/s of each training epoch, from a run's metrics.jsonl
     python3 - "$1" "$2" <<'PY'

@@ -37,12 +37,16 @@ def test_bench_table_has_every_variant(tmp_path):
     for name in ("floor", "student only", "kdzoo kd", "kdzoo kd+at+rkd", "kdzoo kd [channels_last]", "kdzoo kd [bf16]"):
         assert f"| {name} |" in result.output
     assert "| floor [bf16] |" in result.output  # each option is compared with the floor done the same way
+    assert "kdzoo step time / the floor's in the same mode: kd [channels_last]" in result.output
     for name in ("torchdistill kd", "torchdistill kd+at+rkd"):  # the same steps done by torchdistill
         assert f"| {name} |" in result.output
     import json
 
     report = json.loads(out.read_text())
     assert report["results"]["floor"]["ratio"] == 1.0
+    assert set(report["vs_same_mode_floor"]) == {
+        f"{s} [{o}]" for s in ("kd", "kd+at+rkd") for o in ("channels_last", "bf16")
+    }
     assert all(r["step_ms"] > 0 and r["peak_mb"] > 0 for r in report["results"].values())
 
 
@@ -51,7 +55,10 @@ def test_unknown_option_is_one_line():
         main, ["bench", "--teacher", "test_resnet", "--student", "test_resnet", "--options", "fp8"]
     )
     assert result.exit_code != 0
-    assert "bench option 'fp8' is unknown; choose from channels_last, bf16, fp16, compile" in result.output
+    assert (
+        "bench option 'fp8' is unknown; choose from channels_last, bf16, fp16, compile, compile_objective, "
+        "reduce_overhead" in result.output
+    )
 
 
 def test_tensor_peak_counts_what_a_step_holds_at_once():

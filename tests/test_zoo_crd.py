@@ -176,9 +176,10 @@ def test_memory_check_names_the_nce_k_that_fits_or_the_queue(monkeypatch):
     import kdzoo.memory
 
     teacher, student = (__import__("timm").create_model(m, num_classes=10) for m in ("resnet10t", "test_resnet"))
-    train_set = TrainingSet(50_000, torch.arange(50_000) % 10, batch_size=64)
+    # more samples than 4 x 16385 keys: each anchor's keyed rows are gathered, 1 GiB for 2 x 64 x 16385 x 128
+    train_set = TrainingSet(200_000, torch.arange(200_000) % 10, batch_size=64)
     monkeypatch.setattr(kdzoo.memory, "free_bytes", lambda device: 2 * 2**30)  # 2 GiB free: 1 GiB budget
-    with pytest.raises(KdzooError, match=r"crd \(memory=bank, nce_k=16384, 50000 samples\) needs 1\.") as error:
+    with pytest.raises(KdzooError, match=r"crd \(memory=bank, nce_k=16384, 200000 samples\) needs 1\.") as error:
         kdzoo.get_method("crd", teacher=teacher, student=student, img_size=32, train_set=train_set)
     message = str(error.value)
     assert "\n" not in message
@@ -253,3 +254,23 @@ def test_ddp_leaves_the_memory_banks_to_their_gathered_updates(tiny_pair):
     assert {prefix + "z", prefix + "student_memory.bank", prefix + "teacher_memory.bank"} <= set(names)
     assert all(n.startswith(prefix) for n in names)  # labels by class too: the same data on every process
     assert not any("bn" in n or "running" in n for n in names)  # BatchNorm statistics are still broadcast
+
+
+def test_scoring_every_row_of_a_small_bank_equals_gathering_the_keyed_rows(monkeypatch):
+    import kdzoo_plugins.crd as crd
+
+    assert crd.scores_every_row(50_000, 16384) and not crd.scores_every_row(1_281_167, 16384)  # CIFAR; ImageNet
+    torch.manual_seed(0)
+    memory = ContrastMemory(CRDConfig(feat_dim=D, nce_k=K), TrainingSet(N, torch.arange(N) % 10))
+    keys = memory.draw(torch.arange(B))
+    student, _ = _embeddings(5)
+    routes = {}
+    for every_row in (False, True):
+        monkeypatch.setattr(crd, "scores_every_row", lambda n, k, every_row=every_row: every_row)
+        anchor = student.detach().clone().requires_grad_()
+        scores = memory.scores(anchor, memory.teacher_memory, keys)
+        scores.sum().backward()
+        routes[every_row] = (scores.detach(), anchor.grad)
+    torch.testing.assert_close(routes[True][0], routes[False][0], rtol=1e-5, atol=0)
+    # gradients of scores up to exp(1 / 0.07) = 1.6e6, summed in another order: float32 rounding
+    torch.testing.assert_close(routes[True][1], routes[False][1], rtol=1e-4, atol=1e-6)

@@ -102,6 +102,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
     channels_last: bool = False
     compile: bool = False  # torch.compile the models' forward passes
+    # torch.compile the per-step distillation work too (the methods' terms and their weighting): at
+    # small steps each of its ops is a kernel launch; falls back to eager in one line where it fails
+    compile_objective: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
 

@@ -242,7 +242,9 @@ def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> No
         # scale); the schedule still advancing one step there is intended, not a misordering
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
     if config.train.compile:
-        objective.compile()
+        objective.compile(config.train.compile_mode)
+    if config.train.compile_objective:
+        objective.compile_objective(config.train.compile_mode)
 
 
 def _set_up_data_parallel(config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, show) -> None:

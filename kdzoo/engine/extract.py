@@ -97,10 +97,10 @@ class FeatureExtractor:
 
         return keep
 
-    def compile(self) -> None:
+    def compile(self, mode: str = "default") -> None:
         """Compile the forward pass (graph breaks fall back to eager; hooks make it eager anyway)."""
         if self.native:
-            self._forward = torch.compile(self._forward)
+            self._forward = torch.compile(self._forward, mode=mode)
 
     def __call__(self, x: Tensor) -> Outputs:
         out = self._forward(x)

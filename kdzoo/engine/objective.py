@@ -10,6 +10,7 @@ The engine uses the same object for every step, so the library and the CLI compu
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pluggy
@@ -105,11 +106,40 @@ class Objective(nn.Module):
             self.teacher_tap.close()
         self._teacher, self.teacher_tap = [], None
 
-    def compile(self) -> None:
+    def compile(self, mode: str = "default") -> None:
         """``torch.compile`` the teacher's and student's tapped forward passes."""
-        self.student_tap.compile()
+        self.student_tap.compile(mode)
         if self.teacher_tap is not None:
-            self.teacher_tap.compile()
+            self.teacher_tap.compile(mode)
+
+    def compile_objective(self, mode: str = "default", backend: str = "inductor") -> None:
+        """``torch.compile`` the per-step work between the models' forward passes and the backward
+        pass: every method's terms and their weighted sum, fused into few kernels (at small steps
+        each eager op costs a kernel launch). Host syncs inside a method (a Python ``int()`` of a
+        tensor) split the graph there, correctly; a compile that fails falls back to eager with one
+        line (:meth:`_losses`)."""
+        self._compiled = torch.compile(self._weighted_terms, mode=mode, backend=backend)
+
+    def _losses(self, *args) -> tuple[Tensor, dict[str, Tensor]]:
+        compiled = getattr(self, "_compiled", None)
+        if compiled is None:
+            return self._weighted_terms(*args)
+        try:
+            return compiled(*args)
+        except KdzooError:
+            raise
+        except Exception as exc:  # the backend, not the methods: eager computes the same terms
+            self._compiled = None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(
+                f"train.compile_objective: torch.compile failed ({reason}); the objective runs eagerly", stacklevel=2
+            )
+            return self._weighted_terms(*args)
+
+    def _weighted_terms(self, student_out, teacher_out, targets, stage, indices, views, weights):
+        terms = self.terms(student_out, teacher_out, targets, stage, indices, views)
+        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        return total, terms
 
     def deployed_model(self) -> nn.Module:
         """What training produces to deploy: the student, or the network a method builds around it
@@ -216,9 +246,8 @@ class Objective(nn.Module):
                 f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
             )
         student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
-        terms = self.terms(student_out, teacher_out, targets, stage, indices, views)
         weights = self.loss_weights(stage, epoch, progress)
-        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        total, terms = self._losses(student_out, teacher_out, targets, stage, indices, views, weights)
         return total, terms, weights, student_out
 
     def forward(

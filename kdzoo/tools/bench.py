@@ -55,8 +55,12 @@ OPTIONS: dict[str, list[str]] = {
     "bf16": ["train.precision=bf16"],
     "fp16": ["train.precision=fp16"],
     "compile": ["train.compile=true"],
+    "compile_objective": ["train.compile=true", "train.compile_objective=true"],
+    "reduce_overhead": ["train.compile=true", "train.compile_objective=true", "train.compile_mode=reduce-overhead"],
 }
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# the floor in the same mode as kdzoo's compiled variants: its models compiled alike (it has no objective)
+_COMPILED_FLOOR = {"compile": "default", "compile_objective": "default", "reduce_overhead": "reduce-overhead"}
 
 
 Built = tuple[Step, torch.optim.Optimizer]  # a variant's step and the optimizer holding its gradients
@@ -75,6 +79,10 @@ def floor_step(teacher, student, x, y, option: str | None = None) -> Built:
             if model is not None:
                 model.to(memory_format=torch.channels_last)
     autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    if option in _COMPILED_FLOOR:
+        mode = _COMPILED_FLOOR[option]
+        teacher = None if teacher is None else torch.compile(teacher, mode=mode)
+        student = torch.compile(student, mode=mode)
 
     def step() -> None:
         with autocast():
@@ -100,14 +108,32 @@ def distilling_stage(stages: list[Stage]) -> Stage:
     return next((s for s in reversed(stages) if s.losses is None or s.losses - {"ce"}), stages[-1])
 
 
-def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path) -> Built:
-    """The engine's own training step for ``methods`` (built exactly as ``kdzoo run`` builds it)."""
+class _BenchBatches(TensorBatches):
+    """The bench's one batch, standing for a training set of ``train_samples`` (what per-sample state,
+    CRD's memory bank, is sized for), the batch's labels repeated over it."""
+
+    def __init__(self, x, y, train_samples: int):
+        super().__init__(x, y, len(y), x.shape[-1], Normalisation((0.0,) * x.shape[1], (1.0,) * x.shape[1]), True)
+        self.train_samples = max(train_samples, len(y))
+
+    @property
+    def num_samples(self) -> int:
+        return self.train_samples
+
+    def class_labels(self) -> torch.Tensor:
+        return self.labels.cpu().repeat(self.train_samples // len(self.labels) + 1)[: self.train_samples]
+
+
+def kdzoo_step(
+    methods: list[str], teacher, student, x, y, settings: list[str], tmp: Path, train_samples: int = 50_000
+) -> Built:
+    """The engine's own training step for ``methods`` (built exactly as ``kdzoo run`` builds it), on
+    a batch standing for ``train_samples`` training samples (CIFAR's 50,000 by default)."""
     from kdzoo.engine import build_trainer
 
     reg = registry()
     cfg = load_config([], [*settings, f"train.device={x.device}"], methods, reg.config_classes())
-    norm = Normalisation((0.0,) * x.shape[1], (1.0,) * x.shape[1])
-    batches = TensorBatches(x, y, len(y), x.shape[-1], norm, train=True)
+    batches = _BenchBatches(x, y, train_samples)
     data = DataBundle("bench", batches, batches, int(student.num_classes), int(x.shape[1]))
     trainer = build_trainer(
         cfg, reg, tmp / "+".join(methods), teacher=teacher, student=student, data=data, show_progress=False
@@ -117,7 +143,8 @@ def kdzoo_step(methods: list[str], teacher, student, x, y, settings: list[str], 
     trainer.student.train()
     trainer.modules.train()
 
-    indices = torch.arange(len(y))  # the batch is the whole training set: per-sample state indexes it
+    # the batch's samples are spread over the training set, each labelled as the repeated labels say
+    indices = torch.arange(len(y)) + len(y) * torch.randint(0, batches.num_samples // len(y), (len(y),))
 
     def step() -> None:
         trainer.train_step(x, y, stage, 0, 0.5, optimizer, scheduler, indices=indices)
@@ -174,8 +201,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure the floor, the student-only step and kdzoo's step for each method stack.
 
-    Each entry of ``options`` adds kdzoo's first stack with that option and the floor with the same
-    option. ``torchdistill`` adds torchdistill's own step for every stack it has too.
+    Each entry of ``options`` adds every stack with that option and the floor run in the same mode
+    (``vs_same_mode_floor``: each such step over that floor's). ``torchdistill`` adds torchdistill's
+    own step for every stack it has too.
     """
     from kdzoo.config import ModelConfig
     from kdzoo.engine import pick_device
@@ -204,16 +232,25 @@ def run_bench(
     if torchdistill:
         variants += _torchdistill_variants(methods, teacher, student, x, y)
     for option in options or []:
-        stack = methods[0]
-        if option != "compile":  # the hand loop has no compiled twin: compiling it would time torch, not kdzoo
-            hand = floor_step(copy.deepcopy(teacher), copy.deepcopy(student).train(), x, y, option)
-            variants.append(Variant(f"floor [{option}]", *hand))
-        kdzoo = kdzoo_step(
-            stack.split("+"), copy.deepcopy(teacher), copy.deepcopy(student), x, y, base + OPTIONS[option], tmp
-        )
-        variants.append(Variant(f"kdzoo {stack} [{option}]", *kdzoo))
+        # every option's floor runs in the same mode (compiled models for the compile options), so no
+        # ratio compares a compiled kdzoo step with an eager floor
+        hand = floor_step(copy.deepcopy(teacher), copy.deepcopy(student).train(), x, y, option)
+        variants.append(Variant(f"floor [{option}]", *hand))
+        for stack in methods:
+            kdzoo = kdzoo_step(
+                stack.split("+"), copy.deepcopy(teacher), copy.deepcopy(student), x, y, base + OPTIONS[option], tmp
+            )
+            variants.append(Variant(f"kdzoo {stack} [{option}]", *kdzoo))
     results = measure(variants, rounds, steps, warmup, where)
     return {
+        # each option's kdzoo step against the floor run in the same mode (compiled, bf16...)
+        "vs_same_mode_floor": {
+            f"{stack} [{option}]": _median_ratio(
+                results[f"kdzoo {stack} [{option}]"]["round_ms"], results[f"floor [{option}]"]["round_ms"]
+            )
+            for option in options or []
+            for stack in methods
+        },
         "vs_torchdistill": {
             stack: _median_ratio(results[f"kdzoo {stack}"]["round_ms"], results[f"torchdistill {stack}"]["round_ms"])
             for stack in methods
@@ -270,6 +307,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {name} | {r['step_ms']:.1f} | {r['ratio']:.3f} | {ips:.0f} | {r['peak_mb']:.1f} | "
             f"{r['peak_mb'] / floor['peak_mb']:.3f} | {r['resident_peak_mb']:.0f} |"
         )
+    if report.get("vs_same_mode_floor"):
+        ratios = ", ".join(f"{variant} {ratio:.3f}" for variant, ratio in report["vs_same_mode_floor"].items())
+        lines += ["", f"kdzoo step time / the floor's in the same mode: {ratios}"]
     if report.get("vs_torchdistill"):
         ratios = ", ".join(f"{stack} {ratio:.3f}" for stack, ratio in report["vs_torchdistill"].items())
         lines += ["", f"kdzoo step time / torchdistill's (median of per-round ratios; < 1: kdzoo faster): {ratios}"]
