@@ -178,9 +178,9 @@ def show(method: str) -> None:
 def eval_cmd(checkpoint_path: str, overrides) -> None:
     """Accuracy of a run's deployed student on its validation data.
 
-    CHECKPOINT: a run's last.pt, or its exported student.safetensors (read with the run's
-    config.json beside it). What a method deploys around the student (SimKD's projector and reused
-    teacher classifier) is scored with it.
+    CHECKPOINT: a run's last.pt, or its exported student.safetensors or student.onnx (run by
+    onnxruntime; read with the run's config.json beside it). What a method deploys around the
+    student (SimKD's projector and reused teacher classifier) is scored with it.
     """
     from kdzoo.config import merge, parse_override
     from kdzoo.data import load_data
@@ -188,7 +188,10 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
     from kdzoo.engine.deployed import build_deployed
     from kdzoo.engine.evaluate import evaluate
 
-    raw, weights, modules = _read_student(Path(checkpoint_path))
+    if Path(checkpoint_path).suffix == ".onnx":
+        raw, weights, modules = _read_config_beside(Path(checkpoint_path)), None, None
+    else:
+        raw, weights, modules = _read_student(Path(checkpoint_path))
     for text in overrides:
         path, value = parse_override(text)
         update: dict = value
@@ -197,6 +200,13 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
         raw = merge(raw, update)
     config = config_from_dict(raw, registry().config_classes())
     data = load_data(config.data, config.train.seed)
+    if weights is None:  # an ONNX file, run by onnxruntime on the CPU
+        from kdzoo.tools.deploy import OnnxStudent
+
+        model, device = OnnxStudent(Path(checkpoint_path)), pick_device("cpu")
+        scores = evaluate(model, data.val.epoch(0), data.num_classes)
+        click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
+        return
     deployed = build_deployed(config, data.num_classes, data.in_chans)
     if modules is None:  # the exported file: the deployed network's own weights
         deployed.network.load_state_dict(weights)
@@ -215,14 +225,75 @@ def _read_student(path: Path) -> tuple[dict, dict, dict | None]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        config_file = path.parent / "config.json"
-        if not path.is_file():
-            raise KdzooError(f"file not found: {path}")
-        if not config_file.is_file():
-            raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
-        return json.loads(config_file.read_text()), load_file(str(path)), None
+        return _read_config_beside(path), load_file(str(path)), None
     state = RunState.load(path)
     return state.config, state.student, state.modules
+
+
+def _read_config_beside(path: Path) -> dict:
+    """The run config of an exported file (``config.json`` in its folder)."""
+    config_file = path.parent / "config.json"
+    if not path.is_file():
+        raise KdzooError(f"file not found: {path}")
+    if not config_file.is_file():
+        raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
+    return json.loads(config_file.read_text())
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "safetensors"]),
+    default="safetensors",
+    show_default=True,
+    help="onnx: PyTorch's exporter, checked by onnx and verified with onnxruntime on the validation set "
+    "(pip install 'kdzoo[deploy]'); safetensors: written again from last.pt.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="With --format onnx: also student.int8.onnx, post-training static quantization calibrated on 256 "
+    "training images, scored beside the fp32 file.",
+)
+@one_line_errors
+def export(run_dir: str, fmt: str, quantize: str | None) -> None:
+    """Export what a finished run deploys (the student, or what a method builds around it) into RUN_DIR."""
+    if quantize and fmt != "onnx":
+        raise KdzooError("--quantize int8 quantizes the ONNX export: add --format onnx")
+    if fmt == "onnx":
+        from kdzoo.tools.deploy import export_onnx, quantize_int8
+
+        record = export_onnx(run_dir)
+        click.echo(
+            f"{Path(run_dir) / record['file']}: opset {record['opset']}, onnxruntime agrees with PyTorch on "
+            f"{record['images']} validation images (top-1 {100 * record['top1_agreement']:.2f}%, largest logit "
+            f"gap {record['max_logit_gap']:.1e}, {record['max_logit_gap_relative']:.1e} of the largest logit)"
+        )
+        if quantize:
+            q = quantize_int8(run_dir)
+            click.echo(
+                f"{Path(run_dir) / q['file']}: top-1 {q['int8_top1']:.2f}% (fp32 {q['fp32_top1']:.2f}%, "
+                f"{q['top1_change']:+.2f}), {q['int8_bytes'] / 1e6:.2f} MB (fp32 {q['fp32_bytes'] / 1e6:.2f} MB), "
+                f"calibrated on {q['calibration_images']} training images"
+            )
+        return
+    from kdzoo.engine.deployed import build_deployed
+    from kdzoo.engine.export import export_student
+
+    record = Path(run_dir) / "student.json"
+    if not record.is_file():
+        raise KdzooError(f"{run_dir} has no student.json: the run has not finished (resume it first)")
+    kwargs = json.loads(record.read_text())["kwargs"]
+    state = RunState.load(Path(run_dir) / "last.pt")
+    config = config_from_dict(state.config, registry().config_classes())
+    deployed = build_deployed(config, kwargs["num_classes"], kwargs["in_chans"])
+    deployed.load_checkpoint_weights(state.student, state.modules)
+    deploying = next((m for m in config.methods if m in deployed.modules), None)
+    export_student(deployed.network, config, kwargs["num_classes"], kwargs["in_chans"], Path(run_dir), deploying)
+    click.echo(str(Path(run_dir) / "student.safetensors"))
 
 
 @main.command()

@@ -1,0 +1,135 @@
+"""``kdzoo export --format onnx`` (issue 15, first slice): the deployed student only, verified with
+onnxruntime against PyTorch on the validation set, scored by ``kdzoo eval``; the missing extra."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import kdzoo
+from kdzoo import KdzooError
+from kdzoo.cli import main
+from kdzoo.engine import build_trainer
+from kdzoo.registry import registry
+from tests.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Finished tiny runs: a CNN student with FitNets (a regressor that must stay out of the export),
+    a ViT student, and SimKD (which deploys a projector and the teacher's classifier)."""
+    root = tmp_path_factory.mktemp("deploy")
+    made = {}
+    for name, methods, pair in (
+        ("cnn", ["fitnets"], "resnet->resnet"),
+        ("vit", ["kd"], "resnet->vit"),
+        ("simkd", ["simkd"], "resnet->resnet"),
+    ):
+        cfg = tiny_config(methods, pair=pair, out_dir=str(root))
+        trainer = build_trainer(cfg, registry(), root / name, show_progress=False)
+        trainer.fit()
+        made[name] = (root / name, trainer)
+    return made
+
+
+@pytest.fixture(scope="module")
+def exported(runs):
+    """Each run exported to ONNX once, with what the command said."""
+    return {name: _cli("export", run_dir, "--format", "onnx") for name, (run_dir, _) in runs.items()}
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit", "simkd"])
+def test_export_is_verified_with_onnxruntime_and_scored_like_the_pytorch_file(runs, exported, name):
+    run_dir, trainer = runs[name]
+    said = exported[name]
+    assert "onnxruntime agrees with PyTorch on 128 validation images (top-1 100.00%" in said
+    record = json.loads((run_dir / "student.onnx.json").read_text())
+    assert record["agrees"] and record["max_logit_gap_relative"] <= record["tolerance_relative"] == 1e-4
+    scored = {suffix: _cli("eval", run_dir / f"student.{suffix}") for suffix in ("onnx", "safetensors")}
+    assert scored["onnx"].split()[0] == scored["safetensors"].split()[0]  # the same top-1
+    model = onnx.load(str(run_dir / "student.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value")  # a dynamic batch axis
+
+
+def test_no_method_module_ends_up_in_the_export(runs, exported):
+    run_dir, trainer = runs["cnn"]
+    model = onnx.load(str(run_dir / "student.onnx"))
+    exported = sum(int(torch.tensor(list(i.dims)).prod()) for i in model.graph.initializer)
+    student = sum(v.numel() for v in trainer.student.state_dict().values() if v.is_floating_point())
+    regressor = sum(p.numel() for p in trainer.modules["fitnets"].parameters())
+    assert regressor > 0 and exported <= student  # at most the student's own tensors
+    assert not any("regressor" in i.name or "method" in i.name for i in model.graph.initializer)
+
+
+def test_simkds_export_holds_the_projector_and_the_reused_classifier(runs, exported):
+    run_dir, trainer = runs["simkd"]
+    model = onnx.load(str(run_dir / "student.onnx"))
+    exported = sum(int(torch.tensor(list(i.dims)).prod()) for i in model.graph.initializer)
+    assert exported > sum(p.numel() for p in trainer.student.parameters())  # + projector + classifier
+
+
+def test_safetensors_export_is_written_again_from_the_checkpoint(runs):
+    run_dir, _ = runs["simkd"]
+    before = load_file(str(run_dir / "student.safetensors"))
+    (run_dir / "student.safetensors").unlink()
+    _cli("export", run_dir)
+    after = load_file(str(run_dir / "student.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(kdzoo.load_student(run_dir / "student.safetensors"), torch.nn.Module)
+
+
+def test_a_missing_deploy_package_is_one_line_naming_the_extra(runs, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_onnxruntime)
+    result = CliRunner().invoke(main, ["export", str(runs["cnn"][0]), "--format", "onnx"])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "Error: kdzoo export --format onnx needs the deploy extra (missing: onnxruntime): pip install 'kdzoo[deploy]'"
+    ]
+
+
+def test_exporting_an_unfinished_run_says_so(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(KdzooError, match="has no student.safetensors"):
+        from kdzoo.tools.deploy import export_onnx
+
+        export_onnx(tmp_path)
+
+
+INT8_BOUND = 2.0  # top-1 points the int8 student may lose to the fp32 one on the digits run
+
+
+def test_int8_keeps_the_fp32_accuracy_within_the_bound_on_the_embedded_digits_run(tmp_path):
+    # the embedded default data (scikit-learn's digits), a student trained without a teacher (Tf-KD)
+    cfg = tiny_config(["tfkd"], "data.name=digits", "data.train_limit=null", "train.epochs=3", out_dir=str(tmp_path))
+    build_trainer(cfg, registry(), tmp_path / "run", show_progress=False).fit()
+    said = _cli("export", tmp_path / "run", "--format", "onnx", "--quantize", "int8")
+    assert "student.int8.onnx: top-1" in said and "calibrated on 256 training images" in said
+    record = json.loads((tmp_path / "run" / "student.onnx.json").read_text())["int8"]
+    assert record["fp32_top1"] > 50  # a student worth quantizing
+    assert abs(record["top1_change"]) <= INT8_BOUND, record
+    assert record["int8_bytes"] < record["fp32_bytes"] / 2
+    scored = _cli("eval", tmp_path / "run" / "student.int8.onnx")
+    assert scored.split()[0] == f"top1={record['int8_top1']:.2f}"
+    refused = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--quantize", "int8"])
+    assert refused.exit_code != 0 and "--quantize int8 quantizes the ONNX export: add --format onnx" in refused.output
