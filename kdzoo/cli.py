@@ -279,6 +279,10 @@ def export(run_dir: str, fmt: str, quantize: str | None) -> None:
                 f"{q['top1_change']:+.2f}), {q['int8_bytes'] / 1e6:.2f} MB (fp32 {q['fp32_bytes'] / 1e6:.2f} MB), "
                 f"calibrated on {q['calibration_images']} training images"
             )
+        from kdzoo.tools.tradeoff import deploy_table, format_deploy_table
+
+        click.echo("\n".join(["", *format_deploy_table(deploy_table(run_dir))]))
+        click.echo(f"(in {Path(run_dir) / 'summary.json'}, 'deploy')")
         return
     from kdzoo.engine.deployed import build_deployed
     from kdzoo.engine.export import export_student
@@ -313,8 +317,14 @@ def plot(run_dir: str) -> None:
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per method (0..N-1 after train.seed).")
 @click.option("--out", default=None, help="Output folder [default: <train.out_dir>/compare-<student>].")
+@click.option(
+    "--deploy",
+    is_flag=True,
+    help="Also export each method's best run to ONNX and int8 and measure what it costs where it runs "
+    "(pip install 'kdzoo[deploy]').",
+)
 @one_line_errors
-def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> None:
+def compare(methods: str, configs, overrides, seeds: int, out: str | None, deploy: bool) -> None:
     """Each method vs the student trained from scratch: same teacher, pair, data, epochs and seeds.
 
     Writes results.md / results.csv / results.png (mean ± std over seeds, last and best epoch,
@@ -327,8 +337,19 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None) -> No
     base = load_config(list(configs), list(overrides), names[:1], reg.config_classes())
     folder = Path(out) if out else Path(base.train.out_dir) / f"compare-{base.student.model}"
     first_seed = base.train.seed
+    if deploy:
+        from kdzoo.tools.deploy import require_deploy_extra
+
+        require_deploy_extra("kdzoo compare --deploy")  # before hours of training, not after
     report = run_compare(
-        names, list(configs), list(overrides), list(range(first_seed, first_seed + seeds)), folder, reg, echo=click.echo
+        names,
+        list(configs),
+        list(overrides),
+        list(range(first_seed, first_seed + seeds)),
+        folder,
+        reg,
+        echo=click.echo,
+        deploy=deploy,
     )
     best = max(report["rows"], key=lambda r: r["last_top1_mean"])
     click.echo(

@@ -24,23 +24,26 @@ def runs(tmp_path_factory):
     """Finished tiny runs: a CNN student with FitNets (a regressor that must stay out of the export),
     a ViT student, and SimKD (which deploys a projector and the teacher's classifier)."""
     root = tmp_path_factory.mktemp("deploy")
-    made = {}
-    for name, methods, pair in (
-        ("cnn", ["fitnets"], "resnet->resnet"),
-        ("vit", ["kd"], "resnet->vit"),
-        ("simkd", ["simkd"], "resnet->resnet"),
-    ):
-        cfg = tiny_config(methods, pair=pair, out_dir=str(root))
-        trainer = build_trainer(cfg, registry(), root / name, show_progress=False)
-        trainer.fit()
-        made[name] = (root / name, trainer)
+    made = {"cache": str(root / "cache")}  # the module's own teacher cache (module fixtures precede conftest's)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDZOO_CACHE", made["cache"])
+        for name, methods, pair in (
+            ("cnn", ["fitnets"], "resnet->resnet"),
+            ("vit", ["kd"], "resnet->vit"),
+            ("simkd", ["simkd"], "resnet->resnet"),
+        ):
+            # one teacher for the three (trained once into the module's cache)
+            cfg = tiny_config(methods, "teacher.model=resnet10t", pair=pair, out_dir=str(root))
+            trainer = build_trainer(cfg, registry(), root / name, show_progress=False)
+            trainer.fit()
+            made[name] = (root / name, trainer)
     return made
 
 
 @pytest.fixture(scope="module")
 def exported(runs):
     """Each run exported to ONNX once, with what the command said."""
-    return {name: _cli("export", run_dir, "--format", "onnx") for name, (run_dir, _) in runs.items()}
+    return {name: _cli("export", runs[name][0], "--format", "onnx") for name in ("cnn", "vit", "simkd")}
 
 
 def _cli(*args):
@@ -133,3 +136,33 @@ def test_int8_keeps_the_fp32_accuracy_within_the_bound_on_the_embedded_digits_ru
     assert scored.split()[0] == f"top1={record['int8_top1']:.2f}"
     refused = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--quantize", "int8"])
     assert refused.exit_code != 0 and "--quantize int8 quantizes the ONNX export: add --format onnx" in refused.output
+
+
+def test_the_trade_off_table_lands_in_summary_json(runs, exported, monkeypatch):
+    from kdzoo.tools.tradeoff import deploy_table
+
+    monkeypatch.setenv("KDZOO_CACHE", runs["cache"])  # the run's teacher, as kdzoo trained it
+    run_dir, _ = runs["cnn"]
+    table = deploy_table(run_dir)
+    rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
+    assert set(rows) == {(m, r) for m in ("teacher", "student") for r in ("pytorch eager", "onnxruntime fp32")}
+    assert rows[("teacher", "pytorch eager")]["retained"] == 1.0 and table["threads"] == torch.get_num_threads()
+    for row in rows.values():
+        assert row["latency_ms"] > 0 and row["images_per_s"] > 0 and row["file_bytes"] > 0 and row["flops"] > 0
+    assert rows[("student", "onnxruntime fp32")]["top1"] == rows[("student", "pytorch eager")]["top1"]
+    assert json.loads((run_dir / "summary.json").read_text())["deploy"] == json.loads(json.dumps(table))
+    assert (run_dir / "teacher.onnx").is_file() and json.loads((run_dir / "teacher.onnx.json").read_text())["agrees"]
+
+
+def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
+    from tests.helpers import TINY
+
+    sets = [*TINY, "teacher.model=resnet10t", "student.model=test_resnet", "train.epochs=1"]
+    args = ["compare", "--methods", "kd", "--seeds", "1", "--deploy", "--out", str(tmp_path / "cmp")]
+    said = _cli(*args, *[a for s in sets for a in ("--set", s)])
+    assert "deploy: kd seed 0: ONNX, int8 and their costs" in said
+    report = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(report["deploy"]) == {"scratch", "kd"}
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "## Deployed: each method's best run in onnxruntime" in table and "| kd (0) |" in table
+    assert (tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx").is_file()

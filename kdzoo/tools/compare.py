@@ -116,7 +116,10 @@ def compare(
     out: Path,
     registry: Registry,
     echo: Callable[[str], None] = print,
+    deploy: bool = False,
 ) -> dict[str, Any]:
+    """Every method against scratch (see the module); ``deploy`` also exports the best run of each
+    to ONNX and int8 and measures what each costs where it runs (:func:`deploy_best_runs`)."""
     if not methods:
         raise KdzooError("--methods: name at least one method, e.g. --methods kd,at")
     for method in methods:
@@ -154,9 +157,58 @@ def compare(
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
+    if deploy:
+        report["deploy"] = deploy_best_runs(results, out, echo)
     report["meta"] = meta(methods, files, overrides, seeds)
     write_report(report, results, out)
     return report
+
+
+def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Each method's best run (highest last-epoch top-1 over seeds) exported to ONNX and int8, and its
+    deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``)."""
+    from kdzoo.tools.deploy import export_onnx, quantize_int8
+    from kdzoo.tools.tradeoff import deploy_table
+
+    tables = {}
+    for method in dict.fromkeys(r.method for r in results):
+        best = max((r for r in results if r.method == method), key=lambda r: r.last_top1)
+        run_dir = out / "runs" / f"{method}-seed{best.seed}"
+        echo(f"deploy: {method} seed {best.seed}: ONNX, int8 and their costs")
+        if not (run_dir / "student.int8.onnx").is_file():
+            export_onnx(run_dir)
+            quantize_int8(run_dir)
+        tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
+    return tables
+
+
+def _deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
+    """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
+    if not deploy:
+        return []
+    any_table = next(iter(deploy.values()))
+    lines = [
+        "## Deployed: each method's best run in onnxruntime",
+        "",
+        f"| method (seed) | student fp32: latency, batch 1 | int8: latency | int8 images/s, batch "
+        f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 retained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, table in deploy.items():
+        rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
+        fp32, int8 = rows[("student", "onnxruntime fp32")], rows[("student", "onnxruntime int8")]
+        retained = "-" if int8["retained"] is None else f"{100 * int8['retained']:.1f}%"
+        lines.append(
+            f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms | {int8['latency_ms']:.2f} ms | "
+            f"{int8['images_per_s']:.0f} | {fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
+            f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {retained} |"
+        )
+    wanted = ("teacher", "onnxruntime fp32")
+    teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
+    if teacher is not None:
+        lines.append(f"\nTeacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1.")
+    lines += [f"CPU, {any_table['threads']} threads; every run's whole table is in its summary.json ('deploy').", ""]
+    return lines
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -298,6 +350,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, "
         f"{costs['speedup']:.1f}x measured speed-up.",
         "",
+        *_deploy_lines(report.get("deploy")),
         "## How this was made",
         "",
         f"- command: `{info['command']}`",

@@ -63,20 +63,25 @@ def export_onnx(run_dir: str | Path) -> dict[str, Any]:
     if not weights.is_file():
         raise KdzooError(f"{run_dir} has no student.safetensors: the run has not finished (resume it first)")
     config = run_config(run_dir)
-    model = load_student(weights).float()
     data = load_data(config.data, config.train.seed)
+    return export_verified(load_student(weights).float(), run_dir / "student.onnx", data, "student")
+
+
+def export_verified(model: nn.Module, target: Path, data, what: str) -> dict[str, Any]:
+    """``model`` as ``target`` (checked), kept only when onnxruntime agrees with it on ``data.val``;
+    the check's record lands beside it (``<target>.json``)."""
     sample = next(iter(data.val.epoch(0)))[0][:2]
-    target = run_dir / "student.onnx"
     _write_onnx(model, sample, target)
     check = verify_onnx(target, model, data.val.epoch(0))
     record = {"file": target.name, "opset": _opset(target), **check}
-    (run_dir / "student.onnx.json").write_text(json.dumps(record, indent=2))
+    record_file = target.with_name(target.name + ".json")
+    record_file.write_text(json.dumps(record, indent=2))
     if not check["agrees"]:
         target.unlink()
         raise KdzooError(
-            f"onnxruntime disagrees with PyTorch on {check['images']} validation images (top-1 agreement "
-            f"{100 * check['top1_agreement']:.2f}%, logit gap {check['max_logit_gap']:.2e}): student.onnx not kept; "
-            f"see {run_dir / 'student.onnx.json'}"
+            f"onnxruntime disagrees with PyTorch about the {what} on {check['images']} validation images (top-1 "
+            f"agreement {100 * check['top1_agreement']:.2f}%, logit gap {check['max_logit_gap']:.2e}): "
+            f"{target.name} not kept; see {record_file}"
         )
     return record
 
@@ -185,6 +190,7 @@ def onnx_session(path: Path):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = torch.get_num_threads()  # as many as PyTorch uses: timings compare alike
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -235,6 +241,7 @@ __all__ = [
     "LOGIT_TOLERANCE",
     "OnnxStudent",
     "export_onnx",
+    "export_verified",
     "quantize_int8",
     "require_deploy_extra",
     "verify_onnx",
