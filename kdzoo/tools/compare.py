@@ -159,7 +159,7 @@ def compare(
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
-    report["meta"] = meta(methods, files, overrides, seeds)
+    report["meta"] = meta(methods, files, overrides, seeds, deploy)
     write_report(report, results, out)
     return report
 
@@ -274,12 +274,13 @@ def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
     return costs
 
 
-def meta(methods, files, overrides, seeds) -> dict[str, Any]:
+def meta(methods, files, overrides, seeds, deploy: bool = False) -> dict[str, Any]:
     import timm
 
     from kdzoo import __version__
 
     command = ["kdzoo", "compare", "--methods", ",".join(methods), "--seeds", str(len(seeds))]
+    command += ["--deploy"] if deploy else []
     command += [a for f in files for a in ("--config", f)] + [a for o in overrides for a in ("--set", o)]
     return {
         "command": " ".join(command),
