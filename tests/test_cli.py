@@ -121,21 +121,41 @@ def _cli(args, env):
     return [sys.executable, "-m", "kdzoo", "run", *args]
 
 
-def _interrupted_run(tmp_path, how):
-    """An uninterrupted run in a/, and the same run in b/ interrupted by ``how``; returns the paths."""
-    env = subprocess_env(tmp_path)
-    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=512", "train.epochs=4"]
+def _interrupted_run_args(how):
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "data.train_limit=256", "train.epochs=4"]
     if how != "sigkill-epoch-boundary":
         sets.append("train.checkpoint_every=1")  # a checkpoint after every step
-    common = ["--method", "fitnets", "--quiet", *_sets(*sets)]
-    whole = subprocess.run(
-        [*_cli(common, env), "--set", f"train.out_dir={tmp_path / 'a'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert whole.returncode == 0, whole.stderr
+    return ["--method", "fitnets", "--quiet", *_sets(*sets)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run of each setting, trained once for the module's interrupted runs."""
+    done = {}
+
+    def run(how):
+        common = _interrupted_run_args(how)
+        key = " ".join(common)
+        if key not in done:
+            where = tmp_path_factory.mktemp("uninterrupted")
+            whole = subprocess.run(
+                [*_cli(common, None), "--set", f"train.out_dir={where / 'a'}"],
+                env=subprocess_env(where),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert whole.returncode == 0, whole.stderr
+            done[key] = where / "a" / "fitnets-test_resnet-seed0"
+        return done[key]
+
+    return run
+
+
+def _interrupted_run(tmp_path, how):
+    """The run of ``how``'s setting in b/, interrupted by ``how`` and resumed; returns its folder."""
+    env = subprocess_env(tmp_path)
+    common = _interrupted_run_args(how)
 
     run_dir = tmp_path / "b" / "fitnets-test_resnet-seed0"
     args = [*common, "--set", f"train.out_dir={tmp_path / 'b'}"]
@@ -160,12 +180,12 @@ def _interrupted_run(tmp_path, how):
 
     resumed = subprocess.run([*_cli(args, env), "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    return tmp_path / "a" / "fitnets-test_resnet-seed0", run_dir
+    return run_dir
 
 
 @pytest.mark.parametrize("how", ["sigkill-epoch-boundary", "sigkill-mid-epoch", "sigterm"])
-def test_interrupted_then_resumed_gives_bit_identical_weights(how, tmp_path):
-    whole_dir, run_dir = _interrupted_run(tmp_path, how)
+def test_interrupted_then_resumed_gives_bit_identical_weights(how, tmp_path, uninterrupted):
+    whole_dir, run_dir = uninterrupted(how), _interrupted_run(tmp_path, how)
     a = torch.load(whole_dir / "last.pt", weights_only=True)
     b = torch.load(run_dir / "last.pt", weights_only=True)
     for key in ("student", "modules", "optimizer"):
