@@ -80,3 +80,40 @@ def pip_install_into(source, target) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+class Crash(Exception):
+    """What :func:`whole_and_resumed_after_crash` makes a run fail with."""
+
+
+class _CrashOnCall:
+    """Fails the run in its ``calls``-th loss computation, after the checkpoint of the step before."""
+
+    def __init__(self, calls: int):
+        self.left = calls
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self):
+        self.left -= 1
+        if self.left == 0:
+            raise Crash
+
+
+def whole_and_resumed_after_crash(cfg: RunConfig, tmp_path, calls: int):
+    """``cfg`` trained uninterrupted in ``whole/``, and again in ``crashed/`` failed in its
+    ``calls``-th loss computation then resumed from its checkpoint: (whole, resumed, that checkpoint)."""
+    import pytest
+
+    from kdzoo.engine import build_trainer
+    from kdzoo.engine.state import RunState
+
+    whole = build_trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
+    whole.fit()
+    crashed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    crashed.pm.register(_CrashOnCall(calls))
+    with pytest.raises(kdzoo.KdzooError):
+        crashed.fit()
+    state = RunState.load(tmp_path / "crashed" / "last.pt")
+    resumed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
+    resumed.fit(resume=state)
+    return whole, resumed, state

@@ -10,13 +10,10 @@ import torch.nn.functional as F
 
 import kdzoo
 from kdzoo import KdzooError, TrainingSet
-from kdzoo.engine import build_trainer
-from kdzoo.engine.state import RunState
 from kdzoo.losses.crd import nce_loss, other_class_draws
 from kdzoo.memory import EmbeddingQueue, SampleMemory
-from kdzoo.registry import registry
 from kdzoo_plugins.crd import ContrastMemory, ContrastQueue, CRDConfig
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, whole_and_resumed_after_crash
 
 N, D, K, B = 256, 16, 20, 8  # N a power of two: torchdistill's alias table then builds (see below)
 
@@ -135,35 +132,10 @@ def _cfg(tmp_path, *extra):
     )
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashOnCall:
-    """Fails the run in its ``calls``-th loss computation, after the checkpoint of the step before."""
-
-    def __init__(self, calls: int):
-        self.left = calls
-
-    @kdzoo.hookimpl
-    def kdzoo_compute_losses(self):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crash
-
-
 def test_a_run_killed_mid_epoch_resumes_its_memory_banks_bit_exactly(tmp_path):
-    cfg = _cfg(tmp_path)
-    whole = build_trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
-    whole.fit()
-    crashed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
-    crashed.pm.register(_CrashOnCall(4))  # epoch 2, step 2 of 2: a checkpoint after its step 1
-    with pytest.raises(KdzooError):
-        crashed.fit()
-    state = RunState.load(tmp_path / "crashed" / "last.pt")
+    # the 4th loss computation is epoch 2's step 2 of 2: the run resumes from the checkpoint after its step 1
+    whole, resumed, state = whole_and_resumed_after_crash(_cfg(tmp_path), tmp_path, calls=4)
     assert (state.position.epoch, state.position.step) == (1, 1)
-    resumed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
-    resumed.fit(resume=state)
     for part in ("student", "modules"):
         expected, got = getattr(whole, part).state_dict(), getattr(resumed, part).state_dict()
         assert expected.keys() == got.keys()

@@ -11,12 +11,11 @@ import torch
 import kdzoo
 from kdzoo import INPUT_VIEW, KdzooError, View
 from kdzoo.engine import build_trainer
-from kdzoo.engine.state import RunState
 from kdzoo.losses.mlkd import batch_level_loss, class_level_loss, confidence_fractions
 from kdzoo.registry import registry
 from kdzoo_plugins.mlkd import MLKDConfig, MultiLevelKD
 from kdzoo_plugins.views import cutout, rand_augment, rotation
-from tests.helpers import registry_with_method, tiny_config
+from tests.helpers import registry_with_method, tiny_config, whole_and_resumed_after_crash
 
 
 def _softmax(z, t):
@@ -124,31 +123,9 @@ def test_a_view_named_input_is_refused(monkeypatch):
         kdzoo.get_method("bad", teacher=teacher, student=student, img_size=32)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashOnCall:
-    def __init__(self, calls):
-        self.left = calls
-
-    @kdzoo.hookimpl
-    def kdzoo_compute_losses(self):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crash
-
-
 def test_a_run_on_views_killed_mid_epoch_resumes_bit_exactly(tmp_path):
     cfg = tiny_config(["mlkd"], "train.epochs=2", "train.checkpoint_every=1", out_dir=str(tmp_path))
-    whole = build_trainer(cfg, registry(), tmp_path / "whole", show_progress=False)
-    whole.fit()
-    crashed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
-    crashed.pm.register(_CrashOnCall(4))
-    with pytest.raises(KdzooError):
-        crashed.fit()
-    resumed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
-    resumed.fit(resume=RunState.load(tmp_path / "crashed" / "last.pt"))
+    whole, resumed, _ = whole_and_resumed_after_crash(cfg, tmp_path, calls=4)
     for name, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[name]), name
 
