@@ -14,7 +14,6 @@ import json
 import platform
 import shutil
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from kdzoo.engine.locking import RunDirLock
 from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
+from kdzoo.tools.tradeoff import median_ms
 
 SCRATCH = "scratch"
 
@@ -241,15 +241,7 @@ def summarise(results: list[RunResult], order: list[str], teacher_top1: float | 
 
 def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> float:
     x = torch.randn(1, *shape)
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return median_ms(lambda: model(x), repeats, warmup=5)
 
 
 def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:

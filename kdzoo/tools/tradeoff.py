@@ -30,9 +30,10 @@ THROUGHPUT_BATCH = 64
 REPEATS = 20  # timed runs per measurement (after 3 warm-up runs); the median is reported
 
 
-def _median_ms(call: Callable[[], Any], repeats: int = REPEATS) -> float:
+def median_ms(call: Callable[[], Any], repeats: int = REPEATS, warmup: int = 3) -> float:
+    """The median wall time of ``call`` in milliseconds, over ``repeats`` runs after ``warmup`` untimed ones."""
     with torch.inference_mode():
-        for _ in range(3):
+        for _ in range(warmup):
             call()
         times = []
         for _ in range(repeats):
@@ -44,14 +45,14 @@ def _median_ms(call: Callable[[], Any], repeats: int = REPEATS) -> float:
 
 def _row(name: str, runtime: str, model: nn.Module, size: int, params: int, flops: int, data, shape) -> dict:
     one, many = torch.randn(1, *shape), torch.randn(THROUGHPUT_BATCH, *shape)
-    batch_ms = _median_ms(lambda: model(many), max(3, REPEATS // 4))
+    batch_ms = median_ms(lambda: model(many), max(3, REPEATS // 4))
     return {
         "model": name,
         "runtime": runtime,
         "params": params,
         "flops": flops,
         "file_bytes": size,
-        "latency_ms": _median_ms(lambda: model(one)),
+        "latency_ms": median_ms(lambda: model(one)),
         "images_per_s": THROUGHPUT_BATCH / (batch_ms / 1000),
         "top1": evaluate(model, data.val.epoch(0), data.num_classes, f"{name} ({runtime})")["top1"],
     }
