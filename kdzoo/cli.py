@@ -312,7 +312,12 @@ def plot(run_dir: str) -> None:
 
 
 @main.command()
-@click.option("--methods", "-m", required=True, help="Comma-separated methods, e.g. kd,fitnets,at,rkd,self-distill.")
+@click.option(
+    "--methods",
+    "-m",
+    required=True,
+    help="Comma-separated methods, e.g. kd,fitnets,at,rkd,self-distill, or 'all' for every installed method.",
+)
 @click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s) shared by every run.")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per method (0..N-1 after train.seed).")
@@ -327,13 +332,17 @@ def plot(run_dir: str) -> None:
 def compare(methods: str, configs, overrides, seeds: int, out: str | None, deploy: bool) -> None:
     """Each method vs the student trained from scratch: same teacher, pair, data, epochs and seeds.
 
-    Writes results.md / results.csv / results.png (mean ± std over seeds, last and best epoch,
-    teacher/student parameters, FLOPs and CPU latency). Restartable: finished runs are skipped.
+    Writes results.md / results.csv / results.png / accuracy_vs_cost.png: the methods ranked by
+    last-epoch top-1 (mean ± std over seeds), each against scratch's spread, training cost relative to
+    scratch, teacher/student parameters, FLOPs and CPU latency; a method whose defaults cannot run on
+    the pair is listed with the reason. Restartable: finished runs are skipped.
     """
     from kdzoo.tools.compare import compare as run_compare
+    from kdzoo.tools.compare import resolve_methods
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
     reg = registry()
+    asked = [m.strip() for m in methods.split(",") if m.strip()]
+    names = resolve_methods(asked, reg)
     base = load_config(list(configs), list(overrides), names[:1], reg.config_classes())
     folder = Path(out) if out else Path(base.train.out_dir) / f"compare-{base.student.model}"
     first_seed = base.train.seed
@@ -342,7 +351,7 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None, deplo
 
         require_deploy_extra("kdzoo compare --deploy")  # before hours of training, not after
     report = run_compare(
-        names,
+        asked,
         list(configs),
         list(overrides),
         list(range(first_seed, first_seed + seeds)),

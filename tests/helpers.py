@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import types
 
 import kdzoo
@@ -117,3 +118,48 @@ def whole_and_resumed_after_crash(cfg: RunConfig, tmp_path, calls: int):
     resumed = build_trainer(cfg, registry(), tmp_path / "crashed", show_progress=False)
     resumed.fit(resume=state)
     return whole, resumed, state
+
+
+# a third-party method package's module: what a user's own plugin looks like
+LOGIT_MSE_PLUGIN = '''
+"""A method the built-ins do not have: regress the teacher's logits (Ba & Caruana, 2014)."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+import kdzoo
+
+
+@dataclass
+class LogitMSEConfig:
+    weight: float = 1.0
+
+
+class LogitMSE:
+    def __init__(self, config):
+        self.config = config
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student, teacher):
+        return {"logit_mse": F.mse_loss(student.logits, teacher.logits)}
+
+    @kdzoo.hookimpl
+    def kdzoo_loss_weights(self):
+        return {"logit_mse": self.config.weight}
+
+
+@kdzoo.hookimpl
+def kdzoo_register_methods(register):
+    register(kdzoo.MethodInfo(name="logit_mse", factory=LogitMSE, config_class=LogitMSEConfig,
+                              paper="Ba & Caruana. Do Deep Nets Really Need to be Deep? NIPS 2014",
+                              summary="regress the teacher's logits"))
+'''
+
+
+def installed_distribution(root, dist, module, source, entry_points):
+    """A minimal installed distribution (dist-info + module), as pip would leave it."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[kdzoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdzoo.config import RunConfig
+from kdzoo.engine.state import RunClock
 
 
 def export_student(
@@ -74,11 +75,12 @@ def summarise(
     teacher: str | None,
     teacher_metrics: dict[str, float] | None,
     data_name: str,
-    wall: float,
+    clock: RunClock,
     run_dir: Path,
     deployed: dict[str, Any] | None = None,
+    teacher_cache_cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """``summary.json``: teacher and student accuracy, per stage, wall time, the deployed network's cost."""
+    """``summary.json``: teacher and student accuracy, per stage, wall and CPU time, the deployed network's cost."""
     return {
         "methods": config.methods,
         "teacher": teacher,
@@ -93,7 +95,9 @@ def summarise(
             for i, name in enumerate(stage_names)
             if (records := [r for r in history if r["stage_index"] == i])
         ],
-        "wall_time_s": round(wall, 2),
+        "wall_time_s": round(clock.wall(), 2),
+        "cpu_time_s": round(clock.cpu(), 2),
+        "teacher_cache_cpu_s": teacher_cache_cpu_s,  # the teacher's pass that filled the cache this run read
         "run_dir": str(run_dir),
         "deployed": deployed,
     }

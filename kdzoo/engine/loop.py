@@ -23,7 +23,7 @@ from kdzoo.engine.distributed import any_across
 from kdzoo.engine.export import deployed_costs, export_student, summarise
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.run import RunBase
-from kdzoo.engine.state import Position, RunState
+from kdzoo.engine.state import Position, RunClock, RunState
 from kdzoo.registry import call_hook
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
 
@@ -51,8 +51,7 @@ class Trainer(RunBase):
             at = self._restore(resume) if resume is not None else Position()
             if self.teacher is not None and self.teacher_metrics is None:
                 self.teacher_metrics = self._evaluate(self.teacher, "teacher")
-            started, before = time.perf_counter(), resume.wall_time_s if resume is not None else 0.0
-            self._wall = lambda: before + time.perf_counter() - started
+            self._clock = RunClock(resume.wall_time_s, resume.cpu_time_s) if resume is not None else RunClock()
             with self._reporters(at.global_epoch), self.stop:
                 return self._run(at, resume)
 
@@ -170,10 +169,11 @@ class Trainer(RunBase):
             checkpoint.rng_state(),
             self.history,
             self.teacher_metrics,
-            self._wall(),
+            self._clock.wall(),
             partial,
             rngs,
             method_teacher,
+            cpu_time_s=self._clock.cpu(),
         ).save(self.run_dir / "last.pt")
 
     def _restore(self, state: RunState) -> Position:
@@ -235,7 +235,8 @@ class Trainer(RunBase):
             teacher,
             self.teacher_metrics,
             self.data.name,
-            self._wall(),
+            self._clock,
             self.run_dir,
             deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
+            self.teacher_cache.fill_cpu_s() if self.teacher_cache is not None else None,
         )

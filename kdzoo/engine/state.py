@@ -7,6 +7,7 @@ The file is a plain dict of tensors and containers (loadable with ``weights_only
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ class Position:
     epoch: int = 0
     step: int = 0
     global_epoch: int = 0
+
+
+class RunClock:
+    """A run's wall time and CPU time, carried on across resumes (from the checkpoint's totals)."""
+
+    def __init__(self, wall_before: float = 0.0, cpu_before: float = 0.0):
+        self._wall0, self._cpu0 = time.perf_counter() - wall_before, time.process_time() - cpu_before
+
+    def wall(self) -> float:
+        return time.perf_counter() - self._wall0
+
+    def cpu(self) -> float:
+        return time.process_time() - self._cpu0
 
 
 @dataclass
@@ -48,6 +62,7 @@ class RunState:
     partial: dict[str, Any] | None = None
     rng_per_rank: list[dict[str, Any]] | None = None
     method_teacher: dict[str, Any] | None = None
+    cpu_time_s: float = 0.0  # CPU seconds of this process (every thread): a cost other jobs barely change
     format: str = field(default=FORMAT)
 
     def save(self, path: Path) -> None:

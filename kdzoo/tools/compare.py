@@ -8,12 +8,11 @@ Results: ``results.md``, ``results.csv``, ``results.png`` and ``results.json``.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import functools
 import json
 import platform
 import shutil
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,8 @@ from kdzoo.engine.locking import RunDirLock
 from kdzoo.errors import KdzooError
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
+from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, write_report
 from kdzoo.tools.tradeoff import median_ms
-
-SCRATCH = "scratch"
-
-
-@dataclasses.dataclass
-class RunResult:
-    method: str
-    seed: int
-    last_top1: float
-    best_top1: float
-    wall_time_s: float
-    curve: list[float]
 
 
 def run_configs(
@@ -79,6 +67,17 @@ def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], 
     return str(path)
 
 
+def teacher_curve(config: RunConfig) -> list[float]:
+    """The validation top-1 per epoch of the teacher kdzoo trained for ``config`` (empty when the
+    teacher was given as a file or pretrained weights)."""
+    from kdzoo.engine.teacher import teacher_cache_dir
+
+    metrics = teacher_cache_dir(config) / "metrics.jsonl"
+    if config.teacher.checkpoint or not metrics.is_file():
+        return []
+    return [json.loads(line)["val"]["top1"] for line in metrics.read_text().splitlines()]
+
+
 def _with_teacher(config: RunConfig, teacher_file: str | None) -> RunConfig:
     if not teacher_file:
         return config
@@ -108,6 +107,52 @@ def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> 
     return trainer.fit(resume=RunState.load(last) if last.is_file() else None)
 
 
+ALL = "all"
+
+
+def resolve_methods(names: list[str], registry: Registry) -> list[str]:
+    """``all`` is every installed method, built-in and third-party; otherwise the names, checked."""
+    if names == [ALL]:
+        return list(registry.methods)
+    if not names or ALL in names:
+        raise KdzooError("--methods: name methods (e.g. --methods kd,at) or 'all' alone for every installed one")
+    for method in names:
+        registry.get(method)
+    return names
+
+
+def _build_error(config: RunConfig, registry: Registry) -> str | None:
+    """Build the run (models, data, the method's modules; the teacher-output cache warmed) without
+    training: the first line of the KdzooError that says why the method cannot run, or None."""
+    from kdzoo.engine import build_run
+
+    try:
+        build_run(config, registry, show_progress=None, distributed=False)
+    except KdzooError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def _without_cache(config: RunConfig) -> RunConfig:
+    return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, cache=False))
+
+
+def applicable(config: RunConfig, registry: Registry, teacher_file: str | None) -> tuple[bool, str, bool]:
+    """Whether the method of ``config`` runs on its pair and data at its defaults: (runs, the reason or
+    note, with a live teacher instead of the cache). A method that refuses the teacher-output cache
+    runs with the live teacher, and says so; one that cannot run at all is listed with the reason."""
+    config = _with_teacher(config, teacher_file)
+    error = _build_error(config, registry)
+    if error is None:
+        return True, "", False
+    if not config.teacher.cache:
+        return False, error, False
+    live_error = _build_error(_without_cache(config), registry)
+    if live_error is None:
+        return True, f"live teacher, not the teacher-output cache ({error})", True
+    return False, live_error, False
+
+
 def compare(
     methods: list[str],
     files: list[str],
@@ -120,48 +165,90 @@ def compare(
 ) -> dict[str, Any]:
     """Every method against scratch (see the module); ``deploy`` also exports the best run of each
     to ONNX and int8 and measures what each costs where it runs (:func:`deploy_best_runs`)."""
-    if not methods:
-        raise KdzooError("--methods: name at least one method, e.g. --methods kd,at")
-    for method in methods:
-        registry.get(method)
+    asked = methods
+    methods = resolve_methods(methods, registry)
     out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(methods, files, overrides, seeds, out, registry)
     first = configs[(methods[0], seeds[0])]
     teacher_file = shared_teacher(first, registry, echo)
+    skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for method in methods:
+        runs, why, live = applicable(configs[(method, seeds[0])], registry, teacher_file)
+        if not runs:
+            echo(f"{method}: does not apply to this pair, not run: {why}")
+            skipped[method] = why
+        elif why:
+            echo(f"{method}: {why}")
+            notes[method] = why
+        for seed in seeds:
+            if not runs:
+                del configs[(method, seed)]
+            elif live:
+                configs[(method, seed)] = _without_cache(configs[(method, seed)])
     results: list[RunResult] = []
     teacher_top1 = None
     deployed: dict[str, dict[str, Any]] = {}
     total = len(configs)
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
-        done = run_dir / "summary.json"
-        if (run_dir / "config.json").is_file() and not _same_config(run_dir, cfg, teacher_file, registry):
-            echo(f"[{i}/{total}] {method} seed {seed}: its config changed since it ran; training it again")
-            with RunDirLock(run_dir):  # never from under a process still training it
-                shutil.rmtree(run_dir)
-        if done.is_file():
-            echo(f"[{i}/{total}] {method} seed {seed}: done before, skipped")
-            summary = json.loads(done.read_text())
-        else:
-            echo(f"[{i}/{total}] {method} seed {seed}: training")
-            summary = run_one(cfg, registry, teacher_file)
-            echo(f"[{i}/{total}] {method} seed {seed}: top-1 {summary['student_top1']:.2f}%")
+        say = functools.partial(_say, echo, f"[{i}/{total}] {method} seed {seed}: ")
+        summary = _finished_or_trained(cfg, run_dir, registry, teacher_file, say)
         teacher_top1 = summary.get("teacher_top1") or teacher_top1
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
         curve = [json.loads(line)["val"]["top1"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         results.append(
             RunResult(
-                method, seed, summary["student_top1"], summary["student_best_top1"], summary["wall_time_s"], curve
+                method,
+                seed,
+                summary["student_top1"],
+                summary["student_best_top1"],
+                summary["wall_time_s"],
+                curve,
+                _cpu_cost(summary),
             )
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
+    report["skipped"], report["notes"] = skipped, notes
+    report["teacher_curve"] = teacher_curve(first)
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
-    report["meta"] = meta(methods, files, overrides, seeds, deploy)
+    report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy)
     write_report(report, results, out)
     return report
+
+
+def _cpu_cost(summary: dict[str, Any]) -> float | None:
+    """The run's CPU seconds, charged the teacher's pass that filled the teacher-output cache it read (what
+    training this method alone costs, whether or not other runs shared the cache)."""
+    if summary.get("cpu_time_s") is None:
+        return None
+    return summary["cpu_time_s"] + (summary.get("teacher_cache_cpu_s") or 0.0)
+
+
+def _say(echo: Callable[[str], None], prefix: str, text: str) -> None:
+    echo(prefix + text)
+
+
+def _finished_or_trained(
+    config: RunConfig, run_dir: Path, registry: Registry, teacher_file: str | None, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The run's summary: read when it finished with this config before, else trained (resumed from its
+    checkpoint when it was interrupted; from the start when its config changed since)."""
+    done = run_dir / "summary.json"
+    if (run_dir / "config.json").is_file() and not _same_config(run_dir, config, teacher_file, registry):
+        say("its config changed since it ran; training it again")
+        with RunDirLock(run_dir):  # never from under a process still training it
+            shutil.rmtree(run_dir)
+    if done.is_file():
+        say("done before, skipped")
+        return json.loads(done.read_text())
+    say("training")
+    summary = run_one(config, registry, teacher_file)
+    say(f"top-1 {summary['student_top1']:.2f}%")
+    return summary
 
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -180,63 +267,6 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
             quantize_int8(run_dir)
         tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
     return tables
-
-
-def _deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
-    """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
-    if not deploy:
-        return []
-    any_table = next(iter(deploy.values()))
-    lines = [
-        "## Deployed: each method's best run in onnxruntime",
-        "",
-        f"| method (seed) | student fp32: latency, batch 1 | int8: latency | int8 images/s, batch "
-        f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 retained |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for method, table in deploy.items():
-        rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
-        fp32, int8 = rows[("student", "onnxruntime fp32")], rows[("student", "onnxruntime int8")]
-        retained = "-" if int8["retained"] is None else f"{100 * int8['retained']:.1f}%"
-        lines.append(
-            f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms | {int8['latency_ms']:.2f} ms | "
-            f"{int8['images_per_s']:.0f} | {fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
-            f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {retained} |"
-        )
-    wanted = ("teacher", "onnxruntime fp32")
-    teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
-    if teacher is not None:
-        lines.append(f"\nTeacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1.")
-    lines += [f"CPU, {any_table['threads']} threads; every run's whole table is in its summary.json ('deploy').", ""]
-    return lines
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(results: list[RunResult], order: list[str], teacher_top1: float | None) -> dict[str, Any]:
-    rows = []
-    for method in order:
-        mine = [r for r in results if r.method == method]
-        last_mean, last_std = _mean_std([r.last_top1 for r in mine])
-        best_mean, best_std = _mean_std([r.best_top1 for r in mine])
-        rows.append(
-            {
-                "method": method,
-                "seeds": len(mine),
-                "last_top1_mean": last_mean,
-                "last_top1_std": last_std,
-                "best_top1_mean": best_mean,
-                "best_top1_std": best_std,
-                "train_time_s_mean": statistics.fmean(r.wall_time_s for r in mine),
-                "retained": None if not teacher_top1 else last_mean / teacher_top1,
-            }
-        )
-    scratch = rows[0]["last_top1_mean"]
-    for row in rows:
-        row["vs_scratch"] = row["last_top1_mean"] - scratch
-    return {"teacher_top1": teacher_top1, "rows": rows}
 
 
 def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> float:
@@ -285,99 +315,3 @@ def meta(methods, files, overrides, seeds, deploy: bool = False) -> dict[str, An
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
     }
-
-
-def _pm(mean: float, std: float, n: int) -> str:
-    """mean ± std, or the single value with n = 1 (a standard deviation of one run is not 0)."""
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f} (n = 1)"
-
-
-def write_report(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
-    rows, costs, info = report["rows"], report["models"], report["meta"]
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.json").write_text(
-        json.dumps({**report, "runs": [dataclasses.asdict(r) for r in results]}, indent=2)
-    )
-    t, s = costs["teacher"], costs["student"]
-    teacher_top1 = report["teacher_top1"]
-    lines = [
-        f"# kdzoo compare: {t['model']} -> {s['model']}",
-        "",
-        f"Teacher top-1: {teacher_top1:.2f}%" if teacher_top1 else "Teacher: none",
-        "",
-        "| method | seeds | last-epoch top-1 | best-epoch top-1 | vs scratch (last) | retained (last / teacher) "
-        "| train time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        retained = "-" if row["retained"] is None else f"{100 * row['retained']:.1f}%"
-        last = _pm(row["last_top1_mean"], row["last_top1_std"], row["seeds"])
-        best = _pm(row["best_top1_mean"], row["best_top1_std"], row["seeds"])
-        lines.append(
-            f"| {row['method']} | {row['seeds']} | {last} | {best} | {row['vs_scratch']:+.2f} | {retained} | "
-            f"{row['train_time_s_mean']:.0f} |"
-        )
-    lines += [
-        "",
-        "Mean ± sample standard deviation over seeds; 'last' is the final epoch, 'best' the best epoch on the",
-        "validation set (an optimistic number, shown for comparison with papers that report it).",
-        "",
-        "## Teacher / student trade-off",
-        "",
-        "| | model | parameters | FLOPs / image | CPU latency / image (batch 1) |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {role} | {c['model']} | {c['params'] / 1e6:.3f} M | {c['flops'] / 1e6:.1f} M | "
-            f"{c['latency_ms']:.2f} ms |"
-            for role, c in (("teacher", t), ("student", s))
-        ),
-        *(
-            f"| {d['network']} | {s['model']} + {method}'s modules | {d['params'] / 1e6:.3f} M | "
-            f"{d['flops'] / 1e6:.1f} M | - |"
-            for method, d in costs.get("deployed", {}).items()
-        ),
-        "",
-        f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, "
-        f"{costs['speedup']:.1f}x measured speed-up.",
-        "",
-        *_deploy_lines(report.get("deploy")),
-        "## How this was made",
-        "",
-        f"- command: `{info['command']}`",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
-        f"- hardware: {info['hardware']}",
-        "",
-        "![accuracy per epoch](results.png)",
-    ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot_curves(results, rows, teacher_top1, out / "results.png")
-
-
-def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for row in rows:
-        curves = [r.curve for r in results if r.method == row["method"]]
-        length = min(len(c) for c in curves)
-        stacked = torch.tensor([c[:length] for c in curves])
-        mean = stacked.mean(0)
-        std = stacked.std(0) if len(curves) > 1 else torch.zeros_like(mean)
-        epochs = range(1, length + 1)
-        ax.plot(epochs, mean, label=f"{row['method']} ({row['last_top1_mean']:.2f})")
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
-    if teacher_top1:
-        ax.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
-    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
-    low = min(min(r.curve) for r in results)
-    ax.set_ylim(max(0, low - 5), 100)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

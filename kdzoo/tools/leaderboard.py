@@ -1,0 +1,310 @@
+"""The leaderboard ``kdzoo compare`` writes: every method ranked against scratch, with its spread over
+seeds, its training cost relative to scratch, the methods that could not run on the pair (and why),
+the deployed trade-off, and two plots (accuracy per epoch; accuracy against training cost).
+
+Files: ``results.md``, ``results.csv``, ``results.json``, ``results.png``, ``accuracy_vs_cost.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+SCRATCH = "scratch"
+#: a method is marked when its mean is further from scratch's than this many of scratch's standard deviations
+MARK_SIGMAS = 2.0
+
+
+@dataclasses.dataclass
+class RunResult:
+    method: str
+    seed: int
+    last_top1: float
+    best_top1: float
+    wall_time_s: float
+    curve: list[float]
+    cpu_time_s: float | None = None  # None for runs written before kdzoo recorded it
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _cost(runs: list[RunResult]) -> tuple[float, str]:
+    """Mean training cost: CPU seconds when every run has them (other jobs on the machine barely change
+    them), wall seconds otherwise."""
+    if all(r.cpu_time_s for r in runs):
+        return statistics.fmean(r.cpu_time_s for r in runs), "cpu"
+    return statistics.fmean(r.wall_time_s for r in runs), "wall"
+
+
+def summarise(results: list[RunResult], order: list[str], teacher_top1: float | None) -> dict[str, Any]:
+    """One row per method that ran, ranked by mean last-epoch top-1 (scratch among them)."""
+    rows = []
+    for method in order:
+        mine = [r for r in results if r.method == method]
+        if not mine:
+            continue
+        last_mean, last_std = _mean_std([r.last_top1 for r in mine])
+        best_mean, best_std = _mean_std([r.best_top1 for r in mine])
+        cost, basis = _cost(mine)
+        rows.append(
+            {
+                "method": method,
+                "seeds": len(mine),
+                "last_top1_mean": last_mean,
+                "last_top1_std": last_std,
+                "best_top1_mean": best_mean,
+                "best_top1_std": best_std,
+                "train_time_s_mean": statistics.fmean(r.wall_time_s for r in mine),
+                "cost_s_mean": cost,
+                "cost_basis": basis,
+                "retained": None if not teacher_top1 else last_mean / teacher_top1,
+            }
+        )
+    scratch = next(r for r in rows if r["method"] == SCRATCH)
+    same_basis = all(r["cost_basis"] == scratch["cost_basis"] for r in rows)
+    for row in rows:
+        row["vs_scratch"] = row["last_top1_mean"] - scratch["last_top1_mean"]
+        spread = MARK_SIGMAS * scratch["last_top1_std"]
+        beyond = scratch["seeds"] > 1 and abs(row["vs_scratch"]) > spread
+        row["beyond_scratch_spread"] = row["method"] != SCRATCH and beyond
+        row["cost_vs_scratch"] = row["cost_s_mean"] / scratch["cost_s_mean"] if same_basis else None
+    rows.sort(key=lambda r: -r["last_top1_mean"])
+    return {"teacher_top1": teacher_top1, "rows": rows}
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    """mean ± std, or the single value with n = 1 (a standard deviation of one run is not 0)."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f} (n = 1)"
+
+
+def _marked(row: dict[str, Any]) -> str:
+    mark = (" ▲" if row["vs_scratch"] > 0 else " ▼") if row["beyond_scratch_spread"] else ""
+    return f"{row['vs_scratch']:+.2f}{mark}"
+
+
+def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| rank | method | seeds | last-epoch top-1 | best-epoch top-1 | vs scratch (last) | retained (last / teacher) "
+        "| training cost (x scratch) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, row in enumerate(rows, start=1):
+        retained = "-" if row["retained"] is None else f"{100 * row['retained']:.1f}%"
+        cost = "-" if row["cost_vs_scratch"] is None else f"{row['cost_vs_scratch']:.2f}"
+        last = _pm(row["last_top1_mean"], row["last_top1_std"], row["seeds"])
+        best = _pm(row["best_top1_mean"], row["best_top1_std"], row["seeds"])
+        lines.append(
+            f"| {rank} | {row['method']} | {row['seeds']} | {last} | {best} | {_marked(row)} | {retained} | {cost} |"
+        )
+    basis = {r["cost_basis"] for r in rows}
+    seconds = "CPU seconds of the training process" if basis == {"cpu"} else "wall-clock seconds"
+    return [
+        *lines,
+        "",
+        "Ranked by mean last-epoch top-1. Mean ± sample standard deviation over seeds; 'last' is the final epoch,",
+        "'best' the best epoch on the validation set (optimistic, shown for papers that report it).",
+        f"▲ / ▼: further from scratch than {MARK_SIGMAS:g} standard deviations of the scratch runs. Training cost:",
+        f"mean {seconds} per run (teacher forward, the method's work and the student's step) over scratch's;",
+        "a run on the teacher-output cache is charged the teacher's pass that filled it.",
+        "",
+    ]
+
+
+def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
+    lines = []
+    if skipped:
+        lines += ["## Methods that do not apply to this pair", "", "| method | why it did not run |", "|---|---|"]
+        lines += [f"| {method} | {reason} |" for method, reason in skipped.items()]
+        lines.append("")
+    if notes:
+        lines += ["Ran differently from the others:", ""]
+        lines += [f"- {method}: {note}" for method, note in notes.items()]
+        lines.append("")
+    return lines
+
+
+def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
+    """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
+    if not deploy:
+        return []
+    any_table = next(iter(deploy.values()))
+    lines = [
+        "## Deployed: each method's best run in onnxruntime",
+        "",
+        f"| method (seed) | student fp32: latency, batch 1 | int8: latency | int8 images/s, batch "
+        f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 retained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in [m for m in order if m in deploy]:
+        table = deploy[method]
+        rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
+        fp32, int8 = rows[("student", "onnxruntime fp32")], rows[("student", "onnxruntime int8")]
+        retained = "-" if int8["retained"] is None else f"{100 * int8['retained']:.1f}%"
+        lines.append(
+            f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms | {int8['latency_ms']:.2f} ms | "
+            f"{int8['images_per_s']:.0f} | {fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
+            f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {retained} |"
+        )
+    wanted = ("teacher", "onnxruntime fp32")
+    teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
+    if teacher is not None:
+        lines.append(f"\nTeacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1.")
+    lines += [f"CPU, {any_table['threads']} threads; every run's whole table is in its summary.json ('deploy').", ""]
+    return lines
+
+
+def _costs_lines(costs: dict[str, Any]) -> list[str]:
+    t, s = costs["teacher"], costs["student"]
+    return [
+        "## Teacher / student trade-off",
+        "",
+        "| | model | parameters | FLOPs / image | CPU latency / image (batch 1) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {role} | {c['model']} | {c['params'] / 1e6:.3f} M | {c['flops'] / 1e6:.1f} M | "
+            f"{c['latency_ms']:.2f} ms |"
+            for role, c in (("teacher", t), ("student", s))
+        ),
+        *(
+            f"| {d['network']} | {s['model']} + {method}'s modules | {d['params'] / 1e6:.3f} M | "
+            f"{d['flops'] / 1e6:.1f} M | - |"
+            for method, d in costs.get("deployed", {}).items()
+        ),
+        "",
+        f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, "
+        f"{costs['speedup']:.1f}x measured speed-up.",
+        "",
+    ]
+
+
+def write_report(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
+    rows, costs, info = report["rows"], report["models"], report["meta"]
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(
+        json.dumps({**report, "runs": [dataclasses.asdict(r) for r in results]}, indent=2)
+    )
+    teacher_top1, teacher_curve = report["teacher_top1"], report.get("teacher_curve") or []
+    lines = [
+        f"# kdzoo compare: {costs['teacher']['model']} -> {costs['student']['model']}",
+        "",
+        f"Teacher top-1: {teacher_top1:.2f}%" if teacher_top1 else "Teacher: none",
+        *(
+            [f"(trained by kdzoo for {len(teacher_curve)} epochs: ![teacher's accuracy per epoch](teacher.png))"]
+            if teacher_curve
+            else []
+        ),
+        "",
+        *_ranking_lines(rows),
+        *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
+        *_costs_lines(costs),
+        *_deploy_lines(report.get("deploy"), [r["method"] for r in rows]),
+        "## How this was made",
+        "",
+        f"- command: `{info['command']}`",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
+        f"- hardware: {info['hardware']}",
+        "",
+        "![accuracy per epoch](results.png)",
+        "",
+        "![accuracy against training cost](accuracy_vs_cost.png)",
+    ]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_curves(results, rows, teacher_top1, out / "results.png")
+    plot_accuracy_vs_cost(rows, out / "accuracy_vs_cost.png")
+    if teacher_curve:
+        plot_teacher(teacher_curve, out / "teacher.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float | None, path: Path) -> None:
+    import torch
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9 if len(rows) <= 8 else 12, 5))
+    styles = ["-", "--", ":", "-."]
+    for i, row in enumerate(rows):
+        curves = [r.curve for r in results if r.method == row["method"]]
+        length = min(len(c) for c in curves)
+        stacked = torch.tensor([c[:length] for c in curves])
+        mean = stacked.mean(0)
+        std = stacked.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+        epochs = range(1, length + 1)
+        width = 2.5 if row["method"] == SCRATCH else 1.2
+        label = f"{row['method']} ({row['last_top1_mean']:.2f})"
+        line = ax.plot(epochs, mean, styles[i // 10 % 4], linewidth=width, label=label)
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.1, color=line[0].get_color())
+    if teacher_top1:
+        ax.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
+    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
+    low = min(min(r.curve) for r in results)
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(rows) <= 16 else 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
+    """Each method's mean last-epoch top-1 (± std) against its training cost over scratch's; the band is
+    scratch ± the marking spread."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    scratch = next(r for r in rows if r["method"] == SCRATCH)
+    spread = MARK_SIGMAS * scratch["last_top1_std"]
+    ax.axhspan(
+        scratch["last_top1_mean"] - spread,
+        scratch["last_top1_mean"] + spread,
+        color="grey",
+        alpha=0.15,
+        label=f"scratch ± {MARK_SIGMAS:g} std",
+    )
+    for row in rows:
+        cost = row["cost_vs_scratch"] if row["cost_vs_scratch"] is not None else float("nan")
+        ax.errorbar(
+            cost,
+            row["last_top1_mean"],
+            yerr=row["last_top1_std"],
+            fmt="o",
+            markersize=4,
+            capsize=2,
+            color="black" if row["method"] == SCRATCH else None,
+        )
+        ax.annotate(row["method"], (cost, row["last_top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        xlabel="training cost (x scratch)",
+        ylabel="last-epoch top-1 (%)",
+        title="accuracy against training cost (mean ± std over seeds)",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_teacher(curve: list[float], path: Path) -> None:
+    """The teacher's validation top-1 per epoch: whether it had plateaued before it was distilled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3)
+    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"teacher: {curve[-1]:.2f}% after {len(curve)} epochs")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

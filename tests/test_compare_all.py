@@ -1,0 +1,74 @@
+"""``kdzoo compare --methods all``: every installed method (built-in and third-party) is listed, run
+or skipped with its reason, and a restart redoes nothing that finished."""
+
+import importlib.metadata
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kdzoo.cli import main
+from kdzoo.registry import ENTRY_POINT_GROUP, reset_registry
+from tests.helpers import LOGIT_MSE_PLUGIN, TINY, installed_distribution
+
+KEPT = {"kd", "deit", "mlkd"}  # deit cannot run on a CNN student; mlkd refuses the teacher-output cache
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch):
+    """Installed methods: kd, deit and mlkd of kdzoo's own, and a third-party package's logit_mse."""
+    site = tmp_path / "site"
+    site.mkdir()
+    module = "kdzoo_logit_mse"
+    installed_distribution(site, module, module, LOGIT_MSE_PLUGIN, {"logit_mse": module})
+    monkeypatch.syspath_prepend(str(site))
+    builtins = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist.name == "kdzoo"}
+    monkeypatch.setenv("KDZOO_DISABLE_PLUGINS", ",".join(sorted(builtins - KEPT)))
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def _compare(out, *extra):
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    sets += ["teacher.cache=true", "data.views=2"]  # fixed augmented views: what a cache can hold
+    args = ["compare", "--methods", "all", "--seeds", "2", "--out", str(out), *extra]
+    return CliRunner().invoke(main, [*args, *[a for s in sets for a in ("--set", s)]])
+
+
+def test_all_lists_every_installed_method_and_says_why_one_did_not_run(zoo, tmp_path):
+    out = tmp_path / "cmp"
+    first = _compare(out)
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in report["rows"]} == {"scratch", "kd", "mlkd", "logit_mse"}
+    assert all(r["seeds"] == 2 for r in report["rows"])
+    tops = [r["last_top1_mean"] for r in report["rows"]]
+    assert tops == sorted(tops, reverse=True)  # ranked
+    assert list(report["skipped"]) == ["deit"] and "has no" in report["skipped"]["deit"]
+    assert "live teacher" in report["notes"]["mlkd"] and "teacher.cache" in report["notes"]["mlkd"]
+    for method, cached in (("kd", True), ("logit_mse", True), ("mlkd", False)):
+        config = json.loads((out / "runs" / f"{method}-seed1" / "config.json").read_text())
+        assert config["teacher"]["cache"] is cached, method
+    assert not (out / "runs" / "deit-seed0").exists()
+    table = (out / "results.md").read_text()
+    assert "| deit | deit trains a student's distillation token" in table
+    assert "- mlkd: live teacher" in table and "compare --methods all --seeds 2" in table
+    scratch = next(r for r in report["rows"] if r["method"] == "scratch")
+    assert scratch["cost_vs_scratch"] == 1.0 and scratch["cost_basis"] == "cpu"
+    assert all(r["cost_vs_scratch"] > 0 for r in report["rows"])
+    assert len(report["teacher_curve"]) == 1 and (out / "teacher.png").is_file()  # the teacher's own curve
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 0 and (out / "results.png").stat().st_size > 0
+
+    (out / "runs" / "logit_mse-seed1" / "summary.json").unlink()  # as if killed after its last checkpoint
+    again = _compare(out)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("done before, skipped") == 7 and again.output.count(": training") == 1
+    assert "logit_mse seed 1: training" in again.output and "deit: does not apply" in again.output
+    assert json.loads((out / "results.json").read_text())["skipped"] == report["skipped"]
+
+
+def test_all_must_stand_alone(zoo, tmp_path):
+    result = _compare(tmp_path / "cmp", "--methods", "kd,all")
+    assert result.exit_code != 0
+    assert "'all' alone" in result.output
