@@ -57,7 +57,9 @@ def test_all_lists_every_installed_method_and_says_why_one_did_not_run(zoo, tmp_
     scratch = next(r for r in report["rows"] if r["method"] == "scratch")
     assert scratch["cost_vs_scratch"] == 1.0 and scratch["cost_basis"] == "cpu"
     assert all(r["cost_vs_scratch"] > 0 for r in report["rows"])
-    assert len(report["teacher_curve"]) == 1 and (out / "teacher.png").is_file()  # the teacher's own curve
+    teacher = report["teacher_training"]  # the teacher's own curve
+    assert len(teacher["curve"]) == 1 and teacher["wall_time_s"] > 0 and (out / "teacher.png").is_file()
+    assert "Spearman" in table and "- wall time: " in table
     assert (out / "accuracy_vs_cost.png").stat().st_size > 0 and (out / "results.png").stat().st_size > 0
 
     (out / "runs" / "logit_mse-seed1" / "summary.json").unlink()  # as if killed after its last checkpoint
@@ -72,3 +74,28 @@ def test_all_must_stand_alone(zoo, tmp_path):
     result = _compare(tmp_path / "cmp", "--methods", "kd,all")
     assert result.exit_code != 0
     assert "'all' alone" in result.output
+
+
+def test_the_leaderboard_config_loads_for_every_installed_method():
+    from pathlib import Path
+
+    from kdzoo.config import load_config
+    from kdzoo.registry import registry
+
+    config = Path(__file__).parents[1] / "configs" / "fashion_mnist" / "leaderboard.yaml"
+    reg = registry()
+    for method in reg.methods:
+        cfg = load_config([str(config)], [], [method], reg.config_classes())
+        assert cfg.methods == [method] and cfg.teacher.train.epochs == 30 and cfg.train.epochs == 12
+
+
+def test_ranking_agreement_is_spearmans_rho_against_the_last_epoch():
+    from kdzoo.tools.leaderboard import RunResult, ranking_agreement
+
+    curves = {"a": [[1.0, 3.0, 3.0]], "b": [[2.0, 2.0, 2.0]], "c": [[3.0, 1.0, 2.5], [3.0, 1.0, 1.5]]}
+    results = [RunResult(m, s, c[-1], max(c), 1.0, c) for m, cs in curves.items() for s, c in enumerate(cs)]
+    rows = [{"method": m} for m in curves]
+    # the last epoch ranks c (mean 2.0) = b < a: (2, 0.5, 0.5), deviations (1, -0.5, -0.5), norm sqrt(1.5);
+    # epoch 1 ranks a < b < c: (0, 1, 2), deviations (-1, 0, 1); epoch 2 ranks c < b < a: (2, 1, 0)
+    rho = 1.5 / (2**0.5 * 1.5**0.5)
+    assert ranking_agreement(results, rows) == pytest.approx([-rho, rho, 1.0])

@@ -67,15 +67,16 @@ def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], 
     return str(path)
 
 
-def teacher_curve(config: RunConfig) -> list[float]:
-    """The validation top-1 per epoch of the teacher kdzoo trained for ``config`` (empty when the
-    teacher was given as a file or pretrained weights)."""
+def teacher_training(config: RunConfig) -> dict[str, Any]:
+    """The validation top-1 per epoch and the wall time of the teacher kdzoo trained for ``config``
+    (empty when the teacher was given as a file or pretrained weights)."""
     from kdzoo.engine.teacher import teacher_cache_dir
 
     metrics = teacher_cache_dir(config) / "metrics.jsonl"
     if config.teacher.checkpoint or not metrics.is_file():
-        return []
-    return [json.loads(line)["val"]["top1"] for line in metrics.read_text().splitlines()]
+        return {"curve": [], "wall_time_s": 0.0}
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {"curve": [r["val"]["top1"] for r in records], "wall_time_s": sum(r["epoch_time_s"] for r in records)}
 
 
 def _with_teacher(config: RunConfig, teacher_file: str | None) -> RunConfig:
@@ -211,7 +212,7 @@ def compare(
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
     report["skipped"], report["notes"] = skipped, notes
-    report["teacher_curve"] = teacher_curve(first)
+    report["teacher_training"] = teacher_training(first)
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)

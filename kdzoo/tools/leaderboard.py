@@ -116,6 +116,60 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def ranking_agreement(results: list[RunResult], rows: list[dict[str, Any]]) -> list[float]:
+    """Per epoch, Spearman's rank correlation between the methods' mean accuracy at that epoch and at
+    the last: how early the ordering was decided (1.0 from some epoch on: a longer schedule would
+    likely not reorder the methods)."""
+    methods = [r["method"] for r in rows]
+    curves = {m: [r.curve for r in results if r.method == m] for m in methods}
+    length = min(len(c) for runs in curves.values() for c in runs)
+    means = {m: [statistics.fmean(c[e] for c in runs) for e in range(length)] for m, runs in curves.items()}
+    final = _ranks([means[m][-1] for m in methods])
+    return [_spearman(_ranks([means[m][e] for m in methods]), final) for e in range(length)]
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    if len(a) < 2 or len(set(a)) == 1 or len(set(b)) == 1:
+        return float("nan")
+    return statistics.correlation(a, b)
+
+
+def _settling_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> list[str]:
+    if len(rows) < 3:
+        return []
+    agreement = ranking_agreement(results, rows)
+    return [
+        "How early the ordering was decided: Spearman's rank correlation between the methods' mean top-1 at each",
+        "epoch and at the last epoch:",
+        "",
+        "| epoch | " + " | ".join(str(e) for e in range(1, len(agreement) + 1)) + " |",
+        "|---|" + "---|" * len(agreement),
+        "| ρ | " + " | ".join(f"{rho:.2f}" for rho in agreement) + " |",
+        "",
+    ]
+
+
+def _wall_time(report: dict[str, Any], results: list[RunResult]) -> str:
+    runs = sum(r.wall_time_s for r in results) / 3600
+    teacher = (report.get("teacher_training") or {}).get("wall_time_s", 0.0) / 60
+    return f"{runs:.1f} h of training over {len(results)} runs, plus {teacher:.0f} min for the teacher"
+
+
 def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
     lines = []
     if skipped:
@@ -192,7 +246,8 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
     (out / "results.json").write_text(
         json.dumps({**report, "runs": [dataclasses.asdict(r) for r in results]}, indent=2)
     )
-    teacher_top1, teacher_curve = report["teacher_top1"], report.get("teacher_curve") or []
+    teacher_top1 = report["teacher_top1"]
+    teacher_curve = (report.get("teacher_training") or {}).get("curve", [])
     lines = [
         f"# kdzoo compare: {costs['teacher']['model']} -> {costs['student']['model']}",
         "",
@@ -204,6 +259,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         ),
         "",
         *_ranking_lines(rows),
+        *_settling_lines(results, rows),
         *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
         *_costs_lines(costs),
         *_deploy_lines(report.get("deploy"), [r["method"] for r in rows]),
@@ -212,6 +268,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         f"- command: `{info['command']}`",
         f"- versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
         f"- hardware: {info['hardware']}",
+        f"- wall time: {_wall_time(report, results)}",
         "",
         "![accuracy per epoch](results.png)",
         "",
