@@ -99,3 +99,23 @@ def test_ranking_agreement_is_spearmans_rho_against_the_last_epoch():
     # epoch 1 ranks a < b < c: (0, 1, 2), deviations (-1, 0, 1); epoch 2 ranks c < b < a: (2, 1, 0)
     rho = 1.5 / (2**0.5 * 1.5**0.5)
     assert ranking_agreement(results, rows) == pytest.approx([-rho, rho, 1.0])
+
+
+def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share():
+    from kdzoo.tools.compare import label_share
+    from kdzoo.tools.leaderboard import RunResult, below_scratch_lines, summarise
+
+    assert label_share({"loss": 29.24, "ce": 2.56, "hint": 0.2668, "weights": {"ce": 1.0, "hint": 100.0}}) == (
+        pytest.approx(2.56 / 29.24)
+    )
+    results = [
+        RunResult("scratch", 0, 80.0, 80.0, 10.0, [70.0, 80.0], 10.0, [1.0, 1.0]),
+        RunResult("scratch", 1, 82.0, 82.0, 10.0, [72.0, 82.0], 10.0, [1.0, 1.0]),
+        RunResult("at", 0, 79.0, 79.0, 12.0, [60.0, 79.0], 12.0, [0.1, 0.4]),
+        RunResult("at", 1, 79.0, 79.0, 12.0, [62.0, 79.0], 12.0, [0.1, 0.6]),
+    ]
+    lines = below_scratch_lines(results, summarise(results, ["scratch", "at"], 90.0)["rows"])
+    assert lines[2] == (
+        "- at (-2.00): gap to scratch per epoch -10.0 / -2.0; the labels' share of its loss: 10% at epoch 1, "
+        "50% at the last."
+    )

@@ -198,7 +198,7 @@ def compare(
         teacher_top1 = summary.get("teacher_top1") or teacher_top1
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
-        curve = [json.loads(line)["val"]["top1"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         results.append(
             RunResult(
                 method,
@@ -206,8 +206,9 @@ def compare(
                 summary["student_top1"],
                 summary["student_best_top1"],
                 summary["wall_time_s"],
-                curve,
+                [r["val"]["top1"] for r in records],
                 _cpu_cost(summary),
+                [label_share(r["train"]) for r in records],
             )
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
@@ -219,6 +220,13 @@ def compare(
     report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy)
     write_report(report, results, out)
     return report
+
+
+def label_share(train: dict[str, Any]) -> float:
+    """The labels' cross-entropy's share of an epoch's weighted loss (1.0 for the student alone): how
+    much the distillation terms steer training."""
+    ce = train.get("weights", {}).get("ce", 1.0) * train.get("ce", 0.0)
+    return ce / train["loss"] if train.get("loss") else 1.0
 
 
 def _cpu_cost(summary: dict[str, Any]) -> float | None:

@@ -28,6 +28,7 @@ class RunResult:
     wall_time_s: float
     curve: list[float]
     cpu_time_s: float | None = None  # None for runs written before kdzoo recorded it
+    label_share: list[float] = dataclasses.field(default_factory=list)  # the CE's share of the loss, per epoch
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -164,6 +165,34 @@ def _settling_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> lis
     ]
 
 
+def _mean_curve(runs: list[list[float]]) -> list[float]:
+    length = min(len(c) for c in runs)
+    return [statistics.fmean(c[e] for c in runs) for e in range(length)]
+
+
+def below_scratch_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> list[str]:
+    """For each method below scratch, the evidence from its own runs: its gap to scratch epoch by epoch,
+    and how much of its loss the labels were (a distillation term that dominates shows as a small share)."""
+    below = [r for r in rows if r["method"] != SCRATCH and r["vs_scratch"] < 0]
+    if not below:
+        return []
+    scratch = _mean_curve([r.curve for r in results if r.method == SCRATCH])
+    lines = ["## Below scratch: what the runs' own curves show", ""]
+    for row in below:
+        mine = [r for r in results if r.method == row["method"]]
+        curve = _mean_curve([r.curve for r in mine])
+        gaps = " / ".join(f"{c - s:+.1f}" for c, s in zip(curve, scratch, strict=False))
+        shares = [r.label_share for r in mine if r.label_share]
+        share = _mean_curve(shares) if shares else []
+        label = (
+            f"; the labels' share of its loss: {100 * share[0]:.0f}% at epoch 1, {100 * share[-1]:.0f}% at the last"
+            if share
+            else ""
+        )
+        lines.append(f"- {row['method']} ({row['vs_scratch']:+.2f}): gap to scratch per epoch {gaps}{label}.")
+    return [*lines, ""]
+
+
 def _wall_time(report: dict[str, Any], results: list[RunResult]) -> str:
     runs = sum(r.wall_time_s for r in results) / 3600
     teacher = (report.get("teacher_training") or {}).get("wall_time_s", 0.0) / 60
@@ -260,6 +289,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         "",
         *_ranking_lines(rows),
         *_settling_lines(results, rows),
+        *below_scratch_lines(results, rows),
         *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
         *_costs_lines(costs),
         *_deploy_lines(report.get("deploy"), [r["method"] for r in rows]),
