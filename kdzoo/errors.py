@@ -11,7 +11,12 @@ from collections.abc import Iterable
 
 from kdzoo.api import KdzooError
 
-__all__ = ["KdzooError", "close_matches", "unknown_method"]
+__all__ = ["KdzooError", "RunStopped", "close_matches", "unknown_method"]
+
+
+class RunStopped(KdzooError):
+    """A run stopped on request (SIGTERM, SIGINT) after writing its checkpoint: to be resumed, not a
+    failure of the run."""
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 import types
@@ -41,6 +42,11 @@ def tiny_config(methods: list[str], *extra: str, pair: str = "resnet->resnet", o
     cfg.teacher.kwargs.update(t_kw)
     cfg.student.kwargs.update(s_kw)
     return cfg
+
+
+@dataclasses.dataclass
+class NoConfig:
+    """The config of a test method that has no settings."""
 
 
 def registry_with_method(name: str, factory, config_class=dict, needs_teacher: bool = True) -> Registry:

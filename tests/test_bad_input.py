@@ -1,6 +1,5 @@
 """Bad input of every kind ends in one line saying what is wrong and what to do, never a traceback."""
 
-import dataclasses
 import gzip
 import os
 import struct
@@ -13,7 +12,7 @@ from PIL import Image
 
 import kdzoo
 from kdzoo.cli import main
-from tests.helpers import TINY, registry_with_method
+from tests.helpers import TINY, NoConfig, registry_with_method
 
 
 def _sets(*pairs):
@@ -127,11 +126,6 @@ def yaml_syntax_error(tmp_path):
 
 
 # ------------------------------------------------------------------ plugins
-@dataclasses.dataclass
-class NoConfig:
-    pass
-
-
 def _bad_term(value):
     class BadTerm:
         def __init__(self, config):

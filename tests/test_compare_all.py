@@ -7,9 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+import kdzoo
 from kdzoo.cli import main
-from kdzoo.registry import ENTRY_POINT_GROUP, reset_registry
-from tests.helpers import LOGIT_MSE_PLUGIN, TINY, installed_distribution
+from kdzoo.registry import ENTRY_POINT_GROUP, load_registry, reset_registry
+from tests.helpers import LOGIT_MSE_PLUGIN, TINY, NoConfig, installed_distribution, registry_with_method
 
 KEPT = {"kd", "deit", "mlkd"}  # deit cannot run on a CNN student; mlkd refuses the teacher-output cache
 
@@ -119,3 +120,44 @@ def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share
         "- at (-2.00): gap to scratch per epoch -10.0 / -2.0; the labels' share of its loss: 10% at epoch 1, "
         "50% at the last."
     )
+
+
+class _Diverges:
+    """A method whose loss turns non-finite at once."""
+
+    def __init__(self, config):
+        pass
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student):
+        return {"bad": student.logits.sum() * float("nan")}
+
+
+def test_a_run_that_fails_is_listed_and_the_others_go_on(tmp_path):
+    from kdzoo.tools.compare import compare
+
+    reg = registry_with_method("diverges", _Diverges, NoConfig, needs_teacher=False)
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    said = []
+    report = compare(["diverges", "kd"], [], sets, [0], tmp_path / "cmp", reg, echo=said.append)
+    assert {r["method"] for r in report["rows"]} == {"scratch", "kd"}
+    assert "non-finite" in report["failed"]["diverges"][0] or "nan" in report["failed"]["diverges"][0].lower()
+    assert "| diverges | 0 |" in (tmp_path / "cmp" / "results.md").read_text()
+    said.clear()
+    again = compare(["diverges", "kd"], [], sets, [0], tmp_path / "cmp", reg, echo=said.append)
+    assert any("diverges seed 0: failed before, not retried" in line for line in said)
+    assert again["failed"] == {"diverges": {0: report["failed"]["diverges"][0]}}
+
+
+def test_a_stop_on_request_stops_the_comparison_and_is_no_failure(tmp_path, monkeypatch):
+    from kdzoo.errors import RunStopped
+    from kdzoo.tools import compare as compare_module
+
+    def stopped(*args):
+        raise RunStopped("stopped by SIGTERM; checkpoint written")
+
+    monkeypatch.setattr(compare_module, "run_one", stopped)
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    with pytest.raises(RunStopped):
+        compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=lambda _: None)
+    assert not list((tmp_path / "cmp" / "runs").glob("*/failed.txt"))

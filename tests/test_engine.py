@@ -144,13 +144,8 @@ class _TinyTerm:
 
 
 def test_logged_terms_keep_their_significant_digits_whatever_their_scale(tmp_path, capsys):
-    from dataclasses import dataclass
 
-    from tests.helpers import registry_with_method
-
-    @dataclass
-    class NoConfig:
-        pass
+    from tests.helpers import NoConfig, registry_with_method
 
     reg = registry_with_method("tiny", _TinyTerm, NoConfig, needs_teacher=False)
     cfg = load_config(

@@ -24,6 +24,7 @@ from kdzoo.engine.export import deployed_costs, export_student, summarise
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.run import RunBase
 from kdzoo.engine.state import Position, RunClock, RunState
+from kdzoo.errors import RunStopped
 from kdzoo.registry import call_hook
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
 
@@ -136,7 +137,7 @@ class Trainer(RunBase):
                 totals.stop_if_nonfinite(stage, epoch, self.run_dir, self.dist)
                 self._save(optimizer, scheduler, Position(index, epoch, done, global_epoch), totals.partial())
             if stop:
-                raise KdzooError(
+                raise RunStopped(
                     f"stopped by {self.stop.signal} at stage '{stage.name}' epoch {epoch + 1} step {done}/{steps}; "
                     f"checkpoint written: continue with `kdzoo run --resume {self.run_dir}`"
                 )

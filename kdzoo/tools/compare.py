@@ -24,7 +24,7 @@ from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.data import load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.locking import RunDirLock
-from kdzoo.errors import KdzooError
+from kdzoo.errors import KdzooError, RunStopped
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, write_report
@@ -109,6 +109,7 @@ def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> 
 
 
 ALL = "all"
+FAILED = "failed.txt"  # in a run directory: the one line saying why the run did not finish
 
 
 def resolve_methods(names: list[str], registry: Registry) -> list[str]:
@@ -190,11 +191,15 @@ def compare(
     results: list[RunResult] = []
     teacher_top1 = None
     deployed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[int, str]] = {}
     total = len(configs)
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
         say = functools.partial(_say, echo, f"[{i}/{total}] {method} seed {seed}: ")
         summary = _finished_or_trained(cfg, run_dir, registry, teacher_file, say)
+        if isinstance(summary, str):
+            failed.setdefault(method, {})[seed] = summary
+            continue
         teacher_top1 = summary.get("teacher_top1") or teacher_top1
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
@@ -212,7 +217,7 @@ def compare(
             )
         )
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
-    report["skipped"], report["notes"] = skipped, notes
+    report["skipped"], report["notes"], report["failed"] = skipped, notes, failed
     report["teacher_training"] = teacher_training(first)
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
@@ -243,10 +248,12 @@ def _say(echo: Callable[[str], None], prefix: str, text: str) -> None:
 
 def _finished_or_trained(
     config: RunConfig, run_dir: Path, registry: Registry, teacher_file: str | None, say: Callable[[str], None]
-) -> dict[str, Any]:
+) -> dict[str, Any] | str:
     """The run's summary: read when it finished with this config before, else trained (resumed from its
-    checkpoint when it was interrupted; from the start when its config changed since)."""
-    done = run_dir / "summary.json"
+    checkpoint when it was interrupted; from the start when its config changed since). A run that
+    failed (a non-finite loss, say) gives the one line saying why, also on a restart: it is listed,
+    and the other runs go on."""
+    done, failed = run_dir / "summary.json", run_dir / FAILED
     if (run_dir / "config.json").is_file() and not _same_config(run_dir, config, teacher_file, registry):
         say("its config changed since it ran; training it again")
         with RunDirLock(run_dir):  # never from under a process still training it
@@ -254,8 +261,19 @@ def _finished_or_trained(
     if done.is_file():
         say("done before, skipped")
         return json.loads(done.read_text())
+    if failed.is_file():
+        say(f"failed before, not retried: {failed.read_text().strip()}")
+        return failed.read_text().strip()
     say("training")
-    summary = run_one(config, registry, teacher_file)
+    try:
+        summary = run_one(config, registry, teacher_file)
+    except RunStopped:
+        raise  # stopped on request: the whole comparison stops, and resumes this run when restarted
+    except KdzooError as exc:
+        why = str(exc).strip().splitlines()[0]
+        failed.write_text(why + "\n")
+        say(f"failed: {why}")
+        return why
     say(f"top-1 {summary['student_top1']:.2f}%")
     return summary
 

@@ -212,6 +212,14 @@ def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
     return lines
 
 
+def _failed_lines(failed: dict[str, dict[int, str]]) -> list[str]:
+    if not failed:
+        return []
+    lines = ["## Runs that did not finish", "", "| method | seed | why |", "|---|---|---|"]
+    lines += [f"| {method} | {seed} | {why} |" for method, seeds in failed.items() for seed, why in seeds.items()]
+    return [*lines, "", "A method's row above, if any, averages the seeds that finished.", ""]
+
+
 def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
     """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
     if not deploy:
@@ -291,6 +299,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         *_settling_lines(results, rows),
         *below_scratch_lines(results, rows),
         *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
+        *_failed_lines(report.get("failed", {})),
         *_costs_lines(costs),
         *_deploy_lines(report.get("deploy"), [r["method"] for r in rows]),
         "## How this was made",
