@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from kdzoo.errors import KdzooError
+
 SCRATCH = "scratch"
 #: a method is marked when its mean is further from scratch's than this many of scratch's standard deviations
 MARK_SIGMAS = 2.0
@@ -67,7 +69,9 @@ def summarise(results: list[RunResult], order: list[str], teacher_top1: float | 
                 "retained": None if not teacher_top1 else last_mean / teacher_top1,
             }
         )
-    scratch = next(r for r in rows if r["method"] == SCRATCH)
+    scratch = next((r for r in rows if r["method"] == SCRATCH), None)
+    if scratch is None:
+        raise KdzooError("no run of the student trained from scratch finished: nothing to rank the methods against")
     same_basis = all(r["cost_basis"] == scratch["cost_basis"] for r in rows)
     for row in rows:
         row["vs_scratch"] = row["last_top1_mean"] - scratch["last_top1_mean"]
