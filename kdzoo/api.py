@@ -90,6 +90,9 @@ class ModelInfo:
     img_size: int
     #: a second classifier on a distillation token (timm's ``*_distilled_*`` models, DeiT)
     distillation_head: bool = False
+    #: channels of ``forward_features``' output (timm's ``num_features``); it differs from
+    #: ``embedding_dim`` where a head layer follows the pooling (MobileNetV3's conv_head); 0 if unknown
+    feature_map_channels: int = 0
 
     def relative_depth(self, index: int) -> float:
         """0.0 for the first tappable stage, 1.0 for the last."""

@@ -15,7 +15,8 @@ A teacher whose classifier does not read its average-pooled last map (a ViT: a c
 norm) gives the pooled projected map the teacher's pooled embedding to match instead, the input of
 the classifier it lends (``align: embedding``, chosen by ``auto``). The student must be a CNN whose
 ``forward_features`` ends at its last stage (its pooled width is that stage's), so the deployed
-network runs the map it trained on.
+network runs the map it trained on (a head layer after its pooling, as MobileNetV3's conv_head, is not
+deployed and does not matter).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class SimKDConfig:
     ce_weight: float = 0.0
     factor: int = 2
     align: Literal["auto", "map", "embedding"] = "auto"
+
+
+def ends_features_at_last_stage(info: ModelInfo) -> bool:
+    """A CNN whose ``forward_features`` returns its last stage's map (what a SimKD student deploys);
+    a head layer after the pooling (MobileNetV3's conv_head) is fine: SimKD does not deploy it."""
+    pyramid = len({s.reduction for s in info.stages}) > 1
+    channels = info.feature_map_channels or info.embedding_dim
+    return bool(info.stages) and pyramid and channels == info.stages[-1].channels
 
 
 def reads_pooled_last_map(info: ModelInfo) -> bool:
@@ -95,11 +104,12 @@ class SimKD:
         self.from_teacher = False
 
     def _plan(self, teacher: ModelInfo, student: ModelInfo) -> None:
-        if not reads_pooled_last_map(student):
+        if not ends_features_at_last_stage(student):
             raise KdzooError(
                 f"simkd deploys the student's last feature map through a projector and the teacher's classifier: "
                 f"student {student.name} is not a CNN whose forward_features ends at its last stage "
-                f"(pooled width {student.embedding_dim}); use a CNN student such as a ResNet"
+                f"({student.feature_map_channels or student.embedding_dim} channels out of forward_features); "
+                "use a CNN student such as a ResNet or a MobileNetV3"
             )
         align = self.config.align
         self.align = ("map" if reads_pooled_last_map(teacher) else "embedding") if align == "auto" else align

@@ -39,7 +39,7 @@ CASES = [
     *conformance_cases("crd", pairs=["vit->resnet"], settings=("crd.nce_k=64", "crd.memory=queue")),
     *conformance_cases("mlkd", pairs=["resnet->resnet", "vit->resnet"]),
     *conformance_cases("sskd", pairs=["resnet->resnet", "vit->resnet"], settings=("sskd.head_epochs=1",)),
-    *conformance_cases("simkd", pairs=["resnet->resnet", "vit->resnet"]),
+    *conformance_cases("simkd", pairs=["resnet->resnet", "vit->resnet", "resnet->mobilenetv3"]),
     *conformance_cases("ofa", pairs=["vit->resnet", "resnet->vit"]),
 ]
 

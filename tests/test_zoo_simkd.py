@@ -37,8 +37,13 @@ def _authors_simkd(feat_s, feat_t, transfer, cls_t):
 
 @pytest.mark.parametrize(
     ("teacher", "student", "img_size"),
-    [("resnet10t", "test_resnet", 64), ("test_resnet", "resnet10t", 64), ("resnet18", "resnet10t", 32)],
-    ids=["student-map-larger", "teacher-map-larger", "same-side"],
+    [
+        ("resnet10t", "test_resnet", 64),
+        ("test_resnet", "resnet10t", 64),
+        ("resnet18", "resnet10t", 32),
+        ("resnet10t", "mobilenetv3_small_050", 64),
+    ],
+    ids=["student-map-larger", "teacher-map-larger", "same-side", "student-with-a-head-conv-after-pooling"],
 )
 def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, img_size):
     torch.manual_seed(0)

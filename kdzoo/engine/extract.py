@@ -44,7 +44,8 @@ def describe(model: nn.Module, name: str, img_size: int) -> ModelInfo:
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     embedding_dim = int(getattr(model, "head_hidden_size", 0) or getattr(model, "num_features", 0) or 0)
     distillation_head = callable(getattr(model, "set_distilled_training", None))  # timm's distilled ViTs
-    return ModelInfo(name, stages, num_classes, embedding_dim, img_size, distillation_head)
+    feature_map_channels = int(getattr(model, "num_features", 0) or 0)
+    return ModelInfo(name, stages, num_classes, embedding_dim, img_size, distillation_head, feature_map_channels)
 
 
 class FeatureExtractor:

@@ -81,6 +81,7 @@ class TeacherOutputCache:
             raw["embedding_dim"],
             raw["img_size"],
             raw.get("distillation_head", False),
+            raw.get("feature_map_channels", 0),
         )
 
     def teacher_metrics(self) -> dict[str, float] | None:
