@@ -49,6 +49,17 @@ class NoConfig:
     """The config of a test method that has no settings."""
 
 
+class NaNFromTheStart:
+    """A test method whose loss term is non-finite from the first step."""
+
+    def __init__(self, config):
+        pass
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student):
+        return {"flaky": student.logits.mean() * float("nan")}
+
+
 def registry_with_method(name: str, factory, config_class=dict, needs_teacher: bool = True) -> Registry:
     """The installed plugins plus one throwaway plugin module registering method ``name``."""
 

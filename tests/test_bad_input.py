@@ -12,7 +12,7 @@ from PIL import Image
 
 import kdzoo
 from kdzoo.cli import main
-from tests.helpers import TINY, NoConfig, registry_with_method
+from tests.helpers import TINY, NaNFromTheStart, NoConfig, registry_with_method
 
 
 def _sets(*pairs):
@@ -152,17 +152,8 @@ def _plugin(tmp_path, monkeypatch, result):
     return [*_run(tmp_path)[:2], "--method", "badterm", *_run(tmp_path)[4:]]
 
 
-class _NaNFromTheStart:
-    def __init__(self, config):
-        pass
-
-    @kdzoo.hookimpl
-    def kdzoo_compute_losses(self, student):
-        return {"flaky": student.logits.mean() * float("nan")}
-
-
 def nan_before_any_checkpoint(tmp_path, monkeypatch):
-    reg = registry_with_method("flaky", _NaNFromTheStart, NoConfig, needs_teacher=False)
+    reg = registry_with_method("flaky", NaNFromTheStart, NoConfig, needs_teacher=False)
     monkeypatch.setattr("kdzoo.cli.registry", lambda: reg)
     return [*_run(tmp_path)[:2], "--method", "flaky", *_run(tmp_path)[4:]]
 

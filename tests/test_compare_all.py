@@ -7,10 +7,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import kdzoo
 from kdzoo.cli import main
 from kdzoo.registry import ENTRY_POINT_GROUP, load_registry, reset_registry
-from tests.helpers import LOGIT_MSE_PLUGIN, TINY, NoConfig, installed_distribution, registry_with_method
+from tests.helpers import (
+    LOGIT_MSE_PLUGIN,
+    TINY,
+    NaNFromTheStart,
+    NoConfig,
+    installed_distribution,
+    registry_with_method,
+)
 
 KEPT = {"kd", "deit", "mlkd"}  # deit cannot run on a CNN student; mlkd refuses the teacher-output cache
 
@@ -122,21 +128,10 @@ def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share
     )
 
 
-class _Diverges:
-    """A method whose loss turns non-finite at once."""
-
-    def __init__(self, config):
-        pass
-
-    @kdzoo.hookimpl
-    def kdzoo_compute_losses(self, student):
-        return {"bad": student.logits.sum() * float("nan")}
-
-
 def test_a_run_that_fails_is_listed_and_the_others_go_on(tmp_path):
     from kdzoo.tools.compare import compare
 
-    reg = registry_with_method("diverges", _Diverges, NoConfig, needs_teacher=False)
+    reg = registry_with_method("diverges", NaNFromTheStart, NoConfig, needs_teacher=False)
     sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
     said = []
     report = compare(["diverges", "kd"], [], sets, [0], tmp_path / "cmp", reg, echo=said.append)
