@@ -39,18 +39,21 @@ class SimKDConfig:
     align: Literal["auto", "map", "embedding"] = "auto"
 
 
+def _cnn_whose_last_stage_is(info: ModelInfo, channels: int) -> bool:
+    """A CNN (stages at several strides) whose last stage has ``channels`` channels."""
+    pyramid = len({s.reduction for s in info.stages}) > 1
+    return bool(info.stages) and pyramid and channels == info.stages[-1].channels
+
+
 def ends_features_at_last_stage(info: ModelInfo) -> bool:
     """A CNN whose ``forward_features`` returns its last stage's map (what a SimKD student deploys);
     a head layer after the pooling (MobileNetV3's conv_head) is fine: SimKD does not deploy it."""
-    pyramid = len({s.reduction for s in info.stages}) > 1
-    channels = info.feature_map_channels or info.embedding_dim
-    return bool(info.stages) and pyramid and channels == info.stages[-1].channels
+    return _cnn_whose_last_stage_is(info, info.feature_map_channels or info.embedding_dim)
 
 
 def reads_pooled_last_map(info: ModelInfo) -> bool:
     """A CNN whose classifier reads its average-pooled last stage (pooled width = that stage's)."""
-    pyramid = len({s.reduction for s in info.stages}) > 1
-    return bool(info.stages) and pyramid and info.embedding_dim == info.stages[-1].channels
+    return _cnn_whose_last_stage_is(info, info.embedding_dim)
 
 
 class Projector(nn.Module):

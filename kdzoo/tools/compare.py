@@ -262,8 +262,9 @@ def _finished_or_trained(
         say("done before, skipped")
         return json.loads(done.read_text())
     if failed.is_file():
-        say(f"failed before, not retried: {failed.read_text().strip()}")
-        return failed.read_text().strip()
+        why = failed.read_text().strip()
+        say(f"failed before, not retried: {why}")
+        return why
     say("training")
     try:
         summary = run_one(config, registry, teacher_file)

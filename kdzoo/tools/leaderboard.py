@@ -121,15 +121,20 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _mean_curve(runs: list[list[float]]) -> list[float]:
+    """The mean over runs, epoch by epoch, as long as the shortest run."""
+    length = min(len(c) for c in runs)
+    return [statistics.fmean(c[e] for c in runs) for e in range(length)]
+
+
 def ranking_agreement(results: list[RunResult], rows: list[dict[str, Any]]) -> list[float]:
     """Per epoch, Spearman's rank correlation between the methods' mean accuracy at that epoch and at
     the last: how early the ordering was decided (1.0 from some epoch on: a longer schedule would
     likely not reorder the methods)."""
     methods = [r["method"] for r in rows]
-    curves = {m: [r.curve for r in results if r.method == m] for m in methods}
-    length = min(len(c) for runs in curves.values() for c in runs)
-    means = {m: [statistics.fmean(c[e] for c in runs) for e in range(length)] for m, runs in curves.items()}
-    final = _ranks([means[m][-1] for m in methods])
+    means = {m: _mean_curve([r.curve for r in results if r.method == m]) for m in methods}
+    length = min(len(curve) for curve in means.values())
+    final = _ranks([means[m][length - 1] for m in methods])
     return [_spearman(_ranks([means[m][e] for m in methods]), final) for e in range(length)]
 
 
@@ -167,11 +172,6 @@ def _settling_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> lis
         "| ρ | " + " | ".join(f"{rho:.2f}" for rho in agreement) + " |",
         "",
     ]
-
-
-def _mean_curve(runs: list[list[float]]) -> list[float]:
-    length = min(len(c) for c in runs)
-    return [statistics.fmean(c[e] for c in runs) for e in range(length)]
 
 
 def below_scratch_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> list[str]:
