@@ -19,7 +19,7 @@ export KDZOO_CACHE=${KDZOO_CACHE:-$out/cache} HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 
 for seed in 0 1 2; do
     nice -n 19 kdzoo compare --methods all --seeds 1 --config "$config" --set "train.seed=$seed" --out "$out" \
-        > "$out/seed$seed.log" 2>&1 &
+        >> "$out/seed$seed.log" 2>&1 &
 done
 wait
 OMP_NUM_THREADS=2 kdzoo compare --methods all --seeds 3 --deploy --config "$config" --out "$out" | tee "$out/report.log"

@@ -76,6 +76,11 @@ def test_all_lists_every_installed_method_and_says_why_one_did_not_run(zoo, tmp_
     assert "logit_mse seed 1: training" in again.output and "deit: does not apply" in again.output
     assert json.loads((out / "results.json").read_text())["skipped"] == report["skipped"]
 
+    moved = out.rename(tmp_path / "moved")  # a comparison folder moved elsewhere keeps its runs
+    third = _compare(moved)
+    assert third.exit_code == 0, third.output
+    assert third.output.count("done before, skipped") == 8 and ": training" not in third.output
+
 
 def test_all_must_stand_alone(zoo, tmp_path):
     result = _compare(tmp_path / "cmp", "--methods", "kd,all")

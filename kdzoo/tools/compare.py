@@ -24,6 +24,7 @@ from kdzoo.config import RunConfig, config_from_dict, load_config
 from kdzoo.data import load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.locking import RunDirLock
+from kdzoo.engine.resume import differences
 from kdzoo.errors import KdzooError, RunStopped
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
@@ -87,7 +88,8 @@ def _with_teacher(config: RunConfig, teacher_file: str | None) -> RunConfig:
 
 def _same_config(run_dir: Path, config: RunConfig, teacher_file: str | None, registry: Registry) -> bool:
     """A finished run counts only if it ran with this config and teacher (settings added to kdzoo
-    since then count with their defaults)."""
+    since then count with their defaults); where it lies does not count: a comparison folder moved
+    or copied elsewhere keeps its runs."""
     saved = run_dir / "config.json"
     if not saved.is_file():
         return False
@@ -95,7 +97,7 @@ def _same_config(run_dir: Path, config: RunConfig, teacher_file: str | None, reg
         then = config_from_dict(json.loads(saved.read_text()), registry.config_classes())
     except KdzooError:
         return False
-    return then.to_dict() == _with_teacher(config, teacher_file).to_dict()
+    return not differences(then, _with_teacher(config, teacher_file))
 
 
 def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> dict[str, Any]:
