@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from torch import nn
 
 import kdzoo
 from kdzoo import KdzooError
@@ -166,3 +167,43 @@ def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "## Deployed: each method's best run in onnxruntime" in table and "| kd (0) |" in table
     assert (tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx").is_file()
+
+
+class DeadBranch(nn.Module):
+    """A classifier beside a branch that no image switches on (a dead squeeze-excite ReLU, as attention
+    transfer left in a MobileNetV3 student of the leaderboard): its ReLU is zero on every image."""
+
+    def __init__(self, in_chans: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(8, num_classes)
+        self.reduce = nn.Conv2d(in_chans, 2, 1)
+        self.expand = nn.Linear(2, num_classes)
+        with torch.no_grad():
+            self.reduce.weight.zero_()
+            self.reduce.bias.fill_(-1.0)
+
+    def forward(self, x):
+        dead = torch.relu(self.reduce(x)).mean((2, 3))
+        return self.head(self.body(x).flatten(1)) + self.expand(dead)
+
+
+def test_int8_keeps_a_branch_that_no_calibration_image_switches_on_switched_off(tmp_path):
+    from onnx import numpy_helper
+
+    from kdzoo.data import load_data
+    from kdzoo.tools.deploy import MIN_INT8_RANGE, export_verified, quantize_int8
+
+    cfg = tiny_config(["tfkd"], "data.name=digits", "data.train_limit=null", out_dir=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    data = load_data(cfg.data, cfg.train.seed)
+    torch.manual_seed(0)
+    export_verified(DeadBranch(data.in_chans, data.num_classes), tmp_path / "student.onnx", data, "student")
+    quantize_int8(tmp_path)
+    model = onnx.load(str(tmp_path / "student.int8.onnx"))
+    scales = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    steps = {n.input[0]: float(scales[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    # onnxruntime's fallback for a [0, 0] range is a step of 1.0: rounding noise upstream would switch the
+    # branch on at full strength; the narrowest range keeps its step (and all it can hold) near zero
+    assert max(steps.values()) < 1.0, steps
+    assert min(steps.values()) <= MIN_INT8_RANGE / 255 * 1.01, steps

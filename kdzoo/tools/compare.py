@@ -28,7 +28,7 @@ from kdzoo.engine.resume import differences
 from kdzoo.errors import KdzooError, RunStopped
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
-from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, write_report
+from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, threads_text, write_report
 from kdzoo.tools.tradeoff import median_ms
 
 
@@ -342,6 +342,6 @@ def meta(methods, files, overrides, seeds, deploy: bool = False) -> dict[str, An
             "timm": timm.__version__,
             "python": platform.python_version(),
         },
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        "hardware": f"{platform.processor() or platform.machine()}, {threads_text(torch.get_num_threads())}, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
     }

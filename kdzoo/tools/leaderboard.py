@@ -33,6 +33,10 @@ class RunResult:
     label_share: list[float] = dataclasses.field(default_factory=list)  # the CE's share of the loss, per epoch
 
 
+def threads_text(count: int) -> str:
+    return f"{count} thread" + ("s" if count != 1 else "")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -250,7 +254,8 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
     teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
     if teacher is not None:
         lines.append(f"\nTeacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1.")
-    lines += [f"CPU, {any_table['threads']} threads; every run's whole table is in its summary.json ('deploy').", ""]
+    threads = threads_text(any_table["threads"])
+    lines += [f"CPU, {threads}; every run's whole table is in its summary.json ('deploy').", ""]
     return lines
 
 

@@ -25,6 +25,7 @@ from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.teacher import given_teacher, load_trained_teacher
 from kdzoo.tools.deploy import OnnxStudent, export_verified, run_config
+from kdzoo.tools.leaderboard import threads_text
 
 THROUGHPUT_BATCH = 64
 REPEATS = 20  # timed runs per measurement (after 3 warm-up runs); the median is reported
@@ -118,6 +119,6 @@ def format_deploy_table(table: dict[str, Any]) -> list[str]:
             f"{r['top1']:.2f}% | {retained} |"
         )
     lines.append(
-        f"\nCPU, {table['threads']} threads (PyTorch and onnxruntime alike), medians of {table['repeats']} runs."
+        f"\nCPU, {threads_text(table['threads'])} (PyTorch and onnxruntime alike), medians of {table['repeats']} runs."
     )
     return lines
