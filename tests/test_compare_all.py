@@ -133,6 +133,16 @@ def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share
     )
 
 
+def test_curves_follow_the_last_stage_which_every_method_runs_for_the_same_epochs():
+    from kdzoo.tools.compare import final_stage
+
+    # AB-like: an init stage where the student's head is untrained, then the stage of train.epochs
+    records = [{"stage_index": 0, "epoch": e, "val": {"top1": 10.0}} for e in (1, 2, 3)]
+    records += [{"stage_index": 1, "epoch": e, "val": {"top1": 70.0 + e}} for e in (1, 2)]
+    assert [r["val"]["top1"] for r in final_stage(records)] == [71.0, 72.0]
+    assert final_stage(records[:3]) == records[:3]  # one stage: all of it
+
+
 def test_a_run_that_fails_is_listed_and_the_others_go_on(tmp_path):
     from kdzoo.tools.compare import compare
 

@@ -205,7 +205,7 @@ def compare(
         teacher_top1 = summary.get("teacher_top1") or teacher_top1
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = final_stage([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()])
         results.append(
             RunResult(
                 method,
@@ -227,6 +227,14 @@ def compare(
     report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy)
     write_report(report, results, out)
     return report
+
+
+def final_stage(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs of a run's last stage: every method runs it for ``train.epochs`` epochs with the
+    student learning the task, so curves compare epoch by epoch. Stages before it (AB's init, FT's
+    paraphraser, SSKD's teacher head) leave the student's accuracy meaningless; they count in the cost."""
+    last = records[-1]["stage_index"]
+    return [r for r in records if r["stage_index"] == last]
 
 
 def label_share(train: dict[str, Any]) -> float:

@@ -120,7 +120,8 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
         "'best' the best epoch on the validation set (optimistic, shown for papers that report it).",
         f"▲ / ▼: further from scratch than {MARK_SIGMAS:g} standard deviations of the scratch runs. Training cost:",
         f"mean {seconds} per run (teacher forward, the method's work and the student's step) over scratch's;",
-        "a run on the teacher-output cache is charged the teacher's pass that filled it.",
+        "a run on the teacher-output cache is charged the teacher's pass that filled it. Per-epoch figures follow",
+        "each run's last stage, which every method runs for the same epochs (stages before it count in the cost).",
         "",
     ]
 
