@@ -166,7 +166,21 @@ def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
     assert set(report["deploy"]) == {"scratch", "kd"}
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "## Deployed: each method's best run in onnxruntime" in table and "| kd (0) |" in table
-    assert (tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx").is_file()
+    int8 = tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx"
+    assert int8.is_file()
+
+    from kdzoo.tools.deploy import int8_is_current
+
+    made = int8.stat().st_mtime_ns
+    assert int8_is_current(int8.parent) and "ONNX, int8" in _cli(*args, *[a for s in sets for a in ("--set", s)])
+    assert int8.stat().st_mtime_ns == made  # kept: today's recipe made it
+    record_file = int8.parent / "student.onnx.json"
+    record = json.loads(record_file.read_text())
+    del record["int8"]["min_range"]  # as an older kdzoo recorded it
+    record_file.write_text(json.dumps(record))
+    assert not int8_is_current(int8.parent)
+    _cli(*args, *[a for s in sets for a in ("--set", s)])
+    assert int8.stat().st_mtime_ns != made and int8_is_current(int8.parent)  # made again
 
 
 class DeadBranch(nn.Module):

@@ -292,7 +292,7 @@ def _finished_or_trained(
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """Each method's best run (highest last-epoch top-1 over seeds) exported to ONNX and int8, and its
     deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``)."""
-    from kdzoo.tools.deploy import export_onnx, quantize_int8
+    from kdzoo.tools.deploy import export_onnx, int8_is_current, quantize_int8
     from kdzoo.tools.tradeoff import deploy_table
 
     tables = {}
@@ -300,7 +300,7 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
         best = max((r for r in results if r.method == method), key=lambda r: r.last_top1)
         run_dir = out / "runs" / f"{method}-seed{best.seed}"
         echo(f"deploy: {method} seed {best.seed}: ONNX, int8 and their costs")
-        if not (run_dir / "student.int8.onnx").is_file():
+        if not int8_is_current(run_dir):
             export_onnx(run_dir)
             quantize_int8(run_dir)
         tables[method] = {"seed": best.seed, **deploy_table(run_dir)}

@@ -154,6 +154,17 @@ def quantize_int8(run_dir: str | Path) -> dict[str, Any]:
     return record["int8"]
 
 
+def int8_is_current(run_dir: str | Path) -> bool:
+    """Whether ``student.int8.onnx`` was made by today's recipe (its calibration count and narrowest
+    range, as recorded beside it): one made by an older kdzoo is made again, never reported as today's."""
+    run_dir = Path(run_dir)
+    record_file = run_dir / "student.onnx.json"
+    if not (run_dir / "student.int8.onnx").is_file() or not record_file.is_file():
+        return False
+    made = json.loads(record_file.read_text()).get("int8", {})
+    return made.get("calibration_images") == CALIBRATION_IMAGES and made.get("min_range") == MIN_INT8_RANGE
+
+
 def _first_images(batches, count: int):
     """Batches of the first ``count`` training images (the last batch cut to size)."""
     taken = 0
