@@ -24,6 +24,14 @@ import torch
 from kdzoo.errors import KdzooError
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """``path`` holds all of ``text`` or its previous content, never a part (a run's summary.json, which
+    marks the run finished)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write to a temp file, fsync, then rename: a kill mid-write never leaves a broken ``path``."""
     path = Path(path)

@@ -11,12 +11,16 @@ from collections.abc import Iterable
 
 from kdzoo.api import KdzooError
 
-__all__ = ["KdzooError", "RunStopped", "close_matches", "unknown_method"]
+__all__ = ["KdzooError", "RunBusy", "RunStopped", "close_matches", "unknown_method"]
 
 
 class RunStopped(KdzooError):
     """A run stopped on request (SIGTERM, SIGINT) after writing its checkpoint: to be resumed, not a
     failure of the run."""
+
+
+class RunBusy(KdzooError):
+    """Another process holds the run directory: nothing is wrong with the run, it is just not ours."""
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:

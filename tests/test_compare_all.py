@@ -128,9 +128,28 @@ def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share
     ]
     lines = below_scratch_lines(results, summarise(results, ["scratch", "at"], 90.0)["rows"])
     assert lines[2] == (
-        "- at (-2.00): gap to scratch per epoch -10.0 / -2.0; the labels' share of its loss: 10% at epoch 1, "
-        "50% at the last."
+        "- at (-2.00, within scratch's spread): gap to scratch per epoch -10.0 / -2.0; the labels' share of its "
+        "loss: 10% at epoch 1, 50% at the last."
     )
+
+
+def test_the_table_marks_a_method_short_of_seeds_and_an_epoch_where_every_method_tied():
+    from kdzoo.tools.leaderboard import RunResult, _failed_lines, _ranking_lines, _settling_lines, summarise
+
+    results = [
+        RunResult("scratch", 0, 80.0, 80.0, 10.0, [10.0, 80.0]),
+        RunResult("scratch", 1, 82.0, 82.0, 10.0, [10.0, 82.0]),
+        RunResult("kd", 0, 84.0, 84.0, 12.0, [10.0, 84.0]),
+        RunResult("kd", 1, 85.0, 85.0, 12.0, [10.0, 85.0]),
+        RunResult("at", 0, 70.0, 70.0, 12.0, [10.0, 70.0]),  # its seed 1 failed
+    ]
+    report = summarise(results, ["scratch", "kd", "at"], 90.0)
+    failed = {"at": {1: "a loss | turned non-finite"}}
+    rows = report["rows"]
+    table = "\n".join([*_ranking_lines(rows), *_settling_lines(results, rows), *_failed_lines(failed)])
+    assert "| at | 1 of 2 † |" in table and "†: some of its seeds did not finish" in table
+    assert "| ρ | – | 1.00 |" in table and "–: every method had the same top-1 at that epoch" in table
+    assert "| at | 1 | a loss \\| turned non-finite |" in table  # a '|' in a reason keeps the table whole
 
 
 def test_curves_follow_the_last_stage_which_every_method_runs_for_the_same_epochs():
@@ -171,3 +190,45 @@ def test_a_stop_on_request_stops_the_comparison_and_is_no_failure(tmp_path, monk
     with pytest.raises(RunStopped):
         compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=lambda _: None)
     assert not list((tmp_path / "cmp" / "runs").glob("*/failed.txt"))
+
+
+def test_a_run_another_process_holds_is_left_to_it_and_read_by_a_later_compare(tmp_path):
+    from kdzoo.engine.locking import RunDirLock
+    from kdzoo.tools.compare import compare
+
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    said = []
+    with RunDirLock(tmp_path / "cmp" / "runs" / "kd-seed0"):  # another compare training the same folder
+        report = compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
+    assert "in use by another kdzoo process" in report["failed"]["kd"][0]
+    assert any("kd seed 0: not in this report" in line for line in said)
+    assert not (tmp_path / "cmp" / "runs" / "kd-seed0" / "failed.txt").exists()  # no verdict on its run
+    said.clear()
+    again = compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
+    assert not again["failed"] and any("kd seed 0: training" in line for line in said)
+
+
+def test_a_crash_is_listed_and_retried_and_an_unreadable_summary_is_finished_again(tmp_path, monkeypatch):
+    from kdzoo.tools import compare as compare_module
+
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    real_run_one, said = compare_module.run_one, []
+
+    def crashes_for_kd(config, registry, teacher_file):
+        if config.methods == ["kd"]:
+            raise RuntimeError("a third-party plugin's bug\nwith a traceback below")
+        return real_run_one(config, registry, teacher_file)
+
+    monkeypatch.setattr(compare_module, "run_one", crashes_for_kd)
+    report = compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
+    assert report["failed"] == {"kd": {0: "RuntimeError: a third-party plugin's bug"}}
+    assert not (tmp_path / "cmp" / "runs" / "kd-seed0" / "failed.txt").exists()  # not a verdict: retried
+    monkeypatch.setattr(compare_module, "run_one", real_run_one)
+    compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
+    summary = tmp_path / "cmp" / "runs" / "kd-seed0" / "summary.json"
+    finished = json.loads(summary.read_text())
+    summary.write_text(summary.read_text()[:40])  # as if written by a kdzoo that was killed mid-write
+    said.clear()
+    again = compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
+    assert any("summary.json is unreadable" in line for line in said) and not again["failed"]
+    assert json.loads(summary.read_text())["student_top1"] == finished["student_top1"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from kdzoo.errors import KdzooError
+from kdzoo.errors import KdzooError, RunBusy
 
 
 def claim_new_run_dir(base: Path) -> Path:
@@ -62,9 +62,8 @@ class RunDirLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise KdzooError(
-                f"run directory {self.run_dir} is in use by another kdzoo process; wait for it to finish"
-            ) from None
+            why = f"run directory {self.run_dir} is in use by another kdzoo process; wait for it to finish"
+            raise RunBusy(why) from None
         except OSError as exc:
             raise KdzooError(unwritable(self.run_dir, exc)) from None
         return self

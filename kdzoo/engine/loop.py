@@ -109,7 +109,7 @@ class Trainer(RunBase):
                 self.run_dir,
                 self.objective.deploying,
             )
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            checkpoint.write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         call_hook(self.pm, "kdzoo_on_run_end", run=self, summary=summary)
         return summary
 

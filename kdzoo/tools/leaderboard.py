@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def _marked(row: dict[str, Any]) -> str:
 
 
 def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
+    most = max(row["seeds"] for row in rows)
     lines = [
         "| rank | method | seeds | last-epoch top-1 | best-epoch top-1 | vs scratch (last) | retained (last / teacher) "
         "| training cost (x scratch) |",
@@ -108,9 +110,8 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
         cost = "-" if row["cost_vs_scratch"] is None else f"{row['cost_vs_scratch']:.2f}"
         last = _pm(row["last_top1_mean"], row["last_top1_std"], row["seeds"])
         best = _pm(row["best_top1_mean"], row["best_top1_std"], row["seeds"])
-        lines.append(
-            f"| {rank} | {row['method']} | {row['seeds']} | {last} | {best} | {_marked(row)} | {retained} | {cost} |"
-        )
+        seeds = str(row["seeds"]) if row["seeds"] == most else f"{row['seeds']} of {most} †"
+        lines.append(f"| {rank} | {row['method']} | {seeds} | {last} | {best} | {_marked(row)} | {retained} | {cost} |")
     basis = {r["cost_basis"] for r in rows}
     seconds = "CPU seconds of the training process" if basis == {"cpu"} else "wall-clock seconds"
     return [
@@ -122,6 +123,11 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"mean {seconds} per run (teacher forward, the method's work and the student's step) over scratch's;",
         "a run on the teacher-output cache is charged the teacher's pass that filled it. Per-epoch figures follow",
         "each run's last stage, which every method runs for the same epochs (stages before it count in the cost).",
+        *(
+            ["†: some of its seeds did not finish (see below); its row averages those that did."]
+            if any(row["seeds"] < most for row in rows)
+            else []
+        ),
         "",
     ]
 
@@ -158,6 +164,9 @@ def _ranks(values: list[float]) -> list[float]:
     return ranks
 
 
+TIED_NOTE = ["–: every method had the same top-1 at that epoch (no ordering to compare).", ""]
+
+
 def _spearman(a: list[float], b: list[float]) -> float:
     if len(a) < 2 or len(set(a)) == 1 or len(set(b)) == 1:
         return float("nan")
@@ -174,8 +183,9 @@ def _settling_lines(results: list[RunResult], rows: list[dict[str, Any]]) -> lis
         "",
         "| epoch | " + " | ".join(str(e) for e in range(1, len(agreement) + 1)) + " |",
         "|---|" + "---|" * len(agreement),
-        "| ρ | " + " | ".join(f"{rho:.2f}" for rho in agreement) + " |",
+        "| ρ | " + " | ".join("–" if math.isnan(rho) else f"{rho:.2f}" for rho in agreement) + " |",
         "",
+        *(TIED_NOTE if any(math.isnan(rho) for rho in agreement) else []),
     ]
 
 
@@ -198,7 +208,8 @@ def below_scratch_lines(results: list[RunResult], rows: list[dict[str, Any]]) ->
             if share
             else ""
         )
-        lines.append(f"- {row['method']} ({row['vs_scratch']:+.2f}): gap to scratch per epoch {gaps}{label}.")
+        spread = "" if row["beyond_scratch_spread"] else ", within scratch's spread"
+        lines.append(f"- {row['method']} ({row['vs_scratch']:+.2f}{spread}): gap to scratch per epoch {gaps}{label}.")
     return [*lines, ""]
 
 
@@ -212,7 +223,7 @@ def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
     lines = []
     if skipped:
         lines += ["## Methods that do not apply to this pair", "", "| method | why it did not run |", "|---|---|"]
-        lines += [f"| {method} | {reason} |" for method, reason in skipped.items()]
+        lines += [f"| {method} | {_cell(reason)} |" for method, reason in skipped.items()]
         lines.append("")
     if notes:
         lines += ["Ran differently from the others:", ""]
@@ -221,11 +232,17 @@ def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
     return lines
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _failed_lines(failed: dict[str, dict[int, str]]) -> list[str]:
     if not failed:
         return []
     lines = ["## Runs that did not finish", "", "| method | seed | why |", "|---|---|---|"]
-    lines += [f"| {method} | {seed} | {why} |" for method, seeds in failed.items() for seed, why in seeds.items()]
+    lines += [
+        f"| {method} | {seed} | {_cell(why)} |" for method, seeds in failed.items() for seed, why in seeds.items()
+    ]
     return [*lines, "", "A method's row above, if any, averages the seeds that finished.", ""]
 
 
@@ -238,8 +255,9 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
         "## Deployed: each method's best run in onnxruntime",
         "",
         f"| method (seed) | student fp32: latency, batch 1 | int8: latency | int8 images/s, batch "
-        f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 retained |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 - fp32 "
+        "| int8 / teacher |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in [m for m in order if m in deploy]:
         table = deploy[method]
@@ -249,14 +267,14 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
         lines.append(
             f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms | {int8['latency_ms']:.2f} ms | "
             f"{int8['images_per_s']:.0f} | {fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
-            f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {retained} |"
+            f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {int8['top1'] - fp32['top1']:+.2f} | {retained} |"
         )
     wanted = ("teacher", "onnxruntime fp32")
     teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
     if teacher is not None:
-        lines.append(f"\nTeacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1.")
+        lines += ["", f"Teacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1."]
     threads = threads_text(any_table["threads"])
-    lines += [f"CPU, {threads}; every run's whole table is in its summary.json ('deploy').", ""]
+    lines += ["", f"CPU, {threads}; every run's whole table is in its summary.json ('deploy').", ""]
     return lines
 
 
