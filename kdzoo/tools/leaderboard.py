@@ -98,6 +98,9 @@ def _marked(row: dict[str, Any]) -> str:
     return f"{row['vs_scratch']:+.2f}{mark}"
 
 
+MIXED_BASES = "seconds ('-': some runs were timed in CPU seconds, others by the clock only; rerun those)"
+
+
 def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
     most = max(row["seeds"] for row in rows)
     lines = [
@@ -113,7 +116,9 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
         seeds = str(row["seeds"]) if row["seeds"] == most else f"{row['seeds']} of {most} †"
         lines.append(f"| {rank} | {row['method']} | {seeds} | {last} | {best} | {_marked(row)} | {retained} | {cost} |")
     basis = {r["cost_basis"] for r in rows}
-    seconds = "CPU seconds of the training process" if basis == {"cpu"} else "wall-clock seconds"
+    seconds = {"cpu": "CPU seconds of the training process", "wall": "wall-clock seconds"}.get(
+        basis.pop() if len(basis) == 1 else "mixed", MIXED_BASES
+    )
     return [
         *lines,
         "",
@@ -216,7 +221,8 @@ def below_scratch_lines(results: list[RunResult], rows: list[dict[str, Any]]) ->
 def _wall_time(report: dict[str, Any], results: list[RunResult]) -> str:
     runs = sum(r.wall_time_s for r in results) / 3600
     teacher = (report.get("teacher_training") or {}).get("wall_time_s", 0.0) / 60
-    return f"{runs:.1f} h of training over {len(results)} runs, plus {teacher:.0f} min for the teacher"
+    trained = f", plus {teacher:.0f} min for the teacher" if teacher else " (the teacher was given, not trained)"
+    return f"{runs:.1f} h of training over {len(results)} runs{trained}"
 
 
 def _skipped_lines(skipped: dict[str, str], notes: dict[str, str]) -> list[str]:
