@@ -232,3 +232,20 @@ def test_a_crash_is_listed_and_retried_and_an_unreadable_summary_is_finished_aga
     again = compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
     assert any("summary.json is unreadable" in line for line in said) and not again["failed"]
     assert json.loads(summary.read_text())["student_top1"] == finished["student_top1"]
+
+
+def test_the_cost_plot_keeps_the_labels_of_methods_of_like_cost_apart():
+    from kdzoo.tools.leaderboard import _pyplot, spread_labels
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    ax.set_xlim(0.8, 4.4)
+    ax.set_ylim(74, 82)
+    points = [(1.2, 78.0, "a"), (1.3, 78.05, "b"), (1.25, 77.98, "c"), (4.2, 78.0, "far")]
+    heights = spread_labels(points, ax)
+    plt.close(fig)
+    gap = 8 / 38
+    close = sorted(heights[:3])
+    assert all(b - a >= gap - 1e-9 for a, b in zip(close, close[1:], strict=False))  # stacked apart
+    assert sum(heights[:3]) / 3 == pytest.approx((78.0 + 78.05 + 77.98) / 3)  # centred on their points
+    assert heights[3] == 78.0  # alone in its column: at its point

@@ -383,8 +383,8 @@ def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float 
     if teacher_top1:
         ax.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
     ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
-    low = min(min(r.curve) for r in results)
-    ax.set_ylim(max(0, low - 5), 100)
+    low, high = min(min(r.curve) for r in results), max(max(r.curve) for r in results)
+    ax.set_ylim(max(0, low - 2), min(100, max(high, teacher_top1 or 0) + 2))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(rows) <= 16 else 2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -416,7 +416,20 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
             capsize=2,
             color="black" if row["method"] == SCRATCH else None,
         )
-        ax.annotate(row["method"], (cost, row["last_top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+    points = [(r["cost_vs_scratch"], r["last_top1_mean"], r["method"]) for r in rows if r["cost_vs_scratch"]]
+    label_offset = (ax.get_xlim()[1] - ax.get_xlim()[0]) / 60
+    for (x, y, name), label_y in zip(points, spread_labels(points, ax), strict=True):
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(x + label_offset, label_y),
+            textcoords="data",
+            fontsize=7,
+            ha="left",
+            va="center",
+            arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "grey"},
+        )
     ax.set(
         xlabel="training cost (x scratch)",
         ylabel="last-epoch top-1 (%)",
@@ -426,6 +439,32 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def spread_labels(points: list[tuple[float, float, str]], ax) -> list[float]:
+    """Label heights that do not overlap: points close in cost share a column of labels, stacked upwards
+    from their own accuracy at least one label's height apart."""
+    low, high = ax.get_ylim()
+    gap = (high - low) / 38  # one 7-point label on a 5.5-inch axis, with a little air
+    width = (ax.get_xlim()[1] - ax.get_xlim()[0]) / 12  # about one label's length
+    heights = [y for _x, y, _name in points]
+    by_cost = sorted(range(len(points)), key=lambda k: points[k][0])
+    columns: list[list[int]] = []
+    for k in by_cost:
+        if columns and points[k][0] - points[columns[-1][-1]][0] < width:
+            columns[-1].append(k)
+        else:
+            columns.append([k])
+    for column in columns:
+        below = float("-inf")
+        for k in sorted(column, key=lambda k: points[k][1]):
+            heights[k] = max(points[k][1], below + gap)
+            below = heights[k]
+        # the stack centred on its points, so it rises above the top one no more than below the lowest
+        shift = statistics.fmean(points[k][1] for k in column) - statistics.fmean(heights[k] for k in column)
+        for k in column:
+            heights[k] += shift
+    return heights
 
 
 def plot_teacher(curve: list[float], path: Path) -> None:
