@@ -15,8 +15,9 @@ import pickle
 import random
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,32 +25,37 @@ import torch
 from kdzoo.errors import KdzooError
 
 
-def write_text_atomic(text: str, path: Path) -> None:
-    """``path`` holds all of ``text`` or its previous content, never a part (a run's summary.json, which
-    marks the run finished)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temp file, fsync, then rename: a kill mid-write never leaves a broken ``path``."""
-    path = Path(path)
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write to a temp file beside ``path``, fsync, then rename: a kill mid-write never leaves a broken
+    ``path``, only the previous one (or none)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """``path`` holds all of ``text`` or its previous content, never a part (a run's summary.json, which
+    marks the run finished)."""
+    _replace_atomically(path, lambda fh: fh.write(text.encode()))
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``obj`` saved by ``torch.save`` into ``path``, atomically (see :func:`_replace_atomically`)."""
+    path = Path(path)
+    try:
+        _replace_atomically(path, lambda fh: torch.save(obj, fh))
     # torch.save reports a failed write (a full disk) as RuntimeError, the file system as OSError
     except (OSError, RuntimeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         raise KdzooError(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from kdzoo.api import KdzooError
 
-__all__ = ["KdzooError", "RunBusy", "RunStopped", "close_matches", "unknown_method"]
+__all__ = ["KdzooError", "RunBusy", "RunStopped", "close_matches", "first_line", "unknown_method"]
 
 
 class RunStopped(KdzooError):
@@ -21,6 +21,11 @@ class RunStopped(KdzooError):
 
 class RunBusy(KdzooError):
     """Another process holds the run directory: nothing is wrong with the run, it is just not ours."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: what a one-line report says about it."""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdzoo.api import KdzooError, ModelInfo, Outputs, StageInfo, Summary
 from kdzoo.engine.preact import PreActivationTaps
+from kdzoo.errors import first_line
 
 
 def model_name(model: nn.Module) -> str:
@@ -166,7 +167,7 @@ def named_forward(who: str, run, x: Tensor):
     except KdzooError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc)[:300]
         raise KdzooError(
             f"the {who} failed in its forward pass on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first}"
         ) from exc

@@ -25,7 +25,7 @@ from kdzoo.data import load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.resume import differences
-from kdzoo.errors import KdzooError, RunBusy, RunStopped
+from kdzoo.errors import KdzooError, RunBusy, RunStopped, first_line
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, threads_text, write_report
@@ -133,7 +133,7 @@ def _build_error(config: RunConfig, registry: Registry) -> str | None:
     try:
         build_run(config, registry, show_progress=None, distributed=False)
     except KdzooError as exc:
-        return str(exc).strip().splitlines()[0]
+        return first_line(exc)
     return None
 
 
@@ -285,11 +285,11 @@ def _finished_or_trained(
     except RunStopped:
         raise  # stopped on request: the whole comparison stops, and resumes this run when restarted
     except RunBusy as exc:
-        why = _first_line(exc)
+        why = first_line(exc)
         say(f"not in this report: {why}")  # another process trains it; a later compare reads its result
         return why
     except KdzooError as exc:  # the run's own verdict (a non-finite loss, say): a restart would repeat it
-        why = _first_line(exc)
+        why = first_line(exc)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "config.json").is_file():  # so that a changed config retries it
             (run_dir / "config.json").write_text(json.dumps(_with_teacher(config, teacher_file).to_dict(), indent=2))
@@ -297,15 +297,11 @@ def _finished_or_trained(
         say(f"failed: {why}")
         return why
     except Exception as exc:  # a plugin's bug or the machine (memory): listed, and retried on a restart
-        why = f"{type(exc).__name__}: {_first_line(exc)}"
+        why = f"{type(exc).__name__}: {first_line(exc)}"
         say(f"failed: {why} (a restart tries it again)")
         return why
     say(f"top-1 {summary['student_top1']:.2f}%")
     return summary
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:

@@ -442,8 +442,8 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
 
 
 def spread_labels(points: list[tuple[float, float, str]], ax) -> list[float]:
-    """Label heights that do not overlap: points close in cost share a column of labels, stacked upwards
-    from their own accuracy at least one label's height apart."""
+    """Label heights that do not overlap: points close in cost share a column of labels, stacked at least
+    one label's height apart in the order of their accuracies and centred on the points' mean."""
     low, high = ax.get_ylim()
     gap = (high - low) / 38  # one 7-point label on a 5.5-inch axis, with a little air
     width = (ax.get_xlim()[1] - ax.get_xlim()[0]) / 12  # about one label's length
