@@ -347,6 +347,9 @@ class Stage:
     ``losses``: names of the loss terms switched on (``None``: every term).
     ``trainable``: ``fn(student, method_modules) -> parameters`` that train (``None``: all of them).
     ``optim``: overrides of the run's ``optim`` section for this stage, e.g. ``{"name": "adam"}``.
+    ``lr_scale``: the stage's learning rate as a fraction of the run's (after ``optim``), for a
+    method whose published recipe trains at a fraction of the rate plain training of the same pair
+    uses: it follows whatever ``optim.lr`` the user sets, which an absolute ``optim`` override cannot.
     """
 
     name: str
@@ -354,6 +357,7 @@ class Stage:
     losses: frozenset[str] | None = None
     trainable: TrainableFn | None = None
     optim: dict[str, Any] = field(default_factory=dict)
+    lr_scale: float = 1.0
 
     def term_on(self, term: str) -> bool:
         return self.losses is None or term in self.losses

@@ -113,6 +113,21 @@ def test_hint_stage_leaves_layers_after_hint_untouched(tmp_path):
     assert not torch.equal(early, after_hint["layer1.0.conv1.weight"])
 
 
+def test_a_stage_lr_scale_scales_the_runs_rate_after_its_optim_overrides(tmp_path):
+    cfg = tiny_config(["kd"], "optim.lr=0.2", "optim.scheduler=constant", out_dir=str(tmp_path))
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    rate = {}
+    for stage in (
+        kdzoo.Stage("half", 1, lr_scale=0.5),
+        kdzoo.Stage("adam_quarter", 1, optim={"name": "adam", "lr": 0.01}, lr_scale=0.25),
+        kdzoo.Stage("plain", 1),
+    ):
+        optimizer, _ = trainer.optimizer_for(stage)
+        rate[stage.name] = (type(optimizer).__name__, optimizer.param_groups[0]["lr"])
+    assert rate == {"half": ("SGD", 0.1), "adam_quarter": ("Adam", 0.0025), "plain": ("SGD", 0.2)}
+    assert trainer.config.optim.lr == 0.2  # what the run records is the user's rate
+
+
 def test_teacher_is_trained_once_then_cached(tmp_path, capsys):
     cfg = tiny_config(["kd"], out_dir=str(tmp_path))
     first = build_trainer(cfg, registry(), tmp_path / "a", show_progress=True)
