@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from kdzoo.errors import KdzooError
+from kdzoo.errors import KdzooError, first_line
 
 
 def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -54,7 +54,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         _replace_atomically(path, lambda fh: torch.save(obj, fh))
     # torch.save reports a failed write (a full disk) as RuntimeError, the file system as OSError
     except (OSError, RuntimeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         raise KdzooError(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact") from None
 
 
@@ -91,7 +91,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise KdzooError(f"safetensors file {path} cannot be read ({str(exc).splitlines()[0]})") from None
+        raise KdzooError(f"safetensors file {path} cannot be read ({first_line(exc)})") from None
 
 
 def _unsafe_global(path: Path, exc: Exception) -> str | None:

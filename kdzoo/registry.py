@@ -20,7 +20,7 @@ import pluggy
 
 from kdzoo import hookspecs
 from kdzoo.api import KINDS, MethodInfo, Stage, hookimpl
-from kdzoo.errors import KdzooError, close_matches, unknown_method
+from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 ENTRY_POINT_GROUP = "kdzoo"
 _RUN_HOOKS = {name for name in dir(hookspecs.MethodSpec) if name.startswith("kdzoo_")}
@@ -193,7 +193,7 @@ def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
             pm.register(method, name=name)
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise KdzooError(f"method plugin '{exc.plugin_name}': {str(exc).splitlines()[0]}") from None
+        raise KdzooError(f"method plugin '{exc.plugin_name}': {first_line(exc)}") from None
     return pm
 
 

@@ -26,7 +26,7 @@ import yaml
 
 from kdzoo.config.schema import CORE_SECTIONS, RunConfig
 from kdzoo.config.typed import build
-from kdzoo.errors import KdzooError, close_matches, unknown_method
+from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise KdzooError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}

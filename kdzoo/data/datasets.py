@@ -18,7 +18,7 @@ from torch import Tensor
 from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
 from kdzoo.data.idx import read_idx
-from kdzoo.errors import KdzooError, close_matches
+from kdzoo.errors import KdzooError, close_matches, first_line
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +175,7 @@ def _image_folder(folder: Path, transform):
     try:
         return datasets.ImageFolder(str(folder), transform=transform, loader=decode_image)
     except FileNotFoundError as exc:  # no class folder, or class folders without images
-        raise KdzooError(f"imagefolder: {folder}: {str(exc).splitlines()[0]}") from None
+        raise KdzooError(f"imagefolder: {folder}: {first_line(exc)}") from None
 
 
 def decode_image(path: str):

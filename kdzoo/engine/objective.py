@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
+from kdzoo.errors import first_line
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
 CE = "ce"
@@ -130,7 +131,7 @@ class Objective(nn.Module):
             raise
         except Exception as exc:  # the backend, not the methods: eager computes the same terms
             self._compiled = None
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc) or type(exc).__name__
             warnings.warn(
                 f"train.compile_objective: torch.compile failed ({reason}); the objective runs eagerly", stacklevel=2
             )
