@@ -131,6 +131,14 @@ def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share
         "- at (-2.00, within scratch's spread): gap to scratch per epoch -10.0 / -2.0; the labels' share of its "
         "loss: 10% at epoch 1, 50% at the last."
     )
+    # a term too small to move the loss (CC at its weight 0.02) is not rounded away to 100%;
+    # a last stage on the labels alone is said so
+    quiet = [RunResult("cc", s, 79.0, 79.0, 12.0, [62.0, 79.0], 12.0, [0.99985, 0.99990]) for s in (0, 1)]
+    plain = [RunResult("ab", s, 79.0, 79.0, 12.0, [62.0, 79.0], 12.0, [1.0, 1.0]) for s in (0, 1)]
+    both = [*results[:2], *quiet, *plain]
+    lines = below_scratch_lines(both, summarise(both, ["scratch", "cc", "ab"], 90.0)["rows"])
+    assert lines[2].endswith("the labels' share of its loss: 99.98% at epoch 1, 99.99% at the last.")
+    assert lines[3].endswith("-9.0 / -2.0; its last stage trains on the labels alone.")
 
 
 def test_the_table_marks_a_method_short_of_seeds_and_an_epoch_where_every_method_tied():

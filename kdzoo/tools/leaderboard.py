@@ -208,14 +208,19 @@ def below_scratch_lines(results: list[RunResult], rows: list[dict[str, Any]]) ->
         gaps = " / ".join(f"{c - s:+.1f}" for c, s in zip(curve, scratch, strict=False))
         shares = [r.label_share for r in mine if r.label_share]
         share = _mean_curve(shares) if shares else []
-        label = (
-            f"; the labels' share of its loss: {100 * share[0]:.0f}% at epoch 1, {100 * share[-1]:.0f}% at the last"
-            if share
-            else ""
-        )
+        label = _share_text(share) if share else ""
         spread = "" if row["beyond_scratch_spread"] else ", within scratch's spread"
         lines.append(f"- {row['method']} ({row['vs_scratch']:+.2f}{spread}): gap to scratch per epoch {gaps}{label}.")
     return [*lines, ""]
+
+
+def _share_text(share: list[float]) -> str:
+    if min(share) >= 1.0:  # e.g. AB, FT: the distilling happened in the stages before
+        return "; its last stage trains on the labels alone"
+    # a distillation term too small to move the loss would read as "100%" when rounded to whole points
+    places = 0 if max(share) < 0.995 else 2
+    first, last = (f"{100 * s:.{places}f}%" for s in (share[0], share[-1]))
+    return f"; the labels' share of its loss: {first} at epoch 1, {last} at the last"
 
 
 def _wall_time(report: dict[str, Any], results: list[RunResult]) -> str:
