@@ -257,3 +257,20 @@ def test_the_cost_plot_keeps_the_labels_of_methods_of_like_cost_apart():
     assert all(b - a >= gap - 1e-9 for a, b in zip(close, close[1:], strict=False))  # stacked apart
     assert sum(heights[:3]) / 3 == pytest.approx((78.0 + 78.05 + 77.98) / 3)  # centred on their points
     assert heights[3] == 78.0  # alone in its column: at its point
+
+
+def test_the_teacher_row_is_the_shared_teacher_never_one_a_method_made(tmp_path):
+    """Born-again hands each generation over as the teacher; the report's teacher stays the one compare
+    gave every run, and the best epoch, like the curves, is of the last stage (not generation 0's)."""
+    from kdzoo.tools.compare import compare, resolve_methods
+
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    report = compare(["self-distill"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=lambda _: None)
+    summary = json.loads((tmp_path / "cmp" / "runs" / "self-distill-seed0" / "summary.json").read_text())
+    assert summary["teacher"] == "test_resnet (gen1)"
+    assert report["teacher_top1"] == pytest.approx(report["teacher_training"]["curve"][-1])
+    assert summary["teacher_top1"] != report["teacher_top1"]  # generation 1 scored otherwise
+    records = [json.loads(line) for line in (tmp_path / "cmp" / "runs" / "self-distill-seed0" / "metrics.jsonl").open()]
+    (row,) = [r for r in report["rows"] if r["method"] == "self-distill"]
+    assert row["best_top1_mean"] == max(r["val"]["top1"] for r in records if r["stage"] == "gen2")
+    assert resolve_methods(["kd", "at", "kd"], load_registry()) == ["kd", "at"]  # a method named twice: one row

@@ -221,3 +221,28 @@ def test_int8_keeps_a_branch_that_no_calibration_image_switches_on_switched_off(
     # branch on at full strength; the narrowest range keeps its step (and all it can hold) near zero
     assert max(steps.values()) < 1.0, steps
     assert min(steps.values()) <= MIN_INT8_RANGE / 255 * 1.01, steps
+
+
+def test_a_method_whose_export_fails_costs_its_own_row_not_the_report(tmp_path, monkeypatch):
+    from kdzoo.registry import load_registry
+    from kdzoo.tools import deploy as deploy_module
+    from kdzoo.tools.compare import compare
+    from tests.helpers import TINY
+
+    real_export = deploy_module.export_onnx
+
+    def disagrees_for_kd(run_dir, *args, **kwargs):
+        if run_dir.name.startswith("kd-"):
+            raise KdzooError("onnxruntime and PyTorch disagree on 3 of 64 images\ndetails below")
+        return real_export(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(deploy_module, "export_onnx", disagrees_for_kd)
+    sets = [*TINY, "teacher.model=resnet10t", "student.model=test_resnet", "train.epochs=1"]
+    said = []
+    report = compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append, deploy=True)
+    assert report["deploy"]["kd"] == {"seed": 0, "error": "onnxruntime and PyTorch disagree on 3 of 64 images"}
+    assert "rows" in report["deploy"]["scratch"]
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| scratch (0) |" in table and "| kd (0) |" not in table
+    assert "- kd (seed 0): onnxruntime and PyTorch disagree on 3 of 64 images" in table
+    assert any("deploy: kd seed 0: failed:" in line for line in said)

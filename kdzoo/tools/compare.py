@@ -100,6 +100,11 @@ def _same_config(run_dir: Path, config: RunConfig, teacher_file: str | None, reg
     return not differences(then, _with_teacher(config, teacher_file))
 
 
+def _shared_teacher_names(config: RunConfig) -> tuple[str, str]:
+    """How a run's summary names the teacher compare gave it (live or through its cached outputs)."""
+    return config.teacher.model, f"{config.teacher.model} (cached outputs)"
+
+
 def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> dict[str, Any]:
     from kdzoo.engine import RunState, build_trainer
 
@@ -122,7 +127,7 @@ def resolve_methods(names: list[str], registry: Registry) -> list[str]:
         raise KdzooError("--methods: name methods (e.g. --methods kd,at) or 'all' alone for every installed one")
     for method in names:
         registry.get(method)
-    return names
+    return list(dict.fromkeys(names))  # a method named twice is one row
 
 
 def _build_error(config: RunConfig, registry: Registry) -> str | None:
@@ -202,7 +207,8 @@ def compare(
         if isinstance(summary, str):
             failed.setdefault(method, {})[seed] = summary
             continue
-        teacher_top1 = summary.get("teacher_top1") or teacher_top1
+        if summary.get("teacher") in _shared_teacher_names(cfg):  # not a teacher a method made (born-again)
+            teacher_top1 = summary.get("teacher_top1") or teacher_top1
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
         records = final_stage([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()])
@@ -211,16 +217,19 @@ def compare(
                 method,
                 seed,
                 summary["student_top1"],
-                summary["student_best_top1"],
+                max(r["val"]["top1"] for r in records),
                 summary["wall_time_s"],
                 [r["val"]["top1"] for r in records],
                 _cpu_cost(summary),
                 [label_share(r["train"]) for r in records],
             )
         )
+    trained = teacher_training(first)
+    if teacher_top1 is None and trained["curve"]:  # no run used the shared teacher (born-again alone, say)
+        teacher_top1 = trained["curve"][-1]
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
     report["skipped"], report["notes"], report["failed"] = skipped, notes, failed
-    report["teacher_training"] = teacher_training(first)
+    report["teacher_training"] = trained
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
@@ -306,7 +315,8 @@ def _finished_or_trained(
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """Each method's best run (highest last-epoch top-1 over seeds) exported to ONNX and int8, and its
-    deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``)."""
+    deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``); a method whose
+    export fails (onnxruntime disagreeing with PyTorch, say) gets ``{"seed", "error"}`` instead."""
     from kdzoo.tools.deploy import export_onnx, int8_is_current, quantize_int8
     from kdzoo.tools.tradeoff import deploy_table
 
@@ -315,10 +325,15 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
         best = max((r for r in results if r.method == method), key=lambda r: r.last_top1)
         run_dir = out / "runs" / f"{method}-seed{best.seed}"
         echo(f"deploy: {method} seed {best.seed}: ONNX, int8 and their costs")
-        if not int8_is_current(run_dir):
-            export_onnx(run_dir)
-            quantize_int8(run_dir)
-        tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
+        try:
+            if not int8_is_current(run_dir):
+                export_onnx(run_dir)
+                quantize_int8(run_dir)
+            tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
+        except Exception as exc:  # an export that fails its check costs its own row, not every run's report
+            why = first_line(exc) if isinstance(exc, KdzooError) else f"{type(exc).__name__}: {first_line(exc)}"
+            echo(f"deploy: {method} seed {best.seed}: failed: {why}")
+            tables[method] = {"seed": best.seed, "error": why}
     return tables
 
 

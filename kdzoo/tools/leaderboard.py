@@ -45,7 +45,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _cost(runs: list[RunResult]) -> tuple[float, str]:
     """Mean training cost: CPU seconds when every run has them (other jobs on the machine barely change
     them), wall seconds otherwise."""
-    if all(r.cpu_time_s for r in runs):
+    if all(r.cpu_time_s is not None for r in runs):
         return statistics.fmean(r.cpu_time_s for r in runs), "cpu"
     return statistics.fmean(r.wall_time_s for r in runs), "wall"
 
@@ -125,9 +125,10 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
         "Ranked by mean last-epoch top-1. Mean ± sample standard deviation over seeds; 'last' is the final epoch,",
         "'best' the best epoch on the validation set (optimistic, shown for papers that report it).",
         f"▲ / ▼: further from scratch than {MARK_SIGMAS:g} standard deviations of the scratch runs. Training cost:",
-        f"mean {seconds} per run (teacher forward, the method's work and the student's step) over scratch's;",
-        "a run on the teacher-output cache is charged the teacher's pass that filled it. Per-epoch figures follow",
-        "each run's last stage, which every method runs for the same epochs (stages before it count in the cost).",
+        f"mean {seconds} per run (teacher forward, the method's work, the student's step and each epoch's",
+        "validation pass) over scratch's; a run on the teacher-output cache is charged the teacher's pass that",
+        "filled it. Per-epoch figures and the best epoch follow each run's last stage, which every method runs",
+        "for the same epochs (stages before it count in the cost).",
         *(
             ["†: some of its seeds did not finish (see below); its row averages those that did."]
             if any(row["seeds"] < most for row in rows)
@@ -261,17 +262,23 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
     """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
     if not deploy:
         return []
-    any_table = next(iter(deploy.values()))
+    measured = {method: table for method, table in deploy.items() if "error" not in table}
+    if not measured:
+        return _deploy_failed_lines(deploy)
+    any_table = next(iter(measured.values()))
     lines = [
         "## Deployed: each method's best run in onnxruntime",
+        "",
+        "Each method's best seed by last-epoch top-1, chosen on the validation set that scores it here (its",
+        "mean over seeds is in the ranking above).",
         "",
         f"| method (seed) | student fp32: latency, batch 1 | int8: latency | int8 images/s, batch "
         f"{any_table['throughput_batch']} | fp32 / int8 file | fp32 top-1 | int8 top-1 | int8 - fp32 "
         "| int8 / teacher |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in [m for m in order if m in deploy]:
-        table = deploy[method]
+    for method in [m for m in order if m in measured]:
+        table = measured[method]
         rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
         fp32, int8 = rows[("student", "onnxruntime fp32")], rows[("student", "onnxruntime int8")]
         retained = "-" if int8["retained"] is None else f"{100 * int8['retained']:.1f}%"
@@ -281,12 +288,21 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
             f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {int8['top1'] - fp32['top1']:+.2f} | {retained} |"
         )
     wanted = ("teacher", "onnxruntime fp32")
-    teacher = next((r for t in deploy.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
+    teacher = next((r for t in measured.values() for r in t["rows"] if (r["model"], r["runtime"]) == wanted), None)
     if teacher is not None:
         lines += ["", f"Teacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1."]
     threads = threads_text(any_table["threads"])
     lines += ["", f"CPU, {threads}; every run's whole table is in its summary.json ('deploy').", ""]
-    return lines
+    return lines + _deploy_failed_lines(deploy)
+
+
+def _deploy_failed_lines(deploy: dict[str, Any]) -> list[str]:
+    failed = {method: table for method, table in deploy.items() if "error" in table}
+    if not failed:
+        return []
+    lines = ["Not deployed (the export or its check failed):", ""]
+    lines += [f"- {method} (seed {table['seed']}): {table['error']}" for method, table in failed.items()]
+    return [*lines, ""]
 
 
 def _costs_lines(costs: dict[str, Any]) -> list[str]:
