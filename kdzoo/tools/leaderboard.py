@@ -385,30 +385,43 @@ def _pyplot():
 
 
 def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float | None, path: Path) -> None:
+    """Mean validation top-1 per epoch (± std band) of every method: all epochs on the left, and on the
+    right the second half zoomed to the mean curves, where a few points decide the ranking."""
     import torch
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9 if len(rows) <= 8 else 12, 5))
+    fig, (whole, end) = plt.subplots(1, 2, figsize=(14 if len(rows) <= 16 else 17, 5))
     styles = ["-", "--", ":", "-."]
+    means = []
     for i, row in enumerate(rows):
         curves = [r.curve for r in results if r.method == row["method"]]
         length = min(len(c) for c in curves)
         stacked = torch.tensor([c[:length] for c in curves])
         mean = stacked.mean(0)
         std = stacked.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+        means.append(mean)
         epochs = range(1, length + 1)
-        width = 2.5 if row["method"] == SCRATCH else 1.2
-        label = f"{row['method']} ({row['last_top1_mean']:.2f})"
-        line = ax.plot(epochs, mean, styles[i // 10 % 4], linewidth=width, label=label)
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.1, color=line[0].get_color())
+        style = {"linewidth": 2.5 if row["method"] == SCRATCH else 1.2, "linestyle": styles[i // 10 % 4]}
+        line = whole.plot(epochs, mean, label=f"{row['method']} ({row['last_top1_mean']:.2f})", **style)
+        whole.fill_between(epochs, mean - std, mean + std, alpha=0.1, color=line[0].get_color())
+        end.plot(epochs, mean, color=line[0].get_color(), **style)
     if teacher_top1:
-        ax.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
-    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
+        whole.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
+    whole.set(xlabel="epoch", ylabel="validation top-1 (%)", title="accuracy per epoch (mean ± std over seeds)")
     low, high = min(min(r.curve) for r in results), max(max(r.curve) for r in results)
-    ax.set_ylim(max(0, low - 2), min(100, max(high, teacher_top1 or 0) + 2))
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(rows) <= 16 else 2)
+    whole.set_ylim(max(0, low - 2), min(100, max(high, teacher_top1 or 0) + 2))
+    length = min(len(m) for m in means)
+    first = length // 2  # the second half, where the ranking settles; the teacher is far above it
+    tail = torch.stack([m[first:length] for m in means])
+    end.set(xlabel="epoch", title=f"epochs {first + 1}-{length}, means only (zoomed)")
+    end.set_xlim(first + 0.8, length + 0.2)
+    end.set_ylim(float(tail.min()) - 0.5, float(tail.max()) + 0.5)
+    handles, labels = whole.get_legend_handles_labels()
+    end.legend(
+        handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(rows) <= 16 else 2
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
