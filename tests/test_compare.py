@@ -70,3 +70,6 @@ def test_a_single_seed_says_n_equals_one_not_a_zero_spread(tmp_path):
     assert result.exit_code == 0, result.output
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "(n = 1)" in table and "± 0.00" not in table
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
+    assert all(r["last_top1_std"] is None and r["best_top1_std"] is None for r in rows)  # unknown, not 0
+    assert "▲ / ▼" not in table  # one scratch run has no spread to mark against

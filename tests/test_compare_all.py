@@ -156,6 +156,8 @@ def test_the_table_marks_a_method_short_of_seeds_and_an_epoch_where_every_method
     rows = report["rows"]
     table = "\n".join([*_ranking_lines(rows), *_settling_lines(results, rows), *_failed_lines(failed)])
     assert "| at | 1 of 2 † |" in table and "†: some of its seeds did not finish" in table
+    asked = "\n".join(_ranking_lines(rows, asked=3))  # a seed every method lost is still missing
+    assert "| kd | 2 of 3 † |" in asked and "| at | 1 of 3 † |" in asked
     assert "| ρ | – | 1.00 |" in table and "–: every method had the same top-1 at that epoch" in table
     assert "| at | 1 | a loss \\| turned non-finite |" in table  # a '|' in a reason keeps the table whole
 

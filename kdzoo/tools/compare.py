@@ -229,6 +229,7 @@ def compare(
         teacher_top1 = trained["curve"][-1]
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
     report["skipped"], report["notes"], report["failed"] = skipped, notes, failed
+    report["seeds_asked"] = len(seeds)
     report["teacher_training"] = trained
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:

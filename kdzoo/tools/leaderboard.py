@@ -38,8 +38,9 @@ def threads_text(count: int) -> str:
     return f"{count} thread" + ("s" if count != 1 else "")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; ``None`` for one value (its spread is unknown, not 0)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def _cost(runs: list[RunResult]) -> tuple[float, str]:
@@ -80,8 +81,7 @@ def summarise(results: list[RunResult], order: list[str], teacher_top1: float | 
     same_basis = all(r["cost_basis"] == scratch["cost_basis"] for r in rows)
     for row in rows:
         row["vs_scratch"] = row["last_top1_mean"] - scratch["last_top1_mean"]
-        spread = MARK_SIGMAS * scratch["last_top1_std"]
-        beyond = scratch["seeds"] > 1 and abs(row["vs_scratch"]) > spread
+        beyond = scratch["seeds"] > 1 and abs(row["vs_scratch"]) > MARK_SIGMAS * scratch["last_top1_std"]
         row["beyond_scratch_spread"] = row["method"] != SCRATCH and beyond
         row["cost_vs_scratch"] = row["cost_s_mean"] / scratch["cost_s_mean"] if same_basis else None
     rows.sort(key=lambda r: -r["last_top1_mean"])
@@ -101,8 +101,9 @@ def _marked(row: dict[str, Any]) -> str:
 MIXED_BASES = "seconds ('-': some runs were timed in CPU seconds, others by the clock only; rerun those)"
 
 
-def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
-    most = max(row["seeds"] for row in rows)
+def _ranking_lines(rows: list[dict[str, Any]], asked: int = 0) -> list[str]:
+    """The ranking table; a method with fewer seeds than ``asked`` (or than another method) is marked."""
+    most = max(asked, *(row["seeds"] for row in rows))
     lines = [
         "| rank | method | seeds | last-epoch top-1 | best-epoch top-1 | vs scratch (last) | retained (last / teacher) "
         "| training cost (x scratch) |",
@@ -119,12 +120,14 @@ def _ranking_lines(rows: list[dict[str, Any]]) -> list[str]:
     seconds = {"cpu": "CPU seconds of the training process", "wall": "wall-clock seconds"}.get(
         basis.pop() if len(basis) == 1 else "mixed", MIXED_BASES
     )
+    scratch_runs = next(r["seeds"] for r in rows if r["method"] == SCRATCH)
+    marks = f"▲ / ▼: further from scratch than {MARK_SIGMAS:g} standard deviations of the scratch runs. "
     return [
         *lines,
         "",
         "Ranked by mean last-epoch top-1. Mean ± sample standard deviation over seeds; 'last' is the final epoch,",
         "'best' the best epoch on the validation set (optimistic, shown for papers that report it).",
-        f"▲ / ▼: further from scratch than {MARK_SIGMAS:g} standard deviations of the scratch runs. Training cost:",
+        f"{marks if scratch_runs > 1 else ''}Training cost:",
         f"mean {seconds} per run (teacher forward, the method's work, the student's step and each epoch's",
         "validation pass) over scratch's; a run on the teacher-output cache is charged the teacher's pass that",
         "filled it. Per-epoch figures and the best epoch follow each run's last stage, which every method runs",
@@ -350,7 +353,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
             else []
         ),
         "",
-        *_ranking_lines(rows),
+        *_ranking_lines(rows, report.get("seeds_asked", 0)),
         *_settling_lines(results, rows),
         *below_scratch_lines(results, rows),
         *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
@@ -431,20 +434,21 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     scratch = next(r for r in rows if r["method"] == SCRATCH)
-    spread = MARK_SIGMAS * scratch["last_top1_std"]
-    ax.axhspan(
-        scratch["last_top1_mean"] - spread,
-        scratch["last_top1_mean"] + spread,
-        color="grey",
-        alpha=0.15,
-        label=f"scratch ± {MARK_SIGMAS:g} std",
-    )
+    if scratch["seeds"] > 1:  # one scratch run has no spread to draw
+        spread = MARK_SIGMAS * scratch["last_top1_std"]
+        ax.axhspan(
+            scratch["last_top1_mean"] - spread,
+            scratch["last_top1_mean"] + spread,
+            color="grey",
+            alpha=0.15,
+            label=f"scratch ± {MARK_SIGMAS:g} std",
+        )
     for row in rows:
         cost = row["cost_vs_scratch"] if row["cost_vs_scratch"] is not None else float("nan")
         ax.errorbar(
             cost,
             row["last_top1_mean"],
-            yerr=row["last_top1_std"],
+            yerr=row["last_top1_std"] or 0.0,
             fmt="o",
             markersize=4,
             capsize=2,
@@ -469,7 +473,8 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
         ylabel="last-epoch top-1 (%)",
         title="accuracy against training cost (mean ± std over seeds)",
     )
-    ax.legend(fontsize=8, loc="lower right")
+    if scratch["seeds"] > 1:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
