@@ -328,8 +328,14 @@ def plot(run_dir: str) -> None:
     help="Also export each method's best run to ONNX and int8 and measure what it costs where it runs "
     "(pip install 'kdzoo[deploy]').",
 )
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Write the report from the runs finished so far and train nothing (e.g. while another compare "
+    "trains them); the rest are listed as not finished yet.",
+)
 @one_line_errors
-def compare(methods: str, configs, overrides, seeds: int, out: str | None, deploy: bool) -> None:
+def compare(methods: str, configs, overrides, seeds: int, out: str | None, deploy: bool, report_only: bool) -> None:
     """Each method vs the student trained from scratch: same teacher, pair, data, epochs and seeds.
 
     Writes results.md / results.csv / results.png / accuracy_vs_cost.png: the methods ranked by
@@ -359,6 +365,7 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None, deplo
         reg,
         echo=click.echo,
         deploy=deploy,
+        train=not report_only,
     )
     best = max(report["rows"], key=lambda r: r["last_top1_mean"])
     click.echo(

@@ -8,6 +8,7 @@
 # gain little from a second thread, so on 2 cores the three processes finish sooner than one), at the
 # lowest CPU priority. Stop it any time and run it again: finished runs are skipped, interrupted ones
 # resume from their last checkpoint, the teacher is trained once (the other processes wait for it).
+# The table so far, meanwhile: the final command below with --report-only instead of --deploy.
 #
 #   apt-get install -y dataset-fashion-mnist && bash scripts/leaderboard.sh     # several hours on 2 CPU cores
 set -euo pipefail

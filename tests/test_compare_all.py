@@ -276,3 +276,24 @@ def test_the_teacher_row_is_the_shared_teacher_never_one_a_method_made(tmp_path)
     (row,) = [r for r in report["rows"] if r["method"] == "self-distill"]
     assert row["best_top1_mean"] == max(r["val"]["top1"] for r in records if r["stage"] == "gen2")
     assert resolve_methods(["kd", "at", "kd"], load_registry()) == ["kd", "at"]  # a method named twice: one row
+
+
+def test_report_only_reports_the_runs_so_far_and_trains_nothing(tmp_path):
+    from kdzoo import KdzooError
+    from kdzoo.tools.compare import compare
+
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    out, said = tmp_path / "cmp", []
+    untrained = [*sets, "teacher.train.seed=7"]  # a teacher no test has trained
+    with pytest.raises(KdzooError, match="not trained yet"):
+        compare(["kd"], [], untrained, [0], out, load_registry(), echo=said.append, train=False)
+    with pytest.raises(KdzooError, match="--report-only"):
+        compare(["kd"], [], sets, [0], out, load_registry(), echo=said.append, deploy=True, train=False)
+    compare(["kd"], [], sets, [0], out, load_registry(), echo=said.append)
+    said.clear()
+    report = compare(["kd"], [], sets, [0, 1], out, load_registry(), echo=said.append, train=False)
+    assert not any("training" in line for line in said) and not (out / "runs" / "kd-seed1").exists()
+    assert report["pending"] == {"scratch": [1], "kd": [1]}
+    table = (out / "results.md").read_text()
+    assert "| kd | 1 of 2 † |" in table and "## Runs not finished yet" in table and "| kd | 1 |" in table
+    assert "--report-only" in table  # the command that wrote it

@@ -52,8 +52,11 @@ def run_configs(
     return configs
 
 
-def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], None]) -> str | None:
-    """Train (or load) the teacher once, with its own settings; every run then reads the same file."""
+def shared_teacher(
+    config: RunConfig, registry: Registry, echo: Callable[[str], None], train: bool = True
+) -> str | None:
+    """Train (or load) the teacher once, with its own settings; every run then reads the same file.
+    ``train=False``: the teacher must have been trained already (a report of the runs so far)."""
     from kdzoo.engine import obtain_teacher
     from kdzoo.engine.teacher import teacher_cache_dir
 
@@ -61,6 +64,11 @@ def shared_teacher(config: RunConfig, registry: Registry, echo: Callable[[str], 
         return config.teacher.checkpoint
     if config.teacher.train.epochs == 0:
         return None  # pretrained weights used as they are, identical for every run
+    if not train and not (teacher_cache_dir(config) / "teacher.pt").is_file():
+        raise KdzooError(
+            f"--report-only: the teacher ({config.teacher.model}) of this comparison is not trained yet "
+            "(no run can have finished); run the comparison without --report-only first"
+        )
     data = load_data(config.data, config.train.seed)
     obtain_teacher(config, registry, data, show_progress=None)
     path = teacher_cache_dir(config) / "teacher.pt"
@@ -171,15 +179,20 @@ def compare(
     registry: Registry,
     echo: Callable[[str], None] = print,
     deploy: bool = False,
+    train: bool = True,
 ) -> dict[str, Any]:
     """Every method against scratch (see the module); ``deploy`` also exports the best run of each
-    to ONNX and int8 and measures what each costs where it runs (:func:`deploy_best_runs`)."""
+    to ONNX and int8 and measures what each costs where it runs (:func:`deploy_best_runs`).
+    ``train=False`` reports the runs finished so far and trains nothing (while another compare trains
+    them, say): the others are listed as not finished yet."""
+    if deploy and not train:
+        raise KdzooError("--deploy measures finished runs: drop --report-only, or --deploy until the runs finish")
     asked = methods
     methods = resolve_methods(methods, registry)
     out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(methods, files, overrides, seeds, out, registry)
     first = configs[(methods[0], seeds[0])]
-    teacher_file = shared_teacher(first, registry, echo)
+    teacher_file = shared_teacher(first, registry, echo, train)
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for method in methods:
@@ -199,11 +212,15 @@ def compare(
     teacher_top1 = None
     deployed: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[int, str]] = {}
+    pending: dict[str, list[int]] = {}
     total = len(configs)
     for i, ((method, seed), cfg) in enumerate(configs.items(), start=1):
         run_dir = out / "runs" / cfg.train.name
         say = functools.partial(_say, echo, f"[{i}/{total}] {method} seed {seed}: ")
-        summary = _finished_or_trained(cfg, run_dir, registry, teacher_file, say)
+        summary = _finished_or_trained(cfg, run_dir, registry, teacher_file, say, train)
+        if summary is None:
+            pending.setdefault(method, []).append(seed)
+            continue
         if isinstance(summary, str):
             failed.setdefault(method, {})[seed] = summary
             continue
@@ -228,13 +245,13 @@ def compare(
     if teacher_top1 is None and trained["curve"]:  # no run used the shared teacher (born-again alone, say)
         teacher_top1 = trained["curve"][-1]
     report = summarise(results, [SCRATCH, *methods], teacher_top1)
-    report["skipped"], report["notes"], report["failed"] = skipped, notes, failed
+    report["skipped"], report["notes"], report["failed"], report["pending"] = skipped, notes, failed, pending
     report["seeds_asked"] = len(seeds)
     report["teacher_training"] = trained
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
-    report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy)
+    report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy, train)
     write_report(report, results, out)
     return report
 
@@ -267,14 +284,23 @@ def _say(echo: Callable[[str], None], prefix: str, text: str) -> None:
 
 
 def _finished_or_trained(
-    config: RunConfig, run_dir: Path, registry: Registry, teacher_file: str | None, say: Callable[[str], None]
-) -> dict[str, Any] | str:
+    config: RunConfig,
+    run_dir: Path,
+    registry: Registry,
+    teacher_file: str | None,
+    say: Callable[[str], None],
+    train: bool = True,
+) -> dict[str, Any] | str | None:
     """The run's summary: read when it finished with this config before, else trained (resumed from its
     checkpoint when it was interrupted; from the start when its config changed since). A run that
     failed (a non-finite loss, say) gives the one line saying why, also on a restart: it is listed,
-    and the other runs go on."""
+    and the other runs go on. ``train=False``: ``None`` for a run that has not finished, untouched."""
     done, failed = run_dir / "summary.json", run_dir / FAILED
-    if (run_dir / "config.json").is_file() and not _same_config(run_dir, config, teacher_file, registry):
+    changed = (run_dir / "config.json").is_file() and not _same_config(run_dir, config, teacher_file, registry)
+    if changed and not train:
+        say("ran with another config; not in this report")
+        return None
+    if changed:
         say("its config changed since it ran; training it again")
         with RunDirLock(run_dir):  # never from under a process still training it
             shutil.rmtree(run_dir)
@@ -284,11 +310,17 @@ def _finished_or_trained(
             say("done before, skipped")
             return summary
         except json.JSONDecodeError:
+            if not train:
+                say("its summary.json is unreadable; not in this report")
+                return None
             say("its summary.json is unreadable; finishing it again from its last checkpoint")
     if failed.is_file():
         why = failed.read_text().strip()
         say(f"failed before, not retried: {why}")
         return why
+    if not train:
+        say("not finished yet, not in this report")
+        return None
     say("training")
     try:
         summary = run_one(config, registry, teacher_file)
@@ -365,13 +397,14 @@ def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
     return costs
 
 
-def meta(methods, files, overrides, seeds, deploy: bool = False) -> dict[str, Any]:
+def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = True) -> dict[str, Any]:
     import timm
 
     from kdzoo import __version__
 
     command = ["kdzoo", "compare", "--methods", ",".join(methods), "--seeds", str(len(seeds))]
     command += ["--deploy"] if deploy else []
+    command += [] if train else ["--report-only"]
     command += [a for f in files for a in ("--config", f)] + [a for o in overrides for a in ("--set", o)]
     return {
         "command": " ".join(command),

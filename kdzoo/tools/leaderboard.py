@@ -261,6 +261,19 @@ def _failed_lines(failed: dict[str, dict[int, str]]) -> list[str]:
     return [*lines, "", "A method's row above, if any, averages the seeds that finished.", ""]
 
 
+def _pending_lines(pending: dict[str, list[int]]) -> list[str]:
+    if not pending:
+        return []
+    lines = ["## Runs not finished yet", "", "| method | seeds |", "|---|---|"]
+    lines += [f"| {method} | {', '.join(str(seed) for seed in seeds)} |" for method, seeds in pending.items()]
+    return [
+        *lines,
+        "",
+        "Written with --report-only while they train; their rows, if any, average the seeds so far.",
+        "",
+    ]
+
+
 def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
     """The deployed trade-off of each method's best run: its student in onnxruntime, fp32 and int8."""
     if not deploy:
@@ -358,6 +371,7 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         *below_scratch_lines(results, rows),
         *_skipped_lines(report.get("skipped", {}), report.get("notes", {})),
         *_failed_lines(report.get("failed", {})),
+        *_pending_lines(report.get("pending", {})),
         *_costs_lines(costs),
         *_deploy_lines(report.get("deploy"), [r["method"] for r in rows]),
         "## How this was made",
