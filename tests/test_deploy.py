@@ -166,6 +166,7 @@ def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
     assert set(report["deploy"]) == {"scratch", "kd"}
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "## Deployed: each method's best run in onnxruntime" in table and "| kd (0) |" in table
+    assert {"onnxruntime", "onnx"} <= set(report["meta"]["versions"])  # what measured it
     int8 = tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx"
     assert int8.is_file()
 

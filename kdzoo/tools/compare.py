@@ -413,7 +413,15 @@ def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = T
             "torch": torch.__version__,
             "timm": timm.__version__,
             "python": platform.python_version(),
+            **(_deploy_versions() if deploy else {}),
         },
         "hardware": f"{platform.processor() or platform.machine()}, {threads_text(torch.get_num_threads())}, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
     }
+
+
+def _deploy_versions() -> dict[str, str]:
+    """The runtime and exporter that measured the deployed students (installed: --deploy checked it)."""
+    import importlib.metadata
+
+    return {name: importlib.metadata.version(name) for name in ("onnxruntime", "onnx")}
