@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import platform
 import shutil
 from collections.abc import Callable
@@ -415,7 +416,8 @@ def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = T
             "python": platform.python_version(),
             **(_deploy_versions() if deploy else {}),
         },
-        "hardware": f"{platform.processor() or platform.machine()}, {threads_text(torch.get_num_threads())}, "
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch on {threads_text(torch.get_num_threads())}, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
     }
 
