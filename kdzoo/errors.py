@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from kdzoo.api import KdzooError
 
-__all__ = ["KdzooError", "RunBusy", "RunStopped", "close_matches", "first_line", "unknown_method"]
+__all__ = ["KdzooError", "RunBusy", "RunStopped", "close_matches", "error_line", "first_line", "unknown_method"]
 
 
 class RunStopped(KdzooError):
@@ -26,6 +26,12 @@ class RunBusy(KdzooError):
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: what a one-line report says about it."""
     return (str(exc).strip().splitlines() or [""])[0]
+
+
+def error_line(exc: BaseException) -> str:
+    """A one-line report of any exception: kdzoo's own say what is wrong already; any other is named by
+    its type, since its message alone may not say what kind of failure it was."""
+    return first_line(exc) if isinstance(exc, KdzooError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:

@@ -109,7 +109,7 @@ class RunBase:
             self.ddp = wrap(self.student, self.objective, self.dist)
         cfg = self.config.optim
         cfg = build(type(cfg), {**dataclasses.asdict(cfg), **stage.optim}, "stage.optim") if stage.optim else cfg
-        cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale) if stage.lr_scale != 1.0 else cfg
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale)
         optimizer = build_optimizer(cfg, params)
         return optimizer, build_scheduler(cfg, optimizer, stage.epochs, len(self.data.train))
 

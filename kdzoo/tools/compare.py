@@ -26,7 +26,7 @@ from kdzoo.data import load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.resume import differences
-from kdzoo.errors import KdzooError, RunBusy, RunStopped, first_line
+from kdzoo.errors import KdzooError, RunBusy, RunStopped, error_line, first_line
 from kdzoo.models import create_model
 from kdzoo.registry import Registry
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, threads_text, write_report
@@ -340,7 +340,7 @@ def _finished_or_trained(
         say(f"failed: {why}")
         return why
     except Exception as exc:  # a plugin's bug or the machine (memory): listed, and retried on a restart
-        why = f"{type(exc).__name__}: {first_line(exc)}"
+        why = error_line(exc)
         say(f"failed: {why} (a restart tries it again)")
         return why
     say(f"top-1 {summary['student_top1']:.2f}%")
@@ -365,7 +365,7 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
                 quantize_int8(run_dir)
             tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
         except Exception as exc:  # an export that fails its check costs its own row, not every run's report
-            why = first_line(exc) if isinstance(exc, KdzooError) else f"{type(exc).__name__}: {first_line(exc)}"
+            why = error_line(exc)
             echo(f"deploy: {method} seed {best.seed}: failed: {why}")
             tables[method] = {"seed": best.seed, "error": why}
     return tables
