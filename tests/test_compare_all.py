@@ -114,7 +114,7 @@ def test_ranking_agreement_is_spearmans_rho_against_the_last_epoch():
 
 
 def test_a_method_below_scratch_comes_with_its_gap_per_epoch_and_its_label_share():
-    from kdzoo.tools.compare import label_share
+    from kdzoo.tools.compare_runs import label_share
     from kdzoo.tools.leaderboard import RunResult, below_scratch_lines, summarise
 
     assert label_share({"loss": 29.24, "ce": 2.56, "hint": 0.2668, "weights": {"ce": 1.0, "hint": 100.0}}) == (
@@ -163,7 +163,7 @@ def test_the_table_marks_a_method_short_of_seeds_and_an_epoch_where_every_method
 
 
 def test_curves_follow_the_last_stage_which_every_method_runs_for_the_same_epochs():
-    from kdzoo.tools.compare import final_stage
+    from kdzoo.tools.compare_runs import final_stage
 
     # AB-like: an init stage where the student's head is untrained, then the stage of train.epochs
     records = [{"stage_index": 0, "epoch": e, "val": {"top1": 10.0}} for e in (1, 2, 3)]
@@ -191,11 +191,12 @@ def test_a_run_that_fails_is_listed_and_the_others_go_on(tmp_path):
 def test_a_stop_on_request_stops_the_comparison_and_is_no_failure(tmp_path, monkeypatch):
     from kdzoo.errors import RunStopped
     from kdzoo.tools import compare as compare_module
+    from kdzoo.tools import compare_runs
 
     def stopped(*args):
         raise RunStopped("stopped by SIGTERM; checkpoint written")
 
-    monkeypatch.setattr(compare_module, "run_one", stopped)
+    monkeypatch.setattr(compare_runs, "run_one", stopped)
     sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
     with pytest.raises(RunStopped):
         compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=lambda _: None)
@@ -220,20 +221,21 @@ def test_a_run_another_process_holds_is_left_to_it_and_read_by_a_later_compare(t
 
 def test_a_crash_is_listed_and_retried_and_an_unreadable_summary_is_finished_again(tmp_path, monkeypatch):
     from kdzoo.tools import compare as compare_module
+    from kdzoo.tools import compare_runs
 
     sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
-    real_run_one, said = compare_module.run_one, []
+    real_run_one, said = compare_runs.run_one, []
 
     def crashes_for_kd(config, registry, teacher_file):
         if config.methods == ["kd"]:
             raise RuntimeError("a third-party plugin's bug\nwith a traceback below")
         return real_run_one(config, registry, teacher_file)
 
-    monkeypatch.setattr(compare_module, "run_one", crashes_for_kd)
+    monkeypatch.setattr(compare_runs, "run_one", crashes_for_kd)
     report = compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
     assert report["failed"] == {"kd": {0: "RuntimeError: a third-party plugin's bug"}}
     assert not (tmp_path / "cmp" / "runs" / "kd-seed0" / "failed.txt").exists()  # not a verdict: retried
-    monkeypatch.setattr(compare_module, "run_one", real_run_one)
+    monkeypatch.setattr(compare_runs, "run_one", real_run_one)
     compare_module.compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), echo=said.append)
     summary = tmp_path / "cmp" / "runs" / "kd-seed0" / "summary.json"
     finished = json.loads(summary.read_text())
@@ -245,7 +247,7 @@ def test_a_crash_is_listed_and_retried_and_an_unreadable_summary_is_finished_aga
 
 
 def test_the_cost_plot_keeps_the_labels_of_methods_of_like_cost_apart():
-    from kdzoo.tools.leaderboard import _pyplot, spread_labels
+    from kdzoo.tools.leaderboard_plots import _pyplot, spread_labels
 
     plt = _pyplot()
     fig, ax = plt.subplots()

@@ -1,0 +1,105 @@
+"""What ``kdzoo compare`` measures beside accuracy: the teacher's and student's parameters, FLOPs and
+latency, each method's best run deployed (ONNX, int8), and how the report was made (command, versions,
+hardware)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdzoo.config import RunConfig
+from kdzoo.data import load_data
+from kdzoo.engine.export import count_flops
+from kdzoo.errors import error_line
+from kdzoo.models import create_model
+from kdzoo.tools.leaderboard import RunResult, threads_text
+from kdzoo.tools.tradeoff import median_ms
+
+
+def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Each method's best run (highest last-epoch top-1 over seeds) exported to ONNX and int8, and its
+    deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``); a method whose
+    export fails (onnxruntime disagreeing with PyTorch, say) gets ``{"seed", "error"}`` instead."""
+    from kdzoo.tools.deploy import export_onnx, int8_is_current, quantize_int8
+    from kdzoo.tools.tradeoff import deploy_table
+
+    tables = {}
+    for method in dict.fromkeys(r.method for r in results):
+        best = max((r for r in results if r.method == method), key=lambda r: r.last_top1)
+        run_dir = out / "runs" / f"{method}-seed{best.seed}"
+        echo(f"deploy: {method} seed {best.seed}: ONNX, int8 and their costs")
+        try:
+            if not int8_is_current(run_dir):
+                export_onnx(run_dir)
+                quantize_int8(run_dir)
+            tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
+        except Exception as exc:  # an export that fails its check costs its own row, not every run's report
+            why = error_line(exc)
+            echo(f"deploy: {method} seed {best.seed}: failed: {why}")
+            tables[method] = {"seed": best.seed, "error": why}
+    return tables
+
+
+def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> float:
+    x = torch.randn(1, *shape)
+    return median_ms(lambda: model(x), repeats, warmup=5)
+
+
+def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
+    """Parameters, FLOPs per image and measured CPU latency per image of teacher and student."""
+    data = load_data(config.data, config.train.seed)
+    shape = (data.in_chans, config.data.img_size, config.data.img_size)
+    costs = {}
+    teacher_cfg = dataclasses.replace(config.teacher, checkpoint=teacher_file, pretrained=False)
+    for role, cfg in (("teacher", teacher_cfg), ("student", config.student)):
+        cfg = dataclasses.replace(cfg, pretrained=False) if role == "student" else cfg
+        model = create_model(cfg, role, data.num_classes, data.in_chans).eval()
+        costs[role] = {
+            "model": cfg.model,
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops": count_flops(model, shape),
+            "latency_ms": _latency_ms(model, shape),
+        }
+    t, s = costs["teacher"], costs["student"]
+    costs["compression"] = t["params"] / s["params"]
+    costs["flops_ratio"] = t["flops"] / max(s["flops"], 1)
+    costs["speedup"] = t["latency_ms"] / s["latency_ms"]
+    return costs
+
+
+def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = True) -> dict[str, Any]:
+    import timm
+
+    from kdzoo import __version__
+
+    command = ["kdzoo", "compare", "--methods", ",".join(methods), "--seeds", str(len(seeds))]
+    command += ["--deploy"] if deploy else []
+    command += [] if train else ["--report-only"]
+    command += [a for f in files for a in ("--config", f)] + [a for o in overrides for a in ("--set", o)]
+    return {
+        "command": " ".join(command),
+        "versions": {
+            "kdzoo": __version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+            **(_deploy_versions() if deploy else {}),
+        },
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch on {threads_text(torch.get_num_threads())}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+    }
+
+
+def _deploy_versions() -> dict[str, str]:
+    """The runtime and exporter that measured the deployed students (installed: --deploy checked it)."""
+    import importlib.metadata
+
+    return {name: importlib.metadata.version(name) for name in ("onnxruntime", "onnx")}
