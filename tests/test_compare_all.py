@@ -299,3 +299,20 @@ def test_report_only_reports_the_runs_so_far_and_trains_nothing(tmp_path):
     table = (out / "results.md").read_text()
     assert "| kd | 1 of 2 † |" in table and "## Runs not finished yet" in table and "| kd | 1 |" in table
     assert "--report-only" in table  # the command that wrote it
+
+
+def test_report_only_fills_no_teacher_output_cache(tmp_path):
+    import os
+    from pathlib import Path
+
+    from kdzoo.tools.compare import compare
+
+    pair = ["teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    sets = [*TINY, *pair, "teacher.cache=true", "data.augment=false"]
+    out, said = tmp_path / "cmp", []
+    compare(["kd"], [], sets, [0], out, load_registry(), echo=said.append)  # fills kd's entry (the logits)
+    cache = Path(os.environ["KDZOO_CACHE"])
+    before = sorted(p for p in cache.rglob("*") if p.is_file())
+    report = compare(["kd", "at"], [], sets, [0], out, load_registry(), echo=said.append, train=False)
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == before  # at's feature maps never computed
+    assert report["pending"] == {"at": [0]}

@@ -52,7 +52,10 @@ def build_run(
     show_progress: bool | None = None,
     label: str = "",
     distributed: bool = True,
+    warm_cache: bool = True,
 ) -> RunParts:
+    """Everything a run needs, built from ``config``. ``warm_cache=False`` leaves the teacher-output cache
+    as it is (a check that the run can be built, which must not run the teacher over the data)."""
     dist = init_from_env() if distributed else DistInfo()
     show_progress = show_progress if dist.main else False
     checkpoint.seed_everything(config.train.seed)  # the same seed everywhere: identical replicas
@@ -90,7 +93,7 @@ def build_run(
             "set teacher.cache=false"
         )
     teacher_metrics = None
-    if cache is not None:
+    if cache is not None and warm_cache:
         with ready.main_first():
             teacher_metrics = _warm(cache, objective, ready, teacher_info, device, show_progress)
     _set_up_precision_and_compile(config, objective)

@@ -78,7 +78,7 @@ def compare(
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for method in methods:
-        runs, why, live = applicable(configs[(method, seeds[0])], registry, teacher_file)
+        runs, why, live = applicable(configs[(method, seeds[0])], registry, teacher_file, warm_cache=train)
         if not runs:
             echo(f"{method}: does not apply to this pair, not run: {why}")
             skipped[method] = why

@@ -113,13 +113,13 @@ def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> 
     return trainer.fit(resume=RunState.load(last) if last.is_file() else None)
 
 
-def _build_error(config: RunConfig, registry: Registry) -> str | None:
-    """Build the run (models, data, the method's modules; the teacher-output cache warmed) without
-    training: the first line of the KdzooError that says why the method cannot run, or None."""
+def _build_error(config: RunConfig, registry: Registry, warm_cache: bool) -> str | None:
+    """Build the run (models, data, the method's modules; the teacher-output cache warmed if asked)
+    without training: the first line of the KdzooError that says why the method cannot run, or None."""
     from kdzoo.engine import build_run
 
     try:
-        build_run(config, registry, show_progress=None, distributed=False)
+        build_run(config, registry, show_progress=None, distributed=False, warm_cache=warm_cache)
     except KdzooError as exc:
         return first_line(exc)
     return None
@@ -129,17 +129,20 @@ def without_cache(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, cache=False))
 
 
-def applicable(config: RunConfig, registry: Registry, teacher_file: str | None) -> tuple[bool, str, bool]:
+def applicable(
+    config: RunConfig, registry: Registry, teacher_file: str | None, warm_cache: bool = True
+) -> tuple[bool, str, bool]:
     """Whether the method of ``config`` runs on its pair and data at its defaults: (runs, the reason or
     note, with a live teacher instead of the cache). A method that refuses the teacher-output cache
-    runs with the live teacher, and says so; one that cannot run at all is listed with the reason."""
+    runs with the live teacher, and says so; one that cannot run at all is listed with the reason.
+    ``warm_cache=False`` (a report that trains nothing) leaves the cache unfilled."""
     config = with_teacher(config, teacher_file)
-    error = _build_error(config, registry)
+    error = _build_error(config, registry, warm_cache)
     if error is None:
         return True, "", False
     if not config.teacher.cache:
         return False, error, False
-    live_error = _build_error(without_cache(config), registry)
+    live_error = _build_error(without_cache(config), registry, warm_cache)
     if live_error is None:
         return True, f"live teacher, not the teacher-output cache ({error})", True
     return False, live_error, False
