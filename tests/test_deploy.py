@@ -167,6 +167,10 @@ def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "## Deployed: each method's best run in onnxruntime" in table and "| kd (0) |" in table
     assert {"onnxruntime", "onnx"} <= set(report["meta"]["versions"])  # what measured it
+    teacher = [[r for r in report["deploy"][m]["rows"] if r["model"] == "teacher"] for m in ("kd", "scratch")]
+    assert teacher[0] and teacher[0] == teacher[1]  # the shared teacher, measured once and in every table
+    assert not (tmp_path / "cmp" / "runs" / "scratch-seed0" / "teacher.onnx").exists()
+    assert all(r["retained"] is not None for r in report["deploy"]["scratch"]["rows"])
     int8 = tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx"
     assert int8.is_file()
 

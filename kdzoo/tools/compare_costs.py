@@ -19,19 +19,21 @@ from kdzoo.data import load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.errors import error_line
 from kdzoo.models import create_model
-from kdzoo.tools.leaderboard import RunResult, threads_text
+from kdzoo.tools.leaderboard import SCRATCH, RunResult, threads_text
 from kdzoo.tools.tradeoff import median_ms
 
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """Each method's best run (highest last-epoch top-1 over seeds) exported to ONNX and int8, and its
     deploy trade-off table measured (``kdzoo export --format onnx --quantize int8``); a method whose
-    export fails (onnxruntime disagreeing with PyTorch, say) gets ``{"seed", "error"}`` instead."""
+    export fails (onnxruntime disagreeing with PyTorch, say) gets ``{"seed", "error"}`` instead. The
+    runs share one teacher, measured once (with the first method's run) and in every table alike,
+    scratch's included; scratch comes last, as it has no teacher to measure."""
     from kdzoo.tools.deploy import export_onnx, int8_is_current, quantize_int8
     from kdzoo.tools.tradeoff import deploy_table
 
-    tables = {}
-    for method in dict.fromkeys(r.method for r in results):
+    tables, teacher_rows = {}, None
+    for method in sorted(dict.fromkeys(r.method for r in results), key=lambda m: m == SCRATCH):
         best = max((r for r in results if r.method == method), key=lambda r: r.last_top1)
         run_dir = out / "runs" / f"{method}-seed{best.seed}"
         echo(f"deploy: {method} seed {best.seed}: ONNX, int8 and their costs")
@@ -39,11 +41,14 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
             if not int8_is_current(run_dir):
                 export_onnx(run_dir)
                 quantize_int8(run_dir)
-            tables[method] = {"seed": best.seed, **deploy_table(run_dir)}
+            table = deploy_table(run_dir, teacher_rows)
         except Exception as exc:  # an export that fails its check costs its own row, not every run's report
             why = error_line(exc)
             echo(f"deploy: {method} seed {best.seed}: failed: {why}")
             tables[method] = {"seed": best.seed, "error": why}
+            continue
+        tables[method] = {"seed": best.seed, **table}
+        teacher_rows = teacher_rows or [row for row in table["rows"] if row["model"] == "teacher"] or None
     return tables
 
 

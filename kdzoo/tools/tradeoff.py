@@ -59,9 +59,10 @@ def _row(name: str, runtime: str, model: nn.Module, size: int, params: int, flop
     }
 
 
-def deploy_table(run_dir: str | Path) -> dict[str, Any]:
+def deploy_table(run_dir: str | Path, teacher_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure the trade-off table of ``run_dir`` (its student exported to ONNX before) and write it
-    into its ``summary.json``."""
+    into its ``summary.json``. ``teacher_rows``: the teacher's rows of another run with the same
+    teacher (a comparison's runs share one), taken as they are instead of measuring it again."""
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     data = load_data(config.data, config.train.seed)
@@ -69,7 +70,7 @@ def deploy_table(run_dir: str | Path) -> dict[str, Any]:
     student = load_student(run_dir / "student.safetensors").float().cpu()
     models = [("student", student, run_dir / "student.safetensors", run_dir / "student.onnx")]
     teacher = None
-    if config.methods:  # a run without methods (scratch) has no teacher to compare with
+    if teacher_rows is None and config.methods:  # a run without methods (scratch) has no teacher of its own
         teacher = given_teacher(config, data.num_classes, data.in_chans) or load_trained_teacher(
             config, data.num_classes, data.in_chans
         )
@@ -79,7 +80,7 @@ def deploy_table(run_dir: str | Path) -> dict[str, Any]:
         if not teacher_onnx.is_file():
             export_verified(teacher, teacher_onnx, data, "teacher")
         models.insert(0, ("teacher", teacher, None, teacher_onnx))
-    rows = []
+    rows = [dict(row) for row in teacher_rows or []]
     for name, model, weights, onnx_file in models:
         params, flops = sum(p.numel() for p in model.parameters()), count_flops(model, shape)
         state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
