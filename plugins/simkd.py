@@ -9,7 +9,11 @@ classifier applied to the pooled projected map. That network -- student backbone
 teacher classifier -- is what a SimKD run evaluates, exports (``student.safetensors``; ``kdzoo
 eval`` and ``kdzoo.load_student`` rebuild it) and counts in ``summary.json``'s ``deployed`` cost.
 Defaults: the authors' CIFAR-100 command (``--distill simkd -c 0 -d 0 -b 1 --factor 2``): the
-MSE alone (CE weight 0: the student's own classifier is not deployed).
+MSE alone (CE weight 0: the student's own classifier is not deployed). That default is made for the
+authors' 240 epochs: the MSE's gradient into the student's backbone is small (27x the labels' CE's
+smaller at the first step of the Fashion-MNIST leaderboard), so on a short schedule the backbone
+barely leaves its initialisation (docs/results/leaderboard/README.md); ``simkd.ce_weight`` adds the
+labels' CE on the student's own head.
 
 A teacher whose classifier does not read its average-pooled last map (a ViT: a class token after a
 norm) gives the pooled projected map the teacher's pooled embedding to match instead, the input of
