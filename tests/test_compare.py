@@ -1,8 +1,11 @@
 import json
 
+import torch
 from click.testing import CliRunner
 
 from kdzoo.cli import main
+from kdzoo.tools.compare_costs import _training_threads
+from kdzoo.tools.leaderboard import threads_text
 from tests.helpers import TINY
 
 
@@ -37,6 +40,8 @@ def test_compare_writes_the_table_and_skips_finished_runs_on_restart(tmp_path):
     assert models["teacher"]["params"] > 0 and models["student"]["flops"] > 0 and models["speedup"] > 0
     table = (out / "results.md").read_text()
     assert "| scratch | 2 |" in table and "±" in table and "compare --methods kd,at --seeds 2" in table
+    threads = threads_text(torch.get_num_threads())
+    assert f"runs trained with torch on {threads}, latencies measured with torch on {threads}" in table
     # every run used the same teacher, trained once
     teachers = {json.loads((d / "config.json").read_text())["teacher"]["checkpoint"] for d in (out / "runs").iterdir()}
     assert len(teachers) == 1
@@ -73,3 +78,10 @@ def test_a_single_seed_says_n_equals_one_not_a_zero_spread(tmp_path):
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
     assert all(r["last_top1_std"] is None and r["best_top1_std"] is None for r in rows)  # unknown, not 0
     assert "▲ / ▼" not in table  # one scratch run has no spread to mark against
+
+
+def test_the_report_says_the_threads_the_runs_trained_on_as_recorded():
+    assert _training_threads([1, 1, 1]) == "runs trained with torch on 1 thread, "
+    assert _training_threads([1, 2]) == "runs trained with torch on 1 to 2 threads, "
+    assert _training_threads([2, None]) == "runs trained with torch on 2 threads (some runs did not record it), "
+    assert _training_threads([None, None]) == ""  # runs from before kdzoo recorded it: not guessed

@@ -97,6 +97,7 @@ def summarise(
         ],
         "wall_time_s": round(clock.wall(), 2),
         "cpu_time_s": round(clock.cpu(), 2),
+        "torch_threads": torch.get_num_threads(),  # what the times above were measured with
         "teacher_cache_cpu_s": teacher_cache_cpu_s,  # the teacher's pass that filled the cache this run read
         "run_dir": str(run_dir),
         "deployed": deployed,

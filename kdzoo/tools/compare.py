@@ -91,6 +91,7 @@ def compare(
             elif live:
                 configs[(method, seed)] = without_cache(configs[(method, seed)])
     results: list[RunResult] = []
+    run_threads: list[int | None] = []
     teacher_top1 = None
     deployed: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[int, str]] = {}
@@ -111,6 +112,7 @@ def compare(
         if (summary.get("deployed") or {}).get("network", "student") != "student":
             deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
         records = final_stage([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()])
+        run_threads.append(summary.get("torch_threads"))
         results.append(
             RunResult(
                 method,
@@ -133,7 +135,7 @@ def compare(
     report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
-    report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy, train)
+    report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy, train, run_threads)
     write_report(report, results, out)
     write_plots(report, results, out)
     return report

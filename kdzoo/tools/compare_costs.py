@@ -79,7 +79,11 @@ def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
     return costs
 
 
-def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = True) -> dict[str, Any]:
+def meta(
+    methods, files, overrides, seeds, deploy: bool = False, train: bool = True, run_threads: list[int | None] = ()
+) -> dict[str, Any]:
+    """How the report was made: its command, versions and hardware, with the threads the runs trained on
+    (``run_threads``, from their summaries) beside those of this process, which measured the latencies."""
     import timm
 
     from kdzoo import __version__
@@ -88,6 +92,7 @@ def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = T
     command += ["--deploy"] if deploy else []
     command += [] if train else ["--report-only"]
     command += [a for f in files for a in ("--config", f)] + [a for o in overrides for a in ("--set", o)]
+    device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU only"
     return {
         "command": " ".join(command),
         "versions": {
@@ -98,9 +103,20 @@ def meta(methods, files, overrides, seeds, deploy: bool = False, train: bool = T
             **(_deploy_versions() if deploy else {}),
         },
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch on {threads_text(torch.get_num_threads())}, "
-        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+        f"{_training_threads(run_threads)}latencies measured with torch on "
+        f"{threads_text(torch.get_num_threads())}, {device}",
     }
+
+
+def _training_threads(run_threads: list[int | None]) -> str:
+    """'runs trained with torch on 1 thread, ' from the runs' summaries ('' when none recorded it: runs
+    from before kdzoo recorded it)."""
+    known = sorted({t for t in run_threads if t})
+    if not known:
+        return ""
+    text = threads_text(known[0]) if len(known) == 1 else f"{known[0]} to {known[-1]} threads"
+    unknown = " (some runs did not record it)" if None in run_threads else ""
+    return f"runs trained with torch on {text}{unknown}, "
 
 
 def _deploy_versions() -> dict[str, str]:
