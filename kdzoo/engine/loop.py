@@ -1,7 +1,8 @@
 """The training loop: stages, epochs, steps, checkpoints and evaluation, read top to bottom.
 
-Per step the teacher runs once under ``inference_mode`` and the student once, each exposing the
-union of the taps the active methods declared; the objective adds ``ce`` and every method's
+Per step the teacher runs once under ``inference_mode`` and the student once (when a term first
+reads its outputs; not at all in a stage whose terms never do), each exposing the union of the taps
+the active methods declared; the objective adds ``ce`` and every method's
 unweighted terms, weighted by their own hook; the stage says which terms are on and what trains.
 """
 

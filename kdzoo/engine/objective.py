@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
+from kdzoo.engine.lazy_outputs import LazyOutputs
 from kdzoo.errors import first_line
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
@@ -121,10 +122,13 @@ class Objective(nn.Module):
         line (:meth:`_losses`)."""
         self._compiled = torch.compile(self._weighted_terms, mode=mode, backend=backend)
 
-    def _losses(self, *args) -> tuple[Tensor, dict[str, Tensor]]:
+    def _losses(self, student_out: Outputs, *rest) -> tuple[Tensor, dict[str, Tensor]]:
         compiled = getattr(self, "_compiled", None)
         if compiled is None:
-            return self._weighted_terms(*args)
+            return self._weighted_terms(student_out, *rest)
+        if isinstance(student_out, LazyOutputs):  # the compiled terms take plain tensors, not a forward to run
+            student_out = student_out.resolved()
+        args = (student_out, *rest)
         try:
             return compiled(*args)
         except KdzooError:
@@ -246,7 +250,10 @@ class Objective(nn.Module):
             teacher_out = named_forward(
                 f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
             )
-        student_out = named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        # run when a term first reads it: a stage training a teacher-side module alone never does
+        student_out = LazyOutputs(
+            lambda: named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        )
         weights = self.loss_weights(stage, epoch, progress)
         total, terms = self._losses(student_out, teacher_out, targets, stage, indices, views, weights)
         return total, terms, weights, student_out
