@@ -122,13 +122,11 @@ class Objective(nn.Module):
         line (:meth:`_losses`)."""
         self._compiled = torch.compile(self._weighted_terms, mode=mode, backend=backend)
 
-    def _losses(self, student_out: Outputs, *rest) -> tuple[Tensor, dict[str, Tensor]]:
+    def _losses(self, student_out: LazyOutputs, *rest) -> tuple[Tensor, dict[str, Tensor]]:
         compiled = getattr(self, "_compiled", None)
         if compiled is None:
             return self._weighted_terms(student_out, *rest)
-        if isinstance(student_out, LazyOutputs):  # the compiled terms take plain tensors, not a forward to run
-            student_out = student_out.resolved()
-        args = (student_out, *rest)
+        args = (student_out.resolved(), *rest)  # the compiled terms take plain tensors, not a forward to run
         try:
             return compiled(*args)
         except KdzooError:
