@@ -263,6 +263,24 @@ def test_the_cost_plot_keeps_the_labels_of_methods_of_like_cost_apart():
     assert heights[3] == 78.0  # alone in its column: at its point
 
 
+def test_the_cost_plot_turns_logarithmic_when_one_schedule_costs_many_times_the_others(tmp_path, monkeypatch):
+    """SSKD's 60 head epochs cost 27x scratch: on a linear axis every other method would share its first tenth."""
+    from matplotlib.figure import Figure
+
+    from kdzoo.tools.leaderboard_plots import plot_accuracy_vs_cost
+
+    scales = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *_a, **_k: scales.append(fig.axes[0].get_xscale()))
+
+    def row(method, cost, top1):
+        return {"method": method, "cost_vs_scratch": cost, "last_top1_mean": top1, "last_top1_std": 0.5, "seeds": 3}
+
+    near = [row("scratch", 1.0, 78.0), row("kd", 1.6, 79.0), row("ft", 5.4, 81.5)]
+    plot_accuracy_vs_cost(near, tmp_path / "near.png")
+    plot_accuracy_vs_cost([*near, row("sskd", 27.2, 78.9)], tmp_path / "far.png")
+    assert scales == ["linear", "log"]
+
+
 def test_the_teacher_row_is_the_shared_teacher_never_one_a_method_made(tmp_path):
     """Born-again hands each generation over as the teacher; the report's teacher stays the one compare
     gave every run, and the best epoch, like the curves, is of the last stage (not generation 0's)."""

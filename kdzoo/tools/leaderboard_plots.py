@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kdzoo.tools.leaderboard import MARK_SIGMAS, SCRATCH, RunResult
+
+LOG_COST_RATIO = 8  # costs further apart than this share a logarithmic axis
 
 
 def write_plots(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
@@ -98,12 +102,19 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
         )
 
     points = [(r["cost_vs_scratch"], r["last_top1_mean"], r["method"]) for r in rows if r["cost_vs_scratch"]]
-    label_offset = (ax.get_xlim()[1] - ax.get_xlim()[0]) / 60
-    for (x, y, name), label_y in zip(points, spread_labels(points, ax), strict=True):
+    costs = [x for x, _y, _name in points]
+    # one costly schedule (SSKD's 60 head epochs: 27x) would squeeze every other method into the first tenth
+    logarithmic = bool(costs) and max(costs) / min(costs) > LOG_COST_RATIO
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(lambda value, _pos: f"{value:g}x")
+    along = math.log10 if logarithmic else float
+    label_offset = (along(ax.get_xlim()[1]) - along(ax.get_xlim()[0])) / 60
+    for (x, y, name), label_y in zip(points, spread_labels(points, ax, along), strict=True):
         ax.annotate(
             name,
             (x, y),
-            xytext=(x + label_offset, label_y),
+            xytext=(10 ** (math.log10(x) + label_offset) if logarithmic else x + label_offset, label_y),
             textcoords="data",
             fontsize=7,
             ha="left",
@@ -122,17 +133,18 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def spread_labels(points: list[tuple[float, float, str]], ax) -> list[float]:
+def spread_labels(points: list[tuple[float, float, str]], ax, along: Callable[[float], float] = float) -> list[float]:
     """Label heights that do not overlap: points close in cost share a column of labels, stacked at least
-    one label's height apart in the order of their accuracies and centred on the points' mean."""
+    one label's height apart in the order of their accuracies and centred on the points' mean.
+    ``along``: the cost axis's scale (``math.log10`` on a logarithmic axis)."""
     low, high = ax.get_ylim()
     gap = (high - low) / 38  # one 7-point label on a 5.5-inch axis, with a little air
-    width = (ax.get_xlim()[1] - ax.get_xlim()[0]) / 12  # about one label's length
+    width = (along(ax.get_xlim()[1]) - along(ax.get_xlim()[0])) / 12  # about one label's length
     heights = [y for _x, y, _name in points]
     by_cost = sorted(range(len(points)), key=lambda k: points[k][0])
     columns: list[list[int]] = []
     for k in by_cost:
-        if columns and points[k][0] - points[columns[-1][-1]][0] < width:
+        if columns and along(points[k][0]) - along(points[columns[-1][-1]][0]) < width:
             columns[-1].append(k)
         else:
             columns.append([k])
