@@ -114,7 +114,7 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
         ax.annotate(
             name,
             (x, y),
-            xytext=(10 ** (math.log10(x) + label_offset) if logarithmic else x + label_offset, label_y),
+            xytext=(x * 10**label_offset if logarithmic else x + label_offset, label_y),
             textcoords="data",
             fontsize=7,
             ha="left",
