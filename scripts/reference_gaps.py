@@ -6,8 +6,8 @@ The tests assert each gap stays under 1e-5; this prints the gap actually seen, p
 closing notes and docs/differences-from-torchdistill.md. The reference is torchdistill 1.1.5's
 loss class on the same tensors, or, where kdzoo follows the paper or the authors' code instead,
 torchdistill's value put through the exact relation between the two (the "relation" column).
-Methods torchdistill does not ship (DKD, CTKD, NST, OFD, Tf-KD, OFA) are checked against
-hand-written formulas in the tests and are not listed here.
+Methods torchdistill does not ship (DKD, CTKD, NST, OFD, Tf-KD, OFA, SimKD, MLKD, DeiT) are checked
+against hand-written formulas in the tests and are not listed here.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from kdzoo.losses.rkd import rkd_angle_loss, rkd_distance_loss
 from kdzoo.losses.skd import skd_direction_loss, skd_instance_loss
 from kdzoo.losses.sp import sp_loss
 from kdzoo.losses.srd import srd_loss
+from kdzoo.losses.sskd import sskd_terms
 from kdzoo.losses.vid import vid_loss
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -246,10 +247,42 @@ def crd(g: torch.Generator) -> Pair:
     return ours(s, t, idx), theirs.squeeze()
 
 
+def sskd(g: torch.Generator) -> Pair:
+    """The student's three terms (KD, self-supervised, transformed KD) summed, on torchdistill's interleaved
+    batch of each image and its three rotations; argsort made stable on both sides (torchdistill keeps the
+    best-ranked fraction of rows through an unstable one, so which rows tied at the cut it keeps is unspecified)."""
+    b, c, d = 16, 10, 8
+    logits_s, logits_t = (3 * torch.randn(4 * b, c, generator=g) for _ in range(2))
+    reps_s, reps_t = (torch.randn(4 * b, d, generator=g) for _ in range(2))
+    targets = torch.randint(0, c, (b,), generator=g)
+    normal = torch.arange(4 * b) % 4 == 0
+    argsort = torch.argsort
+    torch.argsort = lambda *args, **kwargs: argsort(*args, **{**kwargs, "stable": True})
+    try:
+        terms = sskd_terms(
+            *((x[normal], x[~normal]) for x in (logits_s, logits_t, reps_s, reps_t)),
+            targets,
+            torch.arange(b).repeat_interleave(3),
+            (4.0, 4.0, 0.5),
+            (1.0, 0.75),
+        )
+        reference = td.SSKDLoss("s", "t", "ss_s", "ss_t", kl_temp=4.0, ss_temp=0.5, tf_temp=4.0, ss_ratio=0.75,
+                                tf_ratio=1.0, loss_weights=[0, 1, 1, 1])  # fmt: skip
+        theirs = reference(
+            {"s": {"output": logits_s}, "ss_s": {"output": reps_s}},
+            {"t": {"output": logits_t}, "ss_t": {"output": reps_t}},
+            targets,
+        )
+    finally:
+        torch.argsort = argsort
+    return terms["kd"] + terms["ss"] + terms["tf"], theirs
+
+
 CHECKS: dict[str, Callable[[torch.Generator], Pair]] = {
     "kd": kd, "fitnets": fitnets, "at": at, "rkd": rkd, "pkt": pkt, "dist": dist, "dist_plus": dist_plus,
     "logit standardization": logit_standardization, "sp": sp, "cc": cc, "vid": vid, "fsp": fsp, "ab": ab, "ft": ft,
     "ickd": ickd, "srd": srd, "skd": skd, "pad": pad, "reviewkd": reviewkd, "crd": crd,
+    "sskd": sskd,
 }  # fmt: skip
 
 
