@@ -23,7 +23,12 @@ def _student():
 def _terms(config, student_out, teacher_logits):
     method = DistillationToken(config)
     (terms,) = run_manager({"deit": method}).hook.kdzoo_compute_losses(
-        student=student_out, teacher=type("O", (), {"logits": teacher_logits})(), targets=None, stage=None
+        student=student_out,
+        teacher=type("O", (), {"logits": teacher_logits})(),
+        targets=None,
+        stage=None,
+        indices=None,
+        views=None,
     )
     return terms["deit"], method.kdzoo_loss_weights()
 

@@ -63,7 +63,12 @@ def test_logit_standardized_kd_equals_torchdistill_up_to_t_squared():
     temperature = 2.0
     kd = HintonKD(KDConfig(temperature=temperature, logit_standardization=True))
     (terms,) = run_manager({"kd": kd}).hook.kdzoo_compute_losses(
-        student=type("O", (), {"logits": s})(), teacher=type("O", (), {"logits": t})(), targets=None, stage=None
+        student=type("O", (), {"logits": s})(),
+        teacher=type("O", (), {"logits": t})(),
+        targets=None,
+        stage=None,
+        indices=None,
+        views=None,
     )
     theirs = LogitStdKDLoss(".", "output", ".", "output", temperature=temperature, alpha=0.5)(_io(s), _io(t))
     assert terms["kd"].item() == pytest.approx(temperature**2 * theirs.item(), rel=1e-5)
@@ -148,11 +153,16 @@ def test_ctkd_gradients_are_the_reversal_layers(epoch, lam):
 
     method = CurriculumTemperatureKD(CTKDConfig())
     pm = run_manager({"ctkd": method})
-    (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None)
+    (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None, train_set=None)
     s0, t = _logits(6, classes=10)
     s = s0.clone().requires_grad_()
     (terms,) = pm.hook.kdzoo_compute_losses(
-        student=type("O", (), {"logits": s})(), teacher=type("O", (), {"logits": t})(), targets=None, stage=None
+        student=type("O", (), {"logits": s})(),
+        teacher=type("O", (), {"logits": t})(),
+        targets=None,
+        stage=None,
+        indices=None,
+        views=None,
     )
     (weights,) = pm.hook.kdzoo_loss_weights(stage=None, epoch=epoch, progress=0.0)
     assert weights["ctkd_temperature"] == pytest.approx(0.9 * lam, abs=1e-9)
