@@ -11,12 +11,11 @@ Two forms (``variant``):
   student's *unsoftened* distribution, as the authors' code does. Authors' setting: alpha = 0.1,
   multiplier 100.
 
-Each is the authors' objective as their code computes it (``my_loss_function.py``), for any
-number of classes C: ``(1 - alpha) CE + alpha * multiplier * KL``, the KL reduced by
-``nn.KLDivLoss()``'s default ``'mean'``, which averages over the batch *and* the classes (so the
-term is the ``batchmean`` KL / C). The configuration takes the authors' ``alpha`` and
-``multiplier``; the term's weight is their product. Converting to a ``batchmean`` weight once, for
-CIFAR-100's C = 100, would put a 10-class run's term at a tenth of the authors' strength.
+The authors' code reduces the KL with ``nn.KLDivLoss()``'s default ``'mean'``, which also divides
+by the number of classes C, and compensates with the ``multiplier``; kdzoo's KL is ``batchmean``, so
+the same objective has ``weight = alpha * multiplier / C`` and ``ce_weight = 1 - alpha``. For
+CIFAR-100 (C = 100): self ``0.95 * 50 / 100 = 0.475`` (with T^2), virtual ``0.1 * 100 / 100 = 0.1``;
+those are the defaults. For another number of classes, scale ``weight`` by 100 / C.
 """
 
 from __future__ import annotations
@@ -33,21 +32,17 @@ class TfKDConfig:
     variant: Literal["self", "virtual"] = "virtual"
     # self: Hinton KD from a trained copy of the student
     temperature: float = 6.0
-    alpha: float = 0.95
-    multiplier: float = 50.0
+    weight: float = 0.475  # alpha * multiplier / C with the authors' 0.95, 50 and C = 100
+    ce_weight: float = 0.05  # 1 - alpha
     # virtual: the manually designed teacher
     virtual_temperature: float = 20.0
-    virtual_alpha: float = 0.1
-    virtual_multiplier: float = 100.0
+    virtual_weight: float = 0.1  # alpha * multiplier / C with the authors' 0.1, 100 and C = 100
+    virtual_ce_weight: float = 0.9  # 1 - alpha
     correct_prob: float = 0.99
 
     def validate(self, where: str) -> None:
         if not 0.0 < self.correct_prob < 1.0:
             raise KdzooError(f"config key '{where}.correct_prob': must be in (0, 1), got {self.correct_prob}")
-        for key in ("alpha", "virtual_alpha"):
-            alpha = getattr(self, key)
-            if not 0.0 <= alpha <= 1.0:
-                raise KdzooError(f"config key '{where}.{key}': must be in [0, 1] (CE gets 1 - it), got {alpha}")
 
 
 class TeacherFreeKD:
@@ -65,19 +60,19 @@ class TeacherFreeKD:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, targets):
-        c, logits = self.config, student.logits.float()
+        c = self.config
         if self.virtual:
-            kl = virtual_teacher_loss(logits, targets, c.virtual_temperature, c.correct_prob)
-        else:
-            kl = soft_target_kl(logits, teacher.logits.float(), c.temperature)
-        # the authors' nn.KLDivLoss() averages over the classes too; their multiplier is tuned for that
-        return {"tfkd": kl / logits.shape[1]}
+            return {
+                "tfkd": virtual_teacher_loss(student.logits.float(), targets, c.virtual_temperature, c.correct_prob)
+            }
+        return {"tfkd": soft_target_kl(student.logits.float(), teacher.logits.float(), c.temperature)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         c = self.config
-        alpha, multiplier = (c.virtual_alpha, c.virtual_multiplier) if self.virtual else (c.alpha, c.multiplier)
-        return {"ce": 1.0 - alpha, "tfkd": alpha * multiplier}
+        if self.virtual:
+            return {"ce": c.virtual_ce_weight, "tfkd": c.virtual_weight}
+        return {"ce": c.ce_weight, "tfkd": c.weight}
 
 
 @hookimpl
