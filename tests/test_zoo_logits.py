@@ -95,6 +95,20 @@ def test_tfkd_virtual_teacher_equals_the_authors_objective_on_cifar100():
     assert ours.item() == pytest.approx(authors.item(), rel=1e-5)
 
 
+def test_tfkd_virtual_teacher_is_the_papers_equation_on_ten_classes():
+    """0.9 CE + 0.1 KL(softmax(u / 20) || softmax(s)), the KL summed over the classes, as the paper writes
+    it: the same weights for any class count (the authors' multiplier 100 is CIFAR-100's C)."""
+    s, _ = _logits(6, classes=10)
+    y = torch.arange(16) % 10
+    u = torch.full((16, 10), 0.01 / 9)
+    u[torch.arange(16), y] = 0.99
+    p = F.softmax(u.double() / 20, 1)
+    kl = (p * (p.log() - F.log_softmax(s.double(), 1))).sum(1).mean()
+    c = TfKDConfig()
+    ours = c.virtual_ce_weight * F.cross_entropy(s, y) + c.virtual_weight * virtual_teacher_loss(s, y, 20.0, 0.99)
+    assert ours.item() == pytest.approx((0.9 * F.cross_entropy(s.double(), y) + 0.1 * kl).item(), rel=1e-5)
+
+
 def test_tfkd_self_equals_the_authors_objective_on_cifar100():
     from kdzoo import soft_target_kl
 
