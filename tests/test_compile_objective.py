@@ -1,6 +1,6 @@
 """The compiled objective (issue 16's CPU side): the same terms and gradients as eager, through the
-library and the engine; a backend that fails falls back to eager in one line; the bench compares a
-compiled kdzoo step with a floor compiled alike."""
+library and the engine; a backend that fails falls back to eager in one line; a compiled run on cached
+teacher outputs resumes bit-exactly; the bench compares a compiled kdzoo step with a floor compiled alike."""
 
 from __future__ import annotations
 
@@ -100,3 +100,51 @@ def test_a_run_with_the_compiled_objective_trains_as_the_eager_run(tmp_path, mon
     for key, value in states[0].items():
         if value.is_floating_point():
             torch.testing.assert_close(states[1][key], value, rtol=1e-3, atol=1e-5, msg=key)
+
+
+class _CrashAtEpochEnd:
+    """Fails the run as its ``epoch``-th epoch ends, before that epoch's checkpoint (outside the compiled step)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    @kdzoo.hookimpl
+    def kdzoo_on_epoch_end(self, epoch):
+        if epoch + 1 == self.epoch:
+            raise RuntimeError("crash")
+
+
+def test_a_compiled_run_on_cached_teacher_outputs_resumes_bit_exactly_and_trains_as_the_eager_run(
+    tmp_path, monkeypatch
+):
+    from kdzoo.engine.state import RunState
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
+    sets = ("teacher.cache=true", "data.augment=false", "train.epochs=3")
+
+    def cfg(compiled: str):
+        return tiny_config(["kd", "at"], f"train.compile_objective={compiled}", *sets, out_dir=str(tmp_path))
+
+    def trained(name, compiled, crash=None, resume=None):
+        trainer = build_trainer(cfg(compiled), registry(), tmp_path / name, show_progress=False)
+        if crash:
+            trainer.pm.register(_CrashAtEpochEnd(crash))
+            with pytest.raises(Exception, match="crash"):
+                trainer.fit()
+            return None
+        trainer.fit(resume=resume)
+        assert trainer.teacher_cache is not None  # the teacher's outputs came from the cache
+        assert (getattr(trainer.objective, "_compiled", None) is not None) == (compiled == "true")  # no fallback
+        return trainer.student.state_dict()
+
+    whole = trained("whole", "true")
+    trained("crashed", "true", crash=2)
+    state = RunState.load(tmp_path / "crashed" / "last.pt")
+    assert state.position.global_epoch == 1  # the crash came before epoch 2's checkpoint
+    resumed = trained("crashed", "true", resume=state)
+    eager = trained("eager", "false")
+    for key, value in whole.items():
+        assert torch.equal(resumed[key], value), key
+        if value.is_floating_point():
+            torch.testing.assert_close(eager[key], value, rtol=1e-3, atol=1e-5, msg=key)
