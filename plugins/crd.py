@@ -132,6 +132,9 @@ class ContrastMemory(Contrast):
             return torch.exp(logits / self.temperature)
         return contrast_scores(anchor, memory.rows(keys), self.temperature)
 
+    # Runs eagerly under train.compile_objective: a compiled graph may drop the bank's clone and save the
+    # bank itself for backward, which this step's in-place update then invalidates.
+    @torch.compiler.disable
     def forward(self, student: Tensor, teacher: Tensor, indices: Tensor) -> Tensor:
         keys = self.draw(indices)
         student_scores = self.scores(student, self.teacher_memory, keys)

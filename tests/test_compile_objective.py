@@ -40,8 +40,10 @@ CRD = {"train_set": kdzoo.TrainingSet(64, torch.arange(64) % 5), "nce_k": 16}
         (["kd", "at", "rkd"], {}, "aot_eager"),
         (["dkd", "fitnets"], {}, "aot_eager"),
         ("crd", CRD, "aot_eager"),
+        # inductor once dropped the bank's clone and saved the bank for backward: the update then broke it
+        ("crd", CRD, "inductor"),
     ],
-    ids=["kd-inductor", "kd+at+rkd", "dkd+fitnets", "crd-with-host-syncs"],
+    ids=["kd-inductor", "kd+at+rkd", "dkd+fitnets", "crd-with-host-syncs", "crd-inductor"],
 )
 def test_compiled_objective_computes_the_eager_terms_and_gradients(methods, options, backend):
     teacher, student = _pair()

@@ -10,7 +10,7 @@ import torch
 from tests.helpers import TINY, subprocess_env
 
 
-def _run(tmp_path, out, method, nproc):
+def _run(tmp_path, out, method, nproc, settings=()):
     env = subprocess_env(tmp_path)
     sets = [
         *TINY,
@@ -21,6 +21,7 @@ def _run(tmp_path, out, method, nproc):
         "train.epochs=2",
         f"train.out_dir={tmp_path / out}",
         *EXTRA.get(method, ()),
+        *settings,
     ]
     args = ["-m", "kdzoo", "run", "--method", method, "--quiet", *[a for s in sets for a in ("--set", s)]]
     if nproc > 1 and method == "kd":  # torchrun itself
@@ -37,10 +38,14 @@ def _run(tmp_path, out, method, nproc):
 EXTRA = {"crd": ("crd.nce_k=64",)}
 
 
-@pytest.mark.parametrize("method", ["kd", "crd"])
-def test_two_processes_equal_one_process(method, tmp_path):
-    one = _run(tmp_path, "one", method, 1)
-    two = _run(tmp_path, "two", method, 2)
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [("kd", ()), ("crd", ()), ("crd", ("train.compile_objective=true",))],
+    ids=["kd", "crd", "crd-compiled-objective"],
+)
+def test_two_processes_equal_one_process(method, settings, tmp_path):
+    one = _run(tmp_path, "one", method, 1, settings)
+    two = _run(tmp_path, "two", method, 2, settings)
     assert "rng_per_rank" in two and len(two["rng_per_rank"]) == 2
     gaps = []
     for part in ("student", "modules"):
