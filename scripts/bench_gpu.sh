@@ -41,7 +41,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 # cifar: issue 16's targets -- each stack at 32 px, batch 64, eager and compiled, against the floor run
 # in the same mode (kdzoo bench's "x the floor's in the same mode" line); then real CIFAR-shaped epochs
 # (scripts/gpu_epochs.py). PAIRS=wrn adds wrn_40_2 -> wrn_16_2; big/small/epochs are the older parts.
-parts=${PARTS:-cifar cifar_epochs}  # e.g. PARTS="cifar big small epochs"
+parts=${PARTS:-cifar cifar_epochs}  # e.g. PARTS="cifar cifar_epochs compile_sweep big small epochs"
 if [[ -n "${SMALL:-}" ]]; then
     cifar_pairs=("test_resnet test_resnet")
     cifar=(--img-size 32 --batch 8 --rounds 2 --steps 1)
@@ -63,6 +63,10 @@ fi
 if [[ " $parts " == *" cifar_epochs "* ]]; then
     python3 scripts/gpu_epochs.py --device "$device" "${cifar_epochs[@]}" --out "$out/epochs" |
         tee "$out/cifar_epochs.md"
+fi
+# compile_sweep: every method's objective compiled with CUDA graphs, one tiny epoch each (no fallback)
+if [[ " $parts " == *" compile_sweep "* ]]; then
+    python3 scripts/compile_sweep.py --device "$device" --mode reduce-overhead | tee "$out/compile_sweep.md"
 fi
 if [[ $parts == *big* ]]; then
     $kdzoo bench --device "$device" "${big[@]}" --options channels_last,bf16,fp16 --torchdistill \
