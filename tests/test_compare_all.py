@@ -281,6 +281,29 @@ def test_the_cost_plot_turns_logarithmic_when_one_schedule_costs_many_times_the_
     assert scales == ["linear", "log"]
 
 
+def test_the_cost_plot_keeps_a_method_far_below_the_others_on_its_edge_with_its_value(tmp_path, monkeypatch):
+    """SimKD's 46% among 76-82% would squeeze every other method into a sliver of the accuracy axis."""
+    from matplotlib.figure import Figure
+
+    from kdzoo.tools.leaderboard_plots import accuracy_range, plot_accuracy_vs_cost
+
+    def row(method, top1, std=0.5):
+        return {"method": method, "cost_vs_scratch": 1.5, "last_top1_mean": top1, "last_top1_std": std, "seeds": 3}
+
+    rows = [row("scratch", 78.5), row("srd", 82.3, 0.3), row("kd", 79.0), row("crd", 76.0, 0.9), row("at", 77.6)]
+    low, high = accuracy_range(rows)
+    assert low < 76.0 - 0.9 and high > 82.3 + 0.3  # every mean and its spread on the axis
+    assert high - low < 10
+    assert accuracy_range([*rows, row("simkd", 45.9, 6.3)]) == (low, high)  # the far one does not stretch it
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *_a, **_k: drawn.append(fig.axes[0]))
+    plot_accuracy_vs_cost([*rows, row("simkd", 45.9, 6.3)], tmp_path / "plot.png")
+    (ax,) = drawn
+    assert ax.get_ylim() == pytest.approx((low, high))
+    labels = [text.get_text() for text in ax.texts]
+    assert "simkd (45.9, off the axis)" in labels and "crd" in labels
+
+
 def test_the_teacher_row_is_the_shared_teacher_never_one_a_method_made(tmp_path):
     """Born-again hands each generation over as the teacher; the report's teacher stays the one compare
     gave every run, and the best epoch, like the curves, is of the last stage (not generation 0's)."""
