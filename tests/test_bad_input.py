@@ -169,6 +169,10 @@ CASES = {
     "full disk": (disk_full, ["could not write checkpoint", "PytorchStreamWriter failed", "previous checkpoint"]),
     "read-only out_dir": (read_only_out_dir, ["cannot write to", "set train.out_dir to a writable folder"]),
     "train.epochs=0": (zero_epochs, ["train.epochs", "must be >= 1"]),
+    "unknown compile backend": (
+        lambda tmp_path: _run(tmp_path, "train.compile_objective=true", "train.compile_backend=aot_eagr"),
+        ["train.compile_backend", "no backend 'aot_eagr'", "did you mean 'aot_eager'", "inductor"],
+    ),
     "YAML syntax error": (yaml_syntax_error, ["broken.yaml is not valid YAML at line 4, column 1"]),
     "NaN before any checkpoint": (nan_before_any_checkpoint, ["'flaky' became NaN/inf", "no checkpoint was written"]),
     **{

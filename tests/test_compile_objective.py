@@ -90,12 +90,11 @@ def test_a_backend_that_fails_falls_back_to_eager_with_one_line():
     assert not [w for w in caught if "compile_objective" in str(w.message)]
 
 
-def test_a_run_with_the_compiled_objective_trains_as_the_eager_run(tmp_path, monkeypatch):
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
+def test_a_run_with_the_compiled_objective_trains_as_the_eager_run(tmp_path):
     states = []
     for name, compiled in (("eager", "false"), ("compiled", "true")):
-        cfg = tiny_config(["kd", "at"], f"train.compile_objective={compiled}", "train.epochs=2", out_dir=str(tmp_path))
+        sets = (f"train.compile_objective={compiled}", "train.compile_backend=aot_eager", "train.epochs=2")
+        cfg = tiny_config(["kd", "at"], *sets, out_dir=str(tmp_path))
         trainer = build_trainer(cfg, registry(), tmp_path / name, show_progress=False)
         trainer.fit()
         states.append(trainer.student.state_dict())
@@ -116,14 +115,10 @@ class _CrashAtEpochEnd:
             raise RuntimeError("crash")
 
 
-def test_a_compiled_run_on_cached_teacher_outputs_resumes_bit_exactly_and_trains_as_the_eager_run(
-    tmp_path, monkeypatch
-):
+def test_a_compiled_run_on_cached_teacher_outputs_resumes_bit_exactly_and_trains_as_the_eager_run(tmp_path):
     from kdzoo.engine.state import RunState
 
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "aot_eager"}))
-    sets = ("teacher.cache=true", "data.augment=false", "train.epochs=3")
+    sets = ("teacher.cache=true", "data.augment=false", "train.epochs=3", "train.compile_backend=aot_eager")
 
     def cfg(compiled: str):
         return tiny_config(["kd", "at"], f"train.compile_objective={compiled}", *sets, out_dir=str(tmp_path))

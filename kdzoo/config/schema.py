@@ -106,6 +106,8 @@ class TrainConfig:
     # small steps each of its ops is a kernel launch; falls back to eager in one line where it fails
     compile_objective: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
+    # torch.compile's backend for both (torch._dynamo.list_backends()); aot_eager traces without making kernels
+    compile_backend: str = "inductor"
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
 

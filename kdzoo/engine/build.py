@@ -29,7 +29,7 @@ from kdzoo.engine.distributed import global_batchnorm, init_from_env
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.extract import describe
 from kdzoo.engine.loop import Trainer
-from kdzoo.engine.objective import Objective
+from kdzoo.engine.objective import Objective, check_compile_backend
 from kdzoo.engine.parts import RunParts
 from kdzoo.engine.state import RunState
 from kdzoo.engine.teacher_cache import TeacherOutputCache, check_cacheable, data_settings
@@ -244,10 +244,12 @@ def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> No
         # the scaler skips the optimizer on steps whose gradients overflowed (it then lowers the
         # scale); the schedule still advancing one step there is intended, not a misordering
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+    if config.train.compile or config.train.compile_objective:
+        check_compile_backend(config.train.compile_backend)
     if config.train.compile:
-        objective.compile(config.train.compile_mode)
+        objective.compile(config.train.compile_mode, config.train.compile_backend)
     if config.train.compile_objective:
-        objective.compile_objective(config.train.compile_mode)
+        objective.compile_objective(config.train.compile_mode, config.train.compile_backend)
 
 
 def _set_up_data_parallel(config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, show) -> None:

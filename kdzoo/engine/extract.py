@@ -99,10 +99,10 @@ class FeatureExtractor:
 
         return keep
 
-    def compile(self, mode: str = "default") -> None:
+    def compile(self, mode: str = "default", backend: str = "inductor") -> None:
         """Compile the forward pass (graph breaks fall back to eager; hooks make it eager anyway)."""
         if self.native:
-            self._forward = torch.compile(self._forward, mode=mode)
+            self._forward = torch.compile(self._forward, mode=mode, backend=backend)
 
     def __call__(self, x: Tensor) -> Outputs:
         out = self._forward(x)

@@ -21,11 +21,23 @@ from torch import Tensor, nn
 from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
 from kdzoo.engine.lazy_outputs import LazyOutputs
-from kdzoo.errors import first_line
+from kdzoo.errors import close_matches, first_line
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
 CE = "ce"
 RESERVED_TERMS = {"loss", "weights", "images_per_s"}  # names the metrics records use themselves
+
+
+def check_compile_backend(name: str) -> None:
+    """One line, before anything trains, when ``torch.compile`` has no backend ``name``."""
+    import torch._dynamo
+
+    every = torch._dynamo.list_backends(exclude_tags=())  # the debugging ones too, which the line leaves unnamed
+    if name not in every:
+        raise KdzooError(
+            f"config key 'train.compile_backend': torch.compile has no backend '{name}'{close_matches(name, every)}; "
+            f"it has {', '.join(torch._dynamo.list_backends())} (and debugging ones, e.g. aot_eager)"
+        )
 
 
 class Objective(nn.Module):
@@ -108,11 +120,11 @@ class Objective(nn.Module):
             self.teacher_tap.close()
         self._teacher, self.teacher_tap = [], None
 
-    def compile(self, mode: str = "default") -> None:
+    def compile(self, mode: str = "default", backend: str = "inductor") -> None:
         """``torch.compile`` the teacher's and student's tapped forward passes."""
-        self.student_tap.compile(mode)
+        self.student_tap.compile(mode, backend)
         if self.teacher_tap is not None:
-            self.teacher_tap.compile(mode)
+            self.teacher_tap.compile(mode, backend)
 
     def compile_objective(self, mode: str = "default", backend: str = "inductor") -> None:
         """``torch.compile`` the per-step work between the models' forward passes and the backward
