@@ -357,3 +357,19 @@ def test_report_only_fills_no_teacher_output_cache(tmp_path):
     report = compare(["kd", "at"], [], sets, [0], out, load_registry(), echo=said.append, train=False)
     assert sorted(p for p in cache.rglob("*") if p.is_file()) == before  # at's feature maps never computed
     assert report["pending"] == {"at": [0]}
+
+
+def test_the_applicability_check_reads_the_data_once_for_every_method(tmp_path, monkeypatch):
+    """The teacher and each method's check (a build of its run) share one read of the dataset, which was
+    most of a comparison's start when every check read it again."""
+    from kdzoo.data import datasets
+    from kdzoo.tools.compare import compare
+
+    sets = [*TINY, "teacher.model=test_resnet", "student.model=test_resnet", "train.epochs=1"]
+    compare(["kd"], [], sets, [0], tmp_path / "cmp", load_registry(), lambda _: None)  # the teacher, scratch, kd
+    reads, said = [], []
+    read = datasets.DATASETS["synthetic"]
+    monkeypatch.setitem(datasets.DATASETS, "synthetic", lambda *a: reads.append(a) or read(*a))
+    compare(["kd", "at", "rkd"], [], sets, [0], tmp_path / "cmp", load_registry(), said.append, train=False)
+    assert len(reads) == 1  # a report trains nothing: the teacher's load and the three checks read it once
+    assert not any("does not apply" in line for line in said) and sum("not finished yet" in x for x in said) == 2

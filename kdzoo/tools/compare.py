@@ -25,6 +25,7 @@ from kdzoo.tools.compare_runs import (
     final_stage,
     finished_or_trained,
     label_share,
+    read_data,
     run_configs,
     shared_teacher,
     shared_teacher_names,
@@ -74,11 +75,12 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(methods, files, overrides, seeds, out, registry)
     first = configs[(methods[0], seeds[0])]
-    teacher_file = shared_teacher(first, registry, echo, train)
+    loaded: dict[str, Any] = {}  # the datasets read for the teacher and the checks, shared by all
+    teacher_file = shared_teacher(first, registry, echo, train, loaded)
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     for method in methods:
-        runs, why, live = applicable(configs[(method, seeds[0])], registry, teacher_file, warm_cache=train)
+        runs, why, live = applicable(configs[(method, seeds[0])], registry, teacher_file, train, loaded)
         if not runs:
             echo(f"{method}: does not apply to this pair, not run: {why}")
             skipped[method] = why
@@ -132,7 +134,7 @@ def compare(
     report["skipped"], report["notes"], report["failed"], report["pending"] = skipped, notes, failed, pending
     report["seeds_asked"] = len(seeds)
     report["teacher_training"] = trained
-    report["models"] = {**model_costs(first, teacher_file), "deployed": deployed}
+    report["models"] = {**model_costs(first, teacher_file, read_data(first, loaded)), "deployed": deployed}
     if deploy:
         report["deploy"] = deploy_best_runs(results, out, echo)
     report["meta"] = meta(asked if asked == [ALL] else methods, files, overrides, seeds, deploy, train, run_threads)

@@ -57,9 +57,10 @@ def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> 
     return median_ms(lambda: model(x), repeats, warmup=5)
 
 
-def model_costs(config: RunConfig, teacher_file: str | None) -> dict[str, Any]:
-    """Parameters, FLOPs per image and measured CPU latency per image of teacher and student."""
-    data = load_data(config.data, config.train.seed)
+def model_costs(config: RunConfig, teacher_file: str | None, data: Any = None) -> dict[str, Any]:
+    """Parameters, FLOPs per image and measured CPU latency per image of teacher and student (``data``:
+    the dataset of ``config``, if it was read already)."""
+    data = data or load_data(config.data, config.train.seed)
     shape = (data.in_chans, config.data.img_size, config.data.img_size)
     costs = {}
     teacher_cfg = dataclasses.replace(config.teacher, checkpoint=teacher_file, pretrained=False)

@@ -42,11 +42,25 @@ def run_configs(
     return configs
 
 
+def read_data(config: RunConfig, loaded: dict[str, Any]) -> Any:
+    """The dataset of ``config``, read once per comparison: ``loaded`` keeps what was read, by settings
+    and seed (reading it again for every method's check took most of a comparison's start)."""
+    key = json.dumps([dataclasses.asdict(config.data), config.train.seed], sort_keys=True, default=str)
+    if key not in loaded:
+        loaded[key] = load_data(config.data, config.train.seed)
+    return loaded[key]
+
+
 def shared_teacher(
-    config: RunConfig, registry: Registry, echo: Callable[[str], None], train: bool = True
+    config: RunConfig,
+    registry: Registry,
+    echo: Callable[[str], None],
+    train: bool = True,
+    loaded: dict[str, Any] | None = None,
 ) -> str | None:
     """Train (or load) the teacher once, with its own settings; every run then reads the same file.
-    ``train=False``: the teacher must have been trained already (a report of the runs so far)."""
+    ``train=False``: the teacher must have been trained already (a report of the runs so far).
+    ``loaded``: the datasets read so far (:func:`read_data`)."""
     from kdzoo.engine import obtain_teacher
     from kdzoo.engine.teacher import teacher_cache_dir
 
@@ -59,8 +73,7 @@ def shared_teacher(
             f"--report-only: the teacher ({config.teacher.model}) of this comparison is not trained yet "
             "(no run can have finished); run the comparison without --report-only first"
         )
-    data = load_data(config.data, config.train.seed)
-    obtain_teacher(config, registry, data, show_progress=None)
+    obtain_teacher(config, registry, read_data(config, {} if loaded is None else loaded), show_progress=None)
     path = teacher_cache_dir(config) / "teacher.pt"
     echo(f"teacher: {config.teacher.model} -> {path}")
     return str(path)
@@ -113,13 +126,15 @@ def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> 
     return trainer.fit(resume=RunState.load(last) if last.is_file() else None)
 
 
-def _build_error(config: RunConfig, registry: Registry, warm_cache: bool) -> str | None:
+def _build_error(config: RunConfig, registry: Registry, warm_cache: bool, loaded: dict[str, Any]) -> str | None:
     """Build the run (models, data, the method's modules; the teacher-output cache warmed if asked)
-    without training: the first line of the KdzooError that says why the method cannot run, or None."""
+    without training: the first line of the KdzooError that says why the method cannot run, or None.
+    ``loaded``: the datasets read so far (:func:`read_data`)."""
     from kdzoo.engine import build_run
 
     try:
-        build_run(config, registry, show_progress=None, distributed=False, warm_cache=warm_cache)
+        data = read_data(config, loaded)
+        build_run(config, registry, data=data, show_progress=None, distributed=False, warm_cache=warm_cache)
     except KdzooError as exc:
         return first_line(exc)
     return None
@@ -130,19 +145,24 @@ def without_cache(config: RunConfig) -> RunConfig:
 
 
 def applicable(
-    config: RunConfig, registry: Registry, teacher_file: str | None, warm_cache: bool = True
+    config: RunConfig,
+    registry: Registry,
+    teacher_file: str | None,
+    warm_cache: bool = True,
+    loaded: dict[str, Any] | None = None,
 ) -> tuple[bool, str, bool]:
     """Whether the method of ``config`` runs on its pair and data at its defaults: (runs, the reason or
     note, with a live teacher instead of the cache). A method that refuses the teacher-output cache
     runs with the live teacher, and says so; one that cannot run at all is listed with the reason.
-    ``warm_cache=False`` (a report that trains nothing) leaves the cache unfilled."""
-    config = with_teacher(config, teacher_file)
-    error = _build_error(config, registry, warm_cache)
+    ``warm_cache=False`` (a report that trains nothing) leaves the cache unfilled; ``loaded``: the
+    datasets read so far (:func:`read_data`)."""
+    config, loaded = with_teacher(config, teacher_file), {} if loaded is None else loaded
+    error = _build_error(config, registry, warm_cache, loaded)
     if error is None:
         return True, "", False
     if not config.teacher.cache:
         return False, error, False
-    live_error = _build_error(without_cache(config), registry, warm_cache)
+    live_error = _build_error(without_cache(config), registry, warm_cache, loaded)
     if live_error is None:
         return True, f"live teacher, not the teacher-output cache ({error})", True
     return False, live_error, False
