@@ -145,3 +145,26 @@ def test_a_compiled_run_on_cached_teacher_outputs_resumes_bit_exactly_and_trains
         assert torch.equal(resumed[key], value), key
         if value.is_floating_point():
             torch.testing.assert_close(eager[key], value, rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_a_compiled_step_whose_backward_fails_is_one_line_naming_the_setting(tmp_path, monkeypatch):
+    """A backward failure (CRD's, before its bank ran eagerly) comes after the forward pass compiled, so the
+    eager fallback cannot catch it: the run stops in one line saying which setting to turn off."""
+    backward = torch.Tensor.backward
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("one of the variables needed for gradient computation has been modified\nmore")
+
+    sets = ("train.compile_objective=true", "train.compile_backend=aot_eager")
+    trainer = build_trainer(tiny_config(["kd"], *sets, out_dir=str(tmp_path)), registry(), tmp_path / "c")
+    monkeypatch.setattr(torch.Tensor, "backward", failing)
+    with pytest.raises(kdzoo.KdzooError) as caught:
+        trainer.fit()
+    said = str(caught.value)
+    assert "\n" not in said and "backward pass of the compiled step failed" in said
+    assert "RuntimeError: one of the variables" in said and "train.compile_objective=false" in said
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    eager = build_trainer(tiny_config(["kd"], out_dir=str(tmp_path)), registry(), tmp_path / "e")
+    monkeypatch.setattr(torch.Tensor, "backward", failing)
+    with pytest.raises(RuntimeError, match="one of the variables"):  # not compiled: the error as it is
+        eager.fit()

@@ -25,6 +25,7 @@ from kdzoo.engine.locking import claim_new_run_dir
 from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.engine.parts import RunParts
 from kdzoo.engine.signals import StopRequests
+from kdzoo.errors import error_line
 from kdzoo.models import create_model
 
 
@@ -96,11 +97,25 @@ class RunBase:
         optimizer.zero_grad(set_to_none=True)
         if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync, this policy only
             return None, terms, weights
-        self.scaler.scale(loss).backward()
+        self._backward(self.scaler.scale(loss))
         self.scaler.step(optimizer)
         self.scaler.update()
         scheduler.step()
         return loss, terms, weights
+
+    def _backward(self, loss: Tensor) -> None:
+        try:
+            loss.backward()
+        except RuntimeError as exc:
+            compiled = [key for key in ("compile", "compile_objective") if getattr(self.config.train, key)]
+            if not compiled:
+                raise
+            # the forward pass compiled, so no eager fallback caught it; the step has already run the
+            # methods' state updates, so retrying it eagerly here would not be the same step
+            raise KdzooError(
+                f"the backward pass of the compiled step failed ({error_line(exc)}); train with "
+                f"{' and '.join(f'train.{key}=false' for key in compiled)}, or another train.compile_backend"
+            ) from exc
 
     def optimizer_for(self, stage: Stage):
         """A fresh optimizer and per-step LR schedule over the parameters ``stage`` trains."""
