@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kdzoo.data import DataBundle
 from kdzoo.errors import KdzooError
 from kdzoo.registry import Registry
 from kdzoo.tools.compare_costs import deploy_best_runs, meta, model_costs
@@ -75,7 +76,7 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(methods, files, overrides, seeds, out, registry)
     first = configs[(methods[0], seeds[0])]
-    loaded: dict[str, Any] = {}  # the datasets read for the teacher and the checks, shared by all
+    loaded: dict[str, DataBundle] = {}  # the datasets read for the teacher and the checks, shared by all
     teacher_file = shared_teacher(first, registry, echo, train, loaded)
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdzoo.config import RunConfig
-from kdzoo.data import load_data
+from kdzoo.data import DataBundle, load_data
 from kdzoo.engine.export import count_flops
 from kdzoo.errors import error_line
 from kdzoo.models import create_model
@@ -57,10 +57,10 @@ def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> 
     return median_ms(lambda: model(x), repeats, warmup=5)
 
 
-def model_costs(config: RunConfig, teacher_file: str | None, data: Any = None) -> dict[str, Any]:
+def model_costs(config: RunConfig, teacher_file: str | None, data: DataBundle | None = None) -> dict[str, Any]:
     """Parameters, FLOPs per image and measured CPU latency per image of teacher and student (``data``:
     the dataset of ``config``, if it was read already)."""
-    data = data or load_data(config.data, config.train.seed)
+    data = data if data is not None else load_data(config.data, config.train.seed)
     shape = (data.in_chans, config.data.img_size, config.data.img_size)
     costs = {}
     teacher_cfg = dataclasses.replace(config.teacher, checkpoint=teacher_file, pretrained=False)

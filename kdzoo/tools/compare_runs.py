@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdzoo.config import RunConfig, config_from_dict, load_config
-from kdzoo.data import load_data
+from kdzoo.data import DataBundle, load_data
 from kdzoo.engine.locking import RunDirLock
 from kdzoo.engine.resume import differences
 from kdzoo.errors import KdzooError, RunBusy, RunStopped, error_line, first_line
@@ -42,7 +42,7 @@ def run_configs(
     return configs
 
 
-def read_data(config: RunConfig, loaded: dict[str, Any]) -> Any:
+def read_data(config: RunConfig, loaded: dict[str, DataBundle]) -> DataBundle:
     """The dataset of ``config``, read once per comparison: ``loaded`` keeps what was read, by settings
     and seed (reading it again for every method's check took most of a comparison's start)."""
     key = json.dumps([dataclasses.asdict(config.data), config.train.seed], sort_keys=True, default=str)
@@ -56,7 +56,7 @@ def shared_teacher(
     registry: Registry,
     echo: Callable[[str], None],
     train: bool = True,
-    loaded: dict[str, Any] | None = None,
+    loaded: dict[str, DataBundle] | None = None,
 ) -> str | None:
     """Train (or load) the teacher once, with its own settings; every run then reads the same file.
     ``train=False``: the teacher must have been trained already (a report of the runs so far).
@@ -126,7 +126,7 @@ def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> 
     return trainer.fit(resume=RunState.load(last) if last.is_file() else None)
 
 
-def _build_error(config: RunConfig, registry: Registry, warm_cache: bool, loaded: dict[str, Any]) -> str | None:
+def _build_error(config: RunConfig, registry: Registry, warm_cache: bool, loaded: dict[str, DataBundle]) -> str | None:
     """Build the run (models, data, the method's modules; the teacher-output cache warmed if asked)
     without training: the first line of the KdzooError that says why the method cannot run, or None.
     ``loaded``: the datasets read so far (:func:`read_data`)."""
@@ -149,7 +149,7 @@ def applicable(
     registry: Registry,
     teacher_file: str | None,
     warm_cache: bool = True,
-    loaded: dict[str, Any] | None = None,
+    loaded: dict[str, DataBundle] | None = None,
 ) -> tuple[bool, str, bool]:
     """Whether the method of ``config`` runs on its pair and data at its defaults: (runs, the reason or
     note, with a live teacher instead of the cache). A method that refuses the teacher-output cache
