@@ -81,3 +81,23 @@ def test_throughput_after_a_mid_epoch_resume_counts_only_what_this_process_train
     assert runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]).exit_code == 0
     (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert 0 < record["train"]["images_per_s"] < 1e6
+
+
+def test_resume_may_change_how_the_steps_are_computed_and_says_so(tmp_path):
+    """A run whose compiled step failed goes on eagerly: the torch.compile settings may change on resume
+    (said), what the run computes may not."""
+    runner = CliRunner()
+    compiled = ("train.compile_objective=true", "train.compile_backend=aot_eager")
+    assert runner.invoke(main, ["run", "--quiet", *_args(tmp_path, *compiled)]).exit_code == 0
+    run_dir = tmp_path / "kd-test_resnet-seed0"
+    eager = ["--set", "train.compile_objective=false"]
+    same = runner.invoke(main, ["run", "--resume", str(run_dir), *eager])  # finished: nothing more to train
+    assert same.exit_code == 0 and f"{run_dir} is finished" in same.output, same.output
+    longer = runner.invoke(main, ["run", "--resume", str(run_dir), *eager, "--set", "train.epochs=2"])
+    assert longer.exit_code == 0, longer.output
+    assert "train.compile_objective True -> False" in longer.output and "train.epochs 1 -> 2" in longer.output
+    assert json.loads((run_dir / "config.json").read_text())["train"]["compile_objective"] is False
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+    changed = ["--set", "optim.lr=0.2", "--set", "train.compile=true", "--set", "train.epochs=3"]
+    line = _one_line(runner.invoke(main, ["run", "--resume", str(run_dir), *changed]))
+    assert "cannot resume" in line and "optim.lr (0.05 -> 0.2)" in line and "train.compile " not in line

@@ -2,9 +2,9 @@
 
 A run is identified by its config: ``--resume`` (auto) picks the latest run directory whose saved
 config equals the command's, never another config's run that happens to share the folder prefix.
-A resumed run keeps its config: the command may only extend ``train.epochs`` (said when it does);
-any other difference is refused in one line naming the keys, so a ``--set`` is never silently
-dropped.
+A resumed run keeps its config: the command may only extend ``train.epochs`` and change how the
+steps are computed (the ``torch.compile`` settings; each change said); any other difference is
+refused in one line naming the keys, so a ``--set`` is never silently dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from kdzoo.registry import Registry
 # where a run lives, not what it is: a moved or renamed run directory is the same run
 LOCATION_KEYS = frozenset({"train.out_dir", "train.name"})
 EXTENDABLE = "train.epochs"
+# how the steps are computed, not what: a run whose compiled step failed goes on eagerly, say
+HOW_IT_COMPUTES = frozenset({"train.compile", "train.compile_objective", "train.compile_mode", "train.compile_backend"})
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,22 +60,30 @@ class ResumeTarget:
 
 
 def check_compatible(saved: RunConfig, wanted: RunConfig, run_dir: Path) -> list[str]:
-    """Refuse a changed config; return what the allowed change (more epochs) means, to be said."""
+    """Refuse a changed config; return what the allowed changes (more epochs, how steps are computed)
+    mean, to be said."""
     diff = differences(saved, wanted)
     epochs = diff.pop(EXTENDABLE, None)
+    computed = {key: diff.pop(key) for key in sorted(HOW_IT_COMPUTES & diff.keys())}
     if diff:
         raise KdzooError(
             f"cannot resume {run_dir} with a different config: {_describe(diff)}; "
             f"resume without those changes, or start a new run without --resume"
         )
+    notes = [
+        f"{key} {old!r} -> {new!r}: the steps from here are computed this way (the same terms, their float "
+        f"sums possibly in another order)"
+        for key, (old, new) in computed.items()
+    ]
     if epochs is None:
-        return []
+        return notes
     old, new = epochs
     if new < old:
         raise KdzooError(f"cannot resume {run_dir} with train.epochs={new}: epochs can only grow on resume (was {old})")
     return [
+        *notes,
         f"train.epochs {old} -> {new}: the current (or last) stage runs to the new length, its LR schedule "
-        f"stretched from here; finished stages stay as they were"
+        f"stretched from here; finished stages stay as they were",
     ]
 
 
@@ -95,7 +105,7 @@ def resume_given(
             files, overrides, methods, registry.config_classes(), registry.failures, base=saved.to_dict()
         )
     notes = check_compatible(saved, wanted, run_dir)
-    return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, notes))
+    return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, saved, wanted))
 
 
 def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTarget:
@@ -115,7 +125,7 @@ def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTa
         if config_digest(saved) == digest:
             state, saved = read_run(run_dir / "last.pt", registry)
             notes = check_compatible(saved, wanted, run_dir)
-            return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, notes))
+            return ResumeTarget(run_dir, state, wanted, notes, _finished(run_dir, saved, wanted))
     latest = candidates[0]
     try:
         saved = config_from_dict(json.loads((latest / "config.json").read_text()), registry.config_classes())
@@ -128,6 +138,6 @@ def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTa
     )
 
 
-def _finished(run_dir: Path, notes: list[str]) -> bool:
-    """Done, with nothing added: the summary is written only after the last checkpoint."""
-    return (run_dir / "summary.json").is_file() and not notes
+def _finished(run_dir: Path, saved: RunConfig, wanted: RunConfig) -> bool:
+    """Done, with no epochs added: the summary is written only after the last checkpoint."""
+    return (run_dir / "summary.json").is_file() and wanted.train.epochs == saved.train.epochs

@@ -112,9 +112,13 @@ class RunBase:
                 raise
             # the forward pass compiled, so no eager fallback caught it; the step has already run the
             # methods' state updates, so retrying it eagerly here would not be the same step
+            off = " ".join(f"--set train.{key}=false" for key in compiled)
+            how = f"run it again with {off} (no checkpoint was written yet)"
+            if (self.run_dir / "last.pt").is_file():
+                how = f"go on from the last checkpoint without it: kdzoo run --resume {self.run_dir} {off}"
             raise KdzooError(
-                f"the backward pass of the compiled step failed ({error_line(exc)}); train with "
-                f"{' and '.join(f'train.{key}=false' for key in compiled)}, or another train.compile_backend"
+                f"the backward pass of the compiled step failed ({error_line(exc)}); {how}, "
+                f"or pick another train.compile_backend"
             ) from exc
 
     def optimizer_for(self, stage: Stage):
