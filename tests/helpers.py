@@ -100,6 +100,21 @@ def pip_install_into(source, target) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def logit_terms(pm, student, teacher_logits) -> dict:
+    """The terms the methods registered on ``pm`` compute from ``student`` (an object with ``.logits``, or
+    ``Outputs``) and teacher logits, through pluggy, with every other hookspec argument empty."""
+    teacher = type("Outputs", (), {"logits": teacher_logits})()
+    (terms,) = pm.hook.kdzoo_compute_losses(
+        student=student, teacher=teacher, targets=None, stage=None, indices=None, views=None
+    )
+    return terms
+
+
+def logits_only(logits):
+    """A student's outputs that hold logits alone."""
+    return type("Outputs", (), {"logits": logits})()
+
+
 class Crash(Exception):
     """What :func:`whole_and_resumed_after_crash` makes a run fail with."""
 

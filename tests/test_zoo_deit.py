@@ -11,6 +11,7 @@ from kdzoo import KdzooError
 from kdzoo.engine.extract import FeatureExtractor, describe
 from kdzoo.registry import run_manager
 from kdzoo_plugins.deit import DeiTConfig, DistillationToken
+from tests.helpers import logit_terms
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2, "num_classes": 10}
 
@@ -22,15 +23,7 @@ def _student():
 
 def _terms(config, student_out, teacher_logits):
     method = DistillationToken(config)
-    (terms,) = run_manager({"deit": method}).hook.kdzoo_compute_losses(
-        student=student_out,
-        teacher=type("O", (), {"logits": teacher_logits})(),
-        targets=None,
-        stage=None,
-        indices=None,
-        views=None,
-    )
-    return terms["deit"], method.kdzoo_loss_weights()
+    return logit_terms(run_manager({"deit": method}), student_out, teacher_logits)["deit"], method.kdzoo_loss_weights()
 
 
 def test_the_two_heads_are_tapped_in_training_and_averaged_in_evaluation():

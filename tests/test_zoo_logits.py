@@ -18,6 +18,7 @@ from kdzoo.losses.tfkd import virtual_teacher_loss
 from kdzoo.registry import run_manager
 from kdzoo_plugins.kd import HintonKD, KDConfig
 from kdzoo_plugins.tfkd import TfKDConfig
+from tests.helpers import logit_terms, logits_only
 
 
 def _io(x):
@@ -63,14 +64,7 @@ def test_logit_standardized_kd_equals_torchdistill_up_to_t_squared():
     s, t = _logits(3)
     temperature = 2.0
     kd = HintonKD(KDConfig(temperature=temperature, logit_standardization=True))
-    (terms,) = run_manager({"kd": kd}).hook.kdzoo_compute_losses(
-        student=type("O", (), {"logits": s})(),
-        teacher=type("O", (), {"logits": t})(),
-        targets=None,
-        stage=None,
-        indices=None,
-        views=None,
-    )
+    terms = logit_terms(run_manager({"kd": kd}), logits_only(s), t)
     theirs = LogitStdKDLoss(".", "output", ".", "output", temperature=temperature, alpha=0.5)(_io(s), _io(t))
     assert terms["kd"].item() == pytest.approx(temperature**2 * theirs.item(), rel=1e-5)
     z = standardize(s)
@@ -158,14 +152,7 @@ def test_ctkd_gradients_are_the_reversal_layers(epoch, lam):
     (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None, train_set=None)
     s0, t = _logits(6, classes=10)
     s = s0.clone().requires_grad_()
-    (terms,) = pm.hook.kdzoo_compute_losses(
-        student=type("O", (), {"logits": s})(),
-        teacher=type("O", (), {"logits": t})(),
-        targets=None,
-        stage=None,
-        indices=None,
-        views=None,
-    )
+    terms = logit_terms(pm, logits_only(s), t)
     (weights,) = pm.hook.kdzoo_loss_weights(stage=None, epoch=epoch, progress=0.0)
     assert weights["ctkd_temperature"] == pytest.approx(0.9 * lam, abs=1e-9)
     assert terms["ctkd_temperature"].item() == 0.0  # adds nothing to the loss value
