@@ -11,7 +11,7 @@ to know the contract, and every other part of kdzoo can build on it.
   what it may know of the training data when it builds its modules: :class:`TrainingSet`.
 * Training phases: :class:`Stage`, :data:`WHOLE_RUN`, :func:`parameters_up_to`.
 * The run the lifecycle hooks receive: :class:`Run`.
-* The loss helper several methods share: :func:`soft_target_kl`; errors a user can fix:
+* The loss helpers several methods share: :func:`soft_target_kl`, :func:`full_precision`; errors a user can fix:
   :class:`KdzooError`.
 """
 
@@ -32,6 +32,8 @@ hookimpl = pluggy.HookimplMarker("kdzoo")
 #: what a method matches: the student's predictions (logit), intermediate features (feature), relations
 #: between samples or features (relation), or itself without an external teacher (self)
 KINDS = ("logit", "feature", "relation", "self", "other")
+#: what a method's terms see under torchrun: the whole global batch, or this process's share of it
+BATCHES = ("global", "local")
 
 
 class KdzooError(Exception):
@@ -50,6 +52,13 @@ class MethodInfo:
     :class:`kdzoo.hookspecs.MethodSpec`; ``config_class`` is a dataclass whose defaults are the
     paper's setting. ``needs_teacher=False`` (or a function of the config) lets the core run
     without an external teacher.
+
+    ``batch`` says what the method's terms see under torchrun (several processes): ``"global"``
+    (the default) the outputs of the whole global batch, gathered from every process with their
+    gradients, so a term that relates the samples of a batch (RKD's distances, SP's Gram matrix,
+    a batch's statistics) is computed as one process computes it; ``"local"`` this process's share
+    only, which is enough for a term that is a mean of per-sample values (KD, FitNets) and saves the
+    gather. In one process both are the same.
     """
 
     name: str
@@ -59,6 +68,7 @@ class MethodInfo:
     summary: str
     needs_teacher: bool | Callable[[Any], bool] = True
     kind: str = "other"  #: one of KINDS: what the method matches, for `kdzoo list`
+    batch: str = "global"  #: one of BATCHES: what its terms see under torchrun
     plugin: str = ""
     distribution: str = ""
     version: str = ""
@@ -438,6 +448,13 @@ def linear_warmup(epoch: int, warmup_epochs: int) -> float:
     if warmup_epochs <= 0:
         return 1.0
     return min((epoch + 1) / warmup_epochs, 1.0)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in at least float32: a half-precision tensor (bf16/fp16 from autocast) is upcast to
+    float32; a float32 or float64 one is returned as it is. Use it where a loss needs full precision
+    (softmaxes, logs, norms): ``t.float()`` would also round a ``train.precision=fp64`` run down."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -10,10 +10,12 @@ stored as tensors and plain lists.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import re
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,37 +27,96 @@ import torch
 from kdzoo.errors import KdzooError, first_line
 
 
-def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object], size: int | None = None) -> None:
     """Write to a temp file beside ``path``, fsync, then rename: a kill mid-write never leaves a broken
-    ``path``, only the previous one (or none)."""
+    ``path``, only the previous one (or none). ``size`` (bytes, when known) is checked against the free
+    space first; a full disk is one line naming the path and the bytes needed, never a traceback."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None:
+            check_free_space(path, size)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)  # the rename itself survives a power cut
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise KdzooError(disk_full(path, size, previous=path.exists())) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_free_space(path: Path, size: int) -> None:
+    """A one-line error before writing ``size`` bytes to ``path`` on a disk without room for them."""
+    folder = path.parent if path.parent.exists() else Path(path.anchor or ".")
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise KdzooError(disk_full(path, size, previous=path.exists(), free=free))
+
+
+def disk_full(path: Path, size: int | None, previous: bool, free: int | None = None) -> str:
+    """What to say when ``path`` could not be written for lack of space."""
+    needed = f"{size:,} bytes" if size is not None else "more space"
+    room = f", {free:,} are free" if free is not None else ""
+    kept = "the previous file is intact" if previous else "nothing was written"
+    return f"no space left for {path}: it needs {needed}{room}; {kept}; free some space and retry"
+
+
 def write_text_atomic(text: str, path: Path) -> None:
     """``path`` holds all of ``text`` or its previous content, never a part (a run's summary.json, which
     marks the run finished)."""
-    _replace_atomically(path, lambda fh: fh.write(text.encode()))
+    write_bytes_atomic(text.encode(), path)
+
+
+def write_bytes_atomic(payload: bytes, path: Path) -> None:
+    """``path`` holds all of ``payload`` or its previous content, never a part."""
+    _replace_atomically(path, lambda fh: fh.write(payload), size=len(payload))
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``obj`` saved by ``torch.save`` into ``path``, atomically (see :func:`_replace_atomically`)."""
     path = Path(path)
+    size = tensor_bytes(obj)
     try:
-        _replace_atomically(path, lambda fh: torch.save(obj, fh))
+        _replace_atomically(path, lambda fh: torch.save(obj, fh), size=size)
+    except KdzooError:
+        raise
     # torch.save reports a failed write (a full disk) as RuntimeError, the file system as OSError
     except (OSError, RuntimeError) as exc:
+        if shutil.disk_usage(path.parent).free < size:
+            raise KdzooError(disk_full(path, size, previous=path.exists())) from None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-        raise KdzooError(f"could not write checkpoint {path} ({reason}); the previous checkpoint is intact") from None
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
+        raise KdzooError(f"could not write checkpoint {path} ({reason}); {kept}") from None
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in ``obj`` (nested dicts, lists and tuples): about what it takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load(path: str | Path) -> dict[str, Any]:

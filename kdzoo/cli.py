@@ -1,4 +1,9 @@
-"""The ``kdzoo`` command line: run, list, show, eval."""
+"""The ``kdzoo`` command line: run, list, show, eval, export, plot, compare, bench, plugins.
+
+Only click is imported up front: each command imports what it uses (torch, the engine) and loads the
+plugins (:func:`registry`) when it runs, so ``kdzoo --help`` and ``kdzoo --version`` answer at once
+whatever the installed plugins do at import.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
-from kdzoo.config import RunConfig, as_dict, config_from_dict, load_config
-from kdzoo.engine.locking import check_writable
-from kdzoo.engine.resume import ResumeTarget, resume_given, resume_latest
-from kdzoo.engine.state import RunState
-from kdzoo.errors import KdzooError
-from kdzoo.registry import registry
+if TYPE_CHECKING:
+    from kdzoo.config import RunConfig
+    from kdzoo.engine.resume import ResumeTarget
+    from kdzoo.registry import Registry
+
+
+def registry() -> Registry:
+    """The process-wide plugin registry: the plugins load on the first call, by a command that needs them."""
+    from kdzoo.registry import registry as loaded
+
+    return loaded()
 
 
 def one_line_errors(fn):
@@ -26,6 +35,8 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from kdzoo.errors import KdzooError
+
         try:
             return fn(*args, **kwargs)
         except KdzooError as exc:
@@ -68,22 +79,28 @@ def default_run_dir(config: RunConfig) -> Path:
 @one_line_errors
 def run(methods, configs, overrides, resume, quiet, nproc) -> None:
     """Distill a teacher into a student with one or more methods."""
+    from kdzoo.config import load_config
     from kdzoo.engine import build_trainer
     from kdzoo.engine.distributed import process_group_left_at_exit
+    from kdzoo.engine.locking import check_writable
+    from kdzoo.errors import KdzooError
 
+    if nproc < 1:
+        raise KdzooError(f"--nproc {nproc}: the number of processes to train with is 1 or more")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise SystemExit(launch_torchrun(nproc))
+        from kdzoo.engine.launch import run_under_torchrun
+
+        raise SystemExit(run_under_torchrun(nproc, sys.argv[1:]))
 
     reg = registry()
+    _refuse_miscased_methods(methods, reg)
     state = None
     if resume:
         target = _resume_target(resume, list(configs), list(overrides), list(methods), reg)
         if target.finished:
-            summary = json.loads((target.run_dir / "summary.json").read_text())
             click.echo(
-                f"{target.run_dir} is finished ({summary['epochs']} epochs, student top-1 "
-                f"{summary['student_top1']:.2f}%): nothing to resume; to train it longer, add "
-                f"--set train.epochs=N with N > {target.config.train.epochs}"
+                f"{target.run_dir} is finished ({_finished_how(target.run_dir)}): nothing to resume; to train it "
+                f"longer, add --set train.epochs=N with N > {target.config.train.epochs}"
             )
             return
         config, run_dir, state = target.config, target.run_dir, target.state
@@ -111,36 +128,35 @@ def run(methods, configs, overrides, resume, quiet, nproc) -> None:
     )
 
 
+def _finished_how(run_dir: Path) -> str:
+    """Epochs and student top-1 from a finished run's ``summary.json``, or that it cannot be read."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return f"{summary['epochs']} epochs, student top-1 {summary['student_top1']:.2f}%"
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        return f"its summary.json cannot be read ({type(exc).__name__}); kdzoo eval {run_dir} scores its student"
+
+
+def _refuse_miscased_methods(methods: tuple[str, ...], reg: Registry) -> None:
+    """``--method KD``: method names are matched exactly, so name the one meant (``kd``)."""
+    from kdzoo.errors import KdzooError
+
+    for name in methods:
+        if name in reg.methods or name in reg.failures:
+            continue
+        meant = [known for known in reg.methods if known.lower() == name.lower()]
+        if meant:
+            raise KdzooError(f"unknown method '{name}' (did you mean '{meant[0]}'? method names are case-sensitive)")
+
+
 def _resume_target(resume: str, configs: list[str], overrides: list[str], methods: list[str], reg) -> ResumeTarget:
+    from kdzoo.config import load_config
+    from kdzoo.engine.resume import resume_given, resume_latest
+
     if resume != "auto":
         return resume_given(Path(resume), configs, overrides, methods, reg)
     wanted = load_config(configs, overrides, methods, reg.config_classes(), reg.failures)
     return resume_latest(default_run_dir(wanted), wanted, reg)
-
-
-def launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under ``torchrun --standalone --nproc-per-node N``."""
-    import subprocess
-
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "kdzoo",
-        *args,
-    ]
-    return subprocess.call(command)
 
 
 @main.command("list")
@@ -165,7 +181,13 @@ def list_cmd() -> None:
 @one_line_errors
 def show(method: str) -> None:
     """A method's config with its defaults (YAML, ready to paste under its name in a config file)."""
-    info = registry().get(method)
+    import yaml
+
+    from kdzoo.config import as_dict
+
+    reg = registry()
+    _refuse_miscased_methods((method,), reg)
+    info = reg.get(method)
     click.echo(f"# {info.name}: {info.summary}\n# paper: {info.paper}")
     defaults = as_dict(info.config_class()) if dataclasses.is_dataclass(info.config_class) else {}
     click.echo(yaml.safe_dump({info.name: defaults}, sort_keys=False).rstrip())
@@ -178,66 +200,151 @@ def show(method: str) -> None:
 def eval_cmd(checkpoint_path: str, overrides) -> None:
     """Accuracy of a run's deployed student on its validation data.
 
-    CHECKPOINT: a run's last.pt, or its exported student.safetensors or student.onnx (run by
-    onnxruntime; read with the run's config.json beside it). What a method deploys around the
-    student (SimKD's projector and reused teacher classifier) is scored with it.
+    CHECKPOINT: a run folder (its student.safetensors, or its last.pt before the run has finished), a
+    run's last.pt, or its exported student.safetensors or student.onnx (run by onnxruntime; read with
+    the run's config.json beside it). What a method deploys around the student (SimKD's projector and
+    reused teacher classifier) is scored with it.
     """
-    from kdzoo.config import merge, parse_override
     from kdzoo.data import load_data
     from kdzoo.engine import pick_device
-    from kdzoo.engine.deployed import build_deployed
     from kdzoo.engine.evaluate import evaluate
 
-    if Path(checkpoint_path).suffix == ".onnx":
-        raw, weights, modules = _read_config_beside(Path(checkpoint_path)), None, None
+    path = _scored_file(Path(checkpoint_path))
+    onnx = path.suffix == ".onnx"
+    raw, weights, modules = (_read_config_beside(path), None, None) if onnx else _read_student(path)
+    config = _eval_config(path, raw, overrides)
+    data = load_data(config.data, config.train.seed)
+    if onnx:
+        from kdzoo.tools.deploy import OnnxStudent
+
+        model, device = OnnxStudent(path), pick_device("cpu")  # onnxruntime runs on the CPU
+        model.check_fits(tuple(next(iter(data.val.epoch(0)))[0].shape[1:]), data.num_classes)
     else:
-        raw, weights, modules = _read_student(Path(checkpoint_path))
+        model = _deployed_with_weights(config, data.num_classes, data.in_chans, path, weights, modules)
+        device = pick_device(config.train.device)
+    scores = evaluate(model.to(device), data.val.to(device).epoch(0), data.num_classes, f"student ({path.name})")
+    if path != Path(checkpoint_path):  # a run folder: which of its files was scored
+        click.echo(f"scored {path}", err=True)
+    click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
+
+
+#: what ``kdzoo eval RUN_DIR`` scores, first found first
+RUN_DIR_STUDENTS = ("student.safetensors", "last.pt")
+
+
+def _scored_file(path: Path) -> Path:
+    """The file ``kdzoo eval`` scores for what it was given: the file itself, or a run folder's student."""
+    from kdzoo.errors import KdzooError
+
+    if path.is_dir():
+        found = next((path / name for name in RUN_DIR_STUDENTS if (path / name).is_file()), None)
+        if found is None:
+            raise KdzooError(
+                f"{path} holds no {' or '.join(RUN_DIR_STUDENTS)}: give a kdzoo run folder, or its last.pt, "
+                f"student.safetensors or student.onnx"
+            )
+        return found
+    if not path.exists():
+        raise KdzooError(
+            f"{path} does not exist: give a run folder, or its last.pt, student.safetensors or student.onnx"
+        )
+    return path
+
+
+def _eval_config(path: Path, raw: dict, overrides: tuple[str, ...]) -> RunConfig:
+    """The run's config with ``--set`` overrides; data kdzoo cannot load (a run trained on the user's
+    own DataLoaders) is said in one line, with how to score it instead."""
+    from kdzoo.config import config_from_dict, merge, parse_override
+    from kdzoo.data import DATASETS
+    from kdzoo.errors import KdzooError
+
     for text in overrides:
-        path, value = parse_override(text)
-        update: dict = value
-        for part in reversed(path):
+        keys, value = parse_override(text)
+        update: Any = value
+        for part in reversed(keys):
             update = {part: update}
         raw = merge(raw, update)
     config = config_from_dict(raw, registry().config_classes())
-    data = load_data(config.data, config.train.seed)
-    if weights is None:  # an ONNX file, run by onnxruntime on the CPU
-        from kdzoo.tools.deploy import OnnxStudent
+    if config.data.name == CUSTOM_DATA:
+        raise KdzooError(
+            f"{path}: this run's data came from your own DataLoaders (kdzoo.distill, data.name '{CUSTOM_DATA}'), "
+            f"which kdzoo cannot load again; score it in Python on your validation loader "
+            f"(model = kdzoo.load_student('{path.parent / 'student.safetensors'}')), or give kdzoo data it can load: "
+            f"--set data.name=NAME ({', '.join(DATASETS)}; with data.root=FOLDER)"
+        )
+    return config
 
-        model, device = OnnxStudent(Path(checkpoint_path)), pick_device("cpu")
-        scores = evaluate(model, data.val.epoch(0), data.num_classes)
-        click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
-        return
-    deployed = build_deployed(config, data.num_classes, data.in_chans)
+
+#: the data name :func:`kdzoo.distill` records for batches that came from the user's own loaders
+CUSTOM_DATA = "custom"
+
+
+def _deployed_with_weights(
+    config: RunConfig, num_classes: int, in_chans: int, path: Path, weights: dict, modules: dict | None
+):
+    """What the run deploys, with the weights read from ``path``; weights of another network are one line."""
+    from kdzoo.engine.deployed import build_deployed
+    from kdzoo.errors import KdzooError, error_line
+
+    deployed = build_deployed(config, num_classes, in_chans)
     if modules is None:  # the exported file: the deployed network's own weights
+        _check_fits(deployed.network, weights, path, config.student.model)
         deployed.network.load_state_dict(weights)
-    else:
+        return deployed.network
+    _check_fits(deployed.student, weights, path, config.student.model)
+    try:
         deployed.load_checkpoint_weights(weights, modules)
-    model = deployed.network
-    device = pick_device(config.train.device)
-    model.to(device)
-    scores = evaluate(model, data.val.to(device).epoch(0), data.num_classes)
-    click.echo(" ".join(f"{k}={v:.2f}" if k != "loss" else f"{k}={v:.4f}" for k, v in scores.items()))
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:  # malformed method modules
+        raise KdzooError(f"{path} does not hold the weights this run deploys: {error_line(exc)}") from None
+    return deployed.network
+
+
+def _check_fits(model, weights: dict, path: Path, model_name: str) -> None:
+    """One line when ``weights`` are not ``model``'s (another model's file, or a damaged one)."""
+    from kdzoo.errors import KdzooError
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return
+    said = []
+    if missing:
+        said.append(f"{len(missing)} tensor(s) missing (e.g. '{missing[0]}')")
+    if unexpected:
+        said.append(f"{len(unexpected)} it does not have (e.g. '{unexpected[0]}')")
+    if reshaped:
+        k = reshaped[0]
+        said.append(
+            f"{len(reshaped)} of another shape (e.g. '{k}': {list(weights[k].shape)} in the file, {list(own[k].shape)})"
+        )
+    raise KdzooError(f"{path} does not hold this run's student ({model_name}): {'; '.join(said)}")
 
 
 def _read_student(path: Path) -> tuple[dict, dict, dict | None]:
     """(run config, weights, method modules' weights) from a checkpoint, or (run config, the deployed
-    network's weights, None) from an exported safetensors file."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    network's weights, None) from an exported safetensors file; both read by the checked loader."""
+    from kdzoo.checkpoint import load
+    from kdzoo.engine.state import RunState
 
-        return _read_config_beside(path), load_file(str(path)), None
+    if path.suffix == ".safetensors":
+        return _read_config_beside(path), load(path), None
     state = RunState.load(path)
     return state.config, state.student, state.modules
 
 
 def _read_config_beside(path: Path) -> dict:
     """The run config of an exported file (``config.json`` in its folder)."""
+    from kdzoo.errors import KdzooError
+    from kdzoo.reporting import read_json
+
     config_file = path.parent / "config.json"
     if not path.is_file():
         raise KdzooError(f"file not found: {path}")
     if not config_file.is_file():
         raise KdzooError(f"{path}: no config.json beside it to tell the model and data")
-    return json.loads(config_file.read_text())
+    return read_json(config_file, f"it tells the model and data of {path}")
 
 
 @main.command()
@@ -261,43 +368,80 @@ def _read_config_beside(path: Path) -> dict:
 @one_line_errors
 def export(run_dir: str, fmt: str, quantize: str | None) -> None:
     """Export what a finished run deploys (the student, or what a method builds around it) into RUN_DIR."""
+    from kdzoo.errors import KdzooError
+
     if quantize and fmt != "onnx":
         raise KdzooError("--quantize int8 quantizes the ONNX export: add --format onnx")
+    folder = _existing_run_dir(Path(run_dir))
     if fmt == "onnx":
-        from kdzoo.tools.deploy import export_onnx, quantize_int8
+        _export_onnx(folder, quantize)
+    else:
+        _export_safetensors(folder)
 
-        record = export_onnx(run_dir)
+
+def _existing_run_dir(run_dir: Path) -> Path:
+    from kdzoo.errors import KdzooError
+
+    if not run_dir.exists():
+        raise KdzooError(f"run folder {run_dir} does not exist: give the folder of a kdzoo run")
+    if not (run_dir / "last.pt").is_file() and not (run_dir / "config.json").is_file():
+        raise KdzooError(f"{run_dir} is not a kdzoo run folder (it holds neither last.pt nor config.json)")
+    return run_dir
+
+
+def _export_onnx(run_dir: Path, quantize: str | None) -> None:
+    from kdzoo.tools.deploy import export_onnx, quantize_int8
+    from kdzoo.tools.tradeoff import deploy_table, format_deploy_table
+
+    record = export_onnx(run_dir)
+    click.echo(
+        f"{run_dir / record['file']}: opset {record['opset']}, onnxruntime agrees with PyTorch on "
+        f"{record['images']} validation images (top-1 agreement {100 * record['top1_agreement']:.2f}%, largest "
+        f"logit gap {record['max_logit_gap']:.1e}, {record['max_logit_gap_relative']:.1e} of the largest logit)"
+    )
+    if quantize:
+        q = quantize_int8(run_dir)
         click.echo(
-            f"{Path(run_dir) / record['file']}: opset {record['opset']}, onnxruntime agrees with PyTorch on "
-            f"{record['images']} validation images (top-1 {100 * record['top1_agreement']:.2f}%, largest logit "
-            f"gap {record['max_logit_gap']:.1e}, {record['max_logit_gap_relative']:.1e} of the largest logit)"
+            f"{run_dir / q['file']}: top-1 {q['int8_top1']:.2f}% (fp32 {q['fp32_top1']:.2f}%, "
+            f"{q['top1_change']:+.2f}), {q['int8_bytes'] / 1e6:.2f} MB (fp32 {q['fp32_bytes'] / 1e6:.2f} MB), "
+            f"calibrated on {q['calibration_images']} training images"
         )
-        if quantize:
-            q = quantize_int8(run_dir)
-            click.echo(
-                f"{Path(run_dir) / q['file']}: top-1 {q['int8_top1']:.2f}% (fp32 {q['fp32_top1']:.2f}%, "
-                f"{q['top1_change']:+.2f}), {q['int8_bytes'] / 1e6:.2f} MB (fp32 {q['fp32_bytes'] / 1e6:.2f} MB), "
-                f"calibrated on {q['calibration_images']} training images"
-            )
-        from kdzoo.tools.tradeoff import deploy_table, format_deploy_table
+    click.echo("\n".join(["", *format_deploy_table(deploy_table(run_dir))]))
+    click.echo(f"(in {run_dir / 'summary.json'}, 'deploy')")
 
-        click.echo("\n".join(["", *format_deploy_table(deploy_table(run_dir))]))
-        click.echo(f"(in {Path(run_dir) / 'summary.json'}, 'deploy')")
-        return
+
+def _export_safetensors(run_dir: Path) -> None:
+    """``student.safetensors`` written again from ``last.pt`` (the way back from a damaged one)."""
+    from kdzoo.config import config_from_dict
     from kdzoo.engine.deployed import build_deployed
     from kdzoo.engine.export import export_student
+    from kdzoo.engine.state import RunState
+    from kdzoo.errors import KdzooError
 
-    record = Path(run_dir) / "student.json"
+    record = run_dir / "student.json"
     if not record.is_file():
         raise KdzooError(f"{run_dir} has no student.json: the run has not finished (resume it first)")
-    kwargs = json.loads(record.read_text())["kwargs"]
-    state = RunState.load(Path(run_dir) / "last.pt")
+    state = RunState.load(run_dir / "last.pt")
     config = config_from_dict(state.config, registry().config_classes())
-    deployed = build_deployed(config, kwargs["num_classes"], kwargs["in_chans"])
+    num_classes, in_chans = _student_shape(record, config)
+    deployed = build_deployed(config, num_classes, in_chans)
     deployed.load_checkpoint_weights(state.student, state.modules)
     deploying = next((m for m in config.methods if m in deployed.modules), None)
-    export_student(deployed.network, config, kwargs["num_classes"], kwargs["in_chans"], Path(run_dir), deploying)
-    click.echo(str(Path(run_dir) / "student.safetensors"))
+    export_student(deployed.network, config, num_classes, in_chans, run_dir, deploying)
+    click.echo(str(run_dir / "student.safetensors"))
+
+
+def _student_shape(record: Path, config: RunConfig) -> tuple[int, int]:
+    """The student's classes and input channels: from ``student.json``, or from the run's data when a
+    kill left that file damaged (it is written again with the student)."""
+    try:
+        kwargs = json.loads(record.read_text())["kwargs"]
+        return int(kwargs["num_classes"]), int(kwargs["in_chans"])
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+        from kdzoo.data import load_data
+
+        data = load_data(config.data, config.train.seed)
+        return data.num_classes, data.in_chans
 
 
 @main.command()
@@ -321,7 +465,9 @@ def plot(run_dir: str) -> None:
 @click.option("--config", "-c", "configs", multiple=True, help="YAML config file(s) shared by every run.")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per method (0..N-1 after train.seed).")
-@click.option("--out", default=None, help="Output folder [default: <train.out_dir>/compare-<student>].")
+@click.option(
+    "--out", default=None, help="Output folder [default: <train.out_dir>/compare-<student>-<digest of its settings>]."
+)
 @click.option(
     "--deploy",
     is_flag=True,
@@ -343,14 +489,16 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None, deplo
     scratch, teacher/student parameters, FLOPs and CPU latency; a method whose defaults cannot run on
     the pair is listed with the reason. Restartable: finished runs are skipped.
     """
+    from kdzoo.config import load_config
     from kdzoo.tools.compare import compare as run_compare
-    from kdzoo.tools.compare import resolve_methods
+    from kdzoo.tools.compare import default_folder, resolve_methods
 
     reg = registry()
     asked = [m.strip() for m in methods.split(",") if m.strip()]
+    _refuse_miscased_methods(tuple(asked), reg)
     names = resolve_methods(asked, reg)
     base = load_config(list(configs), list(overrides), names[:1], reg.config_classes())
-    folder = Path(out) if out else Path(base.train.out_dir) / f"compare-{base.student.model}"
+    folder = Path(out) if out else default_folder(base)
     first_seed = base.train.seed
     if deploy:
         from kdzoo.tools.deploy import require_deploy_extra
@@ -452,7 +600,9 @@ def bench(
         )
     click.echo(format_table(report))
     if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=2))
+        from kdzoo.checkpoint import write_text_atomic
+
+        write_text_atomic(json.dumps(report, indent=2), Path(json_out))
 
 
 def _model_args(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
@@ -468,12 +618,13 @@ def _model_args(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
 
 @main.command()
 def plugins() -> None:
-    """Every loaded plugin: distribution, version, methods and the hooks it implements."""
+    """Every loaded plugin: distribution, version, methods, the hooks it implements and its import time."""
     reg = registry()
     for plugin in reg.plugins:
         dist = f"{plugin.distribution} {plugin.version}".strip() or "(not from a distribution)"
         click.echo(
             f"{plugin.name}: {dist}\n  methods: {', '.join(plugin.methods) or '-'}\n  hooks: {', '.join(plugin.hooks)}"
+            f"\n  import: {plugin.import_s:.2f} s"
         )
     for name, error in sorted(reg.failures.items()):
         click.echo(f"{name}: FAILED: {error}")

@@ -3,28 +3,39 @@
 Built-in methods come in through the ``kdzoo`` entry-point group of kdzoo's own pyproject.toml,
 exactly the door a third-party package uses; this module never imports a method by name. A plugin
 that fails to import, names a hook that does not exist, or registers a method name already taken
-is recorded as a failure under its own name and the other plugins keep working.
+is recorded as a failure under its own name and the other plugins keep working; so is one that
+calls ``sys.exit`` or raises ``KeyboardInterrupt`` (any ``BaseException``) while loading: a plugin cannot
+stop kdzoo, only the user's Ctrl-C can. Each plugin's import is timed; one slower than
+:data:`SLOW_IMPORT_S` is named in one line, since every command that loads plugins waits for it.
 ``KDZOO_DISABLE_PLUGINS=name1,name2`` skips plugins by entry-point name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import os
-from collections.abc import Callable, Iterable
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
 from kdzoo import hookspecs
-from kdzoo.api import KINDS, MethodInfo, Stage, hookimpl
+from kdzoo.api import BATCHES, KINDS, MethodInfo, Stage, hookimpl
 from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 ENTRY_POINT_GROUP = "kdzoo"
 _RUN_HOOKS = {name for name in dir(hookspecs.MethodSpec) if name.startswith("kdzoo_")}
 _DISCOVERY_HOOKS = {name for name in dir(hookspecs.DiscoverySpec) if name.startswith("kdzoo_")}
+#: seconds: a plugin that takes longer to import is named (it delays every command that loads plugins)
+SLOW_IMPORT_S = 5.0
+T = TypeVar("T")
 
 
 def _register_timm_model(fn: Callable) -> Callable:
@@ -42,15 +53,18 @@ class LoadedPlugin:
     version: str
     methods: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
+    import_s: float = 0.0
 
 
 @dataclass
 class Registry:
-    """Every method that loaded, every plugin that did, and every plugin that failed (with why)."""
+    """Every method that loaded, every plugin that did, every plugin that failed (with why), and the
+    plugins slower than :data:`SLOW_IMPORT_S` to import (seconds)."""
 
     methods: dict[str, MethodInfo] = field(default_factory=dict)
     plugins: list[LoadedPlugin] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    slow: dict[str, float] = field(default_factory=dict)
 
     def get(self, name: str) -> MethodInfo:
         if name not in self.methods:
@@ -60,29 +74,73 @@ class Registry:
     def config_classes(self) -> dict[str, type]:
         return {name: info.config_class for name, info in self.methods.items()}
 
-    def add_plugin(self, plugin: object, name: str, distribution: str = "", version: str = "") -> None:
+    def add_plugin(
+        self, plugin: object, name: str, distribution: str = "", version: str = "", import_s: float = 0.0
+    ) -> None:
         """Load one plugin object (usually a module); failures are recorded, never raised."""
-        pm = pluggy.PluginManager("kdzoo")
-        pm.add_hookspecs(hookspecs.DiscoverySpec)
-        try:
-            pm.register(plugin, name=name)
-            _check_hook_names(plugin, _DISCOVERY_HOOKS)
-            found: list[MethodInfo] = []
-            for impl in pm.hook.kdzoo_register_methods.get_hookimpls():
-                impl.function(**{arg: found.append for arg in impl.argnames})
-            for impl in pm.hook.kdzoo_register_models.get_hookimpls():
-                impl.function(**{arg: _register_timm_model for arg in impl.argnames})
-            for info in found:
-                _check_method(info, self.methods)
-        except Exception as exc:  # a broken plugin must not take the others down
-            self.failures[name] = _one_line(exc)
+        found: list[MethodInfo] = []
+        _, failure = _guarded(lambda: self._discover(plugin, name, found))
+        if failure is not None:  # a broken plugin must not take the others (or kdzoo) down
+            self.failures[name] = failure
             return
-        loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin))
+        loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin), import_s=import_s)
         for info in found:
             self.methods[info.name] = replace(info, plugin=name, distribution=distribution, version=version)
             loaded.methods.append(info.name)
             loaded.hooks = sorted(set(loaded.hooks) | set(_hook_names(info.factory)))
         self.plugins.append(loaded)
+
+    def _discover(self, plugin: object, name: str, found: list[MethodInfo]) -> None:
+        """Call ``plugin``'s discovery hooks: its methods into ``found`` (checked), its models into timm."""
+        pm = pluggy.PluginManager("kdzoo")
+        pm.add_hookspecs(hookspecs.DiscoverySpec)
+        pm.register(plugin, name=name)
+        _check_hook_names(plugin, _DISCOVERY_HOOKS)
+        for impl in pm.hook.kdzoo_register_methods.get_hookimpls():
+            impl.function(**{arg: found.append for arg in impl.argnames})
+        for impl in pm.hook.kdzoo_register_models.get_hookimpls():
+            impl.function(**{arg: _register_timm_model for arg in impl.argnames})
+        for info in found:
+            _check_method(info, self.methods)
+
+
+class _CtrlC(KeyboardInterrupt):
+    """The user's own Ctrl-C (a real SIGINT) while plugin code ran: it stops kdzoo as usual."""
+
+
+@contextlib.contextmanager
+def _real_ctrl_c_told_apart() -> Iterator[None]:
+    """While plugin code runs, a real SIGINT raises :class:`_CtrlC`, so a plugin that raises
+    ``KeyboardInterrupt`` itself is told apart from the user pressing Ctrl-C (handlers can only be set
+    in the main thread, and a caller's own SIGINT handling is left as it is)."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def pressed(signum: int, frame: object) -> None:
+        raise _CtrlC
+
+    signal.signal(signal.SIGINT, pressed)
+    try:
+        yield
+    except _CtrlC:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _guarded(call: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(``call()``, None), or (None, why it failed in one line) for anything it raises, ``sys.exit`` and
+    ``KeyboardInterrupt`` included: plugin code cannot end kdzoo; only the user's Ctrl-C goes through."""
+    with _real_ctrl_c_told_apart():
+        try:
+            return call(), None
+        except _CtrlC:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a plugin's failure, recorded under its name
+            return None, _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -124,6 +182,8 @@ def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
         raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
     if info.kind not in KINDS:
         raise ValueError(f"method '{info.name}': kind '{info.kind}' is not one of {', '.join(KINDS)}")
+    if info.batch not in BATCHES:
+        raise ValueError(f"method '{info.name}': batch '{info.batch}' is not one of {', '.join(BATCHES)}")
     if info.name in RESERVED_NAMES or not info.name or "." in info.name:
         raise ValueError(
             f"method name '{info.name}' is reserved or invalid (not one of {sorted(RESERVED_NAMES)}, no '.')"
@@ -138,6 +198,8 @@ def disabled_plugins() -> set[str]:
 
 def load_registry(extra: Iterable[tuple[str, object]] = ()) -> Registry:
     """Load every plugin of the ``kdzoo`` entry-point group (plus ``extra`` (name, object) pairs)."""
+    import timm  # noqa: F401 - kdzoo's own dependency, imported before the clock starts: a plugin's time is its own
+
     registry = Registry()
     blocked = disabled_plugins()
     seen: set[str] = set()
@@ -147,12 +209,15 @@ def load_registry(extra: Iterable[tuple[str, object]] = ()) -> Registry:
         seen.add(ep.name)
         dist = getattr(ep, "dist", None)
         dist_name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("", "")
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # report by name, keep the rest
-            registry.failures[ep.name] = _one_line(exc)
+        started = time.perf_counter()
+        plugin, failure = _guarded(ep.load)
+        seconds = time.perf_counter() - started
+        if seconds > SLOW_IMPORT_S:
+            registry.slow[ep.name] = seconds
+        if failure is not None:  # report by name, keep the rest
+            registry.failures[ep.name] = failure
             continue
-        registry.add_plugin(plugin, ep.name, dist_name, version)
+        registry.add_plugin(plugin, ep.name, dist_name, version, import_s=seconds)
     for name, plugin in extra:
         registry.add_plugin(plugin, name)
     return registry
@@ -166,7 +231,20 @@ def registry() -> Registry:
     global _registry
     if _registry is None:
         _registry = load_registry()
+        _name_slow_plugins(_registry)
     return _registry
+
+
+def _name_slow_plugins(reg: Registry) -> None:
+    """One line on stderr per plugin slower than :data:`SLOW_IMPORT_S` to import (rank 0 only)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for name, seconds in sorted(reg.slow.items()):
+        print(
+            f"kdzoo: plugin '{name}' took {seconds:.1f} s to import; every command that loads plugins waits for it "
+            f"(KDZOO_DISABLE_PLUGINS={name} skips it)",
+            file=sys.stderr,
+        )
 
 
 def reset_registry() -> None:

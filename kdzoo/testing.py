@@ -66,6 +66,7 @@ _TINY = [
     "data.train_limit=32",
     "train.epochs=1",
     "teacher.train.epochs=1",
+    "teacher.train.train_limit=32",
     "train.log_every=1",
 ]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_inner_stages, parameters_up_to
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl, pair_inner_stages, parameters_up_to
 from kdzoo.losses.ab import ab_loss
 from kdzoo_plugins.connectors import connector
 
@@ -30,8 +30,11 @@ class ABConfig:
     teacher_stages: list[int] | None = None
 
     def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
         if self.init_epochs < 1:
             raise KdzooError(f"config key '{where}.init_epochs': AB is learned in its init stage, give it >= 1")
+        non_negative(self, where, "weight", "margin")
 
 
 class ActivationBoundaries:
@@ -66,8 +69,8 @@ class ActivationBoundaries:
         s, t = [], []
         for (si, ti), conn in zip(self.pairs, self.connectors, strict=True):
             target = teacher.pre_activation(ti)
-            s.append(conn(student.pre_activation(si), tuple(target.shape[-2:])).float())
-            t.append(target.float())
+            s.append(full_precision(conn(student.pre_activation(si), tuple(target.shape[-2:]))))
+            t.append(full_precision(target))
         return {"ab": ab_loss(s, t, self.config.margin)}
 
     @hookimpl
@@ -86,5 +89,6 @@ def kdzoo_register_methods(register):
             "Hidden Neurons. AAAI 2019. arXiv:1811.03233",
             summary="an init stage transferring where pre-activation neurons switch on (margin 1), then CE",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

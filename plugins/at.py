@@ -37,6 +37,12 @@ class ATConfig:
     student_stages: list[int] | None = None
     teacher_stages: list[int] | None = None
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "beta")
+        positive(self, where, "p")  # the power of the attention map
+
 
 class AttentionTransfer:
     def __init__(self, config: ATConfig):
@@ -81,5 +87,6 @@ def kdzoo_register_methods(register):
             paper="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017. arXiv:1612.03928",
             summary="match normalised spatial attention maps (mean_c f^2) at paired stages; CE + 1000 * AT",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl
 from kdzoo.losses.cc import cc_loss
 
 
@@ -27,6 +27,13 @@ class CCConfig:
     embedding_dim: int = 128
     gamma: float = 0.4
     order: int = 2
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import between, non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight")
+        positive(self, where, "embedding_dim", "gamma")
+        between(self, where, 1, 20, "order")  # Taylor terms past 20 vanish in float32 (and p! overflows at 171)
 
 
 class CorrelationCongruence:
@@ -46,7 +53,7 @@ class CorrelationCongruence:
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
         c = self.config
-        s, t = self.embed_s(student.embedding.float()), self.embed_t(teacher.embedding.float())
+        s, t = self.embed_s(full_precision(student.embedding)), self.embed_t(full_precision(teacher.embedding))
         return {"cc": cc_loss(s, t, c.gamma, c.order)}
 
     @hookimpl

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, Taps, TrainingSet, hookimpl
+from kdzoo import KdzooError, MethodInfo, Taps, TrainingSet, full_precision, hookimpl
 from kdzoo.losses.crd import contrast_scores, nce_loss, other_class_draws
 from kdzoo.memory import EmbeddingQueue, ReplicatedState, SampleMemory, check_fits, gather_rows, local_rows, mean_across
 
@@ -45,6 +45,13 @@ class CRDConfig:
     negatives: Literal["other_classes", "any"] = "other_classes"
     memory: Literal["bank", "queue"] = "bank"
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import between, non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight")
+        positive(self, where, "feat_dim", "nce_k", "nce_t")
+        between(self, where, 0, 1, "nce_m")  # the memory's momentum
+
 
 class Embed(nn.Module):
     """A linear map to the contrast space, then L2 normalisation (RepDistiller's ``Embed``)."""
@@ -54,7 +61,7 @@ class Embed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.linear(x.flatten(1).float())
+        z = self.linear(full_precision(x.flatten(1)))
         return z / z.pow(2).sum(1, keepdim=True).pow(0.5)
 
 
@@ -263,5 +270,6 @@ def kdzoo_register_methods(register):
             paper="Tian et al. Contrastive Representation Distillation. ICLR 2020. arXiv:1910.10699",
             summary="contrast embedded features against per-sample memory banks of both models (NCE, 16384 negatives)",
             kind="relation",
+            batch="local",  # per-sample contrasts; the memory banks gather every process's updates themselves
         )
     )

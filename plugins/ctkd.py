@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdzoo import MethodInfo, hookimpl
+from kdzoo import MethodInfo, full_precision, hookimpl
 from kdzoo.losses.ctkd import cosine_ramp, kl_at
 from kdzoo.losses.kd import standardize
 
@@ -39,6 +39,12 @@ class CTKDConfig:
     lambda_end: float = -1.0
     curriculum_epochs: int = 10
     logit_standardization: bool = False
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "ce_weight", "kd_weight", "t_range", "curriculum_epochs")
+        positive(self, where, "t_start")  # the lowest temperature the learned one can reach
 
 
 class GlobalTemperature(nn.Module):
@@ -64,7 +70,7 @@ class CurriculumTemperatureKD:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        s, t = student.logits.float(), teacher.logits.float()
+        s, t = full_precision(student.logits), full_precision(teacher.logits)
         if self.config.logit_standardization:
             s, t = standardize(s), standardize(t)
         temperature = self.temperature()
@@ -91,5 +97,6 @@ def kdzoo_register_methods(register):
             paper="Li et al. Curriculum Temperature for Knowledge Distillation. AAAI 2023. arXiv:2211.16231",
             summary="KD at a learnable temperature trained adversarially, its reversal ramped by a cosine curriculum",
             kind="logit",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -28,6 +28,12 @@ class DeiTConfig:
     soft_weight: float = 0.1  # lambda of the soft variant
     temperature: float = 3.0  # tau of the soft variant
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import between, positive
+
+        between(self, where, 0, 1, "hard_weight", "soft_weight")  # shares: the class head gets 1 - share
+        positive(self, where, "temperature")
+
 
 class DistillationToken:
     def __init__(self, config: DeiTConfig):
@@ -69,5 +75,6 @@ def kdzoo_register_methods(register):
             summary="a distilled transformer's distillation head learns the teacher's labels (hard) or "
             "softened outputs; the class head the labels",
             kind="logit",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

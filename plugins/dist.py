@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl
 from kdzoo.losses.dist import channel_relation_loss, dist_losses, spatial_relation_loss
 from kdzoo.losses.shapes import pooled_to_smaller
 
@@ -36,6 +36,12 @@ class DISTConfig:
     gamma: float = 2.0  # intra-class relation
     ce_weight: float = 1.0
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        positive(self, where, "tau")
+        non_negative(self, where, "beta", "gamma", "ce_weight")
+
 
 @dataclass
 class DISTPlusConfig(DISTConfig):
@@ -44,6 +50,12 @@ class DISTPlusConfig(DISTConfig):
     student_stage: int = -1  # the feature maps whose relations are matched: the last stages by default
     teacher_stage: int = -1
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        super().validate(where)
+        non_negative(self, where, "channel_weight", "spatial_weight")
+
 
 class DIST:
     def __init__(self, config: DISTConfig):
@@ -51,7 +63,7 @@ class DIST:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
-        inter, intra = dist_losses(student.logits.float(), teacher.logits.float(), self.config.tau)
+        inter, intra = dist_losses(full_precision(student.logits), full_precision(teacher.logits), self.config.tau)
         return {name: value for name, value in (("dist_inter", inter), ("dist_intra", intra)) if stage.term_on(name)}
 
     @hookimpl
@@ -87,8 +99,8 @@ class DISTPlus(DIST):
     def kdzoo_compute_losses(self, student, teacher, stage):
         terms = super().kdzoo_compute_losses(student, teacher, stage)
         mapped, target = pooled_to_smaller(self.projector(student.feature(self.s)), teacher.feature(self.t))
-        terms["dist_channel"] = channel_relation_loss(mapped.float(), target.float())
-        terms["dist_spatial"] = spatial_relation_loss(mapped.float(), target.float())
+        terms["dist_channel"] = channel_relation_loss(full_precision(mapped), full_precision(target))
+        terms["dist_spatial"] = spatial_relation_loss(full_precision(mapped), full_precision(target))
         return terms
 
     @hookimpl

@@ -63,6 +63,9 @@ class DKDConfig:
 
     def validate(self, where: str) -> None:
         """Called by kdzoo after building the config (``where`` is the section name, ``dkd``)."""
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "ce_weight", "alpha", "beta")
         if self.temperature <= 0:
             raise KdzooError(f"config key '{where}.temperature': must be > 0, got {self.temperature}")
         if self.warmup_epochs < 0:
@@ -143,5 +146,6 @@ def kdzoo_register_methods(register):
             paper="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022. arXiv:2203.08679",
             summary="KD split into target-class (TCKD) and non-target-class (NCKD) terms, weighted alpha and beta",
             kind="logit",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

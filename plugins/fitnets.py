@@ -47,6 +47,12 @@ class FitNetsConfig:
     kd_weight: float = 0.9
     kd_ce_weight: float = 0.1
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "hint_weight", "ce_weight", "kd_weight", "kd_ce_weight", "hint_epochs")
+        positive(self, where, "hint_lr", "temperature")
+
 
 class FitNets:
     def __init__(self, config: FitNetsConfig):
@@ -123,5 +129,6 @@ def kdzoo_register_methods(register):
             paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015. arXiv:1412.6550",
             summary="regress a teacher's intermediate features from the student's through a trainable conv regressor",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_stages, parameters_up_to
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl, pair_stages, parameters_up_to
 from kdzoo.losses.fsp import fsp_flow_loss
 
 
@@ -29,8 +29,11 @@ class FSPConfig:
     teacher_stages: list[int] | None = None  # None: paired by relative depth, then stride
 
     def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
         if self.init_epochs < 1:
             raise KdzooError(f"config key '{where}.init_epochs': FSP is learned in its init stage, give it >= 1")
+        non_negative(self, where, "weight")
 
 
 class FlowOfSolutionProcedure:
@@ -68,8 +71,10 @@ class FlowOfSolutionProcedure:
             return {}
         total = 0.0
         for (s1, t1), (s2, t2) in zip(self.pairs, self.pairs[1:], strict=False):  # consecutive stages
-            s_maps = student.feature(s1).float(), student.feature(s2).float()
-            total = total + fsp_flow_loss(*s_maps, teacher.feature(t1).float(), teacher.feature(t2).float())
+            s_maps = full_precision(student.feature(s1)), full_precision(student.feature(s2))
+            total = total + fsp_flow_loss(
+                *s_maps, full_precision(teacher.feature(t1)), full_precision(teacher.feature(t2))
+            )
         return {"fsp": total}
 
     @hookimpl
@@ -88,5 +93,6 @@ def kdzoo_register_methods(register):
             "Minimization and Transfer Learning. CVPR 2017",
             summary="an init stage matching flow (FSP) matrices between consecutive stages, then CE",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

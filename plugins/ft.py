@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl
 from kdzoo.losses.ft import factor_loss, reconstruction_loss
 from kdzoo.losses.shapes import average_pooled
 
@@ -31,8 +31,12 @@ class FTConfig:
     teacher_stage: int = -1
 
     def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
         if self.paraphrase_epochs < 1:
             raise KdzooError(f"config key '{where}.paraphrase_epochs': the paraphraser needs >= 1 epoch")
+        non_negative(self, where, "weight", "ce_weight")
+        positive(self, where, "rate")
 
 
 def _conv(cin: int, cout: int, transposed: bool = False) -> list[nn.Module]:
@@ -98,7 +102,7 @@ class FactorTransfer:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
-        target = teacher.feature(self.t).float()
+        target = full_precision(teacher.feature(self.t))
         if stage.term_on("ft_reconstruction"):
             _, reconstruction = self.paraphraser(target)
             return {"ft_reconstruction": reconstruction_loss(reconstruction, target)}
@@ -108,7 +112,7 @@ class FactorTransfer:
             teacher_factor = self.paraphraser.encoder(target)
         student_factor = self.translator(student.feature(self.s))
         student_factor = average_pooled(student_factor, tuple(teacher_factor.shape[-2:]))
-        return {"ft": factor_loss(student_factor.float(), teacher_factor)}
+        return {"ft": factor_loss(full_precision(student_factor), teacher_factor)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -126,5 +130,6 @@ def kdzoo_register_methods(register):
             "NeurIPS 2018. arXiv:1802.04977",
             summary="a paraphraser stage on the teacher's last map, then CE + L1 of translated vs paraphrased factors",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

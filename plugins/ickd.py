@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, hookimpl, soft_target_kl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, soft_target_kl
 from kdzoo.losses.ickd import ickd_loss
 from kdzoo_plugins.connectors import ConvRegressor
 
@@ -27,6 +27,12 @@ class ICKDConfig:
     temperature: float = 4.0
     student_stage: int = -1
     teacher_stage: int = -1
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight", "kd_weight")
+        positive(self, where, "temperature")
 
 
 class InterChannelCorrelation:
@@ -47,8 +53,10 @@ class InterChannelCorrelation:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
-        feature = student.feature(self.s).float()
-        terms = {"ickd": ickd_loss(self.embed(feature, tuple(feature.shape[-2:])), teacher.feature(self.t).float())}
+        feature = full_precision(student.feature(self.s))
+        terms = {
+            "ickd": ickd_loss(self.embed(feature, tuple(feature.shape[-2:])), full_precision(teacher.feature(self.t)))
+        }
         if self.config.kd_weight and stage.term_on("kd"):
             terms["kd"] = soft_target_kl(student.logits, teacher.logits, self.config.temperature)
         return terms
@@ -70,5 +78,6 @@ def kdzoo_register_methods(register):
             "Distillation. ICCV 2021",
             summary="match each sample's channel-to-channel correlations of the last feature map (+ KD)",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -32,6 +32,12 @@ class KDConfig:
     kd_weight: float = 0.9
     logit_standardization: bool = False  # z-score logits before softening (Sun et al., CVPR 2024)
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        positive(self, where, "temperature")
+        non_negative(self, where, "ce_weight", "kd_weight")  # a negative weight maximises its term
+
 
 class KDLoss(nn.Module):
     """The whole Hinton KD objective for your own training loop.
@@ -75,5 +81,6 @@ def kdzoo_register_methods(register):
             paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015. arXiv:1503.02531",
             summary="match the teacher's temperature-softened class probabilities (KL, T^2, batchmean)",
             kind="logit",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

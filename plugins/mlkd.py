@@ -50,6 +50,15 @@ class MLKDConfig:
     augment_ops: int = 2
     lr_scale: float = 0.5
 
+    def validate(self, where: str) -> None:
+        from kdzoo import KdzooError
+        from kdzoo.config.checks import non_negative, positive
+
+        if not self.temperatures:
+            raise KdzooError(f"config key '{where}.temperatures': name at least one temperature")
+        positive(self, where, "temperatures", "lr_scale")
+        non_negative(self, where, "ce_weight", "weight", "augment_ops")
+
 
 class MultiLevelKD:
     def __init__(self, config: MLKDConfig):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_inner_stages
 from kdzoo.losses.nst import nst_loss
 
 
@@ -22,6 +22,11 @@ class NSTConfig:
     ce_weight: float = 1.0
     student_stages: list[int] | None = None  # None: every stage but the stem and the last
     teacher_stages: list[int] | None = None  # None: paired by relative depth, then stride
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "weight", "ce_weight")
 
 
 class NeuronSelectivityTransfer:
@@ -35,7 +40,11 @@ class NeuronSelectivityTransfer:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        return {"nst": sum(nst_loss(student.feature(s).float(), teacher.feature(t).float()) for s, t in self.pairs)}
+        return {
+            "nst": sum(
+                nst_loss(full_precision(student.feature(s)), full_precision(teacher.feature(t))) for s, t in self.pairs
+            )
+        }
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -53,5 +62,6 @@ def kdzoo_register_methods(register):
             "arXiv:1707.01219",
             summary="match channel activation-pattern distributions by squared MMD (polynomial kernel) at inner stages",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -74,10 +74,12 @@ class OFAConfig:
     branch: Literal["auto", "cnn", "vit"] = "auto"  # auto: vit when every stage has the same stride
 
     def validate(self, where: str) -> None:
-        if not self.eps or any(e <= 0 for e in self.eps):
-            raise KdzooError(f"config key '{where}.eps': one or more values > 0, got {self.eps}")
-        if self.temperature <= 0:
-            raise KdzooError(f"config key '{where}.temperature': must be > 0, got {self.temperature}")
+        from kdzoo.config.checks import non_negative, positive
+
+        if not self.eps:
+            raise KdzooError(f"config key '{where}.eps': one or more values > 0, got none")
+        positive(self, where, "eps", "temperature")
+        non_negative(self, where, "weight", "logits_weight", "ce_weight")
         if self.stages is not None and not self.stages:
             raise KdzooError(f"config key '{where}.stages': name at least one stage, or leave it null")
 
@@ -264,5 +266,6 @@ def kdzoo_register_methods(register):
             summary="branches project student stages into the logit space; they and the student's logits learn "
             "the teacher's by the OFA loss (target-enhanced CE)",
             kind="logit",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, hookimpl, pair_stages
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_stages
 from kdzoo.losses.ofd import negative_margin, ofd_loss
 from kdzoo_plugins.connectors import connector
 
@@ -32,6 +32,11 @@ class OFDConfig:
     ce_weight: float = 1.0
     student_stages: list[int] | None = None  # None: every stage but the stem
     teacher_stages: list[int] | None = None
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "weight", "ce_weight")
 
 
 class Margins(nn.Module):
@@ -73,9 +78,9 @@ class OverhaulFeatureDistillation:
     def kdzoo_compute_losses(self, student, teacher, stage):
         if not stage.term_on("ofd"):
             return {}
-        targets = [teacher.pre_activation(t).float() for _, t in self.pairs]
+        targets = [full_precision(teacher.pre_activation(t)) for _, t in self.pairs]
         mapped = [
-            conn(student.pre_activation(s), tuple(target.shape[-2:])).float()
+            full_precision(conn(student.pre_activation(s), tuple(target.shape[-2:])))
             for (s, _), conn, target in zip(self.pairs, self.connectors, targets, strict=True)
         ]
         return {"ofd": ofd_loss(mapped, targets, self.margins.get(targets))}
@@ -96,5 +101,6 @@ def kdzoo_register_methods(register):
             "arXiv:1904.01866",
             summary="pre-ReLU features through connectors, partial L2 against margin-clamped teacher maps",
             kind="feature",
+            batch="global",  # the margins are measured on the first (global) batch
         )
     )

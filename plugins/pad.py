@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl
 from kdzoo.losses.pad import pad_l2_loss
 
 WARM_UP = "l2"
@@ -33,8 +33,12 @@ class PADConfig:
     eps: float = 1e-6
 
     def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
         if self.l2_epochs < 0:
             raise KdzooError(f"config key '{where}.l2_epochs' must be >= 0 (0 skips the L2 warm-up)")
+        non_negative(self, where, "weight", "l2_weight", "ce_weight")
+        positive(self, where, "eps")
 
 
 class PrimeAwareDistillation:
@@ -66,8 +70,8 @@ class PrimeAwareDistillation:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
-        embedding = student.embedding.float()
-        mapped, target = self.regressor(embedding), teacher.embedding.float()
+        embedding = full_precision(student.embedding)
+        mapped, target = self.regressor(embedding), full_precision(teacher.embedding)
         if stage.name == WARM_UP:
             return {"l2": F.mse_loss(mapped, target.detach())}
         return {"pad": pad_l2_loss(mapped, target, self.variance(embedding), self.config.eps)}
@@ -88,5 +92,6 @@ def kdzoo_register_methods(register):
             paper="Zhang et al. Prime-Aware Adaptive Distillation. ECCV 2020. arXiv:2008.01458",
             summary="embedding L2 weighted per dimension by a learned variance branch (after an L2 warm-up)",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl
 from kdzoo.losses.pkt import pkt_loss
 
 
@@ -19,6 +19,11 @@ from kdzoo.losses.pkt import pkt_loss
 class PKTConfig:
     weight: float = 30000.0
     ce_weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "weight", "ce_weight")
 
 
 class PKT:
@@ -31,7 +36,7 @@ class PKT:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        return {"pkt": pkt_loss(student.embedding.float(), teacher.embedding.float())}
+        return {"pkt": pkt_loss(full_precision(student.embedding), full_precision(teacher.embedding))}
 
     @hookimpl
     def kdzoo_loss_weights(self):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, hookimpl, inner_stages, linear_warmup, pair_stages
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, inner_stages, linear_warmup, pair_stages
 from kdzoo.losses.reviewkd import hcl_loss
 
 
@@ -34,6 +34,12 @@ class ReviewKDConfig:
     ce_weight: float = 1.0
     warmup_epochs: int = 20
     max_mid_channels: int = 512
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight", "warmup_epochs")
+        positive(self, where, "max_mid_channels")
 
 
 class AttentionBasedFusion(nn.Module):
@@ -101,8 +107,8 @@ class ReviewKD:
         t_maps = [*(teacher.pre_activation(t) for _, t in self.pairs), _as_map(teacher.embedding)]
         total, residual = 0.0, None
         for fusion, s_map, t_map in zip(self.fusions, reversed(s_maps), reversed(t_maps), strict=True):
-            out, residual = fusion(s_map.float(), residual, tuple(t_map.shape[-2:]))
-            total = total + hcl_loss(out, t_map.float())
+            out, residual = fusion(full_precision(s_map), residual, tuple(t_map.shape[-2:]))
+            total = total + hcl_loss(out, full_precision(t_map))
         return {"reviewkd": total}
 
     @hookimpl
@@ -122,5 +128,6 @@ def kdzoo_register_methods(register):
             summary="student levels fused deep to shallow (attention-based fusion) match the teacher's "
             "pre-activation maps by a pyramid MSE",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

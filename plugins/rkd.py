@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl
 from kdzoo.losses.rkd import Relations, angle_term, distance_term, teacher_relations
 
 
@@ -34,6 +34,11 @@ class RKDConfig:
     distance_weight: float = 25.0
     angle_weight: float = 50.0
     ce_weight: float = 1.0
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "distance_weight", "angle_weight", "ce_weight")
 
 
 class RelationalKD:
@@ -51,8 +56,8 @@ class RelationalKD:
         # relations are formed in fp32 even under mixed precision
         with torch.autocast(embedding.device.type, enabled=False):
             # one Gram matrix and one distance matrix per model serve both terms
-            s = Relations.of(embedding.float())
-            t = teacher_relations(teacher.embedding.float())
+            s = Relations.of(full_precision(embedding))
+            t = teacher_relations(full_precision(teacher.embedding))
             terms = {}
             if stage.term_on("rkd_distance"):
                 terms["rkd_distance"] = distance_term(s, t)

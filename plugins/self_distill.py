@@ -48,6 +48,12 @@ class SelfDistillConfig:
     byot_hint_weight: float = 0.03
     head_stages: list[int] | None = None
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        positive(self, where, "generations", "temperature", "byot_temperature")
+        non_negative(self, where, "ce_weight", "kd_weight", "byot_ce_weight", "byot_kd_weight", "byot_hint_weight")
+
 
 def _bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
@@ -158,5 +164,6 @@ def kdzoo_register_methods(register):
             summary="the student teaches itself: born-again generations, or auxiliary heads on shallow stages (byot)",
             needs_teacher=lambda config: config.variant == "born_again" and config.use_teacher,
             kind="self",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -32,7 +32,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, ModelInfo, Stage, Taps, hookimpl
+from kdzoo import KdzooError, MethodInfo, ModelInfo, Stage, Taps, full_precision, hookimpl
 
 
 @dataclass
@@ -41,6 +41,12 @@ class SimKDConfig:
     ce_weight: float = 0.0
     factor: int = 2
     align: Literal["auto", "map", "embedding"] = "auto"
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight")
+        positive(self, where, "factor")
 
 
 def _cnn_whose_last_stage_is(info: ModelInfo, channels: int) -> bool:
@@ -181,8 +187,8 @@ class SimKD:
         projected = self.projector(pooled_to(student.feature(self.student_stage), self.student_side))
         if self.align == "map":
             target = pooled_to(teacher.feature(self.teacher_stage), self.teacher_side)
-            return {"simkd": F.mse_loss(projected, target.float())}
-        return {"simkd": F.mse_loss(projected.mean(dim=(2, 3)), teacher.embedding.float())}
+            return {"simkd": F.mse_loss(projected, full_precision(target))}
+        return {"simkd": F.mse_loss(projected.mean(dim=(2, 3)), full_precision(teacher.embedding))}
 
     @hookimpl
     def kdzoo_deployed_model(self, student, modules):
@@ -204,5 +210,6 @@ def kdzoo_register_methods(register):
             summary="a projector maps the student's last map onto the teacher's (MSE); the student deploys with "
             "the projector and the teacher's reused classifier",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kdzoo import MethodInfo, hookimpl
+from kdzoo import MethodInfo, full_precision, hookimpl
 from kdzoo.losses.skd import skd_direction_loss, skd_instance_loss
 
 
@@ -28,6 +28,13 @@ class SKDConfig:
     kd_weight: float = 0.9  # the authors weight both terms by it
     form: Literal["code", "paper"] = "code"
 
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        # tikhonov keeps the covariance invertible: with fewer samples than classes it is singular without it
+        positive(self, where, "temperature", "tikhonov")
+        non_negative(self, where, "ce_weight", "kd_weight")
+
 
 class StreamlinedKD:
     def __init__(self, config: SKDConfig):
@@ -36,7 +43,7 @@ class StreamlinedKD:
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
         c = self.config
-        s, t = student.logits.float(), teacher.logits.float()
+        s, t = full_precision(student.logits), full_precision(teacher.logits)
         return {
             "skd_instance": skd_instance_loss(s, t, c.temperature, c.form),
             "skd_direction": skd_direction_loss(s, t, c.tikhonov, c.form),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, hookimpl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl
 from kdzoo.losses.sp import sp_loss
 
 
@@ -22,6 +22,11 @@ class SPConfig:
     ce_weight: float = 1.0
     student_stage: int = -1
     teacher_stage: int = -1
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative
+
+        non_negative(self, where, "weight", "ce_weight")
 
 
 class SimilarityPreserving:
@@ -35,7 +40,7 @@ class SimilarityPreserving:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        return {"sp": sp_loss(student.feature(self.s).float(), teacher.feature(self.t).float())}
+        return {"sp": sp_loss(full_precision(student.feature(self.s)), full_precision(teacher.feature(self.t)))}
 
     @hookimpl
     def kdzoo_loss_weights(self):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, hookimpl, soft_target_kl
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, soft_target_kl
 from kdzoo.losses.srd import srd_loss
 
 
@@ -26,6 +26,12 @@ class SRDConfig:
     ce_weight: float = 1.0
     exponent: float = 4.0
     norm_eps: float = 1e-4
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "weight", "kd_weight", "ce_weight")
+        positive(self, where, "temperature", "exponent", "norm_eps")
 
 
 class ProjectorDistillation:
@@ -47,8 +53,8 @@ class ProjectorDistillation:
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher, stage):
         c = self.config
-        s = self.student_norm(self.projector(student.embedding.float()))
-        terms = {"srd": srd_loss(s, self.teacher_norm(teacher.embedding.float()), c.exponent)}
+        s = self.student_norm(self.projector(full_precision(student.embedding)))
+        terms = {"srd": srd_loss(s, self.teacher_norm(full_precision(teacher.embedding)), c.exponent)}
         if c.kd_weight and stage.term_on("kd"):
             terms["kd"] = soft_target_kl(student.logits, teacher.logits, c.temperature)
         return terms

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdzoo import INPUT_VIEW, MethodInfo, Stage, Taps, View, hookimpl
+from kdzoo import INPUT_VIEW, MethodInfo, Stage, Taps, View, full_precision, hookimpl
 from kdzoo.losses.sskd import contrastive_prediction_loss, sskd_terms
 from kdzoo_plugins.views import rotation
 
@@ -55,6 +55,13 @@ class SSKDConfig:
     head_epochs: int = 60
     head_lr: float = 0.05
     head_milestones: list[int] = field(default_factory=lambda: [30, 45])
+
+    def validate(self, where: str) -> None:
+        from kdzoo.config.checks import between, non_negative, positive
+
+        non_negative(self, where, "ce_weight", "kd_weight", "tf_weight", "ss_weight", "head_epochs", "head_milestones")
+        positive(self, where, "kd_temperature", "tf_temperature", "ss_temperature", "head_lr")
+        between(self, where, 0, 1, "tf_ratio", "ss_ratio")  # the share of wrongly ranked rows kept
 
 
 def projection_head(width: int) -> nn.Sequential:
@@ -102,14 +109,14 @@ class SelfSupervisedKD:
         batch = normal.stop - normal.start
         # the rotated rows are stacked view after view: row r comes from unrotated row r mod B
         source = torch.arange(batch, device=targets.device).repeat(len(ROTATIONS))
-        t_rep = self.teacher_head(teacher.embedding.float())
+        t_rep = self.teacher_head(full_precision(teacher.embedding))
         terms = {}
         if stage.term_on(AUX):
             terms[AUX] = contrastive_prediction_loss(t_rep[rotated], t_rep[normal], source)
         if stage.losses is not None and not stage.losses & set(DISTILL_TERMS):
             return terms  # the head's own stage
         c = self.config
-        s_rep = self.student_head(student.embedding.float())
+        s_rep = self.student_head(full_precision(student.embedding))
         distilled = sskd_terms(
             (student.logits[normal], student.logits[rotated]),
             (teacher.logits[normal], teacher.logits[rotated]),

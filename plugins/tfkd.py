@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kdzoo import KdzooError, MethodInfo, hookimpl, soft_target_kl
+from kdzoo import KdzooError, MethodInfo, full_precision, hookimpl, soft_target_kl
 from kdzoo.losses.tfkd import virtual_teacher_loss
 
 
@@ -47,8 +47,12 @@ class TfKDConfig:
     correct_prob: float = 0.99
 
     def validate(self, where: str) -> None:
+        from kdzoo.config.checks import non_negative, positive
+
         if not 0.0 < self.correct_prob < 1.0:
             raise KdzooError(f"config key '{where}.correct_prob': must be in (0, 1), got {self.correct_prob}")
+        positive(self, where, "temperature", "virtual_temperature")
+        non_negative(self, where, "weight", "ce_weight", "virtual_weight", "virtual_ce_weight")
 
 
 class TeacherFreeKD:
@@ -69,9 +73,11 @@ class TeacherFreeKD:
         c = self.config
         if self.virtual:
             return {
-                "tfkd": virtual_teacher_loss(student.logits.float(), targets, c.virtual_temperature, c.correct_prob)
+                "tfkd": virtual_teacher_loss(
+                    full_precision(student.logits), targets, c.virtual_temperature, c.correct_prob
+                )
             }
-        return {"tfkd": soft_target_kl(student.logits.float(), teacher.logits.float(), c.temperature)}
+        return {"tfkd": soft_target_kl(full_precision(student.logits), full_precision(teacher.logits), c.temperature)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -93,5 +99,6 @@ def kdzoo_register_methods(register):
             summary="teacher-free KD: a virtual teacher (0.99 on the label), or a trained copy of the student",
             needs_teacher=lambda config: config.variant == "self",
             kind="self",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

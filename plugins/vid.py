@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages
+from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_inner_stages
 from kdzoo.losses.shapes import pooled_to_smaller
 from kdzoo.losses.vid import vid_loss
 
@@ -30,6 +30,15 @@ class VIDConfig:
     eps: float = 1e-5
     student_stages: list[int] | None = None
     teacher_stages: list[int] | None = None
+
+    def validate(self, where: str) -> None:
+        from kdzoo import KdzooError
+        from kdzoo.config.checks import non_negative, positive
+
+        non_negative(self, where, "weight", "ce_weight")
+        positive(self, where, "eps")
+        if self.init_variance <= self.eps:  # the variance is softplus(alpha) + eps: it starts above eps
+            raise KdzooError(f"config key '{where}.init_variance': must be > {where}.eps, got {self.init_variance}")
 
 
 class VIDRegressor(nn.Module):
@@ -82,7 +91,7 @@ class VID:
         for (s, t), regressor in zip(self.pairs, self.regressors, strict=True):
             f_s, f_t = pooled_to_smaller(student.feature(s), teacher.feature(t))
             mean, variance = regressor(f_s)
-            total = total + vid_loss(mean.float(), variance.float(), f_t.float())
+            total = total + vid_loss(full_precision(mean), full_precision(variance), full_precision(f_t))
         return {"vid": total}
 
     @hookimpl
@@ -101,5 +110,6 @@ def kdzoo_register_methods(register):
             "CVPR 2019. arXiv:1904.05835",
             summary="teacher maps made likely under a Gaussian predicted from the student's (inner stages)",
             kind="feature",
+            batch="local",  # a mean of per-sample terms: this process's share is enough
         )
     )

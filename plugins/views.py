@@ -63,13 +63,13 @@ def rand_augment(x: Tensor, ops: int = 2) -> Tensor:
     for _ in range(ops):
         op = torch.randint(0, len(OPERATIONS), (n,), device=x.device)
         value = low[op] + (high[op] - low[op]) * torch.rand(n, device=x.device)
-        grid = F.affine_grid(_affine(op, value), list(x.shape), align_corners=False)
+        grid = F.affine_grid(_affine(op, value).to(x.dtype), list(x.shape), align_corners=False)
         geometric = torch.isin(op, torch.tensor([names.index(g) for g in GEOMETRIC], device=x.device))
         moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         x = torch.where(geometric.view(-1, 1, 1, 1), moved, x)
         x = _blend(x, x.mean(dim=(1, 2, 3), keepdim=True), value, op == names.index("contrast"))
         x = _blend(x, x.amin(dim=(2, 3), keepdim=True), value, op == names.index("brightness"))
-        kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device) / 13  # PIL's SMOOTH
+        kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device, dtype=x.dtype) / 13  # PIL's SMOOTH
         smooth = F.conv2d(
             F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(x.shape[1], 1, 3, 3), groups=x.shape[1]
         )

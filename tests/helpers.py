@@ -17,6 +17,7 @@ TINY = [
     "data.batch_size=32",
     "data.train_limit=64",
     "teacher.train.epochs=1",
+    "teacher.train.train_limit=64",
     "train.log_every=1",
 ]
 

@@ -53,6 +53,14 @@ def undecodable_image(tmp_path):
     return _folder(tmp_path, broken=lambda p: p.write_bytes(b"this is not an image"))
 
 
+def fifo_image(tmp_path):
+    return _folder(tmp_path, broken=lambda p: os.mkfifo(p))  # reading it would block forever
+
+
+def symlink_loop(tmp_path):
+    return _folder(tmp_path, broken=lambda p: p.with_name("loop").symlink_to(".."))  # train/b/loop -> train
+
+
 def truncated_image(tmp_path):
     def truncate(path):
         noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -93,6 +101,15 @@ def counts_differ(tmp_path):
     return _fashion(tmp_path, train_labels=30)
 
 
+# ------------------------------------------------------------------ CIFAR
+def damaged_cifar(tmp_path):
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"\x80\x04 truncated")  # what a cut download leaves
+    return _run(tmp_path, "data.name=cifar10", f"data.root={tmp_path / 'cifar'}")
+
+
 # ------------------------------------------------------------------ the machine
 def disk_full(tmp_path, monkeypatch):
     def full(*args, **kwargs):  # what torch.save raises when the disk fills mid-write
@@ -123,6 +140,32 @@ def yaml_syntax_error(tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("methods: [kd]\ntrain:\n  epochs: [1, 2\n")
     return ["run", "--config", str(config)]
+
+
+def _config_file(tmp_path, raw: bytes):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(raw)
+    return [*_run(tmp_path), "--config", str(config)]
+
+
+def alias_bomb(tmp_path):
+    """~540 bytes that expand to 9^9 values once anything walks them (formatting an error did: 2.5 GB)."""
+    lines = ["student:", "  kwargs:", "    a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return _config_file(tmp_path, "\n".join(lines).encode())
+
+
+def huge_kwargs_in_error(tmp_path):
+    """kwargs a model does not take, large but within bounds: the error shows them cut short."""
+    return _run(tmp_path, "student.kwargs={not_an_argument: " + str(list(range(500))) + "}")
+
+
+def bad_config(*sets):
+    return lambda tmp_path: _run(tmp_path, *sets)
+
+
+def missing_checkpoint_path(tmp_path):
+    return _run(tmp_path, f"student.kwargs.checkpoint_path={tmp_path / 'nowhere.pth'}")
 
 
 # ------------------------------------------------------------------ plugins
@@ -163,10 +206,13 @@ CASES = {
     "one class": (one_class, ["has 1 class folder (only)", "at least two"]),
     "undecodable image": (undecodable_image, ["bad.png cannot be decoded", "remove or replace it"]),
     "truncated image": (truncated_image, ["bad.png cannot be decoded"]),
+    "FIFO named *.png": (fifo_image, ["bad.png is a FIFO, not an image file", "remove it"]),
+    "symlink loop in an image folder": (symlink_loop, ["train/b/loop and", "same folder", "symlink loop", "remove"]),
+    "damaged CIFAR folder": (damaged_cifar, ["CIFAR10:", "data_batch_1 is damaged", "complete copy"]),
     "truncated idx file": (truncated_idx, ["train-images-idx3-ubyte.gz", "is truncated"]),
     "wrong magic number": (wrong_magic, ["train-images-idx3-ubyte.gz", "magic number 0x00000801", "0x00000803"]),
     "image and label counts differ": (counts_differ, ["holds 40 images but", "holds 30 labels"]),
-    "full disk": (disk_full, ["could not write checkpoint", "PytorchStreamWriter failed", "previous checkpoint"]),
+    "full disk": (disk_full, ["could not write checkpoint", "PytorchStreamWriter failed", "no checkpoint was written"]),
     "read-only out_dir": (read_only_out_dir, ["cannot write to", "set train.out_dir to a writable folder"]),
     "train.epochs=0": (zero_epochs, ["train.epochs", "must be >= 1"]),
     "unknown compile backend": (
@@ -174,6 +220,36 @@ CASES = {
         ["train.compile_backend", "no backend 'aot_eagr'", "did you mean 'aot_eager'", "inductor"],
     ),
     "YAML syntax error": (yaml_syntax_error, ["broken.yaml is not valid YAML at line 4, column 1"]),
+    "YAML alias bomb": (alias_bomb, ["c.yaml: more than 10000 values once its YAML aliases are expanded"]),
+    "UTF-16 config file": (
+        lambda tmp_path: _config_file(tmp_path, "train: {epochs: 1}\n".encode("utf-16")),
+        ["c.yaml is not UTF-8 text", "save it as UTF-8"],
+    ),
+    "Latin-1 config file": (
+        lambda tmp_path: _config_file(tmp_path, "train: {name: caf\u00e9}\n".encode("latin-1")),
+        ["c.yaml is not UTF-8 text (byte 0xe9 at offset 17)", "save it as UTF-8"],
+    ),
+    "kwargs in an error are cut short": (
+        huge_kwargs_in_error,
+        ["cannot build student", "not_an_argument", "[0, 1, 2, 3, 4, 5, ...]"],
+    ),
+    "kwargs.checkpoint_path missing": (missing_checkpoint_path, ["student.kwargs.checkpoint_path: file not found"]),
+    "train_limit=-1000": (bad_config("data.train_limit=-1000"), ["data.train_limit", "must be >= 1, got -1000"]),
+    "train_limit=0": (bad_config("data.train_limit=0"), ["data.train_limit", "must be >= 1, got 0"]),
+    "img_size=1": (bad_config("data.img_size=1"), ["data.img_size", "must be >= 8, got 1"]),
+    "negative views": (bad_config("data.views=-2"), ["data.views", "must be >= 0"]),
+    "negative num_workers": (bad_config("data.num_workers=-1"), ["data.num_workers", "must be >= 0"]),
+    "NaN learning rate": (bad_config("optim.lr=.nan"), ["optim.lr", "must be a finite number, got nan"]),
+    "infinite learning rate": (bad_config("optim.lr=.inf"), ["optim.lr", "finite number"]),
+    "negative momentum": (bad_config("optim.momentum=-0.9"), ["optim.momentum", "must be in [0, 1)"]),
+    "negative weight decay": (bad_config("optim.weight_decay=-1e-4"), ["optim.weight_decay", "must be >= 0"]),
+    "log_every=0": (bad_config("train.log_every=0"), ["train.log_every", "must be > 0, got 0"]),
+    "negative kd_weight": (bad_config("kd.kd_weight=-0.9"), ["kd.kd_weight", "must be >= 0, got -0.9"]),
+    "zero temperature": (bad_config("kd.temperature=0"), ["kd.temperature", "must be > 0"]),
+    **{
+        f"train.name={name}": (bad_config(f"train.name={name}"), ["train.name", "single folder name"])
+        for name in ("../escaped", "/tmp/kdzoo-escaped", "a/b", "..")
+    },
     "NaN before any checkpoint": (nan_before_any_checkpoint, ["'flaky' became NaN/inf", "no checkpoint was written"]),
     **{
         f"plugin term is {kind}": (
@@ -191,7 +267,8 @@ def test_bad_input_is_one_line(case, tmp_path, monkeypatch):
     args = make(tmp_path, monkeypatch) if "monkeypatch" in make.__code__.co_varnames else make(tmp_path)
     result = CliRunner().invoke(main, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output[:2000]
+    assert len(lines[0]) < 1000, f"an error line of {len(lines[0])} characters: {lines[0][:300]}"
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not os.path.exists(tmp_path / "runs" / "kd-test_resnet-seed0" / "summary.json")

@@ -345,3 +345,243 @@ def test_config_from_dict_unknown_method():
         config_from_dict(data, CLASSES)
     assert "crd" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_saved_config_without_methods_is_a_run_without_methods():
+    back = config_from_dict({"methods": [], "train": {"epochs": 3}}, CLASSES)  # a comparison's scratch run
+    assert back.methods == [] and back.method_configs == {} and back.train.epochs == 3
+
+
+def test_config_from_dict_without_methods_is_one_line():
+    for damaged in ({}, {"methods": "kd"}, {"methods": [1]}, ["kd"]):
+        with pytest.raises(KdzooError, match="a saved config must hold a mapping with a list of 'methods'"):
+            config_from_dict(damaged, CLASSES)
+
+
+# --------------------------------------------------------------------------- sizes: alias bombs, long values
+
+
+def _bomb(levels: int = 8) -> str:
+    """A YAML mapping of 9^levels values written in ~60 bytes per level."""
+    lines = ["{a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f", a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "".join(lines) + "}"
+
+
+def test_alias_bomb_in_a_file_is_refused_before_it_expands(tmp_path):
+    path = write(tmp_path, "bomb.yaml", "student:\n  kwargs: " + _bomb() + "\n")
+    assert path.stat().st_size < 600
+    message = load_error([path])
+    assert "bomb.yaml: more than 10000 values once its YAML aliases are expanded" in message
+
+
+def test_alias_bomb_in_a_set_value_is_refused():
+    message = load_error(overrides=["student.kwargs=" + _bomb()])
+    assert message.startswith("--set student.kwargs: more than 10000 values")
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    path = write(tmp_path, "anchors.yaml", "teacher: {kwargs: &common {drop_rate: 0.1}}\nstudent: {kwargs: *common}\n")
+    cfg = load([path])
+    assert cfg.teacher.kwargs == cfg.student.kwargs == {"drop_rate": 0.1}
+
+
+def test_recursive_alias_is_refused():
+    assert "a config value cannot contain itself" in load_error(overrides=["student.kwargs=&a {x: *a}"])
+
+
+def test_nesting_is_bounded():
+    deep = "[" * 40 + "]" * 40
+    assert "nested more than 32 levels deep" in load_error(overrides=[f"student.kwargs={{a: {deep}}}"])
+    nested = "[" * 9 + "]" * 9
+    assert "config key 'student.kwargs': nested more than 8 levels" in load_error(
+        overrides=[f"student.kwargs={{a: {nested}}}"]
+    )
+
+
+def test_kwargs_sizes_and_keys_are_bounded():
+    many = "{" + ", ".join(f"k{i}: [1,1,1,1,1,1,1,1,1,1]" for i in range(100)) + "}"  # 1201 values
+    message = load_error(overrides=["student.kwargs=" + many])
+    assert "config key 'student.kwargs': holds more than 1000 values" in message
+    assert "config key 'student.kwargs (a key)': expected a string" in load_error(overrides=["student.kwargs={1: 2}"])
+
+
+def test_strings_lists_and_ints_are_bounded(tmp_path):
+    long = write(tmp_path, "long.yaml", f"train: {{out_dir: {'x' * 5000}}}\n")
+    assert "a string of 5000 characters at line 1 (at most 4096)" in load_error([long])
+    assert "longer than 4096 characters" in load_error(overrides=["train.out_dir=" + "x" * 5000])
+    milestones = str(list(range(1001)))
+    path = write(tmp_path, "list.yaml", f"optim: {{milestones: {milestones}}}\n")
+    assert "config key 'optim.milestones': 1001 entries (at most 1000)" in load_error([path])
+    assert "does not fit a 64-bit integer" in load_error(overrides=["train.epochs=0x" + "f" * 40])
+    assert "a number of 130 characters" in load_error(overrides=["train.epochs=0x" + "f" * 128])
+    assert "contains a NUL character" in load_error(overrides=['train.out_dir="runs\\0x"'])
+
+
+def test_values_in_error_messages_are_cut_short():
+    message = load_error(overrides=["train.epochs=[" + ", ".join(["123456789"] * 300) + "]"])
+    assert message.startswith("config key 'train.epochs': expected an integer, got [123456789, ")
+    assert len(message) < 200
+    message = load_error(overrides=["optim.name=" + "x" * 3000])
+    assert len(message) < 300 and "'sgd'" in message
+
+
+def test_huge_set_keys_are_one_short_line():
+    assert "more than 16 dotted parts" in load_error(overrides=["student.kwargs" + ".a" * 20 + "=1"])
+    message = load_error(overrides=["a" * 3000 + "=1"])
+    assert message.startswith("unknown config key 'aaa") and len(message) < 600
+
+
+# --------------------------------------------------------------------------- encodings and odd files
+
+
+def test_config_files_must_be_utf8_text(tmp_path):
+    (tmp_path / "utf16.yaml").write_text("train: {epochs: 2}\n", encoding="utf-16")
+    assert "utf16.yaml is not UTF-8 text (UTF-16 or binary): save it as UTF-8" in load_error([tmp_path / "utf16.yaml"])
+    (tmp_path / "latin1.yaml").write_bytes("train: {name: caf\u00e9}\n".encode("latin-1"))
+    assert "latin1.yaml is not UTF-8 text (byte 0xe9 at offset 17)" in load_error([tmp_path / "latin1.yaml"])
+    (tmp_path / "bom.yaml").write_bytes("train: {epochs: 2}\n".encode("utf-8-sig"))
+    assert load([tmp_path / "bom.yaml"]).train.epochs == 2  # a UTF-8 BOM (Notepad's) is fine
+
+
+def test_a_folder_or_fifo_as_config_file_is_one_line(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.yaml")
+    assert "pipe.yaml is not a regular file" in load_error([tmp_path / "pipe.yaml"])  # never opened: it would block
+    assert "is not a regular file" in load_error([tmp_path])
+
+
+def test_an_impossible_yaml_value_is_one_line():
+    assert "a value cannot be read (day is out of range for month)" in load_error(overrides=["train.name=2021-02-30"])
+
+
+def test_an_int_beyond_a_float_is_one_line():
+    from kdzoo.config import build
+
+    with pytest.raises(KdzooError, match="config key 'optim.lr': <an integer of 1329 bits> is out of a float's range"):
+        build(OptimConfig, {"lr": 10**400}, "optim")
+
+
+# --------------------------------------------------------------------------- ranges of the core sections
+
+
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("data.train_limit=-1000", "data.train_limit': must be >= 1, got -1000"),
+        ("data.train_limit=0", "data.train_limit': must be >= 1, got 0"),
+        ("data.img_size=1", "data.img_size': must be >= 8"),
+        ("data.views=-1", "data.views': must be >= 0"),
+        ("data.num_workers=-2", "data.num_workers': must be >= 0"),
+        ("optim.lr=.nan", "optim.lr': must be a finite number, got nan"),
+        ("optim.lr=-.inf", "optim.lr': must be a finite number, got -inf"),
+        ("optim.momentum=-0.1", "optim.momentum': must be in [0, 1)"),
+        ("optim.momentum=1", "optim.momentum': must be in [0, 1)"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay': must be >= 0"),
+        ("optim.gamma=0", "optim.gamma': must be > 0"),
+        ("optim.milestones=[3, -1]", "optim.milestones[1]': must be >= 0, got -1"),
+        ("teacher.train.optim.lr=.nan", "teacher.train.optim.lr': must be a finite number"),
+        ("train.log_every=0", "train.log_every': must be > 0, got 0"),
+        ("train.checkpoint_every=-1", "train.checkpoint_every': must be >= 0"),
+        ("train.seed=-1", "train.seed': must be in [0, 2**32 - 1]"),
+        ("teacher.train.seed=4294967296", "teacher.train.seed': must be in [0, 2**32 - 1]"),
+    ],
+)
+def test_out_of_range_core_settings_are_one_line(setting, needle):
+    assert needle in load_error(overrides=[setting])
+
+
+def test_nesterov_needs_momentum():
+    assert "Nesterov momentum needs optim.momentum > 0" in load_error(
+        overrides=["optim.nesterov=true", "optim.momentum=0"]
+    )
+    assert load(overrides=["optim.nesterov=true", "optim.name=adam", "optim.momentum=0"]).optim.nesterov
+
+
+@pytest.mark.parametrize("name", ["../escaped", "..", ".", "/tmp/abs", "a/b", "a\\b", "x" * 256])
+def test_run_name_must_be_one_folder_name(name):
+    assert "config key 'train.name': must be a single folder name" in load_error(overrides=[f"train.name='{name}'"])
+
+
+@pytest.mark.parametrize("name", ["my-run", "kd+at-seed0", "a..b", "", "x" * 255])
+def test_run_names_that_stay_inside_out_dir_are_fine(name):
+    assert load(overrides=[f"train.name='{name}'"]).train.name == name
+
+
+def test_a_config_made_in_code_is_validated_by_load_data():
+    from kdzoo.data import load_data
+
+    with pytest.raises(KdzooError, match="data.train_limit': must be >= 1, got -5"):
+        load_data(DataConfig(name="synthetic", train_limit=-5), seed=0)
+
+
+# --------------------------------------------------------------------------- method configs
+
+
+def _builtin_config_classes() -> dict[str, type]:
+    from kdzoo.registry import registry
+
+    return registry().config_classes()
+
+
+def _fields(cls, pick) -> list[str]:
+    """The float fields of a config class whose names ``pick`` accepts (types are strings under
+    ``from __future__ import annotations``)."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls) if f.type in ("float", float) and pick(f.name)]
+
+
+def _is_weight(name: str) -> bool:
+    return name.endswith("weight") or name in ("alpha", "beta", "gamma")  # DKD's, AT's and DIST's term weights
+
+
+def _is_temperature(name: str) -> bool:
+    return "temperature" in name or name == "tau"
+
+
+@pytest.mark.parametrize("method", sorted(_builtin_config_classes()))
+def test_every_builtin_method_refuses_negative_weights_and_temperatures(method):
+    from kdzoo.config import build
+
+    cls = _builtin_config_classes()[method]
+    build(cls, {}, method)  # its defaults are valid
+    weights = _fields(cls, _is_weight)
+    assert weights, f"{method}: no weight found to check"
+    for name in weights:
+        with pytest.raises(KdzooError, match=f"config key '{method}.{name}': must be"):
+            build(cls, {name: -1.0}, method)
+    for name in _fields(cls, _is_temperature):
+        with pytest.raises(KdzooError, match=f"config key '{method}.{name}': must be > 0"):
+            build(cls, {name: 0.0}, method)
+    for name in _fields(cls, lambda _: True):
+        with pytest.raises(KdzooError, match=f"config key '{method}.{name}': must be a finite number"):
+            build(cls, {name: float("nan")}, method)
+
+
+def test_a_third_party_config_without_validate_keeps_working():
+    from dataclasses import dataclass
+
+    from kdzoo.config import build
+
+    @dataclass
+    class Theirs:
+        weight: float = 1.0
+        names: list[str] | None = None
+
+    assert build(Theirs, {"weight": -3.0, "names": ["a"]}, "theirs") == Theirs(-3.0, ["a"])  # their range, not ours
+    with pytest.raises(KdzooError, match="config key 'theirs.weight': must be a finite number, got inf"):
+        build(Theirs, {"weight": float("inf")}, "theirs")  # bounds every config shares
+
+
+def test_a_config_instance_passes_through_its_validate():
+    from kdzoo.config import build
+
+    with pytest.raises(KdzooError, match="config key 'kd.temperature': must be > 0"):
+        build(KDConfig, KDConfig(temperature=-1.0), "kd")
+
+
+def test_a_yaml_tag_never_constructs_anything(tmp_path):
+    path = write(tmp_path, "tag.yaml", 'train: !!python/object/apply:os.system ["echo hi"]\n')
+    assert "could not determine a constructor for the tag" in load_error([path])

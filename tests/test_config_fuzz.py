@@ -75,3 +75,22 @@ def test_random_yaml_text(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     _load([path], [], ["kd"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fanouts=st.lists(st.integers(1, 12), min_size=1, max_size=10),
+    section=st.sampled_from(["student: {kwargs: ", "optim: {milestones: ", "kd: {temperature: ", "x: {y: "]),
+)
+@example(fanouts=[9] * 9, section="student: {kwargs: ")  # ~600 bytes, 9^9 values once expanded
+def test_alias_chains_are_accepted_small_or_refused_unexpanded(tmp_path, fanouts, section):
+    """Each anchor reuses the previous one ``fanout`` times: a small expansion loads, a large one is one
+    line, and neither costs more than the text it was written in (nothing is expanded to find out)."""
+    import time
+
+    anchors = ["a0: &a0 [1]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * n)}]" for i, n in enumerate(fanouts, 1)]
+    path = tmp_path / "c.yaml"
+    path.write_text(section + "{" + ", ".join(anchors) + "}}\n")
+    start = time.perf_counter()
+    _load([path], [], ["kd"])
+    assert time.perf_counter() - start < 2.0

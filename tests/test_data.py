@@ -1,4 +1,5 @@
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -108,3 +109,83 @@ def test_fashion_mnist_follows_data_root_with_no_stale_copy(tmp_path):
     for root, first_label in (("a", 3), ("b", 7), ("a", 3)):
         data = load_data(DataConfig(name="fashion_mnist", root=str(tmp_path / root)), seed=0)
         assert data.val.labels[0].item() == first_label
+
+
+# --------------------------------------------------------------------------- image folders: what ImageFolder gets wrong
+
+
+def _png(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path, format="PNG")
+
+
+def test_image_folder_scan_finds_what_torchvision_finds_in_its_order(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    from kdzoo.data.datasets import scan_image_folder
+
+    for name in ("a/1.png", "a/sub/2.PNG", "a/0.jpg", "a/sub/deeper/3.png", "b/x.png", "c/y.webp"):
+        _png(tmp_path / "train" / name)
+    (tmp_path / "train" / "c" / "notes.txt").touch()  # not an image: skipped by both
+    _png(tmp_path / "elsewhere" / "q.png")
+    (tmp_path / "train" / "c" / "linked").symlink_to(tmp_path / "elsewhere")  # a link to another disk is fine
+    reference = ImageFolder(str(tmp_path / "train"))
+    assert scan_image_folder(tmp_path / "train") == (reference.classes, reference.samples)
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda b: os.mkfifo(b / "fifo.png"), "fifo.png is a FIFO, not an image file; remove it"),
+        (lambda b: (b / "broken.png").symlink_to("nowhere"), "broken.png is a broken symlink"),
+        (lambda b: (b / "loop").symlink_to(".."), "b/loop and "),  # train/b/loop -> train
+        (lambda b: (b / "self").symlink_to("."), "b/self and "),
+        (lambda b: (b / "to-a").symlink_to("../a"), "b/to-a and "),  # a's images relabelled b
+    ],
+)
+def test_image_folder_scan_refuses_what_would_hang_or_relabel(tmp_path, make, needle):
+    from kdzoo.data.datasets import scan_image_folder
+
+    for name in ("a/0.png", "b/0.png"):
+        _png(tmp_path / "train" / name)
+    make(tmp_path / "train" / "b")
+    with pytest.raises(KdzooError) as info:
+        scan_image_folder(tmp_path / "train")
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_image_folder_without_classes_or_images_is_one_line(tmp_path):
+    from kdzoo.data.datasets import scan_image_folder
+
+    (tmp_path / "train").mkdir()
+    with pytest.raises(KdzooError, match="no class folder in it"):
+        scan_image_folder(tmp_path / "train")
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(KdzooError, match=r"no images in class folder\(s\) empty"):
+        scan_image_folder(tmp_path / "train")
+
+
+# --------------------------------------------------------------------------- CIFAR folders
+
+
+def _cifar_folder(tmp_path, skip=()):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        if name not in skip:
+            (folder / name).write_bytes(b"not the published file")
+    return folder
+
+
+def test_cifar_missing_batch_file_is_named(tmp_path):
+    _cifar_folder(tmp_path, skip=("test_batch",))
+    with pytest.raises(KdzooError, match="CIFAR10: .*test_batch is missing; replace .* with a complete copy"):
+        load_data(DataConfig(name="cifar10", root=str(tmp_path)), seed=0)
+
+
+def test_cifar_damaged_batch_file_is_named_before_anything_is_unpickled(tmp_path):
+    _cifar_folder(tmp_path)
+    with pytest.raises(KdzooError, match="CIFAR10: .*data_batch_1 is damaged .*MD5"):
+        load_data(DataConfig(name="cifar10", root=str(tmp_path)), seed=0)

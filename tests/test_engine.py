@@ -173,3 +173,17 @@ def test_logged_terms_keep_their_significant_digits_whatever_their_scale(tmp_pat
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert record["train"]["tiny"] == pytest.approx(4.7e-5, rel=1e-3)  # not rounded to 0.000047
     assert "tiny=4.7e-05" in capsys.readouterr().out  # 4 significant digits on the console, not 0.0000
+
+
+def test_stacked_methods_weighting_a_term_differently_say_whose_weight_is_used(tmp_path, capsys):
+    cfg = tiny_config(["tfkd", "kd"], "kd.ce_weight=0.5", out_dir=str(tmp_path))
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=True)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("term 'ce'")]
+    used = trainer.objective.loss_weights(trainer.stages[0], 0, 0.0)["ce"]  # tfkd's
+    assert said == [
+        f"term 'ce': weight {used:g} from tfkd (the first method selected), not kd's 0.5; "
+        "put the method whose weight you want first"
+    ]
+    same = tiny_config(["kd", "at"], "kd.ce_weight=1.0", out_dir=str(tmp_path))  # equal weights: nothing to say
+    build_trainer(same, registry(), tmp_path / "other", show_progress=True)
+    assert "term 'ce'" not in capsys.readouterr().out

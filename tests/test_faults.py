@@ -2,6 +2,7 @@
 
 import dataclasses
 import errno
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import kdzoo
 from kdzoo import checkpoint
 from kdzoo.cli import main
 from kdzoo.engine import build_trainer
-from tests.helpers import TINY, registry_with_method, tiny_config
+from tests.helpers import TINY, registry_with_method, subprocess_env, tiny_config
 
 
 @dataclasses.dataclass
@@ -114,10 +115,57 @@ def test_running_out_of_disk_while_checkpointing_leaves_the_previous_one(tmp_pat
 
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", disk_full)
-        with pytest.raises(kdzoo.KdzooError, match=r"No space left on device\); the previous checkpoint is intact"):
+        with pytest.raises(
+            kdzoo.KdzooError, match=r"no space left for .*last.pt: it needs .*; the previous file is intact"
+        ):
             checkpoint.save_atomic({"epoch": 2}, path)
     assert checkpoint.load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_a_full_disk_before_any_checkpoint_says_nothing_was_written_and_what_it_needs(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 100))
+    path = tmp_path / "last.pt"
+    with pytest.raises(kdzoo.KdzooError, match=r"last.pt: it needs 4,000 bytes, 100 are free; nothing was written"):
+        checkpoint.save_atomic({"weights": torch.zeros(1000)}, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"student": "not weights"},
+        {"student": {"conv.weight": "not a tensor"}},
+        {"position": {"stage": "x", "epoch": 0, "step": 0, "global_epoch": 0}},
+        {"position": {"unknown": 1}},
+        {"history": {"not": "a list"}},
+    ],
+    ids=["student-not-a-dict", "weights-not-tensors", "position-not-ints", "position-unknown", "history-not-a-list"],
+)
+def test_a_checkpoint_with_the_right_format_and_malformed_contents_is_one_line(tmp_path, damage):
+    from kdzoo.engine.state import FORMAT
+
+    good = {
+        "config": {},
+        "student": {},
+        "modules": {},
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "position": {"stage": 0, "epoch": 0, "step": 0, "global_epoch": 0},
+        "rng": {},
+        "history": [],
+        "format": FORMAT,
+    }
+    path = tmp_path / "last.pt"
+    torch.save({**good, **damage}, path)
+    result = CliRunner().invoke(main, ["run", "--resume", str(path)])
+    assert result.exit_code != 0 and "is damaged" in result.output and "delete it" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
 
 
 def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
@@ -187,3 +235,74 @@ def test_a_term_named_like_a_metrics_field_is_refused(tmp_path):
     )
     with pytest.raises(kdzoo.KdzooError, match="loss term name 'loss' is reserved"):
         trainer.fit()
+
+
+def test_running_out_of_memory_is_one_line_naming_the_sizes_to_lower(tmp_path, monkeypatch):
+    cfg = tiny_config(["kd"], out_dir=str(tmp_path))
+    trainer = build_trainer(cfg, kdzoo.registry.registry(), tmp_path / "run", show_progress=False)
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: 10 GB")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.student, "forward_features", no_memory)
+        with pytest.raises(kdzoo.KdzooError, match=r"the student \(test_resnet\) ran out of memory .*lower data.batch"):
+            trainer.fit()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "backward", no_memory)
+        again = build_trainer(cfg, kdzoo.registry.registry(), tmp_path / "again", show_progress=False)
+        with pytest.raises(kdzoo.KdzooError, match=r"ran out of memory in the backward pass \(data.batch_size=32"):
+            again.fit()
+
+
+def _written_in_place(path: str) -> bool:
+    """Whether a path a command opened for writing is a file it wrote in place, rather than one of the
+    kinds that are safe to write so: a temporary file renamed over its target once whole (or a scratch
+    file removed after use), a lock, the
+    out-dir write probe, TensorBoard's append-only event log (its reader drops a cut last record), a
+    teacher-output array (written before the meta.json that says it is complete, under a fresh name)."""
+    name = Path(path).name
+    safe = (
+        (name.startswith(".") and not Path(path).exists())  # a temp file renamed, or a scratch file removed
+        or name.endswith(".lock")
+        or name == ".lock"
+        or name.startswith(".kdzoo-write-check-")
+        or name.startswith("events.out.tfevents.")
+        or (name.endswith(".f16") and "teacher_outputs" in path)
+    )
+    return not safe and not Path(path).is_dir()
+
+
+def test_every_file_a_run_its_caches_and_its_exports_write_is_replaced_atomically(tmp_path):
+    """A SIGKILL at any write leaves the old file or the new one: no file is written in place."""
+    import subprocess
+    import sys
+
+    sets = [
+        *TINY,
+        "teacher.model=test_resnet",
+        "student.model=test_resnet",
+        "train.epochs=2",
+        "data.augment=false",
+        "teacher.cache=true",  # the teacher trained and cached, then its outputs stored
+        f"train.out_dir={tmp_path / 'runs'}",
+    ]
+    run = ["run", "--method", "kd", "--quiet", *[a for s in sets for a in ("--set", s)]]
+    run_dir = tmp_path / "runs" / "kd-test_resnet-seed0"
+    resume = ["run", "--quiet", "--resume", str(run_dir), "--set", "train.epochs=3"]
+    plot = ["plot", str(run_dir)]
+    export = ["export", str(run_dir), "--format", "onnx", "--quantize", "int8"]
+    script = str(Path(__file__).with_name("write_audit.py"))
+    commands = [a for command in (run, resume, plot, ["export", str(run_dir)], export) for a in ("--", *command)]
+    done = subprocess.run(
+        [sys.executable, script, str(tmp_path), *commands],
+        env={**subprocess_env(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout.splitlines()
+    written = [line.removeprefix("written in: ") for line in said if line.startswith("written in: ")]
+    assert any(Path(path).name.startswith(".last.pt.tmp") for path in written)  # the audit sees the writes
+    assert [path for path in written if _written_in_place(path)] == []

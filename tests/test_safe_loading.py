@@ -37,9 +37,12 @@ def _sets(tmp_path, *extra):
 
 
 def _refused(result, path: Path, marker: Path) -> None:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0 and len(lines) == 1, result.output
-    assert str(path) in lines[0] and "refused" in lines[0] and "'io.open'" in lines[0], lines[0]
+    """One ``Error:`` line naming the file and the global it refused (after any progress line, such as
+    compare's folder), no traceback, and the payload never ran."""
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code != 0 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert result.output.rstrip().endswith(errors[0]), result.output
+    assert str(path) in errors[0] and "refused" in errors[0] and "'io.open'" in errors[0], errors[0]
     assert not marker.exists(), "code from the file ran"
 
 

@@ -83,3 +83,77 @@ def test_attention_transfer_caches_attention_maps_not_feature_maps(tmp_path):
     _, live_terms, _ = live.compute_losses(x, y, stage, 0, 0.0)
     _, cached_terms, _ = cached.compute_losses(x, y, stage, 0, 0.0, teacher_out=stored)
     assert torch.allclose(live_terms["at"], cached_terms["at"], rtol=1e-2, atol=1e-6)
+
+
+def _filled(tmp_path, name="first"):
+    """A kd run's teacher-output cache, filled; returns the trainer and the entry's folder."""
+    trainer = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", method="kd", name=name)
+    return trainer, trainer.teacher_cache.folder
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory):
+    """A kdzoo cache holding a trained tiny teacher and its stored outputs, made once for the module."""
+    import kdzoo.paths
+
+    folder = tmp_path_factory.mktemp("filled")
+    with kdzoo.paths.using_cache(folder / "cache"):
+        _filled(folder)
+    return folder / "cache"
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        pytest.param(lambda folder: (folder / "meta.json").write_text(""), "meta.json is damaged", id="empty-meta"),
+        pytest.param(lambda folder: (folder / "meta.json").write_text('{"complete": tru'), "damaged", id="cut-meta"),
+        pytest.param(
+            lambda folder: next(folder.glob("logits*.f16")).write_bytes(b"\0" * 10), "is 10 bytes", id="short-array"
+        ),
+        pytest.param(lambda folder: next(folder.glob("logits*.f16")).unlink(), "is missing", id="missing-array"),
+        # the teacher's description and accuracy: written again by the teacher, the outputs kept
+        pytest.param(lambda folder: (folder.parent / "info.json").write_text("{"), None, id="cut-info"),
+    ],
+)
+def test_a_damaged_entry_is_filled_again_saying_so_never_reused(tmp_path, capsys, damage, said, filled_cache):
+    import shutil
+
+    shutil.copytree(filled_cache, tmp_path / "cache")  # this test's own copy, to damage
+    first, folder = _filled(tmp_path)
+    expected = first.teacher_cache.lookup(torch.arange(8), 0, torch.device("cpu")).logits
+    damage(folder)
+    capsys.readouterr()
+    again = _trainer(tmp_path, "data.augment=false", "teacher.cache=true", method="kd", name="again")
+    printed = capsys.readouterr().out
+    if said is not None:
+        assert said in printed and "filling it again" in printed
+    stored = again.teacher_cache.lookup(torch.arange(8), 0, torch.device("cpu")).logits
+    assert torch.equal(stored, expected)  # the same teacher's outputs, rebuilt
+    assert again.teacher_metrics == first.teacher_metrics
+    assert again.fit()["teacher_top1"] == first.teacher_metrics["top1"]
+
+
+def test_a_full_disk_while_filling_is_one_line_naming_the_file_and_the_bytes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(KdzooError, match=r"no space left for .*logits-\w+\.f16: it needs [\d,]+ bytes; nothing was"):
+        _filled(tmp_path)
+    assert not list((tmp_path / "cache").rglob("meta.json"))  # nothing half-made is taken for an entry
+
+
+def test_a_fill_that_would_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    # a disk with room for the teacher's training, not for its outputs
+    full = lambda path: usage(*real(path)[:2], 1000) if "teacher_outputs" in str(path) else real(path)  # noqa: E731
+    monkeypatch.setattr(shutil, "disk_usage", full)
+    with pytest.raises(KdzooError, match=r"no space left for .*meta.json: it needs [\d,]+ bytes, 1,000 are free"):
+        _filled(tmp_path)

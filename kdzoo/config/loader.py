@@ -24,22 +24,22 @@ from typing import Any
 
 import yaml
 
+from kdzoo.config.checks import MAX_TEXT, clip, shown
 from kdzoo.config.schema import CORE_SECTIONS, RunConfig
 from kdzoo.config.typed import build
+from kdzoo.config.yamlio import load_yaml, read_text
 from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise KdzooError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(read_text(path), f"config file {path}")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or first_line(exc)
-        raise KdzooError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise KdzooError(f"config file {path} is not valid YAML{where}: {clip(problem)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -58,16 +58,23 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_KEY_PARTS = 16  # section.key plus a model kwarg's nesting (bounded at 8 levels) fits with room
+
+
 def parse_override(text: str, option: str = "--set", example: str = "optim.lr=0.1") -> tuple[list[str], Any]:
     """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML. ``option`` and
     ``example`` name the command-line option in the error."""
+    if len(text) > MAX_TEXT:
+        raise KdzooError(f"{option} {shown(text)}: longer than {MAX_TEXT} characters; a setting is a short value")
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise KdzooError(f"{option} {text!r}: expected KEY=VALUE, e.g. {option} {example}")
+        raise KdzooError(f"{option} {shown(text)}: expected KEY=VALUE, e.g. {option} {example}")
+    if key.count(".") >= MAX_KEY_PARTS:
+        raise KdzooError(f"{option} {clip(key)}: a key of more than {MAX_KEY_PARTS} dotted parts")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"{option} {clip(key)}") if raw.strip() else ""
+    except yaml.YAMLError:  # not YAML: the text as it is (a name with a colon, say)
         value = raw
     return key.split("."), value
 
@@ -92,11 +99,11 @@ def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[s
         return [owners[0], *path]
     if len(owners) > 1:
         raise KdzooError(
-            f"--set {'.'.join(path)}: ambiguous, methods {', '.join(owners)} all have it; "
-            f"write e.g. --set {owners[0]}.{'.'.join(path)}=..."
+            f"--set {clip('.'.join(path))}: ambiguous, methods {', '.join(owners)} all have it; "
+            f"write e.g. --set {owners[0]}.{clip('.'.join(path))}=..."
         )
     choices = [*CORE_SECTIONS, *known, *(f for m in methods for f in method_fields.get(m, ()))]
-    raise KdzooError(f"unknown config key '{'.'.join(path)}'{close_matches(path[0], choices)}")
+    raise KdzooError(f"unknown config key '{clip('.'.join(path))}'{close_matches(path[0], choices)}")
 
 
 def load_config(
@@ -126,16 +133,16 @@ def load_config(
     if isinstance(selected, str):
         selected = [selected]
     if not isinstance(selected, list) or not all(isinstance(m, str) for m in selected):
-        raise KdzooError(f"config key 'methods': expected a list of method names, got {selected!r}")
+        raise KdzooError(f"config key 'methods': expected a list of method names, got {shown(selected)}")
     if not selected:
         raise KdzooError(
             "no method selected: pass --method NAME (known: " + ", ".join(sorted(method_config_classes)) + ")"
         )
     for name in selected:
         if name not in method_config_classes:
-            raise unknown_method(name, method_config_classes, failures)
+            raise unknown_method(clip(name, 60), method_config_classes, failures)
     if len(set(selected)) != len(selected):
-        raise KdzooError(f"method selected twice: {selected}")
+        raise KdzooError(f"method selected twice: {shown(selected)}")
     _refuse_renamed_keys(data)
     core = {key: build(cls, data.pop(key, None), key) for key, cls in CORE_SECTIONS.items()}
     method_configs = {}
@@ -143,7 +150,8 @@ def load_config(
         if key not in method_config_classes:
             choices = [*CORE_SECTIONS, "methods", *method_config_classes]
             raise KdzooError(
-                f"unknown config key '{key}'{close_matches(str(key), choices)}; top-level keys: {', '.join(choices)}"
+                f"unknown config key '{clip(str(key))}'{close_matches(str(key), choices)}; "
+                f"top-level keys: {', '.join(choices)}"
             )
         cfg = build(method_config_classes[key], section, key)
         if key in selected:
@@ -164,13 +172,17 @@ def _refuse_renamed_keys(data: dict[str, Any]) -> None:
 
 def config_from_dict(data: dict[str, Any], method_config_classes: dict[str, type]) -> RunConfig:
     """Rebuild a :class:`RunConfig` saved with :meth:`RunConfig.to_dict` (e.g. in a checkpoint)."""
+    methods = data.get("methods") if isinstance(data, dict) else None
+    # an empty list is a run without methods: a comparison's scratch run, a teacher kdzoo trained
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise KdzooError(f"a saved config must hold a mapping with a list of 'methods', got {shown(data)}")
     data = copy.deepcopy(data)
-    methods = data.pop("methods")
+    data.pop("methods")
     overrides_free = {k: v for k, v in data.items() if k in CORE_SECTIONS or k in methods}
     core = {key: build(cls, overrides_free.get(key), key) for key, cls in CORE_SECTIONS.items()}
     method_configs = {}
     for name in methods:
         if name not in method_config_classes:
-            raise KdzooError(f"this checkpoint was made with method '{name}', which is not installed here")
+            raise KdzooError(f"this checkpoint was made with method '{clip(name)}', which is not installed here")
         method_configs[name] = build(method_config_classes[name], overrides_free.get(name), name)
     return RunConfig(methods=methods, method_configs=method_configs, **core)

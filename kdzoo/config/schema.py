@@ -8,8 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kdzoo.config.checks import at_least, non_negative, positive, shown
 from kdzoo.config.typed import as_dict
 from kdzoo.errors import KdzooError
+
+MIN_IMG_SIZE = 8  # the smallest built-in images (digits) are 8x8; below that a model sees a few pixels
+MAX_SEED = 2**32 - 1  # numpy's seeds are unsigned 32-bit
 
 
 @dataclass
@@ -40,9 +44,11 @@ class DataConfig:
     views: int = 0  # >0: each sample has this many fixed augmented views (epoch e uses view e % views)
 
     def validate(self, where: str) -> None:
-        for key in ("img_size", "batch_size", "eval_batch_size"):
-            if getattr(self, key) <= 0:
-                raise KdzooError(f"config key '{where}.{key}': must be > 0, got {getattr(self, key)}")
+        positive(self, where, "batch_size", "eval_batch_size")
+        at_least(self, where, MIN_IMG_SIZE, "img_size")
+        non_negative(self, where, "num_workers", "views")
+        # a negative limit would slice off the end (all but N samples), 0 would train on nothing
+        at_least(self, where, 1, "train_limit")
 
 
 @dataclass
@@ -57,27 +63,34 @@ class OptimConfig:
     gamma: float = 0.1
 
     def validate(self, where: str) -> None:
-        if self.lr <= 0:
-            raise KdzooError(f"config key '{where}.lr': must be > 0, got {self.lr}")
+        positive(self, where, "lr", "gamma")
+        non_negative(self, where, "weight_decay", "milestones")
+        if not 0 <= self.momentum < 1:  # 1 never forgets a gradient: the steps grow without bound
+            raise KdzooError(f"config key '{where}.momentum': must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.name == "sgd" and self.momentum == 0:
+            raise KdzooError(f"config key '{where}.nesterov': Nesterov momentum needs {where}.momentum > 0")
 
 
 @dataclass
 class TeacherTrainConfig:
     """How kdzoo trains a teacher it has to train: the teacher's own settings, never the student's.
 
-    Everything here (with the architecture and the data) is the trained-teacher cache key, so two
-    runs that differ only in the student's settings share one teacher."""
+    Everything here, with the architecture, the dataset's contents and image size, is the
+    trained-teacher cache key, and nothing else: two runs that differ only in the student's settings
+    (``data.train_limit``, ``data.augment`` and ``data.views`` included) share one teacher."""
 
     epochs: int = 8
     seed: int = 0
     batch_size: int = 64
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: bool = True  # the data's own augmentation (random crops and flips) while the teacher trains
+    train_limit: int | None = None  # the first N training samples only (smoke tests); None: all of them
 
     def validate(self, where: str) -> None:
-        if self.epochs < 0:
-            raise KdzooError(f"config key '{where}.epochs': must be >= 0, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise KdzooError(f"config key '{where}.batch_size': must be > 0, got {self.batch_size}")
+        non_negative(self, where, "epochs")
+        positive(self, where, "batch_size")
+        at_least(self, where, 1, "train_limit")
+        _check_seed(self.seed, where)
 
 
 @dataclass
@@ -99,7 +112,9 @@ class TrainConfig:
     out_dir: str = "runs"
     name: str | None = None
     log_every: int = 10
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
+    # bf16/fp16: the models' forward passes under autocast (fp16 adds a grad scaler); fp64: every model,
+    # method module and batch in float64, slow, for checking that results are exact (N processes = 1)
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the models' forward passes
     # torch.compile the per-step distillation work too (the methods' terms and their weighting): at
@@ -116,6 +131,25 @@ class TrainConfig:
             raise KdzooError(
                 f"config key '{where}.epochs': must be >= 1 (a run trains at least one epoch), got {self.epochs}"
             )
+        positive(self, where, "log_every")
+        non_negative(self, where, "checkpoint_every")
+        _check_seed(self.seed, where)
+        if self.name:  # None or "": the run names itself
+            _check_folder_name(self.name, f"{where}.name")
+
+
+def _check_seed(seed: int, where: str) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise KdzooError(f"config key '{where}.seed': must be in [0, 2**32 - 1], got {seed}")
+
+
+def _check_folder_name(name: str, key: str) -> None:
+    """The run folder's name, inside ``train.out_dir``: one path component, so nothing lands outside it."""
+    if name in (".", "..") or "/" in name or "\\" in name or len(name.encode()) > 255:
+        raise KdzooError(
+            f"config key '{key}': must be a single folder name (no '/', '\\', '..'; at most 255 bytes), "
+            f"got {shown(name)}; set train.out_dir for where it goes"
+        )
 
 
 CORE_SECTIONS: dict[str, type] = {

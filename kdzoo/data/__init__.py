@@ -12,12 +12,14 @@ from kdzoo.data.batches import (
     shard,
     to_device,
 )
+from kdzoo.data.contents import DataContents
 from kdzoo.data.datasets import DATASETS, load_data, load_digits_arrays, stratified_split
 
 __all__ = [
     "DATASETS",
     "Batches",
     "DataBundle",
+    "DataContents",
     "DistInfo",
     "IterableBatches",
     "LoaderBatches",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.data.contents import DataContents
 from kdzoo.errors import KdzooError
 
 
@@ -228,13 +230,15 @@ def shift(x: Tensor, pad: int, dy: Tensor, dx: Tensor) -> Tensor:
 
 @dataclass
 class DataBundle:
-    """Train and validation batches plus what the models must be built for."""
+    """Train and validation batches plus what the models must be built for; ``contents``: digests of
+    what the splits hold (``None`` where kdzoo cannot see it: a user's own loader)."""
 
     name: str
     train: Batches
     val: Batches
     num_classes: int
     in_chans: int
+    contents: DataContents | None = None
 
 
 class LoaderBatches(Batches):
@@ -275,6 +279,7 @@ class LoaderBatches(Batches):
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
+            worker_init_fn=_leave_stop_signals_to_the_trainer,
         )
         try:
             for x, y, idx in itertools.islice(loader, start, None):
@@ -283,6 +288,16 @@ class LoaderBatches(Batches):
                 yield (x, y, idx) if with_index else (x, y)
         except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
             raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
+
+
+def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
+    """In each loader worker: ignore SIGINT and SIGTERM. Ctrl-C, ``timeout`` and schedulers signal a
+    job's whole process group; a worker killed by it would take the training process down mid-step
+    (the loader raises from its SIGCHLD handler) before it can checkpoint. The training process
+    handles the signal (:class:`~kdzoo.engine.signals.StopRequests`) and then shuts its workers
+    down; a worker whose training process died exits by itself (the loader's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _WithIndex:

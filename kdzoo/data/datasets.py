@@ -7,18 +7,23 @@ fetched from the network, and a missing or broken file is a one-line error namin
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from kdzoo.config.checks import clip
 from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
+from kdzoo.data.contents import in_memory, of_files
 from kdzoo.data.idx import read_idx
-from kdzoo.errors import KdzooError, close_matches, first_line
+from kdzoo.errors import KdzooError, close_matches
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +40,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataBundle:
     (xt, yt), (xv, yv) = train_xy, val_xy
+    contents = in_memory(train_xy, val_xy)  # the whole splits: the limit is a setting beside them
     if cfg.train_limit is not None:
         xt, yt = xt[: cfg.train_limit], yt[: cfg.train_limit]
     common = dict(img_size=cfg.img_size, norm=norm)
@@ -46,6 +52,7 @@ def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataB
         TensorBatches(xv, yv, cfg.eval_batch_size, train=False, **common),
         num_classes,
         xt.shape[1],
+        contents,
     )
 
 
@@ -110,7 +117,7 @@ def _cifar(
                 f"kdzoo never downloads, put it there or set data.root"
             )
         make = getattr(tvd, cls_name)
-        train, test = make(str(root), train=True, download=False), make(str(root), train=False, download=False)
+        train, test = _read_cifar(make, root, root / folder)
 
         def as_tensor(ds):
             return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
@@ -118,6 +125,39 @@ def _cifar(
         return _bundle(cls_name.lower(), cfg, seed, as_tensor(train), as_tensor(test), num_classes, norm, flip=True)
 
     return load
+
+
+def _read_cifar(make: type, root: Path, folder: Path) -> tuple[Any, Any]:
+    """torchvision's CIFAR train and test sets; a missing, unreadable or damaged batch file is one line
+    naming it (torchvision checks every file's MD5 before unpickling any: it only says "corrupted")."""
+    names = [name for name, _ in make.train_list + make.test_list] + [make.meta["filename"]]
+    for name in names:
+        if not (folder / name).is_file():  # also keeps a FIFO from blocking the checksum read
+            raise KdzooError(f"{make.__name__}: {folder / name} is missing; {_FRESH_COPY.format(folder=folder)}")
+    try:
+        return make(str(root), train=True, download=False), make(str(root), train=False, download=False)
+    except (RuntimeError, OSError) as exc:
+        raise KdzooError(_cifar_damage(make, folder, exc)) from None
+
+
+_FRESH_COPY = "replace {folder} with a complete copy of the python version (kdzoo never downloads)"
+
+
+def _cifar_damage(make: type, folder: Path, exc: Exception) -> str:
+    from torchvision.datasets.utils import check_integrity
+
+    files = [*make.train_list, *make.test_list, (make.meta["filename"], make.meta["md5"])]
+    for name, md5 in files:
+        try:
+            intact = check_integrity(str(folder / name), md5)
+        except OSError as error:
+            return f"{make.__name__}: {folder / name} cannot be read ({error.strerror or error})"
+        if not intact:
+            return (
+                f"{make.__name__}: {folder / name} is damaged (truncated or changed: its MD5 is not the published "
+                f"one); {_FRESH_COPY.format(folder=folder)}"
+            )
+    return f"{make.__name__}: {folder} cannot be read ({clip(str(exc))}); {_FRESH_COPY.format(folder=folder)}"
 
 
 def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
@@ -136,7 +176,7 @@ IMAGENET_NORM = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
-    """``data.root/train/<class>/*`` and ``data.root/val/<class>/*`` (torchvision's ImageFolder)."""
+    """``data.root/train/<class>/*`` and ``data.root/val/<class>/*``, as torchvision's ImageFolder reads them."""
     from torchvision import transforms as T
 
     root = Path(cfg.root or "data")
@@ -156,6 +196,7 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
             f"imagefolder: {root / 'train'} has {len(train.classes)} class folder ({', '.join(train.classes)}); "
             f"classification needs at least two, one folder per class"
         )
+    contents = of_files(train.samples, val.samples)
     if cfg.train_limit is not None:
         from torch.utils.data import Subset
 
@@ -166,16 +207,107 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
         len(val.classes),
         3,
+        contents,
     )
 
 
-def _image_folder(folder: Path, transform):
-    from torchvision import datasets
+class ImageFiles(torch.utils.data.Dataset):
+    """torchvision's ImageFolder, from a checked scan (:func:`scan_image_folder`): ``samples`` are
+    (path, label) pairs in ImageFolder's order, decoded on access."""
 
+    def __init__(self, classes: list[str], samples: list[tuple[str, int]], transform: Callable) -> None:
+        self.classes, self.samples, self.transform = classes, samples, transform
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(decode_image(path)), label
+
+
+def _image_folder(folder: Path, transform: Callable) -> ImageFiles:
+    classes, samples = scan_image_folder(folder)
+    return ImageFiles(classes, samples, transform)
+
+
+def scan_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class folders and (image path, label) pairs under ``folder``, as torchvision's ImageFolder finds
+    them (symlinks followed, same order), except that what it would get wrong is refused in one line:
+    a folder reached twice (a symlink loop, or a link to a folder already read: its images would be
+    read again under another label) and an image name that is not a regular file (a FIFO blocks the
+    reader forever)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = sorted(entry.name for entry in _entries(folder) if entry.is_dir())
+    if not classes:
+        raise KdzooError(f"imagefolder: {folder}: no class folder in it; put one folder of images per class there")
+    seen = {_identity(folder): str(folder)}  # every folder read, by device and inode: a loop comes back to one
+    samples, empty = [], []
+    for label, name in enumerate(classes):
+        images = _class_images(folder / name, seen, IMG_EXTENSIONS)
+        samples.extend((path, label) for path in images)
+        if not images:
+            empty.append(name)
+    if empty:
+        raise KdzooError(
+            f"imagefolder: {folder}: no images in class folder(s) {clip(', '.join(empty))} "
+            f"(looked for {', '.join(IMG_EXTENSIONS)})"
+        )
+    return classes, samples
+
+
+def _class_images(class_dir: Path, seen: dict[tuple[int, int], str], extensions: tuple[str, ...]) -> list[str]:
+    """The image paths under one class folder, in ImageFolder's order: ``sorted(os.walk(...))``."""
+    found: list[tuple[str, list[str]]] = []
+    pending = [str(class_dir)]
+    while pending:
+        current = pending.pop()
+        key = _identity(Path(current))
+        if key in seen:
+            raise KdzooError(
+                f"imagefolder: {current} and {seen[key]} are the same folder (a symlink loop, or a second link to "
+                f"a folder): its images would be read twice, under two labels or in a loop; remove the link"
+            )
+        seen[key] = current
+        names = []
+        for entry in _entries(Path(current)):
+            if entry.is_dir():  # follows symlinks, as ImageFolder does
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(extensions):
+                _check_regular_file(entry)
+                names.append(entry.name)
+        found.append((current, sorted(names)))
+    return [os.path.join(folder, name) for folder, names in sorted(found) for name in names]
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
     try:
-        return datasets.ImageFolder(str(folder), transform=transform, loader=decode_image)
-    except FileNotFoundError as exc:  # no class folder, or class folders without images
-        raise KdzooError(f"imagefolder: {folder}: {first_line(exc)}") from None
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise KdzooError(f"imagefolder: cannot read folder {folder}: {exc.strerror or exc}") from None
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    try:
+        info = folder.stat()
+    except OSError as exc:
+        raise KdzooError(f"imagefolder: cannot read folder {folder}: {exc.strerror or exc}") from None
+    return info.st_dev, info.st_ino
+
+
+def _check_regular_file(entry: os.DirEntry) -> None:
+    if entry.is_file():  # follows symlinks: a link to an image is fine
+        return
+    try:
+        mode = os.stat(entry.path).st_mode
+    except OSError:
+        kind = "a broken symlink"
+    else:
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+    raise KdzooError(f"imagefolder: {entry.path} is {kind}, not an image file; remove it")
 
 
 def decode_image(path: str):
@@ -186,7 +318,7 @@ def decode_image(path: str):
         with open(path, "rb") as fh:
             return Image.open(fh).convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown, truncated and broken files
-        raise KdzooError(f"image {path} cannot be decoded ({exc}); remove or replace it") from None
+        raise KdzooError(f"image {path} cannot be decoded ({clip(str(exc))}); remove or replace it") from None
 
 
 CIFAR_NORM = Normalisation((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
@@ -201,6 +333,7 @@ DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+    cfg.validate("data")  # a DataConfig made in code skips the loader's checks: a negative train_limit slices
     if cfg.name not in DATASETS:
         raise KdzooError(
             f"unknown dataset '{cfg.name}'{close_matches(cfg.name, DATASETS)}; known: {', '.join(DATASETS)}"

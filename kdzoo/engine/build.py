@@ -11,6 +11,7 @@ same way (:func:`obtain_teacher`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.engine import locking
 from kdzoo.engine import teacher as teachers
+from kdzoo.engine.cache_entries import why_new_entry
 from kdzoo.engine.distributed import global_batchnorm, init_from_env
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.extract import describe
@@ -72,7 +74,7 @@ def build_run(
     ready = _Teacher(config, registry, data, dist, show_progress)
     cache = teacher_info = None
     if needs_teacher and teacher is None and config.teacher.cache:
-        cache = TeacherOutputCache(ready.identity(), data_settings(config), check_cacheable(data.train))
+        cache = TeacherOutputCache(ready.identity(), data_settings(config, data.contents), check_cacheable(data.train))
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
     if needs_teacher and teacher is None and teacher_info is None:
         teacher = ready.model()
@@ -96,9 +98,13 @@ def build_run(
     if cache is not None and warm_cache:
         with ready.main_first():
             teacher_metrics = _warm(cache, objective, ready, teacher_info, device, show_progress)
+    stages = objective.schedule(config.train.epochs)
+    if show_progress is not False:
+        for line in objective.weight_conflicts(stages):
+            tqdm.write(line)
     _set_up_precision_and_compile(config, objective)
     if dist.enabled:
-        _set_up_data_parallel(config, dist, data, objective, show_progress)
+        _set_up_data_parallel(config, dist, data, objective, {info.name: info.batch for info in infos}, show_progress)
     return RunParts(
         config,
         registry,
@@ -107,7 +113,7 @@ def build_run(
         data,
         student,
         objective,
-        objective.schedule(config.train.epochs),
+        stages,
         # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
         torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"),
         cache,
@@ -154,17 +160,25 @@ class _Teacher:
 
     def identity(self) -> str:
         """What the teacher's outputs are cached under: its weights (trained first if need be)."""
-        if teachers.teacher_identity(self.config) is None:
+        if teachers.teacher_identity(self.config, self.data.contents) is None:
             self.model()
-        return teachers.teacher_identity(self.config)
+        return teachers.teacher_identity(self.config, self.data.contents)
 
     @contextlib.contextmanager
     def main_first(self):
-        if self.dist.enabled and not self.dist.main:
-            torch.distributed.barrier()
+        """The main process first (it trains the teacher, fills the cache), then the others. They wait
+        in a group of their own without a practical time limit: training a teacher can take longer than
+        the run's process group allows a collective (30 minutes by default), which would end the run."""
+        if not self.dist.enabled:
+            yield
+            return
+        waiting = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(days=30))
+        if not self.dist.main:
+            torch.distributed.barrier(group=waiting)
         yield
-        if self.dist.enabled and self.dist.main:
-            torch.distributed.barrier()
+        if self.dist.main:
+            torch.distributed.barrier(group=waiting)
+        torch.distributed.destroy_process_group(waiting)
 
 
 def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show_progress: bool | None) -> nn.Module:
@@ -173,19 +187,20 @@ def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show
     given = teachers.given_teacher(config, data.num_classes, data.in_chans)
     if given is not None:
         return given
-    folder = teachers.teacher_cache_dir(config)
+    folder = teachers.teacher_cache_dir(config, data.contents)
     say = tqdm.write if show_progress is not False else (lambda _text: None)
     with locking.writing(folder, lambda: say(f"teacher: another process is training it into {folder}; waiting")):
-        model = teachers.load_trained_teacher(config, data.num_classes, data.in_chans)
+        model = teachers.load_trained_teacher(config, data.contents, data.num_classes, data.in_chans)
         if model is not None:
-            say(f"teacher: {config.teacher.model} from cache {folder}")
+            say(f"teacher: {config.teacher.model} from cache {folder} (these teacher settings, this data)")
             return model
-        model = _train_teacher(config, registry, folder, show_progress, say)
-        teachers.save_trained_teacher(config, model)
+        why = why_new_entry(folder, teachers.teacher_key(config, data.contents), f"{config.teacher.model}-*")
+        model = _train_teacher(config, registry, folder, show_progress, say, why)
+        teachers.save_trained_teacher(config, data.contents, model)
     return model
 
 
-def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_progress, say) -> nn.Module:
+def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_progress, say, why: str) -> nn.Module:
     run = teachers.teacher_run_config(config)
     data = load_data(run.data, run.train.seed)
     checkpoint.seed_everything(run.train.seed)  # the teacher's init depends on its own settings only
@@ -193,7 +208,7 @@ def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_pro
     last = folder / "last.pt"
     resume = RunState.load(last) if last.is_file() else None
     if resume is None:  # a resumed training says where it resumes itself
-        say(f"teacher: training {config.teacher.model} for {run.train.epochs} epochs (cached in {folder})")
+        say(f"teacher: training {config.teacher.model} for {run.train.epochs} epochs (cached in {folder}; {why})")
     trainer = build_trainer(
         run,
         registry,
@@ -217,18 +232,26 @@ def _warm(
     show_progress,
 ) -> dict[str, float] | None:
     """Fill the teacher-output cache for the objective's taps unless done before (by this or
-    another process: the entry is locked while written); then the teacher model is let go."""
-    if not cache.select(objective.taps):
+    another process: the entry is locked while written); then the teacher model is let go. A damaged
+    entry is filled again, saying so."""
+    if not cache.select(objective.taps) or cache.teacher_metrics() is None:
         waiting = f"teacher-output cache {cache.root}: another process is writing it; waiting"
         with locking.writing(cache.root, lambda: tqdm.write(waiting) if show_progress is not False else None):
-            if not cache.select(objective.taps):  # again: it may have been written while we waited
+            filled = cache.select(objective.taps)  # again: it may have been written while we waited
+            if not filled or cache.teacher_metrics() is None:
+                say = tqdm.write if show_progress is not False else (lambda _text: None)
+                if cache.damage is not None:
+                    say(f"teacher-output cache: {cache.damage}; filling it again")
+                elif not filled and not cache.info_file.is_file():
+                    say(f"teacher-output cache: filling {cache.root} ({cache.why_new()})")
                 if objective.teacher is None:
                     objective.set_teacher(ready.model(), info)
                 who = f"teacher ({ready.config.teacher.model})"
                 # the teacher's accuracy first: a process that finds the outputs complete finds it too
                 cache.remember(info, evaluate(objective.teacher, ready.data.val.epoch(0), ready.data.num_classes, who))
-                cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
-                cache.select(objective.taps)
+                if not filled:
+                    cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
+                    cache.select(objective.taps)
     objective.drop_teacher()
     if show_progress is not False:
         tqdm.write(cache.describe())
@@ -236,6 +259,8 @@ def _warm(
 
 
 def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> None:
+    if config.train.precision == "fp64":  # after the teacher-output cache is filled: it stores float32
+        objective.to_dtype(torch.float64)
     if config.train.channels_last:
         objective.student_tap.model.to(memory_format=torch.channels_last)
         if objective.teacher is not None:
@@ -252,14 +277,23 @@ def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> No
         objective.compile_objective(config.train.compile_mode, config.train.compile_backend)
 
 
-def _set_up_data_parallel(config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, show) -> None:
+def _set_up_data_parallel(
+    config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, batches: dict[str, str], show
+) -> None:
+    """Each process trains on its share of every global batch; ``batches``: what each method's terms
+    see (``MethodInfo.batch``)."""
     if config.data.batch_size % dist.world:
         raise KdzooError(
             f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
             f"{dist.world} processes"
         )
+    objective.distribute(dist, batches)
+    # batch statistics over the global batch: the student's forward sees this process's share, and so do
+    # the modules of a method that sees its share; a method that sees the global batch has it already
     global_batchnorm(objective.student_tap.model)
-    global_batchnorm(objective.method_modules)
+    for name, modules in objective.method_modules.items():
+        if batches[name] == "local":
+            global_batchnorm(modules)
     data.train.shard_info = dist
     if dist.main and show is not False:
         tqdm.write(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from kdzoo import checkpoint
 from kdzoo.config import RunConfig, config_from_dict
 from kdzoo.engine.extract import describe
 from kdzoo.engine.objective import Objective
@@ -62,15 +63,20 @@ def build_deployed(config: RunConfig, num_classes: int, in_chans: int, reg: Regi
 def load_student(path: str | Path) -> nn.Module:
     """The network a run deployed, with its weights, from the run's exported ``student.safetensors``
     (its ``config.json`` and ``student.json`` beside it), in eval mode."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     config_file, record_file = path.parent / "config.json", path.parent / "student.json"
     for needed in (path, config_file, record_file):
         if not needed.is_file():
             raise KdzooError(f"{needed} not found: load_student reads a run's student.safetensors with the run's files")
-    config = config_from_dict(json.loads(config_file.read_text()), registry().config_classes())
-    kwargs = json.loads(record_file.read_text())["kwargs"]
-    deployed = build_deployed(config, kwargs["num_classes"], kwargs["in_chans"])
-    deployed.network.load_state_dict(load_file(str(path)))
+    try:
+        config = config_from_dict(json.loads(config_file.read_text()), registry().config_classes())
+        kwargs = json.loads(record_file.read_text())["kwargs"]
+        deployed = build_deployed(config, kwargs["num_classes"], kwargs["in_chans"])
+    except (ValueError, KeyError, TypeError) as exc:  # JSON that is cut or not a run's
+        damaged = f"{config_file} or {record_file} is damaged ({type(exc).__name__})"
+        raise KdzooError(f"{damaged}; export the run again") from None
+    try:
+        deployed.network.load_state_dict(checkpoint.load(path))  # a damaged file is one line there
+    except RuntimeError as exc:
+        raise KdzooError(f"{path} does not hold this run's student ({str(exc).splitlines()[0][:200]})") from None
     return deployed.network.eval()

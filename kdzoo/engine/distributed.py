@@ -66,18 +66,23 @@ class GlobalStatistics:
         return y
 
 
-def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    from torch.distributed.nn.functional import all_reduce  # differentiable
+def _summed_across(t: Tensor) -> Tensor:
+    """``t`` summed over every process, differentiably (the backward pass sums the gradients too)."""
+    from torch.distributed._functional_collectives import all_reduce, wait_tensor
 
+    return wait_tensor(all_reduce(t, "sum", dist.group.WORLD))
+
+
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     dims = [0, *range(2, x.ndim)]  # every axis but the channels
     shape = [1, -1] + [1] * (x.ndim - 2)
     # two passes (mean, then squared deviations from it), as a single-process BatchNorm computes them:
     # E[x^2] - mean^2 would lose digits in float32
     n_local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-    sums = all_reduce(torch.cat([x.sum(dim=dims), n_local]))
+    sums = _summed_across(torch.cat([x.sum(dim=dims), n_local]))
     count = sums[-1]
     mean = sums[:-1] / count
-    var = all_reduce((x - mean.view(shape)).square().sum(dim=dims)) / count
+    var = _summed_across((x - mean.view(shape)).square().sum(dim=dims)) / count
     if bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             bn.num_batches_tracked += 1
@@ -132,15 +137,51 @@ class TrainingStep(nn.Module):
         return total, terms, weights
 
 
-def wrap(student: nn.Module, objective: nn.Module, info: DistInfo) -> nn.Module:
+def wrap(module: TrainingStep, info: DistInfo, find_unused_parameters: bool) -> nn.Module:
+    """``module`` under DDP. ``find_unused_parameters``: whether some trainable parameter gets no
+    gradient in this stage's steps (a traversal of the autograd graph every step, needed only then;
+    see :func:`reached_parameters`)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    module = TrainingStep(student, objective)
     # per-sample state keeps its copies equal itself (gathered updates): broadcasting it would cost more
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, replicated_buffers(module))
     device_ids = [info.local_rank] if torch.cuda.is_available() else None
-    # a stage may leave some trainable parameters without a gradient (a term switched off)
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def reached_parameters(loss: Tensor) -> set[int]:
+    """The ids of the parameters ``loss``'s autograd graph reaches (those its backward pass gives a
+    gradient). A stage's first step is run without DDP to learn them: DDP then walks the graph every
+    step only when some trainable parameter is out of reach (a module whose terms this stage switches
+    off), and otherwise warns on every process that the walk was for nothing."""
+    found: set[int] = set()
+    seen: set[object] = set()
+    pending = [loss.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf that gets a gradient
+        if variable is not None:
+            found.add(id(variable))
+        pending.extend(child for child, _ in node.next_functions)
+    return found
+
+
+def average_gradients(parameters: list[nn.Parameter], info: DistInfo) -> None:
+    """What DDP does to the gradients, for a step run without it: each the mean over the processes
+    (in one all-reduce). Parameters without a gradient keep none, as they do in one process."""
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not with_grad:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
+    dist.all_reduce(flat)
+    flat /= info.world
+    start = 0
+    for p in with_grad:
+        p.grad.copy_(flat[start : start + p.grad.numel()].view_as(p.grad))
+        start += p.grad.numel()
 
 
 def replicated_buffers(module: nn.Module) -> list[str]:

@@ -21,7 +21,10 @@ def evaluate(
     k = 5 if num_classes > 5 else 1
     correct1 = correct_k = loss_sum = 0.0
     seen = 0
+    dtype = next(model.parameters(), torch.empty(0)).dtype
     for x, y in batches:
+        if dtype == torch.float64 and x.is_floating_point():  # a train.precision=fp64 model
+            x = x.to(dtype)
         logits = named_forward(who, functools.partial(model, x), x)
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(k, dim=1).indices

@@ -1,16 +1,65 @@
-"""What a finished run leaves besides its checkpoint: the student alone, and the summary."""
+"""What a finished run leaves besides its checkpoint: the student alone, and the summary.
+
+Every file written here (and by ``kdzoo export``) is written whole or not at all: a temp file beside
+it, fsync, rename (:func:`write_atomic`), so a kill mid-write leaves the previous file; a full disk is
+one line naming the file and the bytes it needs, and leaves no part of a file behind.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdzoo.checkpoint import disk_full, write_bytes_atomic
 from kdzoo.config import RunConfig
 from kdzoo.engine.state import RunClock
+from kdzoo.errors import KdzooError
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """``path`` holds all of ``data`` or what it held before, never a part (temp file, fsync, rename);
+    a full disk (checked before writing, and caught while writing) or any failed write is one line."""
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        write_bytes_atomic(payload, path)
+    except OSError as exc:  # a full disk is already one line (KdzooError); any other failure is made one here
+        raise write_failed(path, exc) from None
+
+
+def publish_atomic(written: Path, path: Path, size_hint: int | None = None) -> None:
+    """``written`` (a complete temp file beside ``path``, made by another library's writer) becomes
+    ``path``: fsync, then rename, so ``path`` is never seen half-written; ``written`` never stays."""
+    try:
+        with open(written, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(written, path)
+    except OSError as exc:
+        raise write_failed(path, exc, size_hint) from None
+    finally:
+        written.unlink(missing_ok=True)
+
+
+def write_failed(path: Path, exc: OSError, size: int | None = None) -> KdzooError:
+    """The one line for a write to ``path`` that failed with ``exc``: a full disk names the bytes needed
+    (``size``, when known) and what is free; either way, whether a previous ``path`` is intact."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return KdzooError(disk_full(path, size, previous=path.exists(), free=_free_bytes(path.parent)))
+    kept = "the previous file is intact" if path.exists() else "nothing was written"
+    return KdzooError(f"could not write {path} ({exc.strerror or exc}); {kept}")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def export_student(
@@ -29,7 +78,7 @@ def export_student(
 
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     # written as bytes through open(): the file gets the same permissions as the run's other files
-    (run_dir / "student.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
+    write_atomic(run_dir / "student.safetensors", save(state, metadata={"format": "pt"}))
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **config.student.kwargs}
     model = config.student.model
     if deployed_by is None:
@@ -41,18 +90,18 @@ def export_student(
     else:
         load = f"kdzoo.load_student({str(run_dir / 'student.safetensors')!r})"
     record = {"model": model, "kwargs": kwargs, "deployed_by": deployed_by, "load": load}
-    (run_dir / "student.json").write_text(json.dumps(record, indent=2))
+    write_atomic(run_dir / "student.json", json.dumps(record, indent=2))
 
 
 def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of one input of ``shape`` (C, H, W)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = next(iter(model.parameters())).device
+    weight = next(iter(model.parameters()))
     was_training = model.training
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.eval()(torch.randn(1, *shape, device=device))
+        model.eval()(torch.randn(1, *shape, device=weight.device, dtype=weight.dtype))
     model.train(was_training)
     return int(counter.get_total_flops())
 

@@ -167,10 +167,25 @@ def named_forward(who: str, run, x: Tensor):
     except KdzooError:
         raise
     except Exception as exc:
+        if out_of_memory(exc):
+            raise KdzooError(
+                f"the {who} ran out of memory in its forward pass on an input of shape {tuple(x.shape)}; "
+                f"lower data.batch_size or data.img_size"
+            ) from None
         first = first_line(exc)[:300]
         raise KdzooError(
             f"the {who} failed in its forward pass on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {first}"
         ) from exc
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: a GPU's (``torch.OutOfMemoryError``) or the host's
+    (the CPU allocator's RuntimeError, or Python's MemoryError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+    )
 
 
 def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None:

@@ -49,7 +49,7 @@ class Trainer(RunBase):
                     f"`kdzoo run --resume {self.run_dir}` or choose another run directory"
                 )
             if self.dist.main:
-                (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+                checkpoint.write_text_atomic(json.dumps(self.config.to_dict(), indent=2), self.run_dir / "config.json")
             at = self._restore(resume) if resume is not None else Position()
             if self.teacher is not None and self.teacher_metrics is None:
                 self.teacher_metrics = self._evaluate(self.teacher, "teacher")

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
+from kdzoo.data.batches import DistInfo
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
+from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
 from kdzoo.engine.lazy_outputs import LazyOutputs
 from kdzoo.errors import close_matches, first_line
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
@@ -72,6 +74,10 @@ class Objective(nn.Module):
                     raise KdzooError(f"method '{name}': view name '{INPUT_VIEW}' is the batch itself; rename the view")
                 if view.name not in {v.name for v in self.views}:
                     self.views.append(view)
+        #: under torchrun, the processes whose shares make the global batch (:meth:`distribute`)
+        self.processes = DistInfo()
+        self.method_batches: dict[str, str] = {}  # method -> "global" | "local" (MethodInfo.batch)
+        self.input_dtype: torch.dtype | None = None  # the models' dtype when not the batches' (to_dtype)
         self.method_modules = nn.ModuleDict()
         for name in methods:
             built = self.call_one(
@@ -90,6 +96,22 @@ class Objective(nn.Module):
         self.teacher_tap: FeatureExtractor | None = None
         if teacher is not None:
             self.set_teacher(teacher, teacher_info)
+
+    def distribute(self, processes: DistInfo, batches: dict[str, str]) -> None:
+        """Train as one of ``processes``, each on its share of every global batch: views are made
+        for the global batch, and a method whose ``batches[name]`` is ``"global"`` (what
+        :class:`~kdzoo.api.MethodInfo` ``.batch`` says) sees the outputs of the global batch."""
+        self.processes = processes
+        self.method_batches = dict(batches)
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """Every model and method module in floating-point ``dtype``; batches and cached teacher
+        outputs are cast to it at each step (``train.precision=fp64``)."""
+        self.student_tap.model.to(dtype)
+        if self.teacher is not None:
+            self.teacher.to(dtype)
+        self.to(dtype)
+        self.input_dtype = dtype
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -187,6 +209,29 @@ class Objective(nn.Module):
                 weights.setdefault(name, float(value))  # the first selected method wins
         return weights
 
+    def weight_conflicts(self, stages: list[Stage]) -> list[str]:
+        """Lines naming each term two stacked methods weight differently at the start of a stage (the
+        core's ``ce`` most often): the first selected method's weight is the one used, and the
+        others' are not, which a user who set one of them must be told."""
+        lines = []
+        for stage in stages:
+            given: dict[str, list[tuple[str, float]]] = {}
+            for method in self.methods:
+                weights = self.call_one(method, "kdzoo_loss_weights", stage=stage, epoch=0, progress=0.0) or {}
+                for term, value in weights.items():
+                    given.setdefault(term, []).append((method, float(value)))
+            for term, by in given.items():
+                if len({value for _, value in by}) > 1:
+                    (first, used), rest = by[0], by[1:]
+                    unused = ", ".join(f"{method}'s {value:g}" for method, value in rest if value != used)
+                    line = (
+                        f"term '{term}': weight {used:g} from {first} (the first method selected), not {unused}; "
+                        f"put the method whose weight you want first"
+                    )
+                    if line not in lines:
+                        lines.append(line)
+        return lines
+
     def terms(
         self,
         student: Outputs,
@@ -200,22 +245,24 @@ class Objective(nn.Module):
         are the samples' positions in the training set, for methods that keep per-sample state;
         ``views`` the rows of each view when the outputs cover a stack of views (:meth:`stack_views`)."""
         views = views or {INPUT_VIEW: slice(0, len(targets))}
-        alone = views[INPUT_VIEW]
-        given_all = {"student": student, "teacher": teacher, "views": views}
-        if len(views) > 1:  # methods that asked for no views see the input's rows only
-            student, teacher = student.rows(alone), None if teacher is None else teacher.rows(alone)
-        terms: dict[str, Tensor] = {}
-        if stage.term_on(CE):
-            terms[CE] = F.cross_entropy(student.logits, targets)
-        hook = self.pm.hook.kdzoo_compute_losses
-        # called one implementation at a time (pluggy's order) so that a bad result names its method
         if indices is not None:
             indices = indices.to(targets.device, non_blocking=True)
-        given = {"student": student, "teacher": teacher, "targets": targets, "stage": stage, "indices": indices}
-        given["views"] = {INPUT_VIEW: slice(0, len(targets))}
+        share = _MethodInputs(student, teacher, targets, indices, views, stage)
+        whole = None  # the global batch under torchrun, gathered when a method that sees it is called
+        terms: dict[str, Tensor] = {}
+        if stage.term_on(CE):
+            terms[CE] = F.cross_entropy(share.alone["student"].logits, targets)
+        hook = self.pm.hook.kdzoo_compute_losses
+        # called one implementation at a time (pluggy's order) so that a bad result names its method
         for impl in reversed(hook.get_hookimpls()):
+            given = share
+            if self.processes.enabled and self.method_batches.get(impl.plugin_name) != "local":
+                if whole is None:
+                    batch = GlobalBatch(self.processes, student, teacher, targets, indices, views)
+                    whole = _MethodInputs.gathered(batch, stage)
+                given = whole
             asked = impl.plugin_name in self.view_methods
-            result = call_hook_impl(impl, "kdzoo_compute_losses", {**given, **given_all} if asked else given)
+            result = call_hook_impl(impl, "kdzoo_compute_losses", given.stacked if asked else given.alone)
             for name, value in _checked_terms(impl.plugin_name, result).items():
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
@@ -248,9 +295,13 @@ class Objective(nn.Module):
             return x, rows
         for i, view in enumerate(self.views, start=1):
             rows[view.name] = slice(i * n, (i + 1) * n)
-        return torch.cat([x, *(view.make(x) for view in self.views)]), rows
+        return torch.cat([x, *(views_of_global_batch(x, view.make, self.processes) for view in self.views)]), rows
 
     def _step(self, x, targets, stage, epoch, progress, teacher_out=None, indices=None):
+        dtype = self.input_dtype
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:  # train.precision=fp64
+            x = x.to(dtype)
+            teacher_out = None if teacher_out is None else map_outputs(teacher_out, lambda t: t.to(dtype))
         x, views = self.stack_views(x)
         if teacher_out is not None and len(views) > 1:
             raise KdzooError("teacher outputs given for one view, but the methods train on several views of each image")
@@ -282,6 +333,24 @@ class Objective(nn.Module):
         self.last_terms = {name: value.detach() for name, value in terms.items()}
         self.last_logits = student_out.logits[: len(targets)].detach()  # the input's, not its views'
         return total
+
+
+class _MethodInputs:
+    """The arguments of ``kdzoo_compute_losses`` for one step: ``stacked`` for methods that asked for
+    views (the outputs of the whole stack of views), ``alone`` for the others (the input's rows)."""
+
+    def __init__(self, student, teacher, targets, indices, views: dict[str, slice], stage: Stage):
+        rows = views[INPUT_VIEW]
+        common = {"targets": targets, "stage": stage, "indices": indices}
+        self.stacked = {"student": student, "teacher": teacher, "views": views, **common}
+        if len(views) > 1:  # methods that asked for no views see the input's rows only
+            student, teacher = student.rows(rows), None if teacher is None else teacher.rows(rows)
+        self.alone = {"student": student, "teacher": teacher, "views": {INPUT_VIEW: slice(0, len(targets))}, **common}
+
+    @classmethod
+    def gathered(cls, batch: GlobalBatch, stage: Stage) -> _MethodInputs:
+        targets, indices = batch.labels_and_indices()
+        return cls(batch.student, batch.teacher, targets, indices, batch.views, stage)
 
 
 def _checked_terms(method: str, result: Any) -> dict[str, Tensor]:

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from kdzoo.api import KdzooError, Stage
 from kdzoo.config import build
-from kdzoo.engine.distributed import wrap
+from kdzoo.engine.distributed import TrainingStep, average_gradients, reached_parameters, wrap
 from kdzoo.engine.evaluate import evaluate
-from kdzoo.engine.extract import describe
+from kdzoo.engine.extract import describe, out_of_memory
 from kdzoo.engine.locking import claim_new_run_dir
 from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.engine.parts import RunParts
@@ -91,13 +91,19 @@ class RunBase:
         ``None`` for a step skipped as non-finite under ``train.nonfinite: skip``)."""
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        first_of_stage = self.dist.enabled and self.ddp is None  # run without DDP, to learn what it needs
         with self._autocast():
             step = self.ddp if self.ddp is not None else self.compute_losses
             loss, terms, weights = step(x, y, stage, epoch, progress, teacher_out, indices)
         optimizer.zero_grad(set_to_none=True)
         if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync, this policy only
             return None, terms, weights
+        reached = reached_parameters(loss) if first_of_stage else set()
         self._backward(self.scaler.scale(loss))
+        if first_of_stage:
+            trained = [p for group in optimizer.param_groups for p in group["params"]]
+            average_gradients(trained, self.dist)
+            self.ddp = wrap(self._step_module, self.dist, any(id(p) not in reached for p in trained))
         self.scaler.step(optimizer)
         self.scaler.update()
         scheduler.step()
@@ -106,7 +112,13 @@ class RunBase:
     def _backward(self, loss: Tensor) -> None:
         try:
             loss.backward()
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
+            if out_of_memory(exc):
+                data = self.config.data
+                raise KdzooError(
+                    f"training ran out of memory in the backward pass (data.batch_size={data.batch_size}, "
+                    f"data.img_size={data.img_size}); lower either, or set train.precision=bf16"
+                ) from None
             compiled = [key for key in ("compile", "compile_objective") if getattr(self.config.train, key)]
             if not compiled:
                 raise
@@ -124,8 +136,9 @@ class RunBase:
     def optimizer_for(self, stage: Stage):
         """A fresh optimizer and per-step LR schedule over the parameters ``stage`` trains."""
         params = self.set_trainable(stage)
-        if self.dist.enabled:  # DDP registers what trains when it is built: once per stage
-            self.ddp = wrap(self.student, self.objective, self.dist)
+        if self.dist.enabled:  # DDP registers what trains when it is built: after the stage's first step
+            self.ddp = None
+            self._step_module = TrainingStep(self.student, self.objective)
         cfg = self.config.optim
         cfg = build(type(cfg), {**dataclasses.asdict(cfg), **stage.optim}, "stage.optim") if stage.optim else cfg
         cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kdzoo import checkpoint
 from kdzoo.errors import KdzooError
 
@@ -78,8 +80,51 @@ class RunState:
                 f"{path} has checkpoint format {data.get('format')!r}; this kdzoo reads {FORMAT!r} "
                 f"(use the kdzoo that wrote it, or train the run again)"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "position": Position(**data["position"])})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for name, expected in _SHAPES.items():
+            value = data.get(name, None if name not in _REQUIRED else _MISSING)
+            if value is None and name not in _REQUIRED:
+                continue
+            if not isinstance(value, expected):
+                wanted = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                raise KdzooError(_damaged(path, f"its '{name}' is {type(value).__name__}, not {wanted}"))
+        for part in ("student", "modules"):
+            if not all(isinstance(v, torch.Tensor) for v in data[part].values()):
+                raise KdzooError(_damaged(path, f"its '{part}' weights are not all tensors"))
+        try:
+            position = Position(**data["position"])
+        except TypeError as exc:
+            raise KdzooError(_damaged(path, f"its position is malformed ({exc})")) from None
+        if not all(isinstance(getattr(position, f.name), int) for f in dataclasses.fields(Position)):
+            raise KdzooError(_damaged(path, f"its position is malformed ({data['position']})"))
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "position": position})
 
     def rng_of(self, rank: int) -> dict[str, Any]:
         return self.rng_per_rank[rank] if self.rng_per_rank else self.rng
+
+
+_MISSING = object()
+#: what each field of a checkpoint must be: a file with the right format marker and other contents is
+#: damaged (or made by hand), and is refused in one line rather than failing deep inside a resume
+_SHAPES: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "student": dict,
+    "modules": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "position": dict,
+    "rng": dict,
+    "history": list,
+    "teacher_metrics": dict,
+    "wall_time_s": (int, float),
+    "partial": dict,
+    "rng_per_rank": list,
+    "method_teacher": dict,
+    "cpu_time_s": (int, float),
+}
+_REQUIRED = {"config", "student", "modules", "optimizer", "scheduler", "scaler", "position", "rng", "history"}
+
+
+def _damaged(path: Path, why: str) -> str:
+    return f"checkpoint {path} is damaged: {why}; delete it to train the run from the start"

@@ -14,9 +14,12 @@ Layout: ``<cache>/teacher_outputs/<teacher+data key>/info.json`` (teacher ModelI
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,16 @@ import torch
 from torch import Tensor
 
 from kdzoo.api import ModelInfo, Outputs, StageInfo, Taps
+from kdzoo.checkpoint import check_free_space, disk_full, write_text_atomic
 from kdzoo.config import as_dict
-from kdzoo.data import TensorBatches, fits_on, to_device
+from kdzoo.data import DataContents, TensorBatches, fits_on, to_device
+from kdzoo.engine.cache_entries import remember_key, why_new_entry
 from kdzoo.engine.extract import FeatureExtractor
 from kdzoo.errors import KdzooError
 from kdzoo.paths import cache_dir
+from kdzoo.reporting import DamagedFile, read_json
 
-FORMAT = 1
+FORMAT = 2  # 2: keyed by the data's contents
 
 
 def _key(data: Any) -> str:
@@ -56,12 +62,10 @@ class TeacherOutputCache:
     def __init__(self, teacher_identity: str, data_settings: dict[str, Any], batches: TensorBatches):
         self.batches = batches
         self.views = max(1, batches.views if batches.augment else 1)
-        self.root = (
-            cache_dir()
-            / "teacher_outputs"
-            / _key({"format": FORMAT, "teacher": teacher_identity, "data": data_settings})
-        )
+        self.key = {"format": FORMAT, "teacher": teacher_identity, "data": data_settings}
+        self.root = cache_dir() / "teacher_outputs" / _key(self.key)
         self.folder: Path | None = None
+        self.damage: str | None = None  #: what was wrong with the selected entry, when it had to be filled again
         self.arrays: dict[str, np.memmap] = {}
         self._resident: dict[str, Tensor] | None = None  # the arrays in GPU memory, once looked up there
 
@@ -70,30 +74,49 @@ class TeacherOutputCache:
     def info_file(self) -> Path:
         return self.root / "info.json"
 
-    def teacher_info(self) -> ModelInfo | None:
-        if not self.info_file.is_file():
+    def _info(self) -> dict[str, Any] | None:
+        """info.json, or ``None`` when it is missing or damaged (then the teacher writes it again)."""
+        raw = _read_json(self.info_file)
+        if raw is None or not isinstance(raw.get("teacher_info"), dict):
             return None
-        raw = json.loads(self.info_file.read_text())["teacher_info"]
-        return ModelInfo(
-            raw["name"],
-            tuple(StageInfo(**s) for s in raw["stages"]),
-            raw["num_classes"],
-            raw["embedding_dim"],
-            raw["img_size"],
-            raw.get("distillation_head", False),
-            raw.get("feature_map_channels", 0),
-        )
+        return raw
+
+    def teacher_info(self) -> ModelInfo | None:
+        raw = self._info()
+        if raw is None:
+            return None
+        try:
+            t = raw["teacher_info"]
+            return ModelInfo(
+                t["name"],
+                tuple(StageInfo(**s) for s in t["stages"]),
+                t["num_classes"],
+                t["embedding_dim"],
+                t["img_size"],
+                t.get("distillation_head", False),
+                t.get("feature_map_channels", 0),
+            )
+        except (KeyError, TypeError):  # damaged: treated as missing, so the teacher is built and writes it again
+            return None
 
     def teacher_metrics(self) -> dict[str, float] | None:
-        return json.loads(self.info_file.read_text()).get("teacher_metrics") if self.info_file.is_file() else None
+        raw = self._info()
+        return None if raw is None else raw.get("teacher_metrics")
 
     def remember(self, info: ModelInfo, metrics: dict[str, float]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.info_file.write_text(json.dumps({"teacher_info": as_dict(info), "teacher_metrics": metrics}, indent=2))
+        payload = {"teacher_info": as_dict(info), "teacher_metrics": metrics}
+        write_text_atomic(json.dumps(payload, indent=2), self.info_file)
+        remember_key(self.root, self.key)
+
+    def why_new(self) -> str:
+        """Why no entry stored this teacher's outputs for this data yet."""
+        return why_new_entry(self.root, self.key, "*")
 
     # --- outputs for one set of taps
     def select(self, taps: Taps) -> bool:
-        """Point at the outputs for ``taps``; True when they are complete (no teacher needed)."""
+        """Point at the outputs for ``taps``; True when they are complete and intact (no teacher needed).
+        A damaged entry (meta.json unreadable, an array of the wrong size) counts as not filled, and
+        :attr:`damage` says what was wrong."""
         self.taps = taps
         what = {"features": list(taps.teacher), "embedding": taps.teacher_embedding}
         if taps.teacher_summaries:
@@ -101,25 +124,64 @@ class TeacherOutputCache:
         if taps.teacher_preact:
             what["preact"] = list(taps.teacher_preact)
         self.folder = self.root / f"taps-{_key(what)}"
-        meta = self.folder / "meta.json"
-        if not meta.is_file() or not json.loads(meta.read_text()).get("complete"):
+        self.damage = None
+        meta_file = self.folder / "meta.json"
+        if not meta_file.is_file():
             return False
-        self._open(json.loads(meta.read_text())["shapes"], mode="r")
+        meta = _read_json(meta_file)
+        if meta is None or not meta.get("complete") or not isinstance(meta.get("shapes"), dict):
+            self.damage = f"{meta_file} is damaged"
+            return False
+        files = meta.get("files") or {name: f"{name}.f16" for name in meta["shapes"]}
+        for name, shape in meta["shapes"].items():
+            path = self.folder / files.get(name, f"{name}.f16")
+            expected = self._bytes(shape)
+            if not path.is_file() or path.stat().st_size != expected:
+                found = f"{path.stat().st_size:,} bytes" if path.is_file() else "missing"
+                self.damage = f"{path} is {found}, expected {expected:,}"
+                return False
+        self._open(meta["shapes"], files, mode="r")
         return True
 
-    def _open(self, shapes: dict[str, list[int]], mode: str) -> None:
+    def _bytes(self, shape: list[int]) -> int:
+        return self.views * self.batches.num_samples * int(np.prod(shape, dtype=np.int64)) * 2  # float16
+
+    def _open(self, shapes: dict[str, list[int]], files: dict[str, str], mode: str) -> None:
         n = self.batches.num_samples
         self.arrays = {
-            name: np.memmap(self.folder / f"{name}.f16", dtype=np.float16, mode=mode, shape=(self.views, n, *shape))
+            name: np.memmap(self.folder / files[name], dtype=np.float16, mode=mode, shape=(self.views, n, *shape))
             for name, shape in shapes.items()
         }
         self._resident = None
+
+    def _allocate(self, shapes: dict[str, list[int]]) -> dict[str, str]:
+        """New files for every output, their space reserved on disk first: a disk that fills up
+        during the fill would otherwise kill the process with SIGBUS when it writes into the memory
+        map. Fresh names, so a process still reading an earlier (damaged) generation is not disturbed."""
+        generation = uuid.uuid4().hex[:8]
+        files = {name: f"{name}-{generation}.f16" for name in shapes}
+        total = sum(self._bytes(shape) for shape in shapes.values())
+        check_free_space(self.folder / "meta.json", total)
+        for name, shape in shapes.items():
+            path = self.folder / files[name]
+            try:
+                with open(path, "wb") as fh:
+                    _reserve(fh.fileno(), self._bytes(shape))
+            except OSError as exc:
+                if path.exists():
+                    path.unlink()
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise KdzooError(disk_full(path, self._bytes(shape), previous=False)) from None
+                raise
+        return files
 
     def fill(self, extractor: FeatureExtractor, batch_size: int, device: torch.device) -> None:
         """Run the teacher once over every sample (and view) and store its outputs."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n = self.batches.num_samples
         started = time.process_time()
+        files: dict[str, str] = {}
+        self.arrays = {}
         for view in range(self.views):
             for start in range(0, n, batch_size):
                 idx = torch.arange(start, min(start + batch_size, n))
@@ -128,29 +190,34 @@ class TeacherOutputCache:
                     out = extractor(x)
                 named = self._named(out)
                 if not self.arrays:
-                    self._open({k: list(v.shape[1:]) for k, v in named.items()}, mode="w+")
+                    shapes = {k: list(v.shape[1:]) for k, v in named.items()}
+                    files = self._allocate(shapes)
+                    self._open(shapes, files, mode="r+")
                 for name, value in named.items():
                     self.arrays[name][view, start : start + len(idx)] = value.float().cpu().numpy()
         for array in self.arrays.values():
             array.flush()
         shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
-        (self.folder / "meta.json").write_text(
-            json.dumps(
-                {
-                    "complete": True,
-                    "shapes": shapes,
-                    "samples": n,
-                    "views": self.views,
-                    "fill_cpu_s": round(time.process_time() - started, 2),
-                },
-                indent=2,
-            )
-        )
+        meta = {
+            "complete": True,
+            "shapes": shapes,
+            "files": files,
+            "samples": n,
+            "views": self.views,
+            "fill_cpu_s": round(time.process_time() - started, 2),
+        }
+        # the outputs are on disk before the record that says so (atomically): a kill leaves no "complete"
+        # entry with missing outputs
+        write_text_atomic(json.dumps(meta, indent=2), self.folder / "meta.json")
+        for stale in self.folder.glob("*.f16"):  # an earlier, damaged generation: mapped readers keep theirs
+            if stale.name not in files.values():
+                stale.unlink(missing_ok=True)
 
     def fill_cpu_s(self) -> float:
         """CPU seconds the teacher's pass over every sample took when these outputs were stored: what a
         run on the cache would otherwise pay, step by step, to run the teacher itself."""
-        return json.loads((self.folder / "meta.json").read_text()).get("fill_cpu_s", 0.0)
+        meta = _read_json(self.folder / "meta.json") or {}
+        return float(meta.get("fill_cpu_s", 0.0))
 
     @staticmethod
     def _named(out: Outputs) -> dict[str, Tensor]:
@@ -204,11 +271,36 @@ class TeacherOutputCache:
         return f"teacher-output cache {self.folder} ({self.size_mb:.1f} MB, {self.views} view(s))"
 
 
-def data_settings(config) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when it is missing, empty, damaged or not an object."""
+    try:
+        return read_json(path)
+    except DamagedFile:
+        return None
+
+
+def _reserve(fd: int, nbytes: int) -> None:
+    """Give file ``fd`` ``nbytes`` of real disk blocks (not a sparse hole), or raise ENOSPC now."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, max(nbytes, 1))
+    else:  # no fallocate (macOS): writing zeros reserves the blocks the same way
+        chunk = b"\0" * (1 << 20)
+        for start in range(0, nbytes, len(chunk)):
+            os.write(fd, chunk[: min(len(chunk), nbytes - start)])
+    os.ftruncate(fd, nbytes)
+
+
+def data_settings(config, contents: DataContents | None) -> dict[str, Any]:
+    """What a teacher's stored outputs depend on in the data: the samples (the splits' contents and
+    the sample limit), how they become inputs, and the fixed views; not where the files are."""
     d = config.data
-    settings = dataclasses.asdict(d)
-    for irrelevant in ("batch_size", "eval_batch_size", "num_workers"):
-        settings.pop(irrelevant)
+    if contents is None:  # data whose contents kdzoo cannot see: its settings, as before
+        settings = dataclasses.asdict(d)
+        for irrelevant in ("batch_size", "eval_batch_size", "num_workers"):
+            settings.pop(irrelevant)
+    else:
+        settings = {"name": d.name, "contents": {"train": contents.train, "val": contents.val}}
+        settings |= {"img_size": d.img_size, "augment": d.augment, "views": d.views, "train_limit": d.train_limit}
     if d.augment and d.views:
         settings["seed"] = config.train.seed  # per-sample views are drawn from the run's seed
     return settings

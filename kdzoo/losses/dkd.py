@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.api import full_precision
+
 
 def _binary_and_non_target(log_p: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
     """From log-probabilities (B, C): ``log [p_t, 1 - p_t]`` (B, 2) and ``log p_hat`` (B, C - 1)."""
@@ -45,8 +47,8 @@ def dkd_terms(
         raise ValueError(f"DKD needs one class index per sample, got targets of shape {tuple(targets.shape)}")
     t = float(temperature)
     target_mask = F.one_hot(targets.reshape(-1).long(), classes).bool()
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    log_p_student = F.log_softmax(full_precision(student_logits) / t, dim=1)
+    log_p_teacher = F.log_softmax(full_precision(teacher_logits.detach()) / t, dim=1)
     s_binary, s_non_target = _binary_and_non_target(log_p_student, target_mask)
     t_binary, t_non_target = _binary_and_non_target(log_p_teacher, target_mask)
     tckd = F.kl_div(s_binary, t_binary, reduction="batchmean", log_target=True) * (t * t)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.api import full_precision
+
 
 def ofa_loss(
     student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, eps: float = 1.0, temperature: float = 1.0
@@ -39,7 +41,7 @@ def ofa_loss(
         )
     t = float(temperature)
     mask = F.one_hot(labels.long(), classes).float()
-    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=1)
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    p_teacher = F.softmax(full_precision(teacher_logits.detach()) / t, dim=1)
+    log_p_student = F.log_softmax(full_precision(student_logits) / t, dim=1)
     weights = (p_teacher + mask).pow(eps) - mask
     return -(weights * log_p_student).sum(dim=1).mean()

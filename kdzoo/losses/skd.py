@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.api import soft_target_kl
+from kdzoo.api import full_precision, soft_target_kl
 
 Form = Literal["code", "paper"]
 
@@ -39,7 +39,7 @@ def skd_instance_loss(
     if form == "paper":
         t = float(temperature)
         return soft_target_kl(student_logits, teacher_logits, t) / (t * t)
-    confidence = F.softmax(teacher_logits.detach().float(), dim=1).amax(dim=1)
+    confidence = F.softmax(full_precision(teacher_logits.detach()), dim=1).amax(dim=1)
     return soft_target_kl(student_logits, teacher_logits, temperature) * _fraction_at_most_median(confidence)
 
 
@@ -56,5 +56,5 @@ def skd_direction_loss(
     distance = ((diff @ inverse) * diff).sum(dim=1).sqrt().mean()
     if form == "paper":
         return distance
-    class_confidence = F.softmax(teacher_logits.detach().float(), dim=1).sum(dim=0)
+    class_confidence = F.softmax(full_precision(teacher_logits.detach()), dim=1).sum(dim=0)
     return distance * _fraction_at_most_median(class_confidence)

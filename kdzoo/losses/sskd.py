@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.api import full_precision
+
 
 def similarities(rotated: Tensor, normal: Tensor) -> Tensor:
     """(R, B) cosine similarities of each rotated copy's representation (R x D) with every unrotated
@@ -63,11 +65,11 @@ def sskd_terms(
       source the teacher's head ranks first plus ``ratios[1]`` of the others.
     """
     kd_t, tf_t, ss_t = temperatures
-    s_normal, s_rotated = (z.float() for z in student_logits)
-    t_normal, t_rotated = (z.float().detach() for z in teacher_logits)
+    s_normal, s_rotated = (full_precision(z) for z in student_logits)
+    t_normal, t_rotated = (full_precision(z).detach() for z in teacher_logits)
     tf_rows = kept_rows(F.softmax(t_rotated / tf_t, dim=1), targets[source], ratios[0])
-    s_sim = similarities(student_reps[1].float(), student_reps[0].float())
-    t_sim = similarities(teacher_reps[1].float(), teacher_reps[0].float()).detach()
+    s_sim = similarities(full_precision(student_reps[1]), full_precision(student_reps[0]))
+    t_sim = similarities(full_precision(teacher_reps[1]), full_precision(teacher_reps[0])).detach()
     ss_rows = kept_rows(t_sim, source, ratios[1])
     return {
         "kd": softened_kl(s_normal, t_normal, kd_t),

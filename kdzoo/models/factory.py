@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,28 @@ import torch
 from torch import nn
 
 from kdzoo import checkpoint
+from kdzoo.config.checks import clip, shown
 from kdzoo.config.schema import ModelConfig, RunConfig
-from kdzoo.errors import KdzooError, close_matches
+from kdzoo.errors import KdzooError, close_matches, first_line
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# what timm raises for arguments a model does not take, and for a kwargs.checkpoint_path it cannot load
+_TIMM_ERRORS = (
+    TypeError,
+    ValueError,
+    RuntimeError,
+    AssertionError,
+    KeyError,
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+)
 
 
 def check_model_name(name: str, role: str) -> None:
     if not timm.is_model(name.split(".")[0]):
-        raise KdzooError(f"{role} model '{name}' is not a timm model{close_matches(name, timm.list_models())}")
+        hint = close_matches(name, timm.list_models()) if len(name) <= 100 else ""  # difflib is quadratic
+        raise KdzooError(f"{role} model '{clip(name)}' is not a timm model{hint}")
 
 
 def cached_pretrained_file(name: str) -> Path | None:
@@ -53,6 +67,7 @@ def create_model(cfg: ModelConfig, role: str, num_classes: int, in_chans: int) -
     Hugging Face / torch hub cache, else this fails at once with what to do.
     """
     check_model_name(cfg.model, role)
+    _check_checkpoint_path(cfg.kwargs, role)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **cfg.kwargs}
     if cfg.pretrained and not cfg.checkpoint:
         local = cached_pretrained_file(cfg.model)
@@ -64,11 +79,25 @@ def create_model(cfg: ModelConfig, role: str, num_classes: int, in_chans: int) -
         kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
     try:
         model = timm.create_model(cfg.model, pretrained=cfg.pretrained and not cfg.checkpoint, **kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        raise KdzooError(f"cannot build {role} '{cfg.model}' with {kwargs}: {exc}") from None
+    except _TIMM_ERRORS as exc:
+        problem = f"{type(exc).__name__}: {clip(first_line(exc), 300)}"
+        raise KdzooError(f"cannot build {role} '{cfg.model}' with {shown(kwargs)}: {problem}") from None
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint, f"{role} '{cfg.model}'")
     return model
+
+
+def _check_checkpoint_path(kwargs: dict[str, Any], role: str) -> None:
+    """timm loads ``kwargs.checkpoint_path`` after building the model; a missing file would surface as a bare
+    FileNotFoundError from deep inside timm, so say it here, with kdzoo's own checked alternative."""
+    path = kwargs.get("checkpoint_path")
+    if path is None:
+        return
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise KdzooError(
+            f"{role}.kwargs.checkpoint_path: file not found: {shown(path)}; give an existing weights file "
+            f"(or {role}.checkpoint=FILE, which kdzoo loads and checks against the architecture)"
+        )
 
 
 def classifier_classes(state: dict[str, Any], model: nn.Module) -> int | None:
@@ -109,6 +138,6 @@ def check_pair(teacher: nn.Module | None, student: nn.Module, t_name: str, s_nam
 def _same_classes(t_name: str, t_classes: int | None, s_name: str, s_classes: int | None) -> None:
     if t_classes != s_classes:
         raise KdzooError(
-            f"teacher {t_name} predicts {t_classes} classes but student {s_name} predicts {s_classes}; "
+            f"teacher {t_name} predicts {shown(t_classes)} classes but student {s_name} predicts {shown(s_classes)}; "
             f"they must share the label set (check teacher/student kwargs.num_classes)"
         )

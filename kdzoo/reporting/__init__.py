@@ -1,6 +1,6 @@
 """What a run reports as it goes: the metrics file, console lines, TensorBoard and plots."""
 
-from kdzoo.reporting.metrics_file import append_jsonl, read_jsonl, significant, write_jsonl
+from kdzoo.reporting.metrics_file import DamagedFile, read_json, read_records, significant, write_jsonl
 from kdzoo.reporting.reporters import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
 
 __all__ = [
@@ -8,8 +8,9 @@ __all__ = [
     "MetricsFileReporter",
     "PlotReporter",
     "TensorBoardReporter",
-    "append_jsonl",
-    "read_jsonl",
+    "DamagedFile",
+    "read_json",
+    "read_records",
     "significant",
     "write_jsonl",
 ]

@@ -13,12 +13,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kdzoo.api import Run, hookimpl
-from kdzoo.reporting.metrics_file import append_jsonl, write_jsonl
+from kdzoo.reporting.metrics_file import write_jsonl
 
 
 class MetricsFileReporter:
-    """``metrics.jsonl``: rewritten from the run's history when it starts (a resumed run drops what
-    a killed process wrote after its last checkpoint), then one line per epoch."""
+    """``metrics.jsonl``: the run's history, written when it starts (a resumed run drops what a
+    killed process wrote after its last checkpoint) and after every epoch, each time atomically."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
@@ -28,8 +28,8 @@ class MetricsFileReporter:
         write_jsonl(self.path, run.history)
 
     @hookimpl
-    def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
-        append_jsonl(self.path, metrics)
+    def kdzoo_on_epoch_end(self, run: Run) -> None:
+        write_jsonl(self.path, run.history)
 
 
 class ConsoleReporter:

@@ -5,6 +5,7 @@ hardware)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from kdzoo.engine.export import count_flops
 from kdzoo.errors import error_line
 from kdzoo.models import create_model
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, threads_text
-from kdzoo.tools.tradeoff import median_ms
+from kdzoo.tools.tradeoff import Measured, interleaved
 
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -52,32 +53,53 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
     return tables
 
 
-def _latency_ms(model: nn.Module, shape: tuple[int, ...], repeats: int = 30) -> float:
+LATENCY_ROUNDS, LATENCY_REPEATS = 6, 5  # interleaved rounds of 5 timed calls each, per model (30 in all)
+
+
+def _latencies(models: dict[str, nn.Module], shape: tuple[int, ...]) -> dict[str, Measured]:
+    """Each model's median latency per round at batch 1, the models taking turns (:func:`interleaved`)."""
     x = torch.randn(1, *shape)
-    return median_ms(lambda: model(x), repeats, warmup=5)
+    calls = {role: functools.partial(model, x) for role, model in models.items()}
+    return interleaved(calls, LATENCY_ROUNDS, LATENCY_REPEATS, warmup=5)
 
 
 def model_costs(config: RunConfig, teacher_file: str | None, data: DataBundle | None = None) -> dict[str, Any]:
     """Parameters, FLOPs per image and measured CPU latency per image of teacher and student (``data``:
-    the dataset of ``config``, if it was read already)."""
+    the dataset of ``config``, if it was read already). The speed-up is the median of the rounds' ratios,
+    with their range and spread: a busy machine shows as ratios that disagree, and is marked in the report."""
     data = data if data is not None else load_data(config.data, config.train.seed)
     shape = (data.in_chans, config.data.img_size, config.data.img_size)
-    costs = {}
+    costs: dict[str, Any] = {}
+    models = {}
     teacher_cfg = dataclasses.replace(config.teacher, checkpoint=teacher_file, pretrained=False)
     for role, cfg in (("teacher", teacher_cfg), ("student", config.student)):
         cfg = dataclasses.replace(cfg, pretrained=False) if role == "student" else cfg
-        model = create_model(cfg, role, data.num_classes, data.in_chans).eval()
+        models[role] = create_model(cfg, role, data.num_classes, data.in_chans).eval()
         costs[role] = {
             "model": cfg.model,
-            "params": sum(p.numel() for p in model.parameters()),
-            "flops": count_flops(model, shape),
-            "latency_ms": _latency_ms(model, shape),
+            "params": sum(p.numel() for p in models[role].parameters()),
+            "flops": count_flops(models[role], shape),
         }
+    latencies = _latencies(models, shape)
+    for role, latency in latencies.items():
+        costs[role].update(latency_ms=latency.median, latency_spread=latency.spread)
     t, s = costs["teacher"], costs["student"]
     costs["compression"] = t["params"] / s["params"]
     costs["flops_ratio"] = t["flops"] / max(s["flops"], 1)
-    costs["speedup"] = t["latency_ms"] / s["latency_ms"]
+    costs.update(speedup_figures(latencies["teacher"], latencies["student"]))
     return costs
+
+
+def speedup_figures(teacher: Measured, student: Measured) -> dict[str, Any]:
+    """The teacher's latency over the student's, round by round (the rounds interleaved: each ratio compares
+    the same moments): their median, range and spread."""
+    ratios = Measured([t / s for t, s in zip(teacher.samples, student.samples, strict=True)])
+    return {
+        "speedup": ratios.median,
+        "speedup_range": [min(ratios.samples), max(ratios.samples)],
+        "speedup_spread": ratios.spread,
+        "latency_rounds": len(ratios.samples),
+    }
 
 
 def meta(

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from kdzoo.checkpoint import write_text_atomic
 from kdzoo.errors import KdzooError
 
 SCRATCH = "scratch"
 #: a method is marked when its mean is further from scratch's than this many of scratch's standard deviations
 MARK_SIGMAS = 2.0
+#: timings of the same work that varied more than this factor make a figure drawn from them no measured fact:
+#: most methods cost 1.0x to 1.6x scratch, so a ratio that could be off by half cannot tell them apart
+SPREAD_LIMIT = 1.5
+UNSTEADY, UNMEASURED = "‡", "?"  # the marks of a timed figure whose spread was too wide, or not measurable
 
 
 @dataclasses.dataclass
@@ -32,6 +38,70 @@ class RunResult:
     curve: list[float]
     cpu_time_s: float | None = None  # None for runs written before kdzoo recorded it
     label_share: list[float] = dataclasses.field(default_factory=list)  # the CE's share of the loss, per epoch
+    epoch_times_s: list[list[float]] = dataclasses.field(default_factory=list)  # wall seconds per epoch, per stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """How far timings of the same work varied: largest over smallest (1.0: they agreed), and what they were.
+    ``factor`` is None when nothing timed the same work twice (one run of at most two epochs per stage)."""
+
+    factor: float | None
+    what: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CostCheck:
+    """Whether a cost ratio (a method's cost over scratch's) can be trusted: ``spread`` is how far the timings
+    it divides varied (both sides' spreads multiplied: None when either is unmeasured); ``mark`` and ``note``
+    say why not, empty when it can."""
+
+    spread: float | None
+    mark: str = ""
+    note: str = ""
+
+
+def spread_factor(values: list[float]) -> float | None:
+    """Largest over smallest of timings of the same work; None for fewer than two (or a zero, unmeasurable)."""
+    if len(values) < 2 or min(values) <= 0:
+        return None
+    return max(values) / min(values)
+
+
+def timing_spread(runs: list[RunResult], basis: str) -> Spread:
+    """How steady the machine was while a method's runs trained, from two measurements of the same work:
+    its runs' costs (the seeds do the same work) and the wall times of like epochs within each run (a
+    stage's first epoch is left out: it also pays for warm-up, allocations and compilation). The wider
+    one counts; wall times move more under load than CPU times, so this errs towards flagging."""
+    unit = "CPU s" if basis == "cpu" else "s"
+    costs = [(r.cpu_time_s if basis == "cpu" else r.wall_time_s) or 0.0 for r in runs]
+    found = []
+    if (across := spread_factor(costs)) is not None:
+        found.append(Spread(across, f"its {len(runs)} runs took {min(costs):.2f} to {max(costs):.2f} {unit}"))
+    for run in runs:
+        for times in run.epoch_times_s:
+            if (within := spread_factor(times[1:])) is not None:
+                what = f"like epochs of one run took {min(times[1:]):.3g} to {max(times[1:]):.3g} s"
+                found.append(Spread(within, what))
+    return max(found, key=lambda s: s.factor or 0.0, default=Spread(None))
+
+
+def cost_check(method: str, mine: Spread, scratch: Spread) -> CostCheck:
+    """Whether ``method``'s cost over scratch's is a measured fact (see :class:`CostCheck`). Scratch's own
+    ratio is 1 by definition."""
+    if method == SCRATCH:
+        return CostCheck(1.0)
+    if mine.factor is None or scratch.factor is None:
+        who = " and ".join(m for m, s in ((method, mine), (SCRATCH, scratch)) if s.factor is None)
+        return CostCheck(None, UNMEASURED, f"{method}: nothing timed the same work twice ({who})")
+    spread = mine.factor * scratch.factor
+    if spread <= SPREAD_LIMIT:
+        return CostCheck(spread)
+    note = (
+        f"{method}: its timings varied {mine.factor:.1f}x ({mine.what}), scratch's {scratch.factor:.1f}x "
+        f"({scratch.what}): the ratio could be off {spread:.1f}x"
+    )
+    return CostCheck(spread, UNSTEADY, note)
 
 
 def threads_text(count: int) -> str:
@@ -51,11 +121,15 @@ def _cost(runs: list[RunResult]) -> tuple[float, str]:
     return statistics.fmean(r.wall_time_s for r in runs), "wall"
 
 
+def _runs_of(results: list[RunResult], method: str) -> list[RunResult]:
+    return [r for r in results if r.method == method]
+
+
 def summarise(results: list[RunResult], order: list[str], teacher_top1: float | None) -> dict[str, Any]:
     """One row per method that ran, ranked by mean last-epoch top-1 (scratch among them)."""
     rows = []
     for method in order:
-        mine = [r for r in results if r.method == method]
+        mine = _runs_of(results, method)
         if not mine:
             continue
         last_mean, last_std = _mean_std([r.last_top1 for r in mine])
@@ -79,11 +153,14 @@ def summarise(results: list[RunResult], order: list[str], teacher_top1: float | 
     if scratch is None:
         raise KdzooError("no run of the student trained from scratch finished: nothing to rank the methods against")
     same_basis = all(r["cost_basis"] == scratch["cost_basis"] for r in rows)
+    spreads = {row["method"]: timing_spread(_runs_of(results, row["method"]), row["cost_basis"]) for row in rows}
     for row in rows:
         row["vs_scratch"] = row["last_top1_mean"] - scratch["last_top1_mean"]
         beyond = scratch["seeds"] > 1 and abs(row["vs_scratch"]) > MARK_SIGMAS * scratch["last_top1_std"]
         row["beyond_scratch_spread"] = row["method"] != SCRATCH and beyond
         row["cost_vs_scratch"] = row["cost_s_mean"] / scratch["cost_s_mean"] if same_basis else None
+        check = cost_check(row["method"], spreads[row["method"]], spreads[SCRATCH]) if same_basis else CostCheck(None)
+        row["cost_spread"], row["cost_mark"], row["cost_note"] = check.spread, check.mark, check.note
     rows.sort(key=lambda r: -r["last_top1_mean"])
     return {"teacher_top1": teacher_top1, "rows": rows}
 
@@ -111,7 +188,7 @@ def _ranking_lines(rows: list[dict[str, Any]], asked: int = 0) -> list[str]:
     ]
     for rank, row in enumerate(rows, start=1):
         retained = "-" if row["retained"] is None else f"{100 * row['retained']:.1f}%"
-        cost = "-" if row["cost_vs_scratch"] is None else f"{row['cost_vs_scratch']:.2f}"
+        cost = "-" if row["cost_vs_scratch"] is None else f"{row['cost_vs_scratch']:.2f}{_mark(row.get('cost_mark'))}"
         last = _pm(row["last_top1_mean"], row["last_top1_std"], row["seeds"])
         best = _pm(row["best_top1_mean"], row["best_top1_std"], row["seeds"])
         seeds = str(row["seeds"]) if row["seeds"] == most else f"{row['seeds']} of {most} †"
@@ -137,8 +214,33 @@ def _ranking_lines(rows: list[dict[str, Any]], asked: int = 0) -> list[str]:
             if any(row["seeds"] < most for row in rows)
             else []
         ),
+        *_cost_note_lines(rows),
         "",
     ]
+
+
+def _mark(mark: str | None) -> str:
+    return f" {mark}" if mark else ""
+
+
+def _cost_note_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Why a cost ratio is marked: the timings it divides varied too much, or nothing measured how much."""
+    lines = []
+    unsteady = [row["cost_note"] for row in rows if row.get("cost_mark") == UNSTEADY]
+    if unsteady:
+        lines += [
+            f"{UNSTEADY}: not a measured figure: the timings it divides varied more than {SPREAD_LIMIT:g}x (other",
+            "work on the machine while they trained?); only runs trained again on a quiet machine measure it:",
+            *(f"- {note}" for note in unsteady),
+        ]
+    unmeasured = [row["method"] for row in rows if row.get("cost_mark") == UNMEASURED]
+    if unmeasured:
+        lines += [
+            f"{UNMEASURED}: nothing measured how far its timings vary (one run of at most two epochs per stage, the",
+            "first of which pays for warm-up): no better than the machine was quiet; more seeds or epochs measure it "
+            f"({', '.join(unmeasured)}).",
+        ]
+    return lines
 
 
 def _mean_curve(runs: list[list[float]]) -> list[float]:
@@ -293,14 +395,19 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
         "| int8 / teacher |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    marked = False
     for method in [m for m in order if m in measured]:
         table = measured[method]
         rows = {(r["model"], r["runtime"]): r for r in table["rows"]}
         fp32, int8 = rows[("student", "onnxruntime fp32")], rows[("student", "onnxruntime int8")]
+        spreads = (fp32.get("latency_spread"), int8.get("latency_spread"), int8.get("throughput_spread"))
+        marked = marked or any(unsteady(spread) for spread in spreads)
         retained = "-" if int8["retained"] is None else f"{100 * int8['retained']:.1f}%"
         lines.append(
-            f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms | {int8['latency_ms']:.2f} ms | "
-            f"{int8['images_per_s']:.0f} | {fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
+            f"| {method} ({table['seed']}) | {fp32['latency_ms']:.2f} ms{unsteady(fp32.get('latency_spread'))} | "
+            f"{int8['latency_ms']:.2f} ms{unsteady(int8.get('latency_spread'))} | "
+            f"{int8['images_per_s']:.0f}{unsteady(int8.get('throughput_spread'))} | "
+            f"{fp32['file_bytes'] / 1e6:.2f} / {int8['file_bytes'] / 1e6:.2f} MB | "
             f"{fp32['top1']:.2f}% | {int8['top1']:.2f}% | {int8['top1'] - fp32['top1']:+.2f} | {retained} |"
         )
     wanted = ("teacher", "onnxruntime fp32")
@@ -309,7 +416,15 @@ def _deploy_lines(deploy: dict[str, Any] | None, order: list[str]) -> list[str]:
         lines += ["", f"Teacher in onnxruntime fp32: {teacher['latency_ms']:.2f} ms at batch 1."]
     threads = threads_text(any_table["threads"])
     lines += ["", f"CPU, {threads}; every run's whole table is in its summary.json ('deploy').", ""]
+    if marked:
+        lines += [UNSTEADY_TIMING, ""]
     return lines + _deploy_failed_lines(deploy)
+
+
+UNSTEADY_TIMING = (
+    f"{UNSTEADY}: not a measured figure: its repeated timings varied more than {SPREAD_LIMIT:g}x (upper over lower "
+    "quartile): the machine was busy; measure it again on a quiet one."
+)
 
 
 def _deploy_failed_lines(deploy: dict[str, Any]) -> list[str]:
@@ -321,8 +436,35 @@ def _deploy_failed_lines(deploy: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def unsteady(spread: float | None) -> str:
+    """The mark of a timed figure whose repeated measurements spread more than :data:`SPREAD_LIMIT` ('' when
+    none was recorded: a table from before kdzoo measured it)."""
+    return f" {UNSTEADY}" if spread is not None and spread > SPREAD_LIMIT else ""
+
+
+def _speedup_lines(costs: dict[str, Any]) -> list[str]:
+    """The measured speed-up, marked and explained when the teacher and student's latencies, timed in
+    interleaved rounds, gave per-round ratios too far apart to be one figure."""
+    text = f"{costs['speedup']:.1f}x measured speed-up{unsteady(costs.get('speedup_spread'))}."
+    low, high = costs.get("speedup_range") or (costs["speedup"], costs["speedup"])
+    marked = any(unsteady(c) for c in (costs.get("speedup_spread"), *(costs[r].get("latency_spread") for r in ROLES)))
+    if not marked:
+        return [text]
+    return [
+        text,
+        "",
+        f"{UNSTEADY}: not a measured figure: its timings varied more than {SPREAD_LIMIT:g}x (middle half of the "
+        f"repeats; the speed-up per round ranged {low:.1f}x to {high:.1f}x over {costs.get('latency_rounds', 1)} "
+        "interleaved rounds): the machine was busy; `kdzoo compare --report-only` on a quiet one measures it again.",
+    ]
+
+
+ROLES = ("teacher", "student")
+
+
 def _costs_lines(costs: dict[str, Any]) -> list[str]:
     t, s = costs["teacher"], costs["student"]
+    speedup, *why = _speedup_lines(costs)
     return [
         "## Teacher / student trade-off",
         "",
@@ -330,7 +472,7 @@ def _costs_lines(costs: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
         *(
             f"| {role} | {c['model']} | {c['params'] / 1e6:.3f} M | {c['flops'] / 1e6:.1f} M | "
-            f"{c['latency_ms']:.2f} ms |"
+            f"{c['latency_ms']:.2f} ms{unsteady(c.get('latency_spread'))} |"
             for role, c in (("teacher", t), ("student", s))
         ),
         *(
@@ -339,21 +481,21 @@ def _costs_lines(costs: dict[str, Any]) -> list[str]:
             for method, d in costs.get("deployed", {}).items()
         ),
         "",
-        f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, "
-        f"{costs['speedup']:.1f}x measured speed-up.",
+        f"Compression {costs['compression']:.1f}x in parameters, {costs['flops_ratio']:.1f}x in FLOPs, " + speedup,
+        *why,
         "",
     ]
 
 
 def write_report(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
     rows, costs, info = report["rows"], report["models"], report["meta"]
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.json").write_text(
-        json.dumps({**report, "runs": [dataclasses.asdict(r) for r in results]}, indent=2)
-    )
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(table.getvalue(), out / "results.csv")
+    everything = {**report, "runs": [dataclasses.asdict(r) for r in results]}
+    write_text_atomic(json.dumps(everything, indent=2), out / "results.json")
     teacher_top1 = report["teacher_top1"]
     teacher_curve = (report.get("teacher_training") or {}).get("curve", [])
     lines = [
@@ -385,4 +527,4 @@ def write_report(report: dict[str, Any], results: list[RunResult], out: Path) ->
         "",
         "![accuracy against training cost](accuracy_vs_cost.png)",
     ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", out / "results.md")

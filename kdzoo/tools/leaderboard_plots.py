@@ -9,10 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kdzoo.reporting.plots import save_figure
 from kdzoo.tools.leaderboard import MARK_SIGMAS, SCRATCH, RunResult
 
 LOG_COST_RATIO = 8  # costs further apart than this share a logarithmic axis
 OUTLIER_MADS = 5  # a mean further than this many median absolute deviations from the median sits on the edge
+MARKED_EPOCHS = 20  # curves this short get a marker per epoch: one epoch is a point, which a bare line never shows
+ZOOM_EPOCHS = 2  # the zoomed panel shows at least this many last epochs (the second half of 2 is one point)
 
 
 def write_plots(report: dict[str, Any], results: list[RunResult], out: Path) -> None:
@@ -38,6 +41,7 @@ def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float 
     """Mean validation top-1 per epoch (± std band) of every method: all epochs on the left, and on the
     right the second half zoomed to the mean curves, where a few points decide the ranking."""
     import torch
+    from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     fig, (whole, end) = plt.subplots(1, 2, figsize=(14 if len(rows) <= 16 else 17, 5))
@@ -52,8 +56,13 @@ def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float 
         means.append(mean)
         epochs = range(1, length + 1)
         style = {"linewidth": 2.5 if row["method"] == SCRATCH else 1.2, "linestyle": styles[i // 10 % 4]}
+        if length <= MARKED_EPOCHS:
+            style.update(marker="o", markersize=4)
         line = whole.plot(epochs, mean, label=f"{row['method']} ({row['last_top1_mean']:.2f})", **style)
-        whole.fill_between(epochs, mean - std, mean + std, alpha=0.1, color=line[0].get_color())
+        if length > ZOOM_EPOCHS:
+            whole.fill_between(epochs, mean - std, mean + std, alpha=0.1, color=line[0].get_color())
+        else:  # a band over one or two epochs is a sliver or nothing: bars show the spread
+            whole.errorbar(epochs, mean, yerr=std, fmt="none", capsize=3, color=line[0].get_color(), alpha=0.5)
         end.plot(epochs, mean, color=line[0].get_color(), **style)
     if teacher_top1:
         whole.axhline(teacher_top1, color="black", linewidth=1, label=f"teacher ({teacher_top1:.2f})")
@@ -61,18 +70,31 @@ def plot_curves(results: list[RunResult], rows: list[dict], teacher_top1: float 
     low, high = min(min(r.curve) for r in results), max(max(r.curve) for r in results)
     whole.set_ylim(max(0, low - 2), min(100, max(high, teacher_top1 or 0) + 2))
     length = min(len(m) for m in means)
-    first = length // 2  # the second half, where the ranking settles; the teacher is far above it
+    first = zoom_start(length)
     tail = torch.stack([m[first:length] for m in means])
-    end.set(xlabel="epoch", title=f"epochs {first + 1}-{length}, means only (zoomed)")
+    epochs_text = f"epochs {first + 1}-{length}" if length > first + 1 else f"epoch {length}"
+    end.set(xlabel="epoch", title=f"{epochs_text}, means only (zoomed)")
     end.set_xlim(first + 0.8, length + 0.2)
     end.set_ylim(float(tail.min()) - 0.5, float(tail.max()) + 0.5)
+    for ax in (whole, end):
+        ax.xaxis.set_major_locator(
+            MaxNLocator(integer=True, min_n_ticks=1)
+        )  # whole epochs: no 0.96 .. 1.04 axis for one
+    if length <= ZOOM_EPOCHS:
+        whole.set_xlim(0.5, length + 0.5)
     handles, labels = whole.get_legend_handles_labels()
     end.legend(
         handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(rows) <= 16 else 2
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def zoom_start(length: int) -> int:
+    """The first epoch (0-based) of the zoomed panel: the second half, where the ranking settles (the teacher is
+    far above it), but at least :data:`ZOOM_EPOCHS` epochs where there are that many."""
+    return min(length // 2, max(length - ZOOM_EPOCHS, 0))
 
 
 def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
@@ -140,7 +162,7 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     if scratch["seeds"] > 1:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -158,8 +180,10 @@ def accuracy_range(rows: list[dict]) -> tuple[float, float]:
 
 
 def _label(row: dict, low: float, high: float) -> str:
-    mean = row["last_top1_mean"]
-    return row["method"] if low <= mean <= high else f"{row['method']} ({mean:.1f}, off the axis)"
+    """The method's name; its accuracy when off the axis; the table's mark when its cost is no measured figure."""
+    mean, mark = row["last_top1_mean"], row.get("cost_mark")
+    name = f"{row['method']} (cost {mark})" if mark else row["method"]
+    return name if low <= mean <= high else f"{name} ({mean:.1f}, off the axis)"
 
 
 def spread_labels(points: list[tuple[float, float, str]], ax, along: Callable[[float], float] = float) -> list[float]:
@@ -197,5 +221,5 @@ def plot_teacher(curve: list[float], path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"teacher: {curve[-1]:.2f}% after {len(curve)} epochs")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

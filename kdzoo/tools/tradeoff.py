@@ -9,7 +9,7 @@ the student's is. The table lands in the run's ``summary.json`` (``deploy``).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -24,15 +24,36 @@ from kdzoo.engine.deployed import load_student
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.export import count_flops
 from kdzoo.engine.teacher import given_teacher, load_trained_teacher
-from kdzoo.tools.deploy import OnnxStudent, export_verified, run_config
-from kdzoo.tools.leaderboard import threads_text
+from kdzoo.tools.deploy import OnnxStudent, record_in_summary, reuse_or_export, run_config
+from kdzoo.tools.leaderboard import UNSTEADY_TIMING, threads_text, unsteady
 
 THROUGHPUT_BATCH = 64
 REPEATS = 20  # timed runs per measurement (after 3 warm-up runs); the median is reported
 
 
-def median_ms(call: Callable[[], Any], repeats: int = REPEATS, warmup: int = 3) -> float:
-    """The median wall time of ``call`` in milliseconds, over ``repeats`` runs after ``warmup`` untimed ones."""
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """Repeated measurements of one figure (milliseconds, or a ratio of two): the median is reported, and
+    how far they spread says whether it is one figure at all (:data:`kdzoo.tools.leaderboard.SPREAD_LIMIT`)."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float | None:
+        """Upper over lower quartile (1.0: all alike; None under two samples): the middle half, so one stall
+        (a page fault, another process's time slice) moves a maximum, not this."""
+        if len(self.samples) < 2:
+            return None
+        low, _, high = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return high / low if low > 0 else None
+
+
+def timed(call: Callable[[], Any], repeats: int = REPEATS, warmup: int = 3) -> Measured:
+    """The wall times of ``call`` in milliseconds, over ``repeats`` runs after ``warmup`` untimed ones."""
     with torch.inference_mode():
         for _ in range(warmup):
             call()
@@ -40,21 +61,37 @@ def median_ms(call: Callable[[], Any], repeats: int = REPEATS, warmup: int = 3) 
         for _ in range(repeats):
             start = time.perf_counter()
             call()
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+            times.append(1000 * (time.perf_counter() - start))
+    return Measured(times)
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 3) -> dict[str, Measured]:
+    """Each call's median time per round (milliseconds), the calls taking turns round after round: a busy
+    spell of the machine then falls on all of them alike, and a ratio of two stays a ratio of the same
+    moments (timing one, then the other, compares a quiet minute with a busy one)."""
+    for call in calls.values():
+        timed(call, repeats=0, warmup=warmup)
+    medians: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            medians[name].append(timed(call, repeats, warmup=0).median)
+    return {name: Measured(values) for name, values in medians.items()}
 
 
 def _row(name: str, runtime: str, model: nn.Module, size: int, params: int, flops: int, data, shape) -> dict:
     one, many = torch.randn(1, *shape), torch.randn(THROUGHPUT_BATCH, *shape)
-    batch_ms = median_ms(lambda: model(many), max(3, REPEATS // 4))
+    batch = timed(lambda: model(many), max(3, REPEATS // 4))
+    latency = timed(lambda: model(one))
     return {
         "model": name,
         "runtime": runtime,
         "params": params,
         "flops": flops,
         "file_bytes": size,
-        "latency_ms": median_ms(lambda: model(one)),
-        "images_per_s": THROUGHPUT_BATCH / (batch_ms / 1000),
+        "latency_ms": latency.median,
+        "latency_spread": latency.spread,
+        "images_per_s": THROUGHPUT_BATCH / (batch.median / 1000),
+        "throughput_spread": batch.spread,
         "top1": evaluate(model, data.val.epoch(0), data.num_classes, f"{name} ({runtime})")["top1"],
     }
 
@@ -72,13 +109,12 @@ def deploy_table(run_dir: str | Path, teacher_rows: list[dict[str, Any]] | None 
     teacher = None
     if teacher_rows is None and config.methods:  # a run without methods (scratch) has no teacher of its own
         teacher = given_teacher(config, data.num_classes, data.in_chans) or load_trained_teacher(
-            config, data.num_classes, data.in_chans
+            config, data.contents, data.num_classes, data.in_chans
         )
     if teacher is not None:
         teacher = teacher.float().cpu().eval()
         teacher_onnx = run_dir / "teacher.onnx"
-        if not teacher_onnx.is_file():
-            export_verified(teacher, teacher_onnx, data, "teacher")
+        reuse_or_export(teacher, teacher_onnx, data, "teacher")  # an empty or damaged file is made again
         models.insert(0, ("teacher", teacher, None, teacher_onnx))
     rows = [dict(row) for row in teacher_rows or []]
     for name, model, weights, onnx_file in models:
@@ -98,10 +134,7 @@ def deploy_table(run_dir: str | Path, teacher_rows: list[dict[str, Any]] | None 
     for row in rows:
         row["retained"] = None if not teacher_top1 else row["top1"] / teacher_top1
     table = {"threads": torch.get_num_threads(), "throughput_batch": THROUGHPUT_BATCH, "repeats": REPEATS, "rows": rows}
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    summary["deploy"] = table
-    summary_file.write_text(json.dumps(summary, indent=2))
+    record_in_summary(run_dir, "deploy", table)  # atomically: a kill mid-write leaves the old summary
     return table
 
 
@@ -114,12 +147,15 @@ def format_deploy_table(table: dict[str, Any]) -> list[str]:
     ]
     for r in table["rows"]:
         retained = "-" if r["retained"] is None else f"{100 * r['retained']:.1f}%"
+        latency, throughput = unsteady(r.get("latency_spread")), unsteady(r.get("throughput_spread"))
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['params'] / 1e6:.3f} M | {r['flops'] / 1e6:.1f} M | "
-            f"{r['file_bytes'] / 1e6:.2f} MB | {r['latency_ms']:.2f} ms | {r['images_per_s']:.0f} | "
-            f"{r['top1']:.2f}% | {retained} |"
+            f"{r['file_bytes'] / 1e6:.2f} MB | {r['latency_ms']:.2f} ms{latency} | "
+            f"{r['images_per_s']:.0f}{throughput} | {r['top1']:.2f}% | {retained} |"
         )
     lines.append(
         f"\nCPU, {threads_text(table['threads'])} (PyTorch and onnxruntime alike), medians of {table['repeats']} runs."
     )
+    if any(unsteady(r.get(key)) for r in table["rows"] for key in ("latency_spread", "throughput_spread")):
+        lines.append(UNSTEADY_TIMING)
     return lines
