@@ -9,7 +9,8 @@ to know the contract, and every other part of kdzoo can build on it.
   :func:`inner_stages`.
 * What a method asks for and gets each step: :class:`Taps`, :class:`Summary`, :class:`Outputs`;
   what it may know of the training data when it builds its modules: :class:`TrainingSet`.
-* Training phases: :class:`Stage`, :data:`WHOLE_RUN`, :func:`parameters_up_to`.
+* Training phases: :class:`Stage`, :data:`WHOLE_RUN`, :func:`parameters_up_to`; one step's input and
+  result: :class:`Batch`, :class:`When`, :class:`StepResult`.
 * The run the lifecycle hooks receive: :class:`Run`.
 * The loss helpers several methods share: :func:`soft_target_kl`, :func:`full_precision`; errors a user can fix:
   :class:`KdzooError`.
@@ -393,6 +394,44 @@ def parameters_up_to(model: nn.Module, module_path: str) -> list[nn.Parameter]:
 
 
 WHOLE_RUN = Stage("train", 1)  # the one stage of a run without a schedule: every term on
+
+
+# ----------------------------------------------------------------------------- one step
+@dataclass(frozen=True)
+class When:
+    """Where a step falls in training: the ``stage``, the 0-based ``epoch`` within it and the
+    ``progress`` over the stage (0..1), which a method's weights may ramp with."""
+
+    stage: Stage = WHOLE_RUN
+    epoch: int = 0
+    progress: float = 0.0
+
+
+@dataclass
+class Batch:
+    """One step's input: the images, their class labels, each sample's position in the training set
+    (``indices``, for per-sample state; ``None`` when the data gives none) and, when they come from a
+    teacher-output cache, the teacher's outputs for these samples (``teacher``)."""
+
+    inputs: Tensor
+    labels: Tensor
+    indices: Tensor | None = None
+    teacher: Outputs | None = None
+    #: which of each sample's fixed augmented views the inputs are (``data.views``; 0 without), so a
+    #: teacher-output cache gives the teacher's outputs of that view
+    view: int = 0
+
+
+@dataclass
+class StepResult:
+    """What one step computed: the weighted ``loss`` (``None`` for a step skipped as non-finite), every
+    unweighted term, the weights used, and the student's ``logits`` for the batch's own rows (not its
+    extra views), detached."""
+
+    loss: Tensor | None
+    terms: dict[str, Tensor]
+    weights: dict[str, float]
+    logits: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- the run

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from kdzoo.api import Batch, When
 from kdzoo.config import RunConfig, as_dict, build, load_config
 from kdzoo.paths import using_cache
 from kdzoo.registry import registry
@@ -167,7 +168,8 @@ def _config(case: Case, _tmp: Path) -> None:
 def _losses(case: Case, tmp_path: Path) -> None:
     trainer = _trainer(case, tmp_path)
     x, y, idx = next(trainer.data.train.epoch(0, with_index=True))
-    total, terms, _ = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.5, indices=idx)
+    result = trainer.step.losses(Batch(x, y, idx), When(trainer.stages[0], 0, 0.5))
+    total, terms = result.loss, result.terms
     assert terms, f"stage {trainer.stages[0].name}: no loss terms"
     for name, value in terms.items():
         assert isinstance(name, str) and name, "term names are non-empty strings"
@@ -188,10 +190,10 @@ def _gradients(case: Case, tmp_path: Path) -> None:
     trainer = _trainer(case, tmp_path)
     x, y, idx = next(trainer.data.train.epoch(0, with_index=True))
     for stage in trainer.stages:
-        trainable = trainer.set_trainable(stage)
+        trainable = trainer.step.set_trainable(stage)
         for p in [*trainer.student.parameters(), *trainer.modules.parameters()]:
             p.grad = None
-        total, _, _ = trainer.compute_losses(x, y, stage, 0, 0.5, indices=idx)
+        total = trainer.step.losses(Batch(x, y, idx), When(stage, 0, 0.5)).loss
         total.backward()
         # a stage may train only the method's own modules (a paraphraser's pre-training, say)
         trains_student = any(p.requires_grad for p in trainer.student.parameters())

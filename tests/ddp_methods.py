@@ -77,8 +77,8 @@ def run(name: str, out: Path, teachers: Path, extra: list[str]) -> dict:
     call_hook(trainer.pm, "kdzoo_on_run_start", run=trainer)
     for index, stage in enumerate(trainer.stages):
         call_hook(trainer.pm, "kdzoo_on_stage_start", run=trainer, stage=stage, index=index, resumed=False)
-        optimizer, scheduler = trainer.optimizer_for(stage)
-        terms.append(trainer._train_epoch(stage, index, 0, index, optimizer, scheduler, 0, None))
+        trainer.step.begin(stage)
+        terms.append(trainer._train_epoch(stage, index, 0, index, 0, None))
         call_hook(trainer.pm, "kdzoo_on_stage_end", run=trainer, stage=stage, index=index)
     weights = {f"student.{k}": v for k, v in trainer.student.state_dict().items()}
     weights.update({f"modules.{k}": v for k, v in trainer.modules.state_dict().items()})

@@ -117,8 +117,8 @@ def test_skd_first_step_differs_from_kdzoo_only_by_torchdistills_per_sample_mask
 
     teacher, student, x, y = pair
     objective = _kdzoo_objective("skd", teacher, copy.deepcopy(student).train())
-    expected = objective(x, y).detach()
-    s_logits = objective.last_logits
+    result = objective.loss(kdzoo.Batch(x, y))
+    expected, s_logits = result.loss.detach(), result.logits
     with torch.no_grad():
         t_logits = teacher(x)
     io = {"student_module_path": ".", "student_module_io": "output"}
@@ -137,11 +137,11 @@ def _first_steps(pair, stack):
     student and the same method-module weights."""
     teacher, student, x, y = pair
     objective = _kdzoo_objective(stack, teacher, copy.deepcopy(student).train())
-    expected = objective(x, y).detach()
+    result = objective.loss(kdzoo.Batch(x, y))
     step = torchdistill_step(stack, teacher, copy.deepcopy(student), x, y)
     _same_method_modules(step.box, objective)
     step()
-    return expected.item(), objective.last_terms, step.last_loss.item()
+    return result.loss.item(), {k: v.detach() for k, v in result.terms.items()}, step.last_loss.item()
 
 
 def test_sp_first_step_equals_kdzoo_once_torchdistills_rows_are_l2_normalised(pair, monkeypatch):

@@ -6,6 +6,7 @@ import torch
 
 import kdzoo  # noqa: F401  (loads the plugins, which register the models)
 from kdzoo import KdzooError
+from kdzoo.api import Batch, When
 from kdzoo.config import load_config
 from kdzoo.engine.extract import FeatureExtractor, describe
 from kdzoo.registry import registry
@@ -66,8 +67,9 @@ def test_paper_setting_configs_build_and_take_one_step_on_cpu(config, tmp_path):
     data = DataBundle("cifar100-sample", batches, batches, 100, 3)
     teacher = timm.create_model(cfg.teacher.model, num_classes=100)
     trainer = build_trainer(cfg, reg, tmp_path / "run", teacher=teacher, data=data, show_progress=False)
-    optimizer, scheduler = trainer.optimizer_for(trainer.stages[0])
-    loss, terms, _ = trainer.train_step(*next(batches.epoch(0)), trainer.stages[0], 0, 0.0, optimizer, scheduler)
+    trainer.step.begin(trainer.stages[0])
+    result = trainer.step(Batch(*next(batches.epoch(0))), When(trainer.stages[0]))
+    loss, terms = result.loss, result.terms
     assert torch.isfinite(loss) and {"ce", "kd", "hint"} <= set(terms)
 
 
@@ -94,8 +96,9 @@ def test_the_paper_setting_config_runs_every_built_in_method(tmp_path):
             refused[method] = str(e)
             continue
         stage = next(s for s in trainer.stages if s.losses is None or s.losses - {"ce"})  # a distilling stage
-        optimizer, scheduler = trainer.optimizer_for(stage)
+        trainer.step.begin(stage)
         x, y, idx = next(batches.epoch(0, with_index=True))  # CRD's memory bank is indexed by sample
-        loss, terms, _ = trainer.train_step(x, y, stage, 0, 0.0, optimizer, scheduler, indices=idx)
+        result = trainer.step(Batch(x, y, idx), When(stage))
+        loss, terms = result.loss, result.terms
         assert torch.isfinite(loss) and set(terms) - {"ce"}, (method, terms)
     assert set(refused) == {"deit"} and "\n" not in refused["deit"] and "resnet8x4 has none" in refused["deit"]

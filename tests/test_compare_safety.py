@@ -134,7 +134,7 @@ def test_a_summary_without_its_numbers_reads_as_damaged(tmp_path):
 
 
 def test_a_damaged_teacher_record_costs_the_report_its_teacher_curve_not_the_comparison():
-    from kdzoo.engine.teacher import teacher_cache_dir
+    from kdzoo.engine.teacher_files import teacher_cache_dir
     from kdzoo.tools.compare_runs import teacher_training
 
     config, said = _config(), []

@@ -24,10 +24,10 @@ def _pair():
 
 def _step(objective, student, x, y, indices):
     student.zero_grad(set_to_none=True)
-    loss = objective(x, y, epoch=0, progress=0.5, indices=indices)
-    loss.backward()
+    result = objective.loss(kdzoo.Batch(x, y, indices), kdzoo.When(kdzoo.WHOLE_RUN, 0, 0.5))
+    result.loss.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
-    return loss.detach(), dict(objective.last_terms), grads
+    return result.loss.detach(), {k: v.detach() for k, v in result.terms.items()}, grads
 
 
 CRD = {"train_set": kdzoo.TrainingSet(64, torch.arange(64) % 5), "nce_k": 16}

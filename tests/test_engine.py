@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import kdzoo
+from kdzoo.api import Batch, When
 from kdzoo.config import load_config
 from kdzoo.engine import build_trainer
 from kdzoo.registry import registry
@@ -43,7 +44,8 @@ def test_stacked_total_is_weighted_sum_of_terms(tmp_path):
     trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     stage = trainer.stages[0]
     x, y = next(trainer.data.train.epoch(0))
-    total, terms, weights = trainer.compute_losses(x, y, stage, 0, 0.0)
+    result = trainer.step.losses(Batch(x, y), When(stage))
+    total, terms, weights = result.loss, result.terms, result.weights
     assert set(terms) == {"ce", "kd", "hint"}
     # kd is selected first, so its CE weight (0.1) wins over FitNets' (1.0); each method weights its own terms
     assert weights == {"ce": 0.1, "kd": 0.9, "hint": 100.0}
@@ -65,7 +67,7 @@ def test_one_forward_per_model_per_step(tmp_path):
 
         model.forward_intermediates = counted
     x, y = next(trainer.data.train.epoch(0))
-    trainer.compute_losses(x, y, trainer.stages[0], 0, 0.0)
+    trainer.step.losses(Batch(x, y), When(trainer.stages[0]))
     assert calls == {"teacher": 1, "student": 1}
 
 
@@ -75,7 +77,7 @@ def test_fitnets_two_stage_trains_hint_then_kd(tmp_path):
     assert [s.name for s in trainer.stages] == ["hint", "kd"]
     hint_stage = trainer.stages[0]
     after_hint = {n for n, p in trainer.student.named_parameters()}
-    params = trainer.set_trainable(hint_stage)
+    params = trainer.step.set_trainable(hint_stage)
     trainable = {n for n, p in trainer.student.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith(("layer3", "layer4", "fc")) for n in trainable)
     assert any(n.startswith("layer2") for n in trainable) and trainable < after_hint
@@ -122,7 +124,8 @@ def test_a_stage_lr_scale_scales_the_runs_rate_after_its_optim_overrides(tmp_pat
         kdzoo.Stage("adam_quarter", 1, optim={"name": "adam", "lr": 0.01}, lr_scale=0.25),
         kdzoo.Stage("plain", 1),
     ):
-        optimizer, _ = trainer.optimizer_for(stage)
+        trainer.step.begin(stage)
+        optimizer = trainer.step.optimizer
         rate[stage.name] = (type(optimizer).__name__, optimizer.param_groups[0]["lr"])
     assert rate == {"half": ("SGD", 0.1), "adam_quarter": ("Adam", 0.0025), "plain": ("SGD", 0.2)}
     assert trainer.config.optim.lr == 0.2  # what the run records is the user's rate

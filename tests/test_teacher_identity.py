@@ -7,7 +7,7 @@ import torch
 
 from kdzoo.engine import build_trainer
 from kdzoo.engine.loop import Trainer
-from kdzoo.engine.teacher import teacher_cache_dir
+from kdzoo.engine.teacher_files import teacher_cache_dir
 from kdzoo.registry import registry
 from tests.helpers import tiny_config
 
@@ -108,7 +108,7 @@ def test_an_interrupted_teacher_training_resumes_and_says_so(tmp_path, monkeypat
 
     def killed_after_the_first_teacher_epoch(self, *args, **kwargs):
         save(self, *args, **kwargs)
-        if self.label == "teacher ":
+        if self.parts.label == "teacher ":
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):

@@ -139,8 +139,9 @@ def test_library_use_follows_the_warmup_through_compute():
     student = timm.create_model("test_resnet", num_classes=10)
     distiller = kdzoo.get_method("dkd", teacher=teacher, student=student, img_size=32)
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    distiller(images, labels).backward()
-    assert set(distiller.last_terms) == {"ce", TCKD, NCKD}
-    assert distiller.last_weights[NCKD] == pytest.approx(8 / 20)  # forward() is always epoch 0
+    result = distiller.loss(kdzoo.Batch(images, labels))  # When(): the first epoch, as forward() is
+    result.loss.backward()
+    assert set(result.terms) == {"ce", TCKD, NCKD}
+    assert result.weights[NCKD] == pytest.approx(8 / 20)
     _, terms, weights = distiller.compute(images, labels, epoch=30)
     assert weights == pytest.approx({"ce": 1.0, TCKD: 1.0, NCKD: 8.0}) and set(terms) == {"ce", TCKD, NCKD}

@@ -5,6 +5,7 @@ import timm
 import torch
 
 import kdzoo
+from kdzoo.api import Batch, When
 from kdzoo.engine import RunState, build_trainer
 from kdzoo.registry import registry
 from tests.helpers import tiny_config
@@ -107,6 +108,7 @@ def test_born_again_hands_generation_k_to_k_plus_1(pair, tmp_path):
         assert torch.allclose(observer.teacher_start[k + 1], observer.student_end[k])  # k's student is k+1's teacher
         assert not torch.allclose(observer.student_start[k + 1], observer.student_end[k])  # a fresh student
     assert [s["name"] for s in summary["stages"]] == ["gen0", "gen1", "gen2"]  # every generation's accuracy
+    assert summary["teacher_source"] == "method" and summary["teacher"].endswith("(gen1)")
     assert [r["stage"] for r in trainer.history] == ["gen0", "gen1", "gen2"]
     assert "kd" not in trainer.history[0]["train"] and "kd" in trainer.history[1]["train"]
 
@@ -123,7 +125,8 @@ def test_stacked_kd_at_rkd_total_is_the_weighted_sum(tmp_path):
     cfg = tiny_config(["kd", "at", "rkd"], out_dir=str(tmp_path))
     trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
     x, y = next(trainer.data.train.epoch(0))
-    total, terms, weights = trainer.compute_losses(x, y, trainer.stages[0], 0, 0.0)
+    result = trainer.step.losses(Batch(x, y), When(trainer.stages[0]))
+    total, terms, weights = result.loss, result.terms, result.weights
     assert set(terms) == {"ce", "kd", "at", "rkd_distance", "rkd_angle"}
     assert weights == {"ce": 0.1, "kd": 0.9, "at": 1000.0, "rkd_distance": 25.0, "rkd_angle": 50.0}
     assert torch.allclose(total, sum(weights[k] * v for k, v in terms.items()))

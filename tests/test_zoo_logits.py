@@ -126,7 +126,7 @@ def test_tfkd_self_needs_the_students_own_architecture(tmp_path):
         build_trainer(tiny_config(["tfkd"], "tfkd.variant=self", out_dir=str(tmp_path)), registry(), tmp_path / "a")
     same = tiny_config(["tfkd"], "tfkd.variant=self", "teacher.model=test_resnet", out_dir=str(tmp_path))
     summary = build_trainer(same, registry(), tmp_path / "b", show_progress=False).fit()
-    assert summary["teacher"] == "test_resnet" and summary["epochs"] == 1
+    assert summary["teacher"] == "test_resnet" and summary["epochs"] == 1 and summary["teacher_source"] == "model"
 
 
 class _GradientReversal(torch.autograd.Function):

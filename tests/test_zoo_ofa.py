@@ -185,10 +185,11 @@ def test_one_step_trains_the_student_and_the_branches(teacher, t_kwargs, student
     x, y = torch.randn(4, 3, 32, 32, generator=_gen(0)), torch.randint(0, 10, (4,), generator=_gen(1))
     before = [p.detach().clone() for p in objective.parameters()]
 
-    loss = objective(x, y)
+    result = objective.loss(kdzoo.Batch(x, y))
+    loss = result.loss
     loss.backward()
-    assert torch.isfinite(loss) and set(objective.last_terms) == {"ce", "ofa", "ofa_logits"}
-    assert all(torch.isfinite(v) and v > 0 for v in objective.last_terms.values())
+    assert torch.isfinite(loss) and set(result.terms) == {"ce", "ofa", "ofa_logits"}
+    assert all(torch.isfinite(v) and v > 0 for v in result.terms.values())
     assert sum(p.grad.abs().sum() for p in s_model.parameters() if p.grad is not None) > 0
     branches = objective.method_modules["ofa"]["branches"]
     assert len(branches) == 4

@@ -6,6 +6,7 @@ import timm
 import torch
 import torchdistill.losses.mid_level as td
 
+from kdzoo.api import Batch, When
 from kdzoo.engine.extract import FeatureExtractor, describe
 from kdzoo.losses.ab import ab_loss, boundary_loss
 from kdzoo.losses.ofd import negative_margin, ofd_loss, partial_l2
@@ -84,8 +85,8 @@ def test_ofd_from_a_teacher_output_cache_equals_the_live_teacher(tmp_path):
     x, y, idx = next(cached.data.train.epoch(0, with_index=True))
     stored = cached.teacher_cache.lookup(idx, 0, torch.device("cpu"))
     stage = live.stages[0]
-    _, live_terms, _ = live.compute_losses(x, y, stage, 0, 0.0)
-    _, cached_terms, _ = cached.compute_losses(x, y, stage, 0, 0.0, teacher_out=stored)
+    live_terms = live.step.losses(Batch(x, y), When(stage)).terms
+    cached_terms = cached.step.losses(Batch(x, y, teacher=stored), When(stage)).terms
     assert torch.allclose(live_terms["ofd"], cached_terms["ofd"], rtol=1e-2)
 
 

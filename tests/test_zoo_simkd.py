@@ -53,11 +53,12 @@ def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, 
     x, y = torch.randn(3, 3, img_size, img_size), torch.arange(3)
     objective.eval()  # BatchNorm on running statistics: the same projector output in both passes
     s_model.eval()
-    loss = objective(x, y)
+    result = objective.loss(kdzoo.Batch(x, y))
+    loss = result.loss
     with torch.no_grad():
         feat_s, feat_t = s_model.forward_features(x), t_model.forward_features(x)
         projected, target, pred = _authors_simkd(feat_s, feat_t, method.projector.transfer, t_model.get_classifier())
-        assert objective.last_terms["simkd"].item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)
+        assert result.terms["simkd"].item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)
         assert loss.item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)  # CE weight 0
         torch.testing.assert_close(objective.deployed_model()(x), pred, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(pred, t_model.get_classifier()(projected.mean(dim=(2, 3))))

@@ -117,8 +117,8 @@ def test_the_head_stage_trains_the_teacher_head_alone_then_the_student_learns(tm
     assert [s.name for s in trainer.stages] == ["teacher_head", "distill"]
     head = {k: v.clone() for k, v in trainer.modules["sskd"]["teacher_head"].state_dict().items()}
     student = {k: v.clone() for k, v in trainer.student.state_dict().items() if v.is_floating_point()}
-    optimizer, _ = trainer.optimizer_for(trainer.stages[0])
-    assert optimizer.param_groups[0]["lr"] == 0.05
+    trainer.step.begin(trainer.stages[0])
+    assert trainer.step.optimizer.param_groups[0]["lr"] == 0.05
     trainer.fit()
     first, second = trainer.history
     assert set(first["train"]) - {"weights", "images_per_s", "loss"} == {"sskd_aux"}
@@ -133,5 +133,6 @@ def test_through_the_library_both_tasks_train_together():
     torch.manual_seed(0)
     teacher, student = timm.create_model("resnet10t", num_classes=5), timm.create_model("test_resnet", num_classes=5)
     objective = kdzoo.get_method("sskd", teacher=teacher, student=student, img_size=32)
-    objective(torch.randn(4, 3, 32, 32), torch.arange(4)).backward()
-    assert set(objective.last_terms) == {"ce", "sskd_aux", "sskd_kd", "sskd_tf", "sskd_ss"}
+    result = objective.loss(kdzoo.Batch(torch.randn(4, 3, 32, 32), torch.arange(4)))
+    result.loss.backward()
+    assert set(result.terms) == {"ce", "sskd_aux", "sskd_kd", "sskd_tf", "sskd_ss"}

@@ -70,6 +70,10 @@ class Batches:
         """Every sample's class in dataset order (what batch indices index), when the data says so."""
         return None
 
+    def view_of(self, epoch: int) -> int:
+        """Which of each sample's fixed augmented views ``epoch`` trains on (0 without fixed views)."""
+        return 0
+
 
 def _as_labels(values) -> Tensor | None:
     return None if values is None else torch.as_tensor(values).long().cpu()

@@ -25,7 +25,7 @@ from kdzoo.api import KdzooError, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.engine import locking
-from kdzoo.engine import teacher as teachers
+from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
 from kdzoo.engine.distributed import global_batchnorm, init_from_env
 from kdzoo.engine.evaluate import evaluate
@@ -34,6 +34,7 @@ from kdzoo.engine.loop import Trainer
 from kdzoo.engine.objective import Objective, check_compile_backend
 from kdzoo.engine.parts import RunParts
 from kdzoo.engine.state import RunState
+from kdzoo.engine.step import Step
 from kdzoo.engine.teacher_cache import TeacherOutputCache, check_cacheable, data_settings
 from kdzoo.models import check_label_sets, check_pair, create_model
 from kdzoo.registry import Registry
@@ -94,10 +95,9 @@ def build_run(
             "each image drawn every step, and a teacher-output cache holds one view per sample: "
             "set teacher.cache=false"
         )
-    teacher_metrics = None
     if cache is not None and warm_cache:
         with ready.main_first():
-            teacher_metrics = _warm(cache, objective, ready, teacher_info, device, show_progress)
+            _warm(cache, objective, ready, teacher_info, device, show_progress)
     stages = objective.schedule(config.train.epochs)
     if show_progress is not False:
         for line in objective.weight_conflicts(stages):
@@ -105,21 +105,16 @@ def build_run(
     _set_up_precision_and_compile(config, objective)
     if dist.enabled:
         _set_up_data_parallel(config, dist, data, objective, {info.name: info.batch for info in infos}, show_progress)
+    step = Step(objective, config, dist, len(data.train))
     return RunParts(
-        config,
-        registry,
-        dist,
-        device,
-        data,
-        student,
-        objective,
-        stages,
-        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
-        torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16"),
-        cache,
-        teacher_metrics,
-        show_progress,
-        label,
+        config=config,
+        dist=dist,
+        device=device,
+        data=data,
+        step=step,
+        stages=stages,
+        show_progress=show_progress,
+        label=label,
     )
 
 
@@ -230,10 +225,10 @@ def _warm(
     info: ModelInfo,
     device: torch.device,
     show_progress,
-) -> dict[str, float] | None:
+) -> None:
     """Fill the teacher-output cache for the objective's taps unless done before (by this or
-    another process: the entry is locked while written); then the teacher model is let go. A damaged
-    entry is filled again, saying so."""
+    another process: the entry is locked while written); then the teacher's outputs come from it and
+    the model is let go. A damaged entry is filled again, saying so."""
     if not cache.select(objective.taps) or cache.teacher_metrics() is None:
         waiting = f"teacher-output cache {cache.root}: another process is writing it; waiting"
         with locking.writing(cache.root, lambda: tqdm.write(waiting) if show_progress is not False else None):
@@ -252,10 +247,10 @@ def _warm(
                 if not filled:
                     cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
                     cache.select(objective.taps)
-    objective.drop_teacher()
+    objective.teacher_side.use_cache(cache, info)
+    objective.teacher_side.metrics = cache.teacher_metrics()
     if show_progress is not False:
         tqdm.write(cache.describe())
-    return cache.teacher_metrics()
 
 
 def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> None:

@@ -132,9 +132,10 @@ class TrainingStep(nn.Module):
         self.student = student
         self.objective = objective
 
-    def forward(self, x, y, stage, epoch, progress, teacher_out, indices):
-        total, terms, weights = self.objective.compute(x, y, stage, epoch, progress, teacher_out, indices)
-        return total, terms, weights
+    def forward(self, batch, when):
+        # on CPU DDP passes the records through as they are (device_ids is None); a GPU run moves
+        # its batch to the device before the step
+        return self.objective.loss(batch, when)
 
 
 def wrap(module: TrainingStep, info: DistInfo, find_unused_parameters: bool) -> nn.Module:

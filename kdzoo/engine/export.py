@@ -21,6 +21,7 @@ from kdzoo.checkpoint import disk_full, write_bytes_atomic
 from kdzoo.config import RunConfig
 from kdzoo.engine.state import RunClock
 from kdzoo.errors import KdzooError
+from kdzoo.reporting.records import RunSummary, StageResult
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -117,37 +118,40 @@ def deployed_costs(model: nn.Module, in_chans: int, img_size: int, deployed_by: 
 
 
 def summarise(
+    *,
     config: RunConfig,
     history: list[dict[str, Any]],
     stage_names: list[str],
     last_val: dict[str, float],
     teacher: str | None,
+    teacher_source: str | None,
     teacher_metrics: dict[str, float] | None,
     data_name: str,
     clock: RunClock,
     run_dir: Path,
-    deployed: dict[str, Any] | None = None,
+    deployed: dict[str, Any],
     teacher_cache_cpu_s: float | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """``summary.json``: teacher and student accuracy, per stage, wall and CPU time, the deployed network's cost."""
-    return {
-        "methods": config.methods,
-        "teacher": teacher,
-        "student": config.student.model,
-        "data": data_name,
-        "teacher_top1": None if teacher_metrics is None else teacher_metrics["top1"],
-        "student_top1": last_val["top1"],
-        "student_best_top1": max((r["val"]["top1"] for r in history), default=last_val["top1"]),
-        "epochs": len(history),
-        "stages": [
-            {"name": name, "top1": records[-1]["val"]["top1"]}
+    return RunSummary(
+        methods=list(config.methods),
+        teacher=teacher,
+        teacher_source=teacher_source,
+        student=config.student.model,
+        data=data_name,
+        teacher_top1=None if teacher_metrics is None else teacher_metrics["top1"],
+        student_top1=last_val["top1"],
+        student_best_top1=max((r["val"]["top1"] for r in history), default=last_val["top1"]),
+        epochs=len(history),
+        stages=[
+            StageResult(name=name, top1=records[-1]["val"]["top1"])
             for i, name in enumerate(stage_names)
             if (records := [r for r in history if r["stage_index"] == i])
         ],
-        "wall_time_s": round(clock.wall(), 2),
-        "cpu_time_s": round(clock.cpu(), 2),
-        "torch_threads": torch.get_num_threads(),  # what the times above were measured with
-        "teacher_cache_cpu_s": teacher_cache_cpu_s,  # the teacher's pass that filled the cache this run read
-        "run_dir": str(run_dir),
-        "deployed": deployed,
-    }
+        wall_time_s=round(clock.wall(), 2),
+        cpu_time_s=round(clock.cpu(), 2),
+        torch_threads=torch.get_num_threads(),
+        teacher_cache_cpu_s=teacher_cache_cpu_s,
+        run_dir=str(run_dir),
+        deployed=deployed,
+    )

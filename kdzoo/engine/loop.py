@@ -1,42 +1,105 @@
 """The training loop: stages, epochs, steps, checkpoints and evaluation, read top to bottom.
 
-Per step the teacher runs once under ``inference_mode`` and the student once (when a term first
-reads its outputs; not at all in a stage whose terms never do), each exposing the union of the taps
-the active methods declared; the objective adds ``ce`` and every method's
-unweighted terms, weighted by their own hook; the stage says which terms are on and what trains.
+Per step the loop hands a :class:`~kdzoo.api.Batch` and its :class:`~kdzoo.api.When` to the run's
+:class:`~kdzoo.engine.step.Step`, which owns the update (the objective's loss, backward, optimizer,
+schedule, precision, processes) and returns a :class:`~kdzoo.api.StepResult`. Around the steps the
+loop runs the stages the methods scheduled, evaluates, checkpoints and reports, and calls the
+lifecycle hooks with itself as the ``run`` (:class:`kdzoo.Run`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
-from kdzoo.api import KdzooError
+from kdzoo.api import Batch, KdzooError, ModelInfo, Stage, When
 from kdzoo.engine.accounting import EpochTotals
 from kdzoo.engine.distributed import any_across
+from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.export import deployed_costs, export_student, summarise
-from kdzoo.engine.locking import RunDirLock
-from kdzoo.engine.run import RunBase
+from kdzoo.engine.extract import describe
+from kdzoo.engine.locking import RunDirLock, claim_new_run_dir
+from kdzoo.engine.parts import RunParts
+from kdzoo.engine.signals import StopRequests
 from kdzoo.engine.state import Position, RunClock, RunState
+from kdzoo.engine.step import CompiledBackwardFailed, Step
 from kdzoo.errors import RunStopped
+from kdzoo.models import create_model
 from kdzoo.registry import call_hook
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
+from kdzoo.reporting.records import EpochRecord, RunSummary
 
 
-class Trainer(RunBase):
-    """Runs one distillation run built by :func:`kdzoo.engine.build.build_run`.
+class Trainer:
+    """Runs one distillation run built by :func:`kdzoo.engine.build.build_run` (its ``parts``).
 
     It owns the loop: stages, epochs and steps, a checkpoint after every epoch (and every
     ``train.checkpoint_every`` steps), evaluation, the lifecycle hooks, and the student's export at
     the end. It is the ``run`` the hooks receive (:class:`kdzoo.Run`).
     """
+
+    def __init__(self, parts: RunParts, run_dir: str | Path):
+        self.parts = parts
+        self.step: Step = parts.step
+        self.config, self.data, self.stages = parts.config, parts.data, parts.stages
+        self.run_dir = Path(run_dir)
+        self.history: list[dict[str, Any]] = []
+        self.stop = StopRequests()
+
+    # ------------------------------------------------------------------ the run, as hooks see it
+    dist = property(lambda self: self.parts.dist)
+    device = property(lambda self: self.parts.device)
+    objective = property(lambda self: self.step.objective)
+    pm = property(lambda self: self.objective.pm)
+    student = property(lambda self: self.step.student)
+    modules = property(lambda self: self.step.modules)
+    teacher = property(lambda self: self.objective.teacher)
+    teacher_info = property(lambda self: self.objective.teacher_info)
+    student_info = property(lambda self: self.objective.student_info)
+    teacher_cache = property(lambda self: self.objective.teacher_side.cache)
+
+    @property
+    def teacher_metrics(self) -> dict[str, float] | None:
+        return self.objective.teacher_side.metrics
+
+    @teacher_metrics.setter
+    def teacher_metrics(self, value: dict[str, float] | None) -> None:
+        self.objective.teacher_side.metrics = value
+
+    def student_copy(self) -> nn.Module:
+        return copy.deepcopy(self.student)
+
+    def new_student(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            cfg = dataclasses.replace(self.config.student, pretrained=False, checkpoint=None)
+            return create_model(cfg, "student", self.data.num_classes, self.data.in_chans)
+
+    def set_teacher(self, model: nn.Module, name: str) -> None:
+        shapes = {k: v.shape for k, v in self.student.state_dict().items()}
+        if {k: v.shape for k, v in model.state_dict().items()} != shapes:
+            raise KdzooError("run.set_teacher takes a model of the student's architecture (saved with the run)")
+        info: ModelInfo = describe(model, self.config.student.model, self.config.data.img_size)
+        self.objective.set_teacher(model, info, by_method=name)
+        self.teacher_metrics = self._evaluate(model, "teacher", name)
+
+    def claim_new_run_dir(self) -> None:
+        """Move to a new run directory named after ``run_dir`` (``-2``, ``-3``... when taken), created
+        atomically by the main process and the same on every process."""
+        chosen = [claim_new_run_dir(self.run_dir) if self.dist.main else None]
+        if self.dist.enabled:
+            torch.distributed.broadcast_object_list(chosen, src=0)
+        self.run_dir = chosen[0]
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: RunState | None = None) -> dict[str, Any]:
@@ -55,7 +118,10 @@ class Trainer(RunBase):
                 self.teacher_metrics = self._evaluate(self.teacher, "teacher")
             self._clock = RunClock(resume.wall_time_s, resume.cpu_time_s) if resume is not None else RunClock()
             with self._reporters(at.global_epoch), self.stop:
-                return self._run(at, resume)
+                try:
+                    return self._run(at, resume)
+                except CompiledBackwardFailed as exc:
+                    raise KdzooError(self._without_compiling(exc)) from exc
 
     def _run(self, at: Position, resume: RunState | None) -> dict[str, Any]:
         call_hook(self.pm, "kdzoo_on_run_start", run=self)
@@ -65,29 +131,26 @@ class Trainer(RunBase):
             first_epoch, first_step = (at.epoch, at.step) if index == at.stage else (0, 0)
             resumed = first_epoch > 0 or first_step > 0
             call_hook(self.pm, "kdzoo_on_stage_start", run=self, stage=stage, index=index, resumed=resumed)
-            optimizer, scheduler = self.optimizer_for(stage)
+            self.step.begin(stage)
             if resume is not None and index == at.stage:
                 if resumed:
-                    optimizer.load_state_dict(resume.optimizer)
-                    scheduler.load_state_dict(resume.scheduler)
-                    if resume.scaler:  # empty when loss scaling is off
-                        self.scaler.load_state_dict(resume.scaler)
+                    self.step.load_state_dict(resume.optimizer, resume.scheduler, resume.scaler)
                 checkpoint.restore_rng(resume.rng_of(self.dist.rank))
             for epoch in range(first_epoch, stage.epochs):
                 started = time.perf_counter()
                 partial = resume.partial if resume is not None and first_step and epoch == first_epoch else None
                 step = first_step if epoch == first_epoch else 0
-                train = self._train_epoch(stage, index, epoch, global_epoch, optimizer, scheduler, step, partial)
-                record = {
-                    "stage": stage.name,
-                    "stage_index": index,
-                    "epoch": epoch + 1,
-                    "global_epoch": global_epoch + 1,
-                    "train": train,
-                    "val": self._evaluate(self.objective.deployed_model(), "student"),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch_time_s": round(time.perf_counter() - started, 3),
-                }
+                train = self._train_epoch(stage, index, epoch, global_epoch, step, partial)
+                record = EpochRecord(
+                    stage=stage.name,
+                    stage_index=index,
+                    epoch=epoch + 1,
+                    global_epoch=global_epoch + 1,
+                    train=train,
+                    val=self._evaluate(self.objective.deployed_model(), "student"),
+                    lr=self.step.optimizer.param_groups[0]["lr"],
+                    epoch_time_s=round(time.perf_counter() - started, 3),
+                ).to_json()  # hooks and run.history see the record as the metrics file holds it
                 global_epoch += 1
                 self.history.append(record)
                 call_hook(self.pm, "kdzoo_on_epoch_end", run=self, stage=stage, epoch=epoch, metrics=record)
@@ -97,10 +160,10 @@ class Trainer(RunBase):
                 following = (
                     Position(index + 1, 0, 0, global_epoch) if done else Position(index, epoch + 1, 0, global_epoch)
                 )
-                self._save(optimizer, scheduler, following)
+                self._save(following)
             if stage.epochs == 0:
                 call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=index)
-        summary = self._summary()
+        summary = self._summary().to_json()
         if self.dist.main:
             export_student(
                 self.objective.deployed_model(),
@@ -114,19 +177,20 @@ class Trainer(RunBase):
         call_hook(self.pm, "kdzoo_on_run_end", run=self, summary=summary)
         return summary
 
-    def _train_epoch(self, stage, index, epoch, global_epoch, optimizer, scheduler, start_step, partial) -> dict:
+    def _train_epoch(self, stage: Stage, index: int, epoch: int, global_epoch: int, start_step: int, partial) -> dict:
         self.student.train()
         self.modules.train()
-        steps, totals, cache = len(self.data.train), EpochTotals(partial), self.teacher_cache
+        steps, totals = len(self.data.train), EpochTotals(partial)
+        view = self.data.train.view_of(global_epoch)  # for a teacher-output cache of fixed views
         batches = self.data.train.epoch(global_epoch, start_step, with_index=True)
-        desc = f"{self.label}{stage.name} {epoch + 1}/{stage.epochs}"
+        desc = f"{self.parts.label}{stage.name} {epoch + 1}/{stage.epochs}"
         bar = tqdm(batches, total=steps, initial=start_step, leave=False, disable=self._quiet(), desc=desc)
         started, weights, every = time.perf_counter(), {}, self.config.train.checkpoint_every
         for step, (x, y, idx) in enumerate(bar, start=start_step):
-            progress = (epoch + step / steps) / max(stage.epochs, 1)
-            teacher_out = cache.lookup(idx, global_epoch, self.device) if cache is not None else None
-            loss, terms, weights = self.train_step(x, y, stage, epoch, progress, optimizer, scheduler, teacher_out, idx)
-            totals.add(step, loss, terms, len(y))
+            when = When(stage, epoch, (epoch + step / steps) / max(stage.epochs, 1))
+            result = self.step(Batch(x, y, idx, view=view), when)
+            weights = result.weights
+            totals.add(step, result.loss, result.terms, len(y))
             done = step + 1
             if done % self.config.train.log_every == 0 or done == steps:  # the only host syncs
                 totals.stop_if_nonfinite(stage, epoch, self.run_dir, self.dist)
@@ -136,7 +200,7 @@ class Trainer(RunBase):
             stop = any_across(self.stop.signal is not None, self.dist)  # every rank stops at the same step
             if (stop or (every and done % every == 0)) and done < steps:
                 totals.stop_if_nonfinite(stage, epoch, self.run_dir, self.dist)
-                self._save(optimizer, scheduler, Position(index, epoch, done, global_epoch), totals.partial())
+                self._save(Position(index, epoch, done, global_epoch), totals.partial())
             if stop:
                 raise RunStopped(
                     f"stopped by {self.stop.signal} at stage '{stage.name}' epoch {epoch + 1} step {done}/{steps}; "
@@ -150,31 +214,26 @@ class Trainer(RunBase):
         return stats
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, optimizer, scheduler, position: Position, partial: dict | None = None) -> None:
+    def _save(self, position: Position, partial: dict | None = None) -> None:
         rngs = None
         if self.dist.enabled:  # every process's RNG state, so each resumes its own stream
             rngs = [None] * self.dist.world
             torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
         if not self.dist.main:
             return
-        method_teacher = None
-        if self.method_teacher is not None:
-            method_teacher = {"name": self.method_teacher, "state": self.teacher.state_dict()}
         RunState(
-            self.config.to_dict(),
-            self.student.state_dict(),
-            self.modules.state_dict(),
-            optimizer.state_dict(),
-            scheduler.state_dict(),
-            self.scaler.state_dict(),
-            position,
-            checkpoint.rng_state(),
-            self.history,
-            self.teacher_metrics,
-            self._clock.wall(),
-            partial,
-            rngs,
-            method_teacher,
+            config=self.config.to_dict(),
+            student=self.student.state_dict(),
+            modules=self.modules.state_dict(),
+            **self.step.state_dict(),
+            position=position,
+            rng=checkpoint.rng_state(),
+            history=self.history,
+            teacher_metrics=self.teacher_metrics,
+            wall_time_s=self._clock.wall(),
+            partial=partial,
+            rng_per_rank=rngs,
+            method_teacher=self.objective.teacher_side.state(),
             cpu_time_s=self._clock.cpu(),
         ).save(self.run_dir / "last.pt")
 
@@ -194,11 +253,23 @@ class Trainer(RunBase):
         done = sum(1 for record in self.history if record["stage_index"] == last)
         if at.stage > last and done < self.stages[last].epochs:
             at.stage, at.epoch = last, done
-        if self.dist.main and self.show_progress is not False and at.stage <= last:
+        if self.dist.main and self.parts.show_progress is not False and at.stage <= last:
             stage = self.stages[at.stage]
             where = f"stage '{stage.name}' ({at.stage + 1}/{len(self.stages)}), epoch {at.epoch + 1}/{stage.epochs}"
-            tqdm.write(f"{self.label}resuming {self.run_dir} at {where}" + (f", step {at.step + 1}" if at.step else ""))
+            label = self.parts.label
+            tqdm.write(f"{label}resuming {self.run_dir} at {where}" + (f", step {at.step + 1}" if at.step else ""))
         return at
+
+    def _without_compiling(self, failed: CompiledBackwardFailed) -> str:
+        """A compiled step's backward pass failed: how to go on without compiling."""
+        off = " ".join(f"--set train.{key}=false" for key in failed.settings)
+        how = f"run it again with {off} (no checkpoint was written yet)"
+        if (self.run_dir / "last.pt").is_file():
+            how = f"go on from the last checkpoint without it: kdzoo run --resume {self.run_dir} {off}"
+        return (
+            f"the backward pass of the compiled step failed ({failed.reason}); {how}, "
+            f"or pick another train.compile_backend"
+        )
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -209,8 +280,8 @@ class Trainer(RunBase):
             return
         board = TensorBoardReporter(self.run_dir, first_epoch)
         reporters = [MetricsFileReporter(self.run_dir), board, PlotReporter()]
-        if self.show_progress is not False:
-            reporters.append(ConsoleReporter(self.label))
+        if self.parts.show_progress is not False:
+            reporters.append(ConsoleReporter(self.parts.label))
         for reporter in reporters:
             self.pm.register(reporter)
         try:
@@ -220,25 +291,35 @@ class Trainer(RunBase):
                 self.pm.unregister(reporter)
             board.close()
 
-    def _summary(self) -> dict[str, Any]:
+    def _summary(self) -> RunSummary:
         deployed = self.objective.deployed_model()
         last = self.history[-1]["val"] if self.history else self._evaluate(deployed, "student")
-        teacher = self.config.teacher.model if self.teacher is not None else None
-        if self.teacher_cache is not None:
-            teacher = f"{self.config.teacher.model} (cached outputs)"
-        elif self.method_teacher is not None:
-            teacher = f"{self.config.student.model} ({self.method_teacher})"
-        names = [stage.name for stage in self.stages]
+        side = self.objective.teacher_side
+        teacher = {
+            None: None,
+            "model": self.config.teacher.model,
+            "cached outputs": f"{self.config.teacher.model} (cached outputs)",
+            "method": f"{self.config.student.model} ({side.method_name})",
+        }[side.source]
         return summarise(
-            self.config,
-            self.history,
-            names,
-            last,
-            teacher,
-            self.teacher_metrics,
-            self.data.name,
-            self._clock,
-            self.run_dir,
-            deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
-            self.teacher_cache.fill_cpu_s() if self.teacher_cache is not None else None,
+            config=self.config,
+            history=self.history,
+            stage_names=[stage.name for stage in self.stages],
+            last_val=last,
+            teacher=teacher,
+            teacher_source=side.source,
+            teacher_metrics=self.teacher_metrics,
+            data_name=self.data.name,
+            clock=self._clock,
+            run_dir=self.run_dir,
+            deployed=deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
+            teacher_cache_cpu_s=side.cache.fill_cpu_s() if side.cache is not None else None,
         )
+
+    def _evaluate(self, model: nn.Module, role: str, name: str | None = None) -> dict[str, float]:
+        who = f"{role} ({name or getattr(self.config, role).model})"
+        return evaluate(model, self.data.val.epoch(0), self.data.num_classes, who)
+
+    def _quiet(self) -> bool | None:
+        show = self.parts.show_progress
+        return None if show is None else not show

@@ -18,11 +18,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.api import INPUT_VIEW, WHOLE_RUN, KdzooError, ModelInfo, Outputs, Stage, Taps, TrainingSet, View, union
+from kdzoo.api import (
+    INPUT_VIEW,
+    WHOLE_RUN,
+    Batch,
+    KdzooError,
+    ModelInfo,
+    Outputs,
+    Stage,
+    StepResult,
+    Taps,
+    TrainingSet,
+    View,
+    When,
+    union,
+)
 from kdzoo.data.batches import DistInfo
-from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward, run_teacher
+from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward
 from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
 from kdzoo.engine.lazy_outputs import LazyOutputs
+from kdzoo.engine.teacher import Teacher
 from kdzoo.errors import close_matches, first_line
 from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
@@ -63,7 +78,7 @@ class Objective(nn.Module):
         self.methods = methods
         # pluggy calls the last registered first: register in reverse so results follow selection order
         self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
-        self.student_info, self.teacher_info = student_info, teacher_info
+        self.student_info = student_info
         self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
         self.views: list[View] = []  # extra views of each image, stacked after the batch
         self.view_methods: set[str] = set()  # the methods that asked for them (and see the whole stack)
@@ -92,10 +107,11 @@ class Objective(nn.Module):
             preact=self.taps.student_preact,
             distillation_head=self.taps.student_distillation_head,
         )
-        self._teacher: list[nn.Module] = []  # a list keeps the frozen teacher out of parameters()/state_dict()
-        self.teacher_tap: FeatureExtractor | None = None
+        self.teacher_side = Teacher(self.taps)  #: where the teacher's outputs come from
         if teacher is not None:
             self.set_teacher(teacher, teacher_info)
+        elif teacher_info is not None:
+            self.teacher_side.info = teacher_info  # known from a teacher-output cache, the model not built
 
     def distribute(self, processes: DistInfo, batches: dict[str, str]) -> None:
         """Train as one of ``processes``, each on its share of every global batch: views are made
@@ -115,38 +131,36 @@ class Objective(nn.Module):
 
     @property
     def teacher(self) -> nn.Module | None:
-        return self._teacher[0] if self._teacher else None
+        """The frozen teacher model, or ``None`` (no teacher, or its outputs come from a cache)."""
+        return self.teacher_side.model
 
-    def set_teacher(self, model: nn.Module, info: ModelInfo) -> None:
-        """Freeze ``model`` and make it the teacher from the next step on."""
-        model.requires_grad_(False).eval().to(device_of(self.student_tap.model, "student"))
-        for p in model.parameters():
-            p.grad = None  # a teacher trained just before would otherwise carry its last gradients
-        self._teacher = [model]
-        self.teacher_info = info
-        taps = self.taps
-        self.teacher_tap = FeatureExtractor(
-            model, info, taps.teacher, taps.teacher_embedding, taps.teacher_summaries, taps.teacher_preact
-        )
+    @property
+    def teacher_info(self) -> ModelInfo | None:
+        return self.teacher_side.info
+
+    @property
+    def teacher_tap(self) -> FeatureExtractor | None:
+        return self.teacher_side.tap
+
+    def set_teacher(self, model: nn.Module, info: ModelInfo, by_method: str | None = None) -> None:
+        """Freeze ``model`` and make it the teacher from the next step on (``by_method``: the name a
+        method gave the teacher it set, saved with the run)."""
+        device = device_of(self.student_tap.model, "student")
+        if by_method is None:
+            self.teacher_side.use_model(model, info, device)
+        else:
+            self.teacher_side.set_by_method(model, info, by_method, device)
         call_hook(self.pm, "kdzoo_on_teacher", teacher=model, info=info)
 
     def close(self) -> None:
         """Remove the forward hooks the extractors put on models without native taps."""
         self.student_tap.close()
-        if self.teacher_tap is not None:
-            self.teacher_tap.close()
-
-    def drop_teacher(self) -> None:
-        """Forget the teacher model (its outputs now come from a cache); its ``ModelInfo`` stays."""
-        if self.teacher_tap is not None:
-            self.teacher_tap.close()
-        self._teacher, self.teacher_tap = [], None
+        self.teacher_side.close()
 
     def compile(self, mode: str = "default", backend: str = "inductor") -> None:
         """``torch.compile`` the teacher's and student's tapped forward passes."""
         self.student_tap.compile(mode, backend)
-        if self.teacher_tap is not None:
-            self.teacher_tap.compile(mode, backend)
+        self.teacher_side.compile(mode, backend)
 
     def compile_objective(self, mode: str = "default", backend: str = "inductor") -> None:
         """``torch.compile`` the per-step work between the models' forward passes and the backward
@@ -272,6 +286,35 @@ class Objective(nn.Module):
                     terms[name] = value
         return terms
 
+    def loss(self, batch: Batch, when: When = When()) -> StepResult:
+        """The objective's one computation: both models' forward passes (the teacher's not at all when
+        ``batch.teacher`` holds its outputs, e.g. from a teacher-output cache; the student's only when a
+        term reads it), every term of ``when.stage`` and their weighted sum."""
+        x, teacher_out = self._in_precision(batch.inputs, batch.teacher)
+        x, views = self.stack_views(x)
+        if teacher_out is not None and len(views) > 1:
+            raise KdzooError("teacher outputs given for one view, but the methods train on several views of each image")
+        # the teacher first: its forward's transient activations are then gone before the student's
+        # saved ones pile up, so the step's memory peak is the student's alone
+        if teacher_out is None:
+            teacher_out = self.teacher_side.outputs(x, batch.indices, batch.view)
+        # run when a term first reads it: a stage training a teacher-side module alone never does
+        student_out = LazyOutputs(
+            lambda: named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
+        )
+        weights = self.loss_weights(when.stage, when.epoch, when.progress)
+        total, terms = self._losses(student_out, teacher_out, batch.labels, when.stage, batch.indices, views, weights)
+        logits = student_out.logits[: len(batch.labels)].detach() if student_out.computed else None
+        return StepResult(total, terms, weights, logits)
+
+    def _in_precision(self, x: Tensor, teacher_out: Outputs | None) -> tuple[Tensor, Outputs | None]:
+        """The batch (and cached teacher outputs) in the models' dtype when it is not the batches'
+        (``train.precision=fp64``, :meth:`to_dtype`)."""
+        dtype = self.input_dtype
+        if dtype is None or not x.is_floating_point() or x.dtype == dtype:
+            return x, teacher_out
+        return x.to(dtype), None if teacher_out is None else map_outputs(teacher_out, lambda t: t.to(dtype))
+
     def compute(
         self,
         x: Tensor,
@@ -282,10 +325,9 @@ class Objective(nn.Module):
         teacher_out: Outputs | None = None,
         indices: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """One forward per model (none for the teacher when ``teacher_out`` is given, e.g. from a
-        teacher-output cache); returns (total loss, unweighted terms, weights)."""
-        total, terms, weights, _ = self._step(x, targets, stage, epoch, progress, teacher_out, indices)
-        return total, terms, weights
+        """:meth:`loss` as (total loss, unweighted terms, weights), for hand-written loops."""
+        result = self.loss(Batch(x, targets, indices, teacher_out), When(stage, epoch, progress))
+        return result.loss, result.terms, result.weights
 
     def stack_views(self, x: Tensor) -> tuple[Tensor, dict[str, slice]]:
         """The batch followed by each view the methods asked for, and the rows of each."""
@@ -297,42 +339,40 @@ class Objective(nn.Module):
             rows[view.name] = slice(i * n, (i + 1) * n)
         return torch.cat([x, *(views_of_global_batch(x, view.make, self.processes) for view in self.views)]), rows
 
-    def _step(self, x, targets, stage, epoch, progress, teacher_out=None, indices=None):
-        dtype = self.input_dtype
-        if dtype is not None and x.is_floating_point() and x.dtype != dtype:  # train.precision=fp64
-            x = x.to(dtype)
-            teacher_out = None if teacher_out is None else map_outputs(teacher_out, lambda t: t.to(dtype))
-        x, views = self.stack_views(x)
-        if teacher_out is not None and len(views) > 1:
-            raise KdzooError("teacher outputs given for one view, but the methods train on several views of each image")
-        # the teacher first: its forward's transient activations are then gone before the student's
-        # saved ones pile up, so the step's memory peak is the student's alone
-        if teacher_out is None and self.teacher_tap is not None:
-            teacher_out = named_forward(
-                f"teacher ({self.teacher_info.name})", lambda: run_teacher(self.teacher_tap, x), x
-            )
-        # run when a term first reads it: a stage training a teacher-side module alone never does
-        student_out = LazyOutputs(
-            lambda: named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
-        )
-        weights = self.loss_weights(stage, epoch, progress)
-        total, terms = self._losses(student_out, teacher_out, targets, stage, indices, views, weights)
-        return total, terms, weights, student_out
-
     def forward(
         self, x: Tensor, targets: Tensor, epoch: int = 0, progress: float = 0.0, indices: Tensor | None = None
     ) -> Tensor:
         """The total loss for a batch. Pass ``epoch`` (from 0) and ``progress`` (0..1 over training)
         for methods whose weights ramp up (warm-ups), and ``indices`` (each sample's position in the
-        training set) for methods that keep per-sample state (CRD). Afterwards ``last_logits`` holds
-        the student's logits and ``last_terms`` the unweighted terms (both detached), for the user's
-        own logging."""
-        total, terms, self.last_weights, student_out = self._step(
-            x, targets, WHOLE_RUN, epoch, progress, indices=indices
+        training set) for methods that keep per-sample state (CRD). For the unweighted terms and the
+        student's logits as well, call :meth:`loss`."""
+        result = self.loss(Batch(x, targets, indices), When(WHOLE_RUN, epoch, progress))
+        self._last = result  # for the deprecated last_* attributes below
+        return result.loss
+
+    def _deprecated_last(self, field: str):
+        warnings.warn(
+            f"Objective.last_{field} is deprecated: call objective.loss(kdzoo.Batch(images, labels)) and read "
+            f"its .{field}",
+            DeprecationWarning,
+            stacklevel=3,
         )
-        self.last_terms = {name: value.detach() for name, value in terms.items()}
-        self.last_logits = student_out.logits[: len(targets)].detach()  # the input's, not its views'
-        return total
+        last = getattr(self, "_last", None)
+        if last is None:
+            raise AttributeError(f"last_{field}: no batch has gone through forward() yet")
+        return last
+
+    @property
+    def last_terms(self) -> dict[str, Tensor]:
+        return {name: value.detach() for name, value in self._deprecated_last("terms").terms.items()}
+
+    @property
+    def last_weights(self) -> dict[str, float]:
+        return self._deprecated_last("weights").weights
+
+    @property
+    def last_logits(self) -> Tensor | None:
+        return self._deprecated_last("logits").logits
 
 
 class _MethodInputs:

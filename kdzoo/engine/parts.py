@@ -5,31 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from kdzoo.api import Stage
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo
-from kdzoo.engine.objective import Objective
-from kdzoo.engine.teacher_cache import TeacherOutputCache
-from kdzoo.registry import Registry
+from kdzoo.engine.step import Step
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunParts:
-    """Everything a run is made of. ``teacher_cache`` replaces the teacher model when its outputs
-    are cached; ``teacher_metrics`` is the teacher's validation accuracy once known."""
+    """Everything a run is made of: its config, processes and device, data, the step (the objective
+    with its teacher, the optimizer's settings, precision, processes) and the schedule of stages;
+    ``show_progress`` and ``label`` say how it reports (``None``: when a terminal is attached)."""
 
     config: RunConfig
-    registry: Registry
     dist: DistInfo
     device: torch.device
     data: DataBundle
-    student: nn.Module
-    objective: Objective
+    step: Step
     stages: list[Stage]
-    scaler: torch.amp.GradScaler
-    teacher_cache: TeacherOutputCache | None
-    teacher_metrics: dict[str, float] | None
-    show_progress: bool | None
+    show_progress: bool | None = None
     label: str = ""

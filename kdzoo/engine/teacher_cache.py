@@ -228,9 +228,9 @@ class TeacherOutputCache:
             named["embedding"] = out.embedding
         return named
 
-    def lookup(self, idx: Tensor, epoch: int, device: torch.device) -> Outputs:
-        """The stored teacher outputs for samples ``idx`` as seen in ``epoch`` (float32, on ``device``)."""
-        view = self.batches.view_of(epoch) if self.views > 1 else 0
+    def lookup(self, idx: Tensor, view: int, device: torch.device) -> Outputs:
+        """The stored teacher outputs for samples ``idx`` in their fixed ``view`` (float32, on ``device``)."""
+        view = view if self.views > 1 else 0
         resident = self._resident_on(device)
         if resident:
             rows = to_device(idx, device)

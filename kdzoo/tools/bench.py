@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdzoo.api import Stage
+from kdzoo.api import Batch, Stage, When
 from kdzoo.config import load_config
 from kdzoo.data import DataBundle, Normalisation, TensorBatches
 from kdzoo.errors import KdzooError
@@ -139,17 +139,18 @@ def kdzoo_step(
         cfg, reg, tmp / "+".join(methods), teacher=teacher, student=student, data=data, show_progress=False
     )
     stage = distilling_stage(trainer.stages)
-    optimizer, scheduler = trainer.optimizer_for(stage)
+    trainer.step.begin(stage)
     trainer.student.train()
     trainer.modules.train()
 
     # the batch's samples are spread over the training set, each labelled as the repeated labels say
     indices = torch.arange(len(y)) + len(y) * torch.randint(0, batches.num_samples // len(y), (len(y),))
+    batch, when = Batch(x, y, indices), When(stage, 0, 0.5)
 
     def step() -> None:
-        trainer.train_step(x, y, stage, 0, 0.5, optimizer, scheduler, indices=indices)
+        trainer.step(batch, when)
 
-    return step, optimizer
+    return step, trainer.step.optimizer
 
 
 def measure(

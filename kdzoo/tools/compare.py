@@ -36,8 +36,8 @@ from kdzoo.tools.compare_runs import (
     run_configs,
     run_result,
     shared_teacher,
-    shared_teacher_names,
     teacher_training,
+    used_the_shared_teacher,
     without_cache,
 )
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, summarise, write_report
@@ -170,11 +170,11 @@ def compare(
             failed.setdefault(method, {})[seed] = run
             continue
         summary = run.summary
-        if summary.get("teacher") in shared_teacher_names(cfg):  # not a teacher a method made (born-again)
-            teacher_top1 = summary.get("teacher_top1") or teacher_top1
-        if (summary.get("deployed") or {}).get("network", "student") != "student":
-            deployed[method] = summary["deployed"]  # the method ships more than the student (SimKD)
-        run_threads.append(summary.get("torch_threads"))
+        if used_the_shared_teacher(summary, cfg):  # not a teacher a method made (born-again)
+            teacher_top1 = summary.teacher_top1 or teacher_top1
+        if summary.deployed.get("network", "student") != "student":
+            deployed[method] = summary.deployed  # the method ships more than the student (SimKD)
+        run_threads.append(summary.torch_threads)
         results.append(run_result(method, seed, run))
     trained = teacher_training(first, read_data(first, loaded).contents, echo)
     if teacher_top1 is None and trained["curve"]:  # no run used the shared teacher (born-again alone, say)

@@ -22,6 +22,7 @@ from kdzoo.engine.resume import differences
 from kdzoo.errors import KdzooError, RunBusy, RunStopped, error_line, first_line
 from kdzoo.registry import Registry
 from kdzoo.reporting.metrics_file import DamagedFile, read_json, read_records, rewrite_remedy
+from kdzoo.reporting.records import RunSummary
 from kdzoo.tools.leaderboard import SCRATCH, RunResult
 
 FAILED = "failed.txt"  # in a run directory: the one line saying why the run did not finish
@@ -70,7 +71,7 @@ def shared_teacher(
     ``train=False``: the teacher must have been trained already (a report of the runs so far).
     ``loaded``: the datasets read so far (:func:`read_data`)."""
     from kdzoo.engine import obtain_teacher
-    from kdzoo.engine.teacher import teacher_cache_dir
+    from kdzoo.engine.teacher_files import teacher_cache_dir
 
     if config.teacher.checkpoint:
         return config.teacher.checkpoint
@@ -95,7 +96,7 @@ def teacher_training(
     data holding ``contents`` (empty when the teacher was given as a file or pretrained weights, or its
     record is damaged: the teacher itself is fine, so the report goes on without its curve, said in
     one line)."""
-    from kdzoo.engine.teacher import teacher_cache_dir
+    from kdzoo.engine.teacher_files import teacher_cache_dir
 
     metrics = teacher_cache_dir(config, contents) / "metrics.jsonl"
     nothing = {"curve": [], "wall_time_s": 0.0}
@@ -164,9 +165,13 @@ def set_aside(run_dir: Path) -> Path:
     return aside
 
 
-def shared_teacher_names(config: RunConfig) -> tuple[str, str]:
-    """How a run's summary names the teacher compare gave it (live or through its cached outputs)."""
-    return config.teacher.model, f"{config.teacher.model} (cached outputs)"
+def used_the_shared_teacher(summary: RunSummary, config: RunConfig) -> bool:
+    """Whether a run's teacher was the one compare gave it (live or through its cached outputs), not
+    one a method made (a born-again generation)."""
+    if summary.teacher_source is not None:
+        return summary.teacher_source in ("model", "cached outputs")
+    # a summary of a kdzoo that did not record the source: its display name says it
+    return summary.teacher in (config.teacher.model, f"{config.teacher.model} (cached outputs)")
 
 
 def run_one(config: RunConfig, registry: Registry, teacher_file: str | None) -> dict[str, Any]:
@@ -236,39 +241,25 @@ def label_share(train: dict[str, Any]) -> float:
     return ce / train["loss"] if train.get("loss") else 1.0
 
 
-def cpu_cost(summary: dict[str, Any]) -> float | None:
+def cpu_cost(summary: RunSummary) -> float | None:
     """The run's CPU seconds, charged the teacher's pass that filled the teacher-output cache it read (what
     training this method alone costs, whether or not other runs shared the cache)."""
-    if summary.get("cpu_time_s") is None:
+    if summary.cpu_time_s is None:
         return None
-    return summary["cpu_time_s"] + (summary.get("teacher_cache_cpu_s") or 0.0)
+    return summary.cpu_time_s + (summary.teacher_cache_cpu_s or 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
     """A run that finished: its summary and its epochs' records (``metrics.jsonl``), each read whole."""
 
-    summary: dict[str, Any]
+    summary: RunSummary
     records: list[dict[str, Any]]
-
-
-# the summary's numbers compare reads: required, and optional (None in runs of a kdzoo that did not record them)
-SUMMARY_NUMBERS = ("student_top1", "wall_time_s")
-OPTIONAL_NUMBERS = ("cpu_time_s", "teacher_cache_cpu_s", "teacher_top1", "torch_threads")
 
 
 def read_finished(run_dir: Path) -> Finished:
     """The finished run in ``run_dir``; :class:`DamagedFile` when its summary or metrics cannot be read whole."""
-    path = run_dir / "summary.json"
-    summary = read_json(path)
-    for key in SUMMARY_NUMBERS:
-        if not isinstance(summary.get(key), int | float):
-            raise DamagedFile(path, f"no {key}", "")
-    for key in OPTIONAL_NUMBERS:
-        if not isinstance(summary.get(key), int | float | None):
-            raise DamagedFile(path, f"{key} is not a number", "")
-    if not isinstance(summary.get("deployed") or {}, dict):
-        raise DamagedFile(path, "deployed is not a JSON object", "")
+    summary = RunSummary.read(run_dir / "summary.json")
     records = read_records(run_dir / "metrics.jsonl")
     if not records:
         raise DamagedFile(run_dir / "metrics.jsonl", "missing or empty", "")
@@ -286,9 +277,9 @@ def run_result(method: str, seed: int, run: Finished) -> RunResult:
     return RunResult(
         method=method,
         seed=seed,
-        last_top1=run.summary["student_top1"],
+        last_top1=run.summary.student_top1,
         best_top1=max(r["val"]["top1"] for r in records),
-        wall_time_s=run.summary["wall_time_s"],
+        wall_time_s=run.summary.wall_time_s,
         curve=[r["val"]["top1"] for r in records],
         cpu_time_s=cpu_cost(run.summary),
         label_share=[label_share(r["train"]) for r in records],
@@ -364,7 +355,7 @@ def _train(
     failed = run_dir / FAILED
     say("training")
     try:
-        summary = run_one(config, registry, teacher_file)
+        summary = RunSummary.from_json(run_one(config, registry, teacher_file))
     except RunStopped:
         raise  # stopped on request: the whole comparison stops, and resumes this run when restarted
     except RunBusy as exc:
@@ -385,5 +376,5 @@ def _train(
         why = error_line(exc)
         say(f"failed: {why} (a restart tries it again)")
         return why
-    say(f"top-1 {summary['student_top1']:.2f}%")
+    say(f"top-1 {summary.student_top1:.2f}%")
     return Finished(summary, read_records(run_dir / "metrics.jsonl", rewrite_remedy(run_dir)))

@@ -23,7 +23,7 @@ from kdzoo.data import load_data
 from kdzoo.engine.deployed import load_student
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.export import count_flops
-from kdzoo.engine.teacher import given_teacher, load_trained_teacher
+from kdzoo.engine.teacher_files import given_teacher, load_trained_teacher
 from kdzoo.tools.deploy import OnnxStudent, record_in_summary, reuse_or_export, run_config
 from kdzoo.tools.leaderboard import UNSTEADY_TIMING, threads_text, unsteady
 

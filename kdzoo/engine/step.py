@@ -1,0 +1,145 @@
+"""One optimisation step: ``step(batch, when) -> StepResult``, the whole of it in one place.
+
+The objective computes the loss (:meth:`kdzoo.engine.objective.Objective.loss`); the step owns what
+turns it into an update: which parameters a stage trains, the stage's optimizer and per-step LR
+schedule, autocast and the fp16 loss scaler, the backward pass, the non-finite policy, and, under
+torchrun, data parallelism. The loop (:class:`kdzoo.engine.loop.Trainer`) feeds it batches and
+checkpoints its state; the benchmark and the conformance kit build one without a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdzoo.api import Batch, KdzooError, Stage, StepResult, When
+from kdzoo.config import RunConfig, build
+from kdzoo.data import DistInfo
+from kdzoo.engine.distributed import TrainingStep, average_gradients, reached_parameters, wrap
+from kdzoo.engine.extract import out_of_memory
+from kdzoo.engine.objective import Objective
+from kdzoo.engine.optim import build_optimizer, build_scheduler
+from kdzoo.errors import error_line
+
+
+class CompiledBackwardFailed(KdzooError):
+    """The backward pass of a compiled step failed: the run cannot go on compiled (the loop says how
+    to go on without it)."""
+
+    def __init__(self, reason: str, settings: list[str]):
+        super().__init__(reason)
+        self.reason, self.settings = reason, settings
+
+
+class Step:
+    """The student and the methods' modules trained by the objective, one batch at a time."""
+
+    def __init__(self, objective: Objective, config: RunConfig, processes: DistInfo, steps_per_epoch: int):
+        self.objective, self.config, self.processes = objective, config, processes
+        self.steps_per_epoch = steps_per_epoch
+        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (the scaler is then a no-op)
+        device = next(self.student.parameters()).device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+        if config.train.precision == "fp16":
+            # the scaler skips the optimizer on steps whose gradients overflowed (it then lowers the
+            # scale); the schedule still advancing one step there is intended, not a misordering
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        self.device_type = device.type
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._ddp: nn.Module | None = None
+        self._module: TrainingStep | None = None
+
+    @property
+    def student(self) -> nn.Module:
+        return self.objective.student_tap.model
+
+    @property
+    def modules(self) -> nn.ModuleDict:
+        return self.objective.method_modules
+
+    # ------------------------------------------------------------------ a stage
+    def begin(self, stage: Stage) -> None:
+        """What ``stage`` trains, with a fresh optimizer and per-step LR schedule over it."""
+        params = self.set_trainable(stage)
+        if self.processes.enabled:  # DDP registers what trains when it is built: after the stage's first step
+            self._ddp, self._module = None, TrainingStep(self.student, self.objective)
+        cfg = self.config.optim
+        cfg = build(type(cfg), {**dataclasses.asdict(cfg), **stage.optim}, "stage.optim") if stage.optim else cfg
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale)
+        self.optimizer = build_optimizer(cfg, params)
+        self.scheduler = build_scheduler(cfg, self.optimizer, stage.epochs, self.steps_per_epoch)
+
+    def set_trainable(self, stage: Stage) -> list[nn.Parameter]:
+        every = [*self.student.parameters(), *self.modules.parameters()]
+        chosen = list(stage.trainable(self.student, self.modules)) if stage.trainable else every
+        chosen_ids = {id(p) for p in chosen}
+        for p in every:
+            p.requires_grad_(id(p) in chosen_ids)
+        return chosen
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's optimizer, schedule and loss scaler (empty when scaling is off)."""
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": scaler}
+
+    def load_state_dict(self, optimizer: dict[str, Any], scheduler: dict[str, Any], scaler: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
+        if scaler:  # empty when loss scaling is off
+            self.scaler.load_state_dict(scaler)
+
+    # ------------------------------------------------------------------ a step
+    def __call__(self, batch: Batch, when: When) -> StepResult:
+        """One optimisation step on ``batch``, without any host sync (``loss`` is ``None`` for a
+        step skipped as non-finite under ``train.nonfinite: skip``)."""
+        first_of_stage = self.processes.enabled and self._ddp is None  # run without DDP, to learn what it needs
+        result = self.losses(batch, when)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(result.loss)):  # a host sync
+            return dataclasses.replace(result, loss=None)
+        reached = reached_parameters(result.loss) if first_of_stage else set()
+        self._backward(self.scaler.scale(result.loss))
+        if first_of_stage:
+            trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+            average_gradients(trained, self.processes)
+            self._ddp = wrap(self._module, self.processes, any(id(p) not in reached for p in trained))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return result
+
+    def losses(self, batch: Batch, when: When) -> StepResult:
+        """The objective's loss for ``batch`` under the run's autocast (and DDP), without an update."""
+        if self.config.train.channels_last and batch.inputs.ndim == 4:
+            batch = dataclasses.replace(batch, inputs=batch.inputs.contiguous(memory_format=torch.channels_last))
+        with self._autocast():
+            return self._ddp(batch, when) if self._ddp is not None else self.objective.loss(batch, when)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        try:
+            loss.backward()
+        except (RuntimeError, MemoryError) as exc:
+            if out_of_memory(exc):
+                data = self.config.data
+                raise KdzooError(
+                    f"training ran out of memory in the backward pass (data.batch_size={data.batch_size}, "
+                    f"data.img_size={data.img_size}); lower either, or set train.precision=bf16"
+                ) from None
+            compiled = [key for key in ("compile", "compile_objective") if getattr(self.config.train, key)]
+            if not compiled:
+                raise
+            # the forward pass compiled, so no eager fallback caught it; the step has already run the
+            # methods' state updates, so retrying it eagerly here would not be the same step
+            raise CompiledBackwardFailed(error_line(exc), compiled) from exc
+
+    def _autocast(self):
+        precision = self.config.train.precision
+        if precision in ("fp32", "fp64"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
