@@ -60,6 +60,7 @@ _SOURCES = {
             "pair_stages",
             "full_precision",
             "parameters_up_to",
+            "registering",
             "soft_target_kl",
         ],
         "kdzoo.api",
@@ -97,6 +98,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         pair_stage,
         pair_stages,
         parameters_up_to,
+        registering,
         soft_target_kl,
     )
     from kdzoo.engine.deployed import load_student

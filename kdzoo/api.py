@@ -3,7 +3,7 @@
 It sits at the bottom of kdzoo: it imports nothing else of kdzoo, so a method author reads one file
 to know the contract, and every other part of kdzoo can build on it.
 
-* Registration: :data:`hookimpl`, :class:`MethodInfo`.
+* Registration: :data:`hookimpl`, :class:`MethodInfo`, :func:`registering`.
 * What a model offers (read from timm, never from a dummy forward): :class:`ModelInfo`,
   :class:`StageInfo`; pairing stages of two models: :func:`pair_stage`, :func:`pair_stages`,
   :func:`inner_stages`.
@@ -70,13 +70,39 @@ class MethodInfo:
     needs_teacher: bool | Callable[[Any], bool] = True
     kind: str = "other"  #: one of KINDS: what the method matches, for `kdzoo list`
     batch: str = "global"  #: one of BATCHES: what its terms see under torchrun
+    #: the names of the terms it returns, when it says: a clash with another method's, a weight for a
+    #: term it never returns and a term it did not declare are then one line when the run is built, and a
+    #: stage that switches all of them off never calls its ``kdzoo_compute_losses``
+    terms: tuple[str, ...] | None = None
+    #: compute its terms under the run's autocast (``train.precision`` bf16/fp16); by default they are
+    #: computed in float32 outside it, from outputs upcast to float32, so no cast is the method's job
+    autocast: bool = False
     plugin: str = ""
     distribution: str = ""
     version: str = ""
 
+    def declares(self, term: str) -> bool:
+        """Whether this method returns ``term`` (always ``True`` when it declares no terms)."""
+        return self.terms is None or term in self.terms
+
     def wants_teacher(self, config: Any) -> bool:
         """Whether this method, with ``config``, needs an external teacher."""
         return bool(self.needs_teacher(config) if callable(self.needs_teacher) else self.needs_teacher)
+
+
+def registering(*methods: MethodInfo) -> Callable[[Callable[[MethodInfo], None]], None]:
+    """A plugin module's registration in one statement::
+
+        kdzoo_register_methods = kdzoo.registering(MethodInfo(name="mine", factory=Mine, ...))
+
+    the ``kdzoo_register_methods`` hook implementation that registers ``methods``."""
+
+    @hookimpl
+    def kdzoo_register_methods(register: Callable[[MethodInfo], None]) -> None:
+        for info in methods:
+            register(info)
+
+    return kdzoo_register_methods
 
 
 # ----------------------------------------------------------------------------- models and taps

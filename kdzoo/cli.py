@@ -138,11 +138,12 @@ def _finished_how(run_dir: Path) -> str:
 
 
 def _refuse_miscased_methods(methods: tuple[str, ...], reg: Registry) -> None:
-    """``--method KD``: method names are matched exactly, so name the one meant (``kd``)."""
+    """``--method KD``: method names are matched exactly, so name the one meant (``kd``). A name two
+    distributions register is refused here, naming both, before any ``--set`` for it is read."""
     from kdzoo.errors import KdzooError
 
     for name in methods:
-        if name in reg.methods or name in reg.failures:
+        if reg.find(name) is not None or name in reg.failures:  # find raises for a name two distributions register
             continue
         meant = [known for known in reg.methods if known.lower() == name.lower()]
         if meant:
@@ -161,7 +162,10 @@ def _resume_target(resume: str, configs: list[str], overrides: list[str], method
 
 @main.command("list")
 def list_cmd() -> None:
-    """Installed methods, their papers and the plugins they come from."""
+    """Installed methods, their papers and the plugins they come from.
+
+    A method name that two distributions register is listed once per distribution, as DISTRIBUTION:METHOD
+    (kdzoo:kd), with a [clash] line naming both: select one by that name."""
     from kdzoo.api import KINDS
 
     reg = registry()
@@ -172,19 +176,35 @@ def list_cmd() -> None:
         for name, info in methods:
             source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
             click.echo(f"{name:<14} {info.summary}\n{'':<14} paper: {info.paper}\n{'':<14} plugin: {source}")
+    for line in reg.clash_lines():
+        click.echo(f"{'[clash]':<14} {line}")
     for plugin, error in sorted(reg.failures.items()):
         click.echo(f"{'[failed]':<14} plugin '{plugin}' did not load: {error}")
 
 
 @main.command()
-@click.argument("method")
+@click.argument("method", required=False)
+@click.option(
+    "--config", "whole", is_flag=True, help="The run config's own sections, every key with its default and its help."
+)
 @one_line_errors
-def show(method: str) -> None:
-    """A method's config with its defaults (YAML, ready to paste under its name in a config file)."""
+def show(method: str | None, whole: bool) -> None:
+    """A method's config with its defaults (YAML, ready to paste under its name in a config file).
+
+    With --config, the run config's own sections (teacher, student, data, optim, train) first, every key
+    with its default and one line of help; a section's name (kdzoo show train) prints that section."""
     import yaml
 
     from kdzoo.config import as_dict
+    from kdzoo.config.schema import CORE_SECTIONS, config_yaml
 
+    if method in CORE_SECTIONS or (whole and method is None):
+        click.echo(config_yaml(None if whole else method))
+        return
+    if method is None:
+        raise click.UsageError("name a METHOD (kdzoo list shows them), a section (train, data, ...) or pass --config")
+    if whole:
+        click.echo(config_yaml(methods=[method]) + "\n")
     reg = registry()
     _refuse_miscased_methods((method,), reg)
     info = reg.get(method)
@@ -618,7 +638,8 @@ def _model_args(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
 
 @main.command()
 def plugins() -> None:
-    """Every loaded plugin: distribution, version, methods, the hooks it implements and its import time."""
+    """Every loaded plugin: distribution, version, methods, the hooks it implements and its import time;
+    a CLASH line for each method name or entry-point name that two distributions share."""
     reg = registry()
     for plugin in reg.plugins:
         dist = f"{plugin.distribution} {plugin.version}".strip() or "(not from a distribution)"
@@ -626,6 +647,8 @@ def plugins() -> None:
             f"{plugin.name}: {dist}\n  methods: {', '.join(plugin.methods) or '-'}\n  hooks: {', '.join(plugin.hooks)}"
             f"\n  import: {plugin.import_s:.2f} s"
         )
+    for line in reg.clash_lines():
+        click.echo(f"CLASH: {line}")
     for name, error in sorted(reg.failures.items()):
         click.echo(f"{name}: FAILED: {error}")
 

@@ -11,6 +11,10 @@ Two tiers (every hook with its arguments and an example: ``docs/writing-a-plugin
 Hooks are called with keyword arguments; an implementation may accept any subset of a spec's
 arguments, so new arguments can be added later without breaking plugins. Mark implementations
 with :data:`kdzoo.hookimpl`.
+
+Each hook's docstring has a ``:param name:`` line per argument, and ``:when:`` and ``:returns:`` lines:
+``scripts/gen_hook_docs.py`` makes the hook tables of the README and the plugin guide from them (and
+from ``firstresult``), and a test fails when those tables differ.
 """
 
 from __future__ import annotations
@@ -27,9 +31,21 @@ hookspec = pluggy.HookspecMarker("kdzoo")
 
 
 class DiscoverySpec:
+    """The discovery tier: hooks a plugin module implements to say what it provides.
+
+    :implemented on: the plugin **module** the entry point names
+    :when: once per process, when kdzoo loads its plugins (``import kdzoo``, a ``kdzoo`` command that needs
+        them, ``kdzoo.list_methods()``, ...)
+    """
+
     @hookspec
     def kdzoo_register_methods(self, register: Callable[[MethodInfo], None]) -> None:
         """Register the methods this plugin module provides by calling ``register`` once per method.
+
+        :param register: call it with one :class:`kdzoo.MethodInfo` (name, factory, config class, paper,
+            summary) per method
+        :when: once per process, when the plugins load
+        :returns: nothing: the methods go through ``register``
 
         Example::
 
@@ -46,6 +62,11 @@ class DiscoverySpec:
         """Register model architectures into timm's registry (``register`` is timm's
         ``register_model``), so runs and users create them with ``timm.create_model(name)``.
 
+        :param register: timm's ``register_model``: call it with each model function
+            (``def name(pretrained=False, **kwargs) -> nn.Module``)
+        :when: once per process, when the plugins load, before any model is created
+        :returns: nothing: the models go through ``register``
+
         Example::
 
             @kdzoo.hookimpl
@@ -55,13 +76,50 @@ class DiscoverySpec:
 
 
 class MethodSpec:
+    """The per-run tier: hooks a method implements to take part in a run.
+
+    :implemented on: the **method instance** that ``MethodInfo.factory(config)`` builds for one run
+    :when: during that run, only for the methods selected (``--method``, ``kdzoo.get_method``), in
+        selection order
+    """
+
     @hookspec
-    def kdzoo_feature_taps(self, teacher: ModelInfo | None, student: ModelInfo) -> Taps | None:
+    def kdzoo_plan(self, teacher: ModelInfo | None, student: ModelInfo) -> Any:
+        """What this method decides once from the two models (which stages it pairs, how wide its
+        modules are), handed to each of its other hooks as their ``plan`` argument: nothing worked
+        out in one hook has to be kept on ``self`` for another, and no hook depends on another
+        having run first. Any object will do (a list of stage pairs, a dataclass).
+
+        :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher
+        :param student: the student's :class:`kdzoo.ModelInfo`
+        :when: once per run, when the objective is built, before every other per-run hook
+        :returns: the method's plan (any object), or ``None``
+
+        Example (AT's stage pairs, made once, read by its taps and its loss)::
+
+            @kdzoo.hookimpl
+            def kdzoo_plan(self, teacher, student):
+                return pair_inner_stages(teacher, student)
+
+            @kdzoo.hookimpl
+            def kdzoo_feature_taps(self, plan):
+                return Taps.of_pairs(plan)
+        """
+
+    @hookspec
+    def kdzoo_feature_taps(self, teacher: ModelInfo | None, student: ModelInfo, plan: Any) -> Taps | None:
         """Which intermediate features (indices into ``ModelInfo.stages``) and embeddings this
         method needs. The core takes the union over active methods and runs ONE forward pass per
         model per step. Logits are always available; return ``None`` for logits only. A method
         that needs only a reduced form of a teacher map lists a :class:`~kdzoo.Summary` in
         ``teacher_summaries`` instead: only the reduction is kept through the step and cached.
+
+        :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher
+        :param student: the student's :class:`kdzoo.ModelInfo`
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: once per run, when the objective is built (``kdzoo run``, ``kdzoo.get_method``), after :meth:`kdzoo_plan`
+        :returns: a :class:`kdzoo.Taps` (stage features, embeddings, pre-activation maps, summaries), or
+            ``None`` for logits only; the core takes the union over the active methods
 
         Example (FitNets' hint on the student's middle stage)::
 
@@ -72,7 +130,7 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_views(self, student: ModelInfo) -> list[View] | None:
+    def kdzoo_views(self, student: ModelInfo, plan: Any) -> list[View] | None:
         """Extra views of each training image this method trains on (:class:`kdzoo.View`), besides the
         batch itself. The core stacks them after the batch, one forward pass per model on the stack;
         this method's :meth:`kdzoo_compute_losses` then gets outputs for the whole stack and
@@ -80,6 +138,12 @@ class MethodSpec:
         while methods that ask for no views still see the input rows alone, and the core's ``ce``
         uses the input rows. A teacher-output cache holds one view per sample: runs with views
         refuse it in one line.
+
+        :param student: the student's :class:`kdzoo.ModelInfo`
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: once per run, when the objective is built, after :meth:`kdzoo_feature_taps`
+        :returns: a list of :class:`kdzoo.View` (a name and a function making the view of a batch on its
+            device), or ``None`` for the batch alone
 
         Example (SSKD's rotations)::
 
@@ -90,7 +154,7 @@ class MethodSpec:
 
     @hookspec
     def kdzoo_build_modules(
-        self, teacher: ModelInfo | None, student: ModelInfo, train_set: TrainingSet | None
+        self, teacher: ModelInfo | None, student: ModelInfo, train_set: TrainingSet | None, plan: Any
     ) -> dict[str, nn.Module] | None:
         """Trainable modules this method owns (regressors, auxiliary heads), sized from the
         ``ModelInfo`` (channels, reduction) without a dummy forward. The core moves them to the
@@ -101,6 +165,15 @@ class MethodSpec:
         the objective is used without one: say so in one line if the method needs it) and lives in
         :class:`kdzoo.memory.SampleMemory` / :class:`kdzoo.memory.EmbeddingQueue` buffers, which are
         checkpointed with the modules and kept equal across processes.
+
+        :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher
+        :param student: the student's :class:`kdzoo.ModelInfo`
+        :param train_set: what the method may know of the training data (:class:`kdzoo.TrainingSet`:
+            number of samples, their labels, this process's batch size, the device), or ``None``
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: once per run, when the objective is built, after :meth:`kdzoo_views`
+        :returns: ``{name: nn.Module}``, the method's trainable modules, or ``None`` for none; the core owns
+            their device, optimizer and checkpoint
 
         Example::
 
@@ -119,6 +192,8 @@ class MethodSpec:
         stage: Stage,
         indices: Tensor | None,
         views: dict[str, slice],
+        plan: Any,
+        modules: nn.ModuleDict,
     ) -> dict[str, Tensor] | None:
         """Named, *unweighted* scalar loss terms for one batch. Weights come from
         :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
@@ -129,6 +204,18 @@ class MethodSpec:
         ``views``: the rows of each view in ``student`` / ``teacher`` (see :meth:`kdzoo_views`;
         ``{"input": slice(0, B)}`` for a method that asked for none); ``targets`` are the input's.
 
+        :param student: the student's :class:`kdzoo.Outputs` for the batch (logits and the tapped features)
+        :param teacher: the teacher's :class:`kdzoo.Outputs` (live, or from a teacher-output cache), or
+            ``None`` when the run has no teacher
+        :param targets: the batch's labels (int64 class indices)
+        :param stage: the :class:`kdzoo.Stage` being trained
+        :param indices: each sample's position in the training set, or ``None``
+        :param views: the rows of each view in ``student`` / ``teacher``
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :param modules: this method's own modules (what its :meth:`kdzoo_build_modules` returned)
+        :when: every training step, after the forward passes
+        :returns: ``{term: scalar tensor}``, unweighted, or ``None`` for no terms; the core adds ``ce``
+
         Example::
 
             @kdzoo.hookimpl
@@ -137,11 +224,18 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float] | None:
+    def kdzoo_loss_weights(self, stage: Stage, epoch: int, progress: float, plan: Any) -> dict[str, float] | None:
         """Weights for this method's terms (and, optionally, the core's ``ce`` term) at this point
         of training. ``epoch`` counts from 0 inside ``stage``; ``progress`` runs from 0 to 1 over
         the stage, so ramps and warm-ups live here, not inside the loss. When several methods
         weight ``ce``, the first method selected wins.
+
+        :param stage: the :class:`kdzoo.Stage` being trained
+        :param epoch: the epoch inside ``stage``, from 0
+        :param progress: how far through ``stage`` training is, from 0 to 1
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: every training step (and once per stage when the run is built, to report clashing weights)
+        :returns: ``{term: weight}`` (ramps, warm-ups), or ``None``; a term given no weight has weight 1
 
         Example (a linear warm-up of the hint over the first 20% of the stage)::
 
@@ -151,9 +245,19 @@ class MethodSpec:
         """
 
     @hookspec(firstresult=True)
-    def kdzoo_schedule(self, epochs: int, teacher: ModelInfo | None, student: ModelInfo) -> list[Stage] | None:
+    def kdzoo_schedule(
+        self, epochs: int, teacher: ModelInfo | None, student: ModelInfo, plan: Any
+    ) -> list[Stage] | None:
         """The stages of training; the first method returning a list wins, and the core's default
         (one stage of ``epochs`` with every term on) runs last.
+
+        :param epochs: the run's ``train.epochs``
+        :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher
+        :param student: the student's :class:`kdzoo.ModelInfo`
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: once per run, when the run is built, after the objective
+        :returns: a list of :class:`kdzoo.Stage` (name, epochs, terms on, what trains, optimizer overrides),
+            or ``None`` to leave the schedule to another method or the core
 
         Example (FitNets' two stages)::
 
@@ -170,6 +274,12 @@ class MethodSpec:
         A teacher whose outputs come from a teacher-output cache is never built: such a method says
         so in one line (e.g. in :meth:`kdzoo_on_run_start`).
 
+        :param teacher: the frozen teacher model
+        :param info: the teacher's :class:`kdzoo.ModelInfo`
+        :when: whenever the objective gets a teacher model: when it is built with one, and when a method
+            hands one over (``run.set_teacher``)
+        :returns: nothing
+
         Example::
 
             @kdzoo.hookimpl
@@ -178,7 +288,7 @@ class MethodSpec:
         """
 
     @hookspec
-    def kdzoo_deployed_model(self, student: nn.Module, modules: nn.ModuleDict) -> nn.Module | None:
+    def kdzoo_deployed_model(self, student: nn.Module, modules: nn.ModuleDict, plan: Any) -> nn.Module | None:
         """The network to evaluate and export in place of the bare student, for a method that changes
         what is deployed (SimKD: the student's backbone, a projector and the teacher's classifier).
 
@@ -187,6 +297,14 @@ class MethodSpec:
         run, and again by ``kdzoo eval`` on a fresh build whose weights then come from the exported
         file, so it must depend on nothing but its arguments. Return ``None`` (or leave the hook out)
         to deploy the student alone.
+
+        :param student: the student model
+        :param modules: this method's own modules (from :meth:`kdzoo_build_modules`)
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :when: once per run, the first time the student is evaluated or exported; again by ``kdzoo eval``
+            and ``kdzoo.load_student`` on a fresh build
+        :returns: the network to evaluate and export, or ``None`` for the student alone; at most one
+            active method may return one
 
         Example::
 
@@ -199,12 +317,25 @@ class MethodSpec:
     def kdzoo_on_run_start(self, run: Run) -> None:
         """Called once the models, method modules and data are ready, before the first stage.
         ``run`` is a :class:`kdzoo.Run` (``teacher``, ``student``, ``modules``, ``config``,
-        ``device``, ``run_dir``, ...)."""
+        ``device``, ``run_dir``, ...).
+
+        :param run: the run (:class:`kdzoo.Run`)
+        :when: once, before the first stage (also when a run resumes); in the engine only (``kdzoo run``,
+            ``kdzoo.distill``)
+        :returns: nothing
+        """
 
     @hookspec
     def kdzoo_on_stage_start(self, run: Run, stage: Stage, index: int, resumed: bool) -> None:
         """Called before ``stage`` builds its optimizer; ``resumed`` is True when a resumed run
         re-enters the stage mid-way (its state is already restored: do not reset anything then).
+
+        :param run: the run (:class:`kdzoo.Run`)
+        :param stage: the :class:`kdzoo.Stage` starting
+        :param index: its position in ``run.stages``
+        :param resumed: ``True`` when a resumed run re-enters the stage mid-way
+        :when: before each stage builds its optimizer
+        :returns: nothing
 
         Example (a new generation starts from a fresh initialisation)::
 
@@ -218,6 +349,13 @@ class MethodSpec:
     def kdzoo_on_epoch_end(self, run: Run, stage: Stage, epoch: int, metrics: dict[str, Any]) -> None:
         """Called after each epoch's evaluation with that epoch's metrics record.
 
+        :param run: the run (:class:`kdzoo.Run`)
+        :param stage: the :class:`kdzoo.Stage` being trained
+        :param epoch: the epoch inside ``stage``, from 0
+        :param metrics: the record written to ``metrics.jsonl`` (``train`` terms, ``val`` accuracy, ``lr``, ...)
+        :when: after each epoch's evaluation, before its checkpoint
+        :returns: nothing
+
         Example::
 
             @kdzoo.hookimpl
@@ -230,6 +368,12 @@ class MethodSpec:
         """Called after the last epoch of ``stage`` and before its checkpoint is written: the
         place to hand the trained student over as the next stage's teacher.
 
+        :param run: the run (:class:`kdzoo.Run`)
+        :param stage: the :class:`kdzoo.Stage` that ended
+        :param index: its position in ``run.stages``
+        :when: after the last epoch of each stage (also of a stage of 0 epochs), before its checkpoint
+        :returns: nothing
+
         Example (Born-Again Networks)::
 
             @kdzoo.hookimpl
@@ -239,4 +383,10 @@ class MethodSpec:
 
     @hookspec
     def kdzoo_on_run_end(self, run: Run, summary: dict[str, Any]) -> None:
-        """Called once at the end with the run's summary (accuracies, wall time, run directory)."""
+        """Called once at the end with the run's summary (accuracies, wall time, run directory).
+
+        :param run: the run (:class:`kdzoo.Run`)
+        :param summary: the run's summary, as written to ``summary.json``
+        :when: once, at the end, after the student is exported and ``summary.json`` written
+        :returns: nothing
+        """

@@ -76,7 +76,12 @@ def get_method(
     if train_set is not None and train_set.device != device:
         train_set = dataclasses.replace(train_set, device=device)
     objective = build_objective(
-        methods, student, teacher if wanting else None, _input_size(student, img_size), train_set=train_set
+        methods,
+        student,
+        teacher if wanting else None,
+        _input_size(student, img_size),
+        train_set=train_set,
+        infos={info.name: info for info in infos},
     )
     return objective.to(device)
 

@@ -2,12 +2,20 @@
 
 Built-in methods come in through the ``kdzoo`` entry-point group of kdzoo's own pyproject.toml,
 exactly the door a third-party package uses; this module never imports a method by name. A plugin
-that fails to import, names a hook that does not exist, or registers a method name already taken
-is recorded as a failure under its own name and the other plugins keep working; so is one that
-calls ``sys.exit`` or raises ``KeyboardInterrupt`` (any ``BaseException``) while loading: a plugin cannot
-stop kdzoo, only the user's Ctrl-C can. Each plugin's import is timed; one slower than
-:data:`SLOW_IMPORT_S` is named in one line, since every command that loads plugins waits for it.
-``KDZOO_DISABLE_PLUGINS=name1,name2`` skips plugins by entry-point name.
+that fails to import, names a hook that does not exist, or registers an invalid method is recorded as
+a failure under its own name and the other plugins keep working; so is one that calls ``sys.exit`` or
+raises ``KeyboardInterrupt`` (any ``BaseException``) while loading: a plugin cannot stop kdzoo, only the
+user's Ctrl-C can. Each plugin's import is timed; one slower than :data:`SLOW_IMPORT_S` is named in one
+line, since every command that loads plugins waits for it. ``KDZOO_DISABLE_PLUGINS=name1,name2`` skips
+plugins by entry-point name (``DISTRIBUTION:NAME`` skips one distribution's).
+
+Names are never taken in silence. A method name that two distributions register is a *clash*: both
+methods load, each under its qualified name ``DISTRIBUTION:METHOD`` (``kdzoo:kd``, ``my-kd-pkg:kd``), and
+the bare name selects neither (:meth:`Registry.get` raises, naming both): a built-in is never replaced
+unless the user chooses the other. Any method can be selected by its qualified name. An entry-point
+name that two distributions declare loads both plugins, each named ``DISTRIBUTION:NAME``. Both kinds of
+clash are lines of :meth:`Registry.clash_lines` (``kdzoo list``, ``kdzoo plugins``);
+:meth:`Registry.method_sources` says which distribution and version supply each selected method.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import contextlib
 import importlib.metadata
 import inspect
 import os
+import re
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -35,7 +45,36 @@ _RUN_HOOKS = {name for name in dir(hookspecs.MethodSpec) if name.startswith("kdz
 _DISCOVERY_HOOKS = {name for name in dir(hookspecs.DiscoverySpec) if name.startswith("kdzoo_")}
 #: seconds: a plugin that takes longer to import is named (it delays every command that loads plugins)
 SLOW_IMPORT_S = 5.0
+#: between a distribution and a method (``kdzoo:kd``) or an entry-point name (``my-pkg:pkt``)
+QUALIFIER = ":"
+#: the distribution of the built-in methods: named first where several supply one name
+CORE_DISTRIBUTION = "kdzoo"
 T = TypeVar("T")
+
+
+def distribution_key(name: str) -> str:
+    """A distribution's name as a qualified name spells it, normalised as pip does (PEP 503):
+    ``My_KD.Pkg`` -> ``my-kd-pkg``; any spelling pip accepts selects the same distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def qualified_name(info: MethodInfo) -> str:
+    """``DISTRIBUTION:METHOD`` for a method loaded from a distribution (``kdzoo:kd``)."""
+    return f"{distribution_key(info.distribution)}{QUALIFIER}{info.name}"
+
+
+def _supplier(info: MethodInfo) -> str:
+    """``my-kd-pkg 1.0 (plugin 'evil')``: who supplies a method, for a clash line or error."""
+    return f"{info.distribution} {info.version} (plugin '{info.plugin}')".replace("  ", " ")
+
+
+def _core_first(info: MethodInfo) -> tuple[bool, str]:
+    key = distribution_key(info.distribution)
+    return key != CORE_DISTRIBUTION, key
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 def _register_timm_model(fn: Callable) -> Callable:
@@ -59,38 +98,148 @@ class LoadedPlugin:
 @dataclass
 class Registry:
     """Every method that loaded, every plugin that did, every plugin that failed (with why), and the
-    plugins slower than :data:`SLOW_IMPORT_S` to import (seconds)."""
+    plugins slower than :data:`SLOW_IMPORT_S` to import (seconds).
+
+    ``methods`` holds every method by the name that selects it: its own name, or, for a name two
+    distributions register, each one's qualified name (``kdzoo:kd``, ``my-kd-pkg:kd``; ``info.name``
+    is that name). ``clashes`` holds those names with the methods that share them (the built-in first);
+    ``shared_entry_points`` each entry-point name two distributions declare, with (plugin name,
+    distribution, version) of each, loaded or not."""
 
     methods: dict[str, MethodInfo] = field(default_factory=dict)
     plugins: list[LoadedPlugin] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     slow: dict[str, float] = field(default_factory=dict)
+    clashes: dict[str, list[MethodInfo]] = field(default_factory=dict)
+    shared_entry_points: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
     def get(self, name: str) -> MethodInfo:
-        if name not in self.methods:
-            raise unknown_method(name, self.methods, self.failures)
-        return self.methods[name]
+        """The method ``name`` selects (see :meth:`find`), or a one-line :class:`KdzooError` saying why none."""
+        info = self.find(name)
+        if info is not None:
+            return info
+        dist, _, method = str(name).rpartition(QUALIFIER)
+        if dist and self._holders(method):
+            known = ", ".join(qualified_name(i) for i in self._holders(method))
+            raise KdzooError(
+                f"unknown method '{name}': distribution '{dist}' registers no method '{method}' (installed: {known})"
+            )
+        raise unknown_method(name, self.methods, self.failures)
+
+    def find(self, name: str) -> MethodInfo | None:
+        """The method ``name`` selects, or None if none: a name in :attr:`methods`, or
+        ``DISTRIBUTION:METHOD`` for any method (the distribution spelt any way pip accepts; the
+        method returned is named ``name``, as the run config that selects it holds it). A name two
+        distributions register selects neither: a :class:`KdzooError` naming both and how to choose."""
+        if not isinstance(name, str):
+            return None
+        if name in self.methods:
+            return self.methods[name]
+        if name in self.clashes:
+            raise self.ambiguous(name)
+        dist, sep, method = name.rpartition(QUALIFIER)
+        if not sep or not dist:
+            return None
+        for info in self._holders(method):
+            if info.distribution and distribution_key(info.distribution) == distribution_key(dist):
+                return replace(info, name=name)
+        return None
+
+    def ambiguous(self, name: str) -> KdzooError:
+        """The error for selecting a method name that several distributions register."""
+        holders = self.clashes[name]
+        choices = [qualified_name(info) for info in holders]
+        return KdzooError(
+            f"method '{name}' is registered by {len(holders)} distributions, "
+            f"{_listed([_supplier(i) for i in holders])}; kdzoo does not choose between them: select one by "
+            f"DISTRIBUTION:METHOD, {' or '.join(repr(c) for c in choices)} "
+            f"(--method {choices[0]} --set {choices[0]}.KEY=VALUE, or methods: [{choices[0]}] and a "
+            f"{choices[0]}: section in a config file)"
+        )
+
+    def clash_lines(self) -> list[str]:
+        """One line per method name two distributions register, and per entry-point name two declare."""
+        lines = [
+            f"method '{name}' is registered by {len(holders)} distributions, "
+            f"{_listed([_supplier(i) for i in holders])}: '{name}' alone selects neither; "
+            f"select {' or '.join(qualified_name(i) for i in holders)}"
+            for name, holders in sorted(self.clashes.items())
+        ]
+        for name, holders in sorted(self.shared_entry_points.items()):
+            dists = _listed([f"{dist} {version}".strip() for _, dist, version in holders])
+            plugins = _listed([f"'{plugin}'" for plugin, _, _ in holders])
+            lines.append(
+                f"entry point '{name}' is declared by {len(holders)} distributions, {dists}: "
+                f"each loaded on its own, as plugins {plugins}"
+            )
+        return lines
+
+    def method_sources(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """For each selected method name, as a run config holds it (``kd``, ``my-kd-pkg:kd``): the
+        ``distribution`` and ``version`` that supply it, its ``plugin`` (entry point) and the ``method``
+        name it registered; what a run records in ``config.json`` and ``summary.json``."""
+        sources = {}
+        for name in names:
+            info = self.get(name)
+            sources[name] = {
+                "method": name.rpartition(QUALIFIER)[2],
+                "distribution": info.distribution,
+                "version": info.version,
+                "plugin": info.plugin,
+            }
+        return sources
 
     def config_classes(self) -> dict[str, type]:
-        return {name: info.config_class for name, info in self.methods.items()}
+        """Method name -> config class, as the config loader reads it (see :class:`MethodConfigClasses`)."""
+        return MethodConfigClasses(self)
+
+    def _holders(self, name: str) -> list[MethodInfo]:
+        """The methods registered under their own name ``name`` (two or more: a clash)."""
+        if name in self.clashes:
+            return self.clashes[name]
+        return [self.methods[name]] if name in self.methods and QUALIFIER not in name else []
+
+    def _add_method(self, info: MethodInfo) -> None:
+        holders = self._holders(info.name)
+        if not holders:
+            self.methods[info.name] = info
+            return
+        self.methods.pop(info.name, None)  # a clash: the bare name selects neither, from now on
+        self.clashes[info.name] = sorted([*holders, info], key=_core_first)
+        for each in self.clashes[info.name]:
+            self.methods[qualified_name(each)] = replace(each, name=qualified_name(each))
+
+    def _check_name_free(self, info: MethodInfo, distribution: str, earlier: list[MethodInfo]) -> None:
+        """A name another distribution registers is a clash (both kept); one that cannot be told apart by
+        ``DISTRIBUTION:METHOD`` (the same distribution, or a plugin from none) fails the later plugin."""
+        if any(other.name == info.name for other in earlier):
+            raise ValueError(f"method name '{info.name}' is registered twice by this plugin")
+        for other in self._holders(info.name):
+            if not distribution or not other.distribution:
+                why = "a plugin not from a distribution cannot share a method name"
+            elif distribution_key(distribution) == distribution_key(other.distribution):
+                why = f"{other.distribution} registers it twice"
+            else:
+                continue
+            raise ValueError(f"method name '{info.name}' is already registered by plugin '{other.plugin}' ({why})")
 
     def add_plugin(
         self, plugin: object, name: str, distribution: str = "", version: str = "", import_s: float = 0.0
     ) -> None:
         """Load one plugin object (usually a module); failures are recorded, never raised."""
         found: list[MethodInfo] = []
-        _, failure = _guarded(lambda: self._discover(plugin, name, found))
+        _, failure = _guarded(lambda: self._discover(plugin, name, distribution, found))
         if failure is not None:  # a broken plugin must not take the others (or kdzoo) down
             self.failures[name] = failure
             return
         loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin), import_s=import_s)
         for info in found:
-            self.methods[info.name] = replace(info, plugin=name, distribution=distribution, version=version)
+            self._add_method(replace(info, plugin=name, distribution=distribution, version=version))
             loaded.methods.append(info.name)
             loaded.hooks = sorted(set(loaded.hooks) | set(_hook_names(info.factory)))
         self.plugins.append(loaded)
 
-    def _discover(self, plugin: object, name: str, found: list[MethodInfo]) -> None:
+    def _discover(self, plugin: object, name: str, distribution: str, found: list[MethodInfo]) -> None:
         """Call ``plugin``'s discovery hooks: its methods into ``found`` (checked), its models into timm."""
         pm = pluggy.PluginManager("kdzoo")
         pm.add_hookspecs(hookspecs.DiscoverySpec)
@@ -100,8 +249,41 @@ class Registry:
             impl.function(**{arg: found.append for arg in impl.argnames})
         for impl in pm.hook.kdzoo_register_models.get_hookimpls():
             impl.function(**{arg: _register_timm_model for arg in impl.argnames})
-        for info in found:
-            _check_method(info, self.methods)
+        for i, info in enumerate(found):
+            _check_method(info)
+            self._check_name_free(info, distribution, found[:i])
+
+
+class MethodConfigClasses(dict):
+    """Method name -> config class, for the config loader: a dict of every name in
+    :attr:`Registry.methods` (its items), that also answers, by ``in`` and ``[]``, for any
+    ``DISTRIBUTION:METHOD`` (``methods: [kdzoo:kd]``, a ``kdzoo:kd:`` section). A name several
+    distributions register is among its names (``in``, iteration) but ``[]`` raises the
+    :class:`KdzooError` naming them: a config that selects it, or sets a key under it
+    (``--set kd.temperature=2``), fails with that line rather than 'unknown method' or 'unknown key'."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__((name, info.config_class) for name, info in registry.methods.items())
+        self._registry = registry
+
+    def __iter__(self) -> Iterator[str]:
+        yield from super().__iter__()
+        yield from self._registry.clashes
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._registry.clashes)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._registry.clashes or self._registry.find(name) is not None)
+
+    def __getitem__(self, name: str) -> type:
+        info = self._registry.find(name) if isinstance(name, str) else None
+        if info is None:
+            raise KeyError(name)
+        return info.config_class
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
 
 
 class _CtrlC(KeyboardInterrupt):
@@ -175,25 +357,46 @@ def _check_hook_arguments(obj: object, owner: str) -> None:
             )
 
 
-def _check_method(info: MethodInfo, existing: dict[str, MethodInfo]) -> None:
+def _check_method(info: MethodInfo) -> None:
     if not isinstance(info, MethodInfo):
         raise TypeError(f"kdzoo_register_methods must register MethodInfo objects, got {type(info).__name__}")
-    if info.name in existing:
-        raise ValueError(f"method name '{info.name}' is already registered by plugin '{existing[info.name].plugin}'")
     if info.kind not in KINDS:
         raise ValueError(f"method '{info.name}': kind '{info.kind}' is not one of {', '.join(KINDS)}")
     if info.batch not in BATCHES:
         raise ValueError(f"method '{info.name}': batch '{info.batch}' is not one of {', '.join(BATCHES)}")
-    if info.name in RESERVED_NAMES or not info.name or "." in info.name:
+    if info.name in RESERVED_NAMES or not info.name or "." in info.name or QUALIFIER in info.name:
         raise ValueError(
-            f"method name '{info.name}' is reserved or invalid (not one of {sorted(RESERVED_NAMES)}, no '.')"
+            f"method name '{info.name}' is reserved or invalid (not one of {sorted(RESERVED_NAMES)}, no '.' or "
+            f"'{QUALIFIER}')"
         )
     _check_hook_names(info.factory, _RUN_HOOKS, owner=f"method '{info.name}' implements ")
     _check_hook_arguments(info.factory, owner=f"method '{info.name}': ")
 
 
 def disabled_plugins() -> set[str]:
-    return {p.strip() for p in os.environ.get("KDZOO_DISABLE_PLUGINS", "").split(",") if p.strip()}
+    """``KDZOO_DISABLE_PLUGINS``: entry-point names, and ``DISTRIBUTION:NAME`` (normalised) for one distribution's."""
+    names = {p.strip() for p in os.environ.get("KDZOO_DISABLE_PLUGINS", "").split(",") if p.strip()}
+    return {_plugin_key(*n.rsplit(QUALIFIER, 1)) if QUALIFIER in n else n for n in names}
+
+
+def _plugin_key(distribution: str, name: str) -> str:
+    return f"{distribution_key(distribution)}{QUALIFIER}{name}"
+
+
+def _entry_points(blocked: set[str]) -> Iterator[tuple[str, Any, str, str, int]]:
+    """(plugin name, entry point, distribution, version, how many distributions declare its name) for every
+    entry point not blocked; a name that several distributions declare names each plugin DISTRIBUTION:NAME."""
+    found: dict[tuple[str, str], tuple[Any, str, str]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("", "")
+        key = (distribution_key(dist_name or ep.module), ep.name)
+        if key in found or ep.name in blocked or _plugin_key(*key) in blocked:
+            continue  # the same distribution seen twice on sys.path is one
+        found[key] = (ep, dist_name, version)
+    sharing = Counter(name for _, name in found)
+    for (dist_key, name), (ep, dist_name, version) in found.items():
+        yield (_plugin_key(dist_key, name) if sharing[name] > 1 else name), ep, dist_name, version, sharing[name]
 
 
 def load_registry(extra: Iterable[tuple[str, object]] = ()) -> Registry:
@@ -201,23 +404,18 @@ def load_registry(extra: Iterable[tuple[str, object]] = ()) -> Registry:
     import timm  # noqa: F401 - kdzoo's own dependency, imported before the clock starts: a plugin's time is its own
 
     registry = Registry()
-    blocked = disabled_plugins()
-    seen: set[str] = set()
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in blocked or ep.name in seen:
-            continue
-        seen.add(ep.name)
-        dist = getattr(ep, "dist", None)
-        dist_name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("", "")
+    for name, ep, dist_name, version, sharing in _entry_points(disabled_plugins()):
+        if sharing > 1:  # an entry-point name two distributions declare: both load, each said
+            registry.shared_entry_points.setdefault(ep.name, []).append((name, dist_name, version))
         started = time.perf_counter()
         plugin, failure = _guarded(ep.load)
         seconds = time.perf_counter() - started
         if seconds > SLOW_IMPORT_S:
-            registry.slow[ep.name] = seconds
+            registry.slow[name] = seconds
         if failure is not None:  # report by name, keep the rest
-            registry.failures[ep.name] = failure
+            registry.failures[name] = failure
             continue
-        registry.add_plugin(plugin, ep.name, dist_name, version, import_s=seconds)
+        registry.add_plugin(plugin, name, dist_name, version, import_s=seconds)
     for name, plugin in extra:
         registry.add_plugin(plugin, name)
     return registry
@@ -262,7 +460,10 @@ class _CoreDefaults:
 
 
 def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
-    """A plugin manager for one run with exactly the selected method instances registered."""
+    """A pluggy manager with exactly ``methods`` (name -> method object) registered and checked against
+    the per-run hookspecs: for a plugin's own tests, to call a hook as the spec defines it
+    (``pm.hook.kdzoo_loss_weights(stage=..., epoch=..., progress=..., plan=None)``). The engine calls a
+    run's methods itself (:class:`kdzoo.engine.hooks.RunHooks`), in selection order."""
     pm = pluggy.PluginManager("kdzoo")
     pm.add_hookspecs(hookspecs.MethodSpec)
     pm.register(_CoreDefaults(), name="kdzoo.core")
@@ -273,40 +474,3 @@ def run_manager(methods: dict[str, object]) -> pluggy.PluginManager:
     except pluggy.PluginValidationError as exc:
         raise KdzooError(f"method plugin '{exc.plugin_name}': {first_line(exc)}") from None
     return pm
-
-
-def call_hook(pm: pluggy.PluginManager, hook: str, **kwargs: Any) -> Any:
-    """Call ``hook``; an exception raised inside a method's implementation becomes a one-line
-    :class:`KdzooError` naming the method, the hook and the error."""
-    try:
-        return getattr(pm.hook, hook)(**kwargs)
-    except KdzooError:
-        raise
-    except Exception as exc:
-        culprit = _culprit(pm, exc)
-        if culprit is None:
-            raise
-        raise KdzooError(f"method '{culprit}' failed in {hook}: {_one_line(exc)}") from exc
-
-
-def call_hook_impl(impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
-    """One method's implementation of ``hook`` with the arguments it asks for; an exception it
-    raises becomes a one-line :class:`KdzooError` naming the method and the hook."""
-    try:
-        return impl.function(*(kwargs[arg] for arg in impl.argnames))
-    except KdzooError:
-        raise
-    except Exception as exc:
-        raise KdzooError(f"method '{impl.plugin_name}' failed in {hook}: {_one_line(exc)}") from exc
-
-
-def _culprit(pm: pluggy.PluginManager, exc: BaseException) -> str | None:
-    """The registered plugin whose code raised: the innermost traceback frame whose ``self`` is one."""
-    plugins = {id(p): name for name, p in pm.list_name_plugin()}
-    tb, found = exc.__traceback__, None
-    while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if owner is not None and id(owner) in plugins:
-            found = plugins[id(owner)]
-        tb = tb.tb_next
-    return found

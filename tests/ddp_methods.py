@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from kdzoo.engine import accounting, build_trainer
-from kdzoo.registry import call_hook, registry
+from kdzoo.registry import registry
 from kdzoo.testing import PAIRS, Case
 from kdzoo.testing import tiny_config as conformance_config
 
@@ -74,12 +74,12 @@ def run(name: str, out: Path, teachers: Path, extra: list[str]) -> dict:
     trainer = build_trainer(config, registry(), out / name, show_progress=False)
     # the loop's own epoch of each stage (two steps here), without its evaluation, checkpoints and plots
     terms = []
-    call_hook(trainer.pm, "kdzoo_on_run_start", run=trainer)
+    trainer.hooks.call("kdzoo_on_run_start", run=trainer)
     for index, stage in enumerate(trainer.stages):
-        call_hook(trainer.pm, "kdzoo_on_stage_start", run=trainer, stage=stage, index=index, resumed=False)
+        trainer.hooks.call("kdzoo_on_stage_start", run=trainer, stage=stage, index=index, resumed=False)
         trainer.step.begin(stage)
         terms.append(trainer._train_epoch(stage, index, 0, index, 0, None))
-        call_hook(trainer.pm, "kdzoo_on_stage_end", run=trainer, stage=stage, index=index)
+        trainer.hooks.call("kdzoo_on_stage_end", run=trainer, stage=stage, index=index)
     weights = {f"student.{k}": v for k, v in trainer.student.state_dict().items()}
     weights.update({f"modules.{k}": v for k, v in trainer.modules.state_dict().items()})
     return {"terms": terms, "weights": weights}

@@ -106,7 +106,7 @@ def logit_terms(pm, student, teacher_logits) -> dict:
     ``Outputs``) and teacher logits, through pluggy, with every other hookspec argument empty."""
     teacher = type("Outputs", (), {"logits": teacher_logits})()
     (terms,) = pm.hook.kdzoo_compute_losses(
-        student=student, teacher=teacher, targets=None, stage=None, indices=None, views=None
+        student=student, teacher=teacher, targets=None, stage=None, indices=None, views=None, plan=None, modules=None
     )
     return terms
 

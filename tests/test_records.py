@@ -4,12 +4,14 @@ import json
 
 import pytest
 
+import kdzoo
 from kdzoo.reporting import DamagedFile
 from kdzoo.reporting.records import EpochRecord, RunSummary, StageResult
 
 SUMMARY_KEYS = {
     "methods", "teacher", "teacher_source", "student", "data", "teacher_top1", "student_top1", "student_best_top1",
     "epochs", "stages", "wall_time_s", "cpu_time_s", "torch_threads", "teacher_cache_cpu_s", "run_dir", "deployed",
+    "method_sources",
 }  # fmt: skip
 
 
@@ -77,3 +79,21 @@ def test_an_epoch_record_is_the_metrics_line_every_reader_knows():
     ).to_json()
     keys = ["stage", "stage_index", "epoch", "global_epoch", "train", "val", "lr", "epoch_time_s"]
     assert list(record) == keys
+
+
+def test_a_run_records_which_distribution_and_version_supplied_each_method(tmp_path):
+    from kdzoo.config import load_config
+    from kdzoo.engine import build_trainer
+    from kdzoo.registry import registry
+    from tests.helpers import tiny_config
+
+    trainer = build_trainer(
+        tiny_config(["kd"], out_dir=str(tmp_path)), registry(), tmp_path / "run", show_progress=False
+    )
+    summary = trainer.fit()
+    source = {"method": "kd", "distribution": "kdzoo", "version": kdzoo.__version__, "plugin": "kd"}
+    assert summary["method_sources"] == {"kd": source}
+    saved = tmp_path / "run" / "config.json"
+    assert json.loads(saved.read_text())["method_sources"] == {"kd": source}
+    # the saved config is still a config: `--config runs/.../config.json` runs it again
+    assert load_config([saved], [], [], registry().config_classes()).methods == ["kd"]

@@ -102,7 +102,9 @@ def test_bad_inputs_are_clear_errors():
 )
 def test_warmup_weights(epoch, ramp):
     pm = run_manager({"dkd": DKD(DKDConfig())})  # the hook as kdzoo's engine calls it, with every argument
-    (weights,) = pm.hook.kdzoo_loss_weights(stage=kdzoo.Stage("train", 240), epoch=epoch, progress=epoch / 240)
+    (weights,) = pm.hook.kdzoo_loss_weights(
+        stage=kdzoo.Stage("train", 240), epoch=epoch, progress=epoch / 240, plan=None
+    )
     assert weights == pytest.approx({"ce": 1.0, TCKD: 1.0 * ramp, NCKD: 8.0 * ramp})
 
 

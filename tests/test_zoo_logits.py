@@ -149,11 +149,11 @@ def test_ctkd_gradients_are_the_reversal_layers(epoch, lam):
 
     method = CurriculumTemperatureKD(CTKDConfig())
     pm = run_manager({"ctkd": method})
-    (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None, train_set=None)
+    (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None, train_set=None, plan=None)
     s0, t = _logits(6, classes=10)
     s = s0.clone().requires_grad_()
     terms = logit_terms(pm, logits_only(s), t)
-    (weights,) = pm.hook.kdzoo_loss_weights(stage=None, epoch=epoch, progress=0.0)
+    (weights,) = pm.hook.kdzoo_loss_weights(stage=None, epoch=epoch, progress=0.0, plan=None)
     assert weights["ctkd_temperature"] == pytest.approx(0.9 * lam, abs=1e-9)
     assert terms["ctkd_temperature"].item() == 0.0  # adds nothing to the loss value
     (weights["kd"] * terms["kd"] + weights["ctkd_temperature"] * terms["ctkd_temperature"]).backward()

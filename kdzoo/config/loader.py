@@ -17,8 +17,10 @@ up in the selected methods' configs (``--set schedule=two_stage``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,7 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[str]], known: set[str]) -> list[str]:
+def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[str]], known: Mapping) -> list[str]:
     """Route a bare ``--set schedule=...`` to the one selected method whose config has it."""
     if path[0] in CORE_SECTIONS or path[0] in known or path[0] == "methods":
         return path
@@ -120,13 +122,19 @@ def load_config(
     data: dict[str, Any] = copy.deepcopy(base or {})
     for path in files:
         data = merge(data, read_yaml(path))
+    data.pop("method_sources", None)  # what a run's config.json records about itself, not a setting
     selected = list(methods) or data.get("methods") or []
     # only for routing bare --set keys; a malformed 'methods' value is reported below, by key
     selected = [selected] if isinstance(selected, str) else selected if isinstance(selected, list) else []
     method_fields = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in method_config_classes.items()}
+    for name in selected:  # a qualified name (DISTRIBUTION:METHOD) answers by lookup, not by iteration
+        if isinstance(name, str) and name not in method_fields and name in method_config_classes:
+            with contextlib.suppress(KdzooError):  # a clashing name: the clash is said where it is selected
+                method_fields[name] = {f.name for f in dataclasses.fields(method_config_classes[name])}
     for text in overrides:
         path, value = parse_override(text)
-        _set_path(data, _qualify(path, selected, method_fields, set(method_config_classes)), value)
+        # the mapping itself answers `in` for qualified names too (a set of its keys would not)
+        _set_path(data, _qualify(path, selected, method_fields, method_config_classes), value)
     if methods:
         data["methods"] = list(methods)
     selected = data.pop("methods", None) or []

@@ -1,10 +1,15 @@
 """The run configuration as typed dataclasses: the five core sections and the whole run.
 
-A method's own section is typed by the method's config class (see :mod:`kdzoo.config.loader`).
+A method's own section is typed by the method's config class (see :mod:`kdzoo.config.loader`). Every
+field has one line of help (``metadata["help"]``): :func:`config_keys` reads them with the defaults, for
+``kdzoo show --config`` (:func:`config_yaml`) and ``docs/config.md`` (``scripts/gen_config_docs.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,28 +25,58 @@ MAX_SEED = 2**32 - 1  # numpy's seeds are unsigned 32-bit
 class ModelConfig:
     """A timm model: ``timm.create_model(model, **kwargs)``."""
 
-    model: str = "resnet18"
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = False
-    checkpoint: str | None = None
+    model: str = field(
+        default="resnet18", metadata={"help": "the timm model name (or one a plugin registers, e.g. resnet8x4)"}
+    )
+    kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "more keyword arguments for timm.create_model (num_classes, in_chans: the data's unless given)"
+        },
+    )
+    pretrained: bool = field(
+        default=False,
+        metadata={"help": "start from timm's pretrained weights, read from the local cache (kdzoo never downloads)"},
+    )
+    checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "a weights file to load (checked against the architecture); a teacher's is used as it is"},
+    )
 
 
 @dataclass
 class StudentConfig(ModelConfig):
-    model: str = "mobilenetv3_small_050"
+    model: str = field(
+        default="mobilenetv3_small_050", metadata={"help": "the timm model name (or one a plugin registers)"}
+    )
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    root: str | None = None
-    img_size: int = 32
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0  # DataLoader workers for imagefolder (0: min(4, CPUs)); in-memory data needs none
-    augment: bool = True
-    train_limit: int | None = None  # first N training samples only (smoke tests)
-    views: int = 0  # >0: each sample has this many fixed augmented views (epoch e uses view e % views)
+    name: str = field(
+        default="digits",
+        metadata={"help": "the dataset: digits (embedded), fashion_mnist, cifar10, cifar100, imagefolder or synthetic"},
+    )
+    root: str | None = field(
+        default=None,
+        metadata={"help": "the dataset's folder (null: the dataset's usual place, e.g. data/); never downloaded"},
+    )
+    img_size: int = field(default=32, metadata={"help": "images are resized to img_size x img_size for both models"})
+    batch_size: int = field(default=64, metadata={"help": "training batch size (under torchrun: the global batch)"})
+    eval_batch_size: int = field(default=256, metadata={"help": "batch size for evaluation"})
+    num_workers: int = field(
+        default=0, metadata={"help": "DataLoader workers for imagefolder (0: min(4, CPUs)); in-memory data needs none"}
+    )
+    augment: bool = field(
+        default=True, metadata={"help": "the dataset's augmentation (random crops, and flips where they fit)"}
+    )
+    train_limit: int | None = field(
+        default=None, metadata={"help": "the first N training samples only (smoke tests); null: all of them"}
+    )
+    views: int = field(
+        default=0,
+        metadata={"help": "more than 0: each sample has this many fixed augmented views (epoch e uses view e % views)"},
+    )
 
     def validate(self, where: str) -> None:
         positive(self, where, "batch_size", "eval_batch_size")
@@ -53,14 +88,19 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw", "adam"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    scheduler: Literal["cosine", "multistep", "constant"] = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    name: Literal["sgd", "adamw", "adam"] = field(default="sgd", metadata={"help": "the optimizer"})
+    lr: float = field(default=0.05, metadata={"help": "the learning rate at the start of each stage"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD's momentum, in [0, 1)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (decoupled for adamw)"})
+    nesterov: bool = field(default=False, metadata={"help": "SGD with Nesterov momentum"})
+    scheduler: Literal["cosine", "multistep", "constant"] = field(
+        default="cosine", metadata={"help": "the learning-rate schedule over each stage, stepped every batch"}
+    )
+    milestones: list[int] = field(
+        default_factory=list,
+        metadata={"help": "multistep: the epochs of the stage at which the rate is multiplied by gamma"},
+    )
+    gamma: float = field(default=0.1, metadata={"help": "multistep: the factor applied at each milestone"})
 
     def validate(self, where: str) -> None:
         positive(self, where, "lr", "gamma")
@@ -79,12 +119,20 @@ class TeacherTrainConfig:
     trained-teacher cache key, and nothing else: two runs that differ only in the student's settings
     (``data.train_limit``, ``data.augment`` and ``data.views`` included) share one teacher."""
 
-    epochs: int = 8
-    seed: int = 0
-    batch_size: int = 64
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: bool = True  # the data's own augmentation (random crops and flips) while the teacher trains
-    train_limit: int | None = None  # the first N training samples only (smoke tests); None: all of them
+    epochs: int = field(
+        default=8, metadata={"help": "epochs to train the teacher (0: use the pretrained weights as they are)"}
+    )
+    seed: int = field(default=0, metadata={"help": "the seed of the teacher's initialisation and data order"})
+    batch_size: int = field(default=64, metadata={"help": "the teacher's training batch size"})
+    optim: OptimConfig = field(
+        default_factory=OptimConfig, metadata={"help": "the teacher's optimizer and schedule (the keys of optim)"}
+    )
+    augment: bool = field(
+        default=True, metadata={"help": "the data's own augmentation (random crops and flips) while the teacher trains"}
+    )
+    train_limit: int | None = field(
+        default=None, metadata={"help": "the first N training samples only (smoke tests); null: all of them"}
+    )
 
     def validate(self, where: str) -> None:
         non_negative(self, where, "epochs")
@@ -100,31 +148,75 @@ class TeacherConfig(ModelConfig):
     own ``train`` settings on the run's data first, cached on disk and reused.
     ``train.epochs: 0`` uses the pretrained weights as they are."""
 
-    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
-    cache: bool = False  # store the teacher's outputs once per sample (offline KD); see data.views
+    train: TeacherTrainConfig = field(
+        default_factory=TeacherTrainConfig,
+        metadata={"help": "how kdzoo trains the teacher when no checkpoint is given (trained once, cached, reused)"},
+    )
+    cache: bool = field(
+        default=False,
+        metadata={
+            "help": "the teacher's outputs computed once per sample, then reused (offline KD); "
+            "needs fixed inputs: data.augment=false or data.views"
+        },
+    )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str = "runs"
-    name: str | None = None
-    log_every: int = 10
+    epochs: int = field(
+        default=12, metadata={"help": "epochs of the student's training (a method's schedule divides them into stages)"}
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "the seed of the student's initialisation, the batch order and augmentation"},
+    )
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when there is one), cpu, cuda, cuda:1, ..."})
+    out_dir: str = field(default="runs", metadata={"help": "the folder that holds run directories"})
+    name: str | None = field(
+        default=None,
+        metadata={
+            "help": "the run directory's name inside out_dir (null: from methods, student and seed, kd-resnet18-seed0)"
+        },
+    )
+    log_every: int = field(
+        default=10, metadata={"help": "steps between progress updates and NaN/inf checks (the loop's only host syncs)"}
+    )
     # bf16/fp16: the models' forward passes under autocast (fp16 adds a grad scaler); fp64: every model,
     # method module and batch in float64, slow, for checking that results are exact (N processes = 1)
-    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the models' forward passes
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = field(
+        default="fp32",
+        metadata={
+            "help": "bf16/fp16: the forward passes under autocast (fp16 adds a grad scaler); "
+            "fp64: everything in float64, slow, to check that results are exact"
+        },
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "the models in channels-last memory format (faster convolutions on GPUs)"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the models' forward passes"})
     # torch.compile the per-step distillation work too (the methods' terms and their weighting): at
     # small steps each of its ops is a kernel launch; falls back to eager in one line where it fails
-    compile_objective: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
-    # torch.compile's backend for both (torch._dynamo.list_backends()); aot_eager traces without making kernels
-    compile_backend: str = "inductor"
-    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
-    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
+    compile_objective: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the methods' terms and their weighting too (eager, said in one line, where it fails)"
+        },
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(
+        default="default", metadata={"help": "torch.compile's mode (reduce-overhead: CUDA graphs)"}
+    )
+    compile_backend: str = field(
+        default="inductor",
+        metadata={
+            "help": "torch.compile's backend (torch._dynamo.list_backends()); aot_eager traces without making kernels"
+        },
+    )
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "also checkpoint every N steps inside an epoch (0: at epoch ends only)"}
+    )
+    nonfinite: Literal["stop", "skip"] = field(
+        default="stop", metadata={"help": "a NaN/inf loss stops the run, or skips that step"}
+    )
 
     def validate(self, where: str) -> None:
         if self.epochs < 1:
@@ -165,16 +257,110 @@ CORE_SECTIONS: dict[str, type] = {
 class RunConfig:
     """Everything one run needs; ``method_configs`` holds each selected method's typed config."""
 
-    methods: list[str]
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    method_configs: dict[str, Any] = field(default_factory=dict)
+    methods: list[str] = field(
+        metadata={"help": "the methods to apply, in selection order (or --method); their terms add up; required"}
+    )
+    teacher: TeacherConfig = field(
+        default_factory=TeacherConfig,
+        metadata={"help": "the teacher: a checkpoint, or a timm model kdzoo trains first (and caches)"},
+    )
+    student: StudentConfig = field(
+        default_factory=StudentConfig, metadata={"help": "the student: the timm model distilled"}
+    )
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset, its batches and augmentation"})
+    optim: OptimConfig = field(
+        default_factory=OptimConfig,
+        metadata={"help": "the student's optimizer and schedule (a stage may override them)"},
+    )
+    train: TrainConfig = field(
+        default_factory=TrainConfig,
+        metadata={"help": "the run: epochs, seed, device, run directory, precision, compiling"},
+    )
+    method_configs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "each selected method's config: in a file, a top-level section named after it (kdzoo show METHOD)"
+        },
+    )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"methods": list(self.methods)}
         out.update({name: as_dict(getattr(self, name)) for name in CORE_SECTIONS})
         out.update({name: as_dict(cfg) for name, cfg in self.method_configs.items()})
         return out
+
+
+# ----------------------------------------------------------------------------- the reference
+@dataclass(frozen=True)
+class ConfigKey:
+    """One key of a run config file, as ``kdzoo show --config`` and ``docs/config.md`` show it."""
+
+    path: tuple[str, ...]  # ("teacher", "train", "optim", "lr")
+    type: str  # as a YAML file holds it: "int | null", "sgd | adamw | adam"; "section" for a nested section
+    default: Any  # plain data, as in a YAML file (None for a section)
+    help: str
+    required: bool = False
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def yaml_default(self) -> str:
+        """The default as a YAML file writes it (``null``, ``false``, ``[]``); empty for a section."""
+        import yaml
+
+        if self.type == "section":
+            return ""
+        return yaml.safe_dump(self.default, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
+def config_keys() -> list[ConfigKey]:
+    """Every key of a run config file but the methods' own sections, in file order, each section before
+    its keys: ``methods`` and the core sections, read from the dataclasses above and their help."""
+    hints = typing.get_type_hints(RunConfig)
+    return [k for f in dataclasses.fields(RunConfig) if f.name != "method_configs" for k in _keys(f, hints, ())]
+
+
+def _keys(f: dataclasses.Field, hints: dict[str, Any], parent: tuple[str, ...]) -> list[ConfigKey]:
+    hint, path, text = hints[f.name], (*parent, f.name), f.metadata.get("help", "")
+    if dataclasses.is_dataclass(hint):
+        inner = typing.get_type_hints(hint)
+        return [
+            ConfigKey(path, "section", None, text),
+            *(k for g in dataclasses.fields(hint) for k in _keys(g, inner, path)),
+        ]
+    if f.default is not dataclasses.MISSING:
+        return [ConfigKey(path, _type_name(hint), as_dict(f.default), text)]
+    if f.default_factory is not dataclasses.MISSING:
+        return [ConfigKey(path, _type_name(hint), as_dict(f.default_factory()), text)]
+    empty = (typing.get_origin(hint) or hint)()  # a required key (``methods``) is shown with its empty value
+    return [ConfigKey(path, _type_name(hint), empty, text, required=True)]
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(str(a) for a in args)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " | ".join(_type_name(a) for a in args)
+    if args:
+        return f"{typing.get_origin(hint).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "null" if hint is type(None) else "Any" if hint is Any else hint.__name__
+
+
+def config_yaml(section: str | None = None, methods: list[str] | tuple[str, ...] = ()) -> str:
+    """The run config as YAML with each key's help as a comment above it and its default as its value:
+    every key, or one section's (``train``). ``methods`` fills the ``methods`` key."""
+    lines = []
+    for key in config_keys():
+        if section is not None and key.path[0] != section:
+            continue
+        indent = "  " * (len(key.path) - 1)
+        if len(key.path) == 1 and lines:
+            lines.append("")
+        lines.append(f"{indent}# {key.help}")
+        if key.path == ("methods",) and methods:
+            key = dataclasses.replace(key, default=list(methods))
+        lines.append(f"{indent}{key.path[-1]}: {key.yaml_default}".rstrip())
+    return "\n".join(lines)

@@ -88,7 +88,9 @@ def build_run(
     train_set = TrainingSet(
         data.train.num_samples, data.train.class_labels(), config.data.batch_size // dist.world, device
     )
-    objective = Objective(methods, student, s_info, teacher, teacher_info, train_set).to(device)
+    objective = Objective(
+        methods, student, s_info, teacher, teacher_info, train_set, infos={info.name: info for info in infos}
+    ).to(device)
     if cache is not None and objective.views:
         raise KdzooError(
             f"teacher.cache: methods {sorted(objective.view_methods)} train on {len(objective.views) + 1} views of "
@@ -99,12 +101,13 @@ def build_run(
         with ready.main_first():
             _warm(cache, objective, ready, teacher_info, device, show_progress)
     stages = objective.schedule(config.train.epochs)
+    objective.check_weights(stages)
     if show_progress is not False:
         for line in objective.weight_conflicts(stages):
             tqdm.write(line)
     _set_up_precision_and_compile(config, objective)
     if dist.enabled:
-        _set_up_data_parallel(config, dist, data, objective, {info.name: info.batch for info in infos}, show_progress)
+        _set_up_data_parallel(config, dist, data, objective, show_progress)
     step = Step(objective, config, dist, len(data.train))
     return RunParts(
         config=config,
@@ -115,6 +118,7 @@ def build_run(
         stages=stages,
         show_progress=show_progress,
         label=label,
+        method_sources=registry.method_sources(config.methods),
     )
 
 
@@ -272,22 +276,19 @@ def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> No
         objective.compile_objective(config.train.compile_mode, config.train.compile_backend)
 
 
-def _set_up_data_parallel(
-    config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, batches: dict[str, str], show
-) -> None:
-    """Each process trains on its share of every global batch; ``batches``: what each method's terms
-    see (``MethodInfo.batch``)."""
+def _set_up_data_parallel(config: RunConfig, dist: DistInfo, data: DataBundle, objective: Objective, show) -> None:
+    """Each process trains on its share of every global batch."""
     if config.data.batch_size % dist.world:
         raise KdzooError(
             f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
             f"{dist.world} processes"
         )
-    objective.distribute(dist, batches)
+    objective.distribute(dist)
     # batch statistics over the global batch: the student's forward sees this process's share, and so do
     # the modules of a method that sees its share; a method that sees the global batch has it already
     global_batchnorm(objective.student_tap.model)
     for name, modules in objective.method_modules.items():
-        if batches[name] == "local":
+        if objective.infos[name].batch == "local":
             global_batchnorm(modules)
     data.train.shard_info = dist
     if dist.main and show is not False:

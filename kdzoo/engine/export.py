@@ -131,6 +131,7 @@ def summarise(
     run_dir: Path,
     deployed: dict[str, Any],
     teacher_cache_cpu_s: float | None = None,
+    method_sources: dict[str, dict[str, str]] | None = None,
 ) -> RunSummary:
     """``summary.json``: teacher and student accuracy, per stage, wall and CPU time, the deployed network's cost."""
     return RunSummary(
@@ -154,4 +155,5 @@ def summarise(
         teacher_cache_cpu_s=teacher_cache_cpu_s,
         run_dir=str(run_dir),
         deployed=deployed,
+        method_sources=dict(method_sources or {}),
     )

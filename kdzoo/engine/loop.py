@@ -35,7 +35,6 @@ from kdzoo.engine.state import Position, RunClock, RunState
 from kdzoo.engine.step import CompiledBackwardFailed, Step
 from kdzoo.errors import RunStopped
 from kdzoo.models import create_model
-from kdzoo.registry import call_hook
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
 from kdzoo.reporting.records import EpochRecord, RunSummary
 
@@ -60,7 +59,8 @@ class Trainer:
     dist = property(lambda self: self.parts.dist)
     device = property(lambda self: self.parts.device)
     objective = property(lambda self: self.step.objective)
-    pm = property(lambda self: self.objective.pm)
+    hooks = property(lambda self: self.objective.hooks)
+    pm = property(lambda self: self.objective.hooks)  # 0.1.0's name: observers register on it
     student = property(lambda self: self.step.student)
     modules = property(lambda self: self.step.modules)
     teacher = property(lambda self: self.objective.teacher)
@@ -112,7 +112,8 @@ class Trainer:
                     f"`kdzoo run --resume {self.run_dir}` or choose another run directory"
                 )
             if self.dist.main:
-                checkpoint.write_text_atomic(json.dumps(self.config.to_dict(), indent=2), self.run_dir / "config.json")
+                recorded = {**self.config.to_dict(), "method_sources": self.parts.method_sources}
+                checkpoint.write_text_atomic(json.dumps(recorded, indent=2), self.run_dir / "config.json")
             at = self._restore(resume) if resume is not None else Position()
             if self.teacher is not None and self.teacher_metrics is None:
                 self.teacher_metrics = self._evaluate(self.teacher, "teacher")
@@ -124,13 +125,13 @@ class Trainer:
                     raise KdzooError(self._without_compiling(exc)) from exc
 
     def _run(self, at: Position, resume: RunState | None) -> dict[str, Any]:
-        call_hook(self.pm, "kdzoo_on_run_start", run=self)
+        self.hooks.call("kdzoo_on_run_start", run=self)
         global_epoch = at.global_epoch
         for index in range(at.stage, len(self.stages)):
             stage = self.stages[index]
             first_epoch, first_step = (at.epoch, at.step) if index == at.stage else (0, 0)
             resumed = first_epoch > 0 or first_step > 0
-            call_hook(self.pm, "kdzoo_on_stage_start", run=self, stage=stage, index=index, resumed=resumed)
+            self.hooks.call("kdzoo_on_stage_start", run=self, stage=stage, index=index, resumed=resumed)
             self.step.begin(stage)
             if resume is not None and index == at.stage:
                 if resumed:
@@ -153,16 +154,16 @@ class Trainer:
                 ).to_json()  # hooks and run.history see the record as the metrics file holds it
                 global_epoch += 1
                 self.history.append(record)
-                call_hook(self.pm, "kdzoo_on_epoch_end", run=self, stage=stage, epoch=epoch, metrics=record)
+                self.hooks.call("kdzoo_on_epoch_end", run=self, stage=stage, epoch=epoch, metrics=record)
                 done = epoch + 1 == stage.epochs
                 if done:  # before the checkpoint, so a resumed run sees what the stage handed over
-                    call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=index)
+                    self.hooks.call("kdzoo_on_stage_end", run=self, stage=stage, index=index)
                 following = (
                     Position(index + 1, 0, 0, global_epoch) if done else Position(index, epoch + 1, 0, global_epoch)
                 )
                 self._save(following)
             if stage.epochs == 0:
-                call_hook(self.pm, "kdzoo_on_stage_end", run=self, stage=stage, index=index)
+                self.hooks.call("kdzoo_on_stage_end", run=self, stage=stage, index=index)
         summary = self._summary().to_json()
         if self.dist.main:
             export_student(
@@ -174,7 +175,7 @@ class Trainer:
                 self.objective.deploying,
             )
             checkpoint.write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
-        call_hook(self.pm, "kdzoo_on_run_end", run=self, summary=summary)
+        self.hooks.call("kdzoo_on_run_end", run=self, summary=summary)
         return summary
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int, global_epoch: int, start_step: int, partial) -> dict:
@@ -283,12 +284,12 @@ class Trainer:
         if self.parts.show_progress is not False:
             reporters.append(ConsoleReporter(self.parts.label))
         for reporter in reporters:
-            self.pm.register(reporter)
+            self.hooks.register(reporter)
         try:
             yield
         finally:
             for reporter in reporters:
-                self.pm.unregister(reporter)
+                self.hooks.unregister(reporter)
             board.close()
 
     def _summary(self) -> RunSummary:
@@ -314,6 +315,7 @@ class Trainer:
             run_dir=self.run_dir,
             deployed=deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
             teacher_cache_cpu_s=side.cache.fill_cpu_s() if side.cache is not None else None,
+            method_sources=self.parts.method_sources,
         )
 
     def _evaluate(self, model: nn.Module, role: str, name: str | None = None) -> dict[str, float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import pluggy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +22,7 @@ from kdzoo.api import (
     WHOLE_RUN,
     Batch,
     KdzooError,
+    MethodInfo,
     ModelInfo,
     Outputs,
     Stage,
@@ -31,15 +31,16 @@ from kdzoo.api import (
     TrainingSet,
     View,
     When,
+    full_precision,
     union,
 )
 from kdzoo.data.batches import DistInfo
 from kdzoo.engine.extract import FeatureExtractor, describe, device_of, model_name, named_forward
 from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
+from kdzoo.engine.hooks import RunHooks
 from kdzoo.engine.lazy_outputs import LazyOutputs
 from kdzoo.engine.teacher import Teacher
 from kdzoo.errors import close_matches, first_line
-from kdzoo.registry import call_hook, call_hook_impl, run_manager
 
 CE = "ce"
 RESERVED_TERMS = {"loss", "weights", "images_per_s"}  # names the metrics records use themselves
@@ -73,13 +74,18 @@ class Objective(nn.Module):
         teacher: nn.Module | None = None,
         teacher_info: ModelInfo | None = None,
         train_set: TrainingSet | None = None,
+        infos: dict[str, MethodInfo] | None = None,
     ):
         super().__init__()
         self.methods = methods
-        # pluggy calls the last registered first: register in reverse so results follow selection order
-        self.pm: pluggy.PluginManager = run_manager(dict(reversed(list(methods.items()))))
+        #: what each method declared when it registered (what its terms see, their names, their precision)
+        self.infos: dict[str, MethodInfo] = dict(infos or {})
+        _check_declared_terms(self.infos)
+        self.hooks = RunHooks(methods)  #: the selected methods' hooks, called in selection order
+        for name, plan in self.hooks.results("kdzoo_plan", teacher=teacher_info, student=student_info):
+            self.hooks.own.setdefault(name, {})["plan"] = plan
         self.student_info = student_info
-        self.taps: Taps = union(call_hook(self.pm, "kdzoo_feature_taps", teacher=teacher_info, student=student_info))
+        self.taps: Taps = union(self.hooks.call("kdzoo_feature_taps", teacher=teacher_info, student=student_info))
         self.views: list[View] = []  # extra views of each image, stacked after the batch
         self.view_methods: set[str] = set()  # the methods that asked for them (and see the whole stack)
         for name in methods:
@@ -91,7 +97,6 @@ class Objective(nn.Module):
                     self.views.append(view)
         #: under torchrun, the processes whose shares make the global batch (:meth:`distribute`)
         self.processes = DistInfo()
-        self.method_batches: dict[str, str] = {}  # method -> "global" | "local" (MethodInfo.batch)
         self.input_dtype: torch.dtype | None = None  # the models' dtype when not the batches' (to_dtype)
         self.method_modules = nn.ModuleDict()
         for name in methods:
@@ -99,6 +104,7 @@ class Objective(nn.Module):
                 name, "kdzoo_build_modules", teacher=teacher_info, student=student_info, train_set=train_set
             )
             self.method_modules[name] = nn.ModuleDict(built or {})
+            self.hooks.own.setdefault(name, {})["modules"] = self.method_modules[name]
         self.student_tap = FeatureExtractor(
             student,
             student_info,
@@ -113,12 +119,11 @@ class Objective(nn.Module):
         elif teacher_info is not None:
             self.teacher_side.info = teacher_info  # known from a teacher-output cache, the model not built
 
-    def distribute(self, processes: DistInfo, batches: dict[str, str]) -> None:
+    def distribute(self, processes: DistInfo) -> None:
         """Train as one of ``processes``, each on its share of every global batch: views are made
-        for the global batch, and a method whose ``batches[name]`` is ``"global"`` (what
-        :class:`~kdzoo.api.MethodInfo` ``.batch`` says) sees the outputs of the global batch."""
+        for the global batch, and a method whose :attr:`~kdzoo.api.MethodInfo.batch` is ``"global"``
+        (a method that declared nothing included) sees the outputs of the global batch."""
         self.processes = processes
-        self.method_batches = dict(batches)
 
     def to_dtype(self, dtype: torch.dtype) -> None:
         """Every model and method module in floating-point ``dtype``; batches and cached teacher
@@ -150,7 +155,7 @@ class Objective(nn.Module):
             self.teacher_side.use_model(model, info, device)
         else:
             self.teacher_side.set_by_method(model, info, by_method, device)
-        call_hook(self.pm, "kdzoo_on_teacher", teacher=model, info=info)
+        self.hooks.call("kdzoo_on_teacher", teacher=model, info=info)
 
     def close(self) -> None:
         """Remove the forward hooks the extractors put on models without native taps."""
@@ -208,20 +213,41 @@ class Objective(nn.Module):
             self._deployed = [built.get(self.deploying, student)]  # a list: not a submodule of the objective
         return self._deployed[0]
 
+    @property
+    def pm(self) -> RunHooks:
+        """The run's hooks (``register`` an observer on them); the name of 0.1.0's plugin manager."""
+        return self.hooks
+
     def call_one(self, method: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on one method only (for results that must be attributed to it)."""
-        impls = [impl for impl in getattr(self.pm.hook, hook).get_hookimpls() if impl.plugin_name == method]
-        return call_hook_impl(impls[0], hook, kwargs) if impls else None
+        return self.hooks.call_one(method, hook, **kwargs)
 
     def schedule(self, epochs: int) -> list[Stage]:
-        return call_hook(self.pm, "kdzoo_schedule", epochs=epochs, teacher=self.teacher_info, student=self.student_info)
+        stages = self.hooks.first("kdzoo_schedule", epochs=epochs, teacher=self.teacher_info, student=self.student_info)
+        return stages if stages is not None else [Stage("train", epochs)]  # no method schedules: one stage
 
     def loss_weights(self, stage: Stage, epoch: int, progress: float) -> dict[str, float]:
         weights: dict[str, float] = {}
-        for result in call_hook(self.pm, "kdzoo_loss_weights", stage=stage, epoch=epoch, progress=progress):
-            for name, value in (result or {}).items():
+        for result in self.hooks.call("kdzoo_loss_weights", stage=stage, epoch=epoch, progress=progress):
+            for name, value in result.items():
                 weights.setdefault(name, float(value))  # the first selected method wins
         return weights
+
+    def check_weights(self, stages: list[Stage]) -> None:
+        """A weight a method gives a term that no method returns (a typo, a renamed term) is one line
+        when the run is built, for methods that declare their terms (:attr:`MethodInfo.terms`)."""
+        declared = {term for info in self.infos.values() for term in info.terms or ()}
+        if any(info.terms is None for info in self.infos.values()) or len(self.infos) < len(self.methods):
+            return  # some method's terms are unknown until it computes them
+        for stage in stages:
+            for method in self.methods:
+                weights = self.call_one(method, "kdzoo_loss_weights", stage=stage, epoch=0, progress=0.0) or {}
+                stray = sorted(set(weights) - declared - {CE})
+                if stray:
+                    raise KdzooError(
+                        f"method '{method}' weights term(s) {', '.join(stray)} that no selected method returns "
+                        f"(stage '{stage.name}'); the terms are {', '.join(sorted(declared | {CE}))}"
+                    )
 
     def weight_conflicts(self, stages: list[Stage]) -> list[str]:
         """Lines naming each term two stacked methods weight differently at the start of a stage (the
@@ -266,18 +292,31 @@ class Objective(nn.Module):
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
             terms[CE] = F.cross_entropy(share.alone["student"].logits, targets)
-        hook = self.pm.hook.kdzoo_compute_losses
-        # called one implementation at a time (pluggy's order) so that a bad result names its method
-        for impl in reversed(hook.get_hookimpls()):
+        # under autocast a method's terms are computed in float32 from upcast outputs, unless it opted in
+        in_float32 = torch.is_autocast_enabled(targets.device.type)
+        # called one implementation at a time, in selection order, so that a bad result names its method
+        for impl in self.hooks.implementations("kdzoo_compute_losses"):
+            info = self.infos.get(impl.owner)
+            if info is not None and info.terms is not None and not any(stage.term_on(t) for t in info.terms):
+                continue  # every term it declared is off in this stage
             given = share
-            if self.processes.enabled and self.method_batches.get(impl.plugin_name) != "local":
+            if self.processes.enabled and (info is None or info.batch != "local"):
                 if whole is None:
                     batch = GlobalBatch(self.processes, student, teacher, targets, indices, views)
                     whole = _MethodInputs.gathered(batch, stage)
                 given = whole
-            asked = impl.plugin_name in self.view_methods
-            result = call_hook_impl(impl, "kdzoo_compute_losses", given.stacked if asked else given.alone)
-            for name, value in _checked_terms(impl.plugin_name, result).items():
+            arguments = given.stacked if impl.owner in self.view_methods else given.alone
+            if in_float32 and not (info is not None and info.autocast):
+                with torch.autocast(targets.device.type, enabled=False):
+                    result = self.hooks.invoke(impl, "kdzoo_compute_losses", _in_float32(arguments))
+            else:
+                result = self.hooks.invoke(impl, "kdzoo_compute_losses", arguments)
+            for name, value in _checked_terms(impl.owner, result).items():
+                if info is not None and not info.declares(name):
+                    raise KdzooError(
+                        f"method '{impl.owner}' returned loss term '{name}', which its MethodInfo.terms "
+                        f"({', '.join(info.terms)}) does not declare; declare it"
+                    )
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
                 if name in terms:
@@ -393,6 +432,35 @@ class _MethodInputs:
         return cls(batch.student, batch.teacher, targets, indices, batch.views, stage)
 
 
+def _in_float32(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``kdzoo_compute_losses``' arguments with the models' outputs upcast to float32 (lazily: a
+    stage that never reads the student still runs no student forward)."""
+    upcast = dict(arguments)
+    for role in ("student", "teacher"):
+        out = arguments[role]
+        if out is not None:
+            upcast[role] = LazyOutputs(lambda out=out: map_outputs(_resolved(out), full_precision))
+    return upcast
+
+
+def _resolved(out: Outputs) -> Outputs:
+    return out.resolved() if isinstance(out, LazyOutputs) else out
+
+
+def _check_declared_terms(infos: dict[str, MethodInfo]) -> None:
+    """Two methods declaring one term name, or a name the core keeps, is one line when the run is built."""
+    owner: dict[str, str] = {}
+    for name, info in infos.items():
+        for term in info.terms or ():
+            if term in RESERVED_TERMS or term == CE:
+                raise KdzooError(f"method '{name}': loss term name '{term}' is reserved by the core; rename it")
+            if term in owner:
+                raise KdzooError(
+                    f"methods '{owner[term]}' and '{name}' both produce loss term '{term}'; they cannot be stacked"
+                )
+            owner[term] = name
+
+
 def _checked_terms(method: str, result: Any) -> dict[str, Tensor]:
     """A method's terms, or a one-line error naming the method when it returned something else."""
     if result is None:
@@ -418,8 +486,10 @@ def build_objective(
     student_name: str | None = None,
     teacher_name: str | None = None,
     train_set: TrainingSet | None = None,
+    infos: dict[str, MethodInfo] | None = None,
 ) -> Objective:
-    """An :class:`Objective` for two timm models (described from their ``feature_info``)."""
+    """An :class:`Objective` for two timm models (described from their ``feature_info``); ``infos``:
+    what each method declared when it registered."""
     s_info = describe(student, student_name or model_name(student), img_size)
     t_info = None if teacher is None else describe(teacher, teacher_name or model_name(teacher), img_size)
-    return Objective(methods, student, s_info, teacher, t_info, train_set)
+    return Objective(methods, student, s_info, teacher, t_info, train_set, infos)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,3 +26,6 @@ class RunParts:
     stages: list[Stage]
     show_progress: bool | None = None
     label: str = ""
+    #: for each selected method (as the config names it): the distribution and version that supplied
+    #: it, its plugin (entry point) and the name it registered, recorded in config.json and summary.json
+    method_sources: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -66,6 +66,8 @@ class RunSummary:
     teacher_cache_cpu_s: float | None = None  #: the teacher's pass that filled the cache this run read
     run_dir: str = ""
     deployed: dict[str, Any] = field(default_factory=dict)  #: the deployed network's parameters and FLOPs
+    #: the distribution, version and plugin that supplied each method (``kdzoo.registry.Registry.method_sources``)
+    method_sources: dict[str, dict[str, str]] = field(default_factory=dict)
     #: what later commands added (``kdzoo export``'s ``deploy`` table), kept as they wrote it
     extra: dict[str, Any] = field(default_factory=dict)
 
