@@ -18,6 +18,7 @@ to know the contract, and every other part of kdzoo can build on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,10 +71,11 @@ class MethodInfo:
     needs_teacher: bool | Callable[[Any], bool] = True
     kind: str = "other"  #: one of KINDS: what the method matches, for `kdzoo list`
     batch: str = "global"  #: one of BATCHES: what its terms see under torchrun
-    #: the names of the terms it returns, when it says: a clash with another method's, a weight for a
-    #: term it never returns and a term it did not declare are then one line when the run is built, and a
-    #: stage that switches all of them off never calls its ``kdzoo_compute_losses``
-    terms: tuple[str, ...] | None = None
+    #: the names of the terms it returns, when it says (a tuple, or a function of its config giving one,
+    #: for terms a setting adds): a clash with another method's, a weight for a term it never returns and
+    #: a term it did not declare are then one line when the run is built, and a stage that switches all
+    #: of them off never calls its ``kdzoo_compute_losses``
+    terms: tuple[str, ...] | Callable[[Any], tuple[str, ...]] | None = None
     #: compute its terms under the run's autocast (``train.precision`` bf16/fp16); by default they are
     #: computed in float32 outside it, from outputs upcast to float32, so no cast is the method's job
     autocast: bool = False
@@ -82,8 +84,15 @@ class MethodInfo:
     version: str = ""
 
     def declares(self, term: str) -> bool:
-        """Whether this method returns ``term`` (always ``True`` when it declares no terms)."""
-        return self.terms is None or term in self.terms
+        """Whether this method returns ``term`` (always ``True`` when it declares no terms). Call it on
+        the info :meth:`for_config` gives when ``terms`` depends on the config."""
+        return self.terms is None or callable(self.terms) or term in self.terms
+
+    def for_config(self, config: Any) -> MethodInfo:
+        """This info with ``terms`` as ``config`` makes them (a ``terms`` function called)."""
+        if not callable(self.terms):
+            return self
+        return dataclasses.replace(self, terms=tuple(self.terms(config)))
 
     def wants_teacher(self, config: Any) -> bool:
         """Whether this method, with ``config``, needs an external teacher."""

@@ -159,7 +159,8 @@ class MethodSpec:
         """Trainable modules this method owns (regressors, auxiliary heads), sized from the
         ``ModelInfo`` (channels, reduction) without a dummy forward. The core moves them to the
         device, optimises them with the student and saves them in checkpoints; they are not part
-        of the exported student. Keep references to use them in :meth:`kdzoo_compute_losses`.
+        of the exported student. :meth:`kdzoo_compute_losses` and :meth:`kdzoo_schedule` receive them back as
+        their ``modules`` argument.
 
         State kept per training sample (a memory bank) is sized from ``train_set`` (``None`` when
         the objective is used without one: say so in one line if the method needs it) and lives in
@@ -178,9 +179,9 @@ class MethodSpec:
         Example::
 
             @kdzoo.hookimpl
-            def kdzoo_build_modules(self, teacher, student):
-                self.regressor = ConvRegressor(student.stages[2].channels, teacher.stages[2].channels)
-                return {"regressor": self.regressor}
+            def kdzoo_build_modules(self, teacher, student, plan):
+                s, t = plan  # the paired stages, from kdzoo_plan
+                return {"regressor": ConvRegressor(student.stages[s].channels, teacher.stages[t].channels)}
         """
 
     @hookspec
@@ -246,7 +247,7 @@ class MethodSpec:
 
     @hookspec(firstresult=True)
     def kdzoo_schedule(
-        self, epochs: int, teacher: ModelInfo | None, student: ModelInfo, plan: Any
+        self, epochs: int, teacher: ModelInfo | None, student: ModelInfo, plan: Any, modules: nn.ModuleDict
     ) -> list[Stage] | None:
         """The stages of training; the first method returning a list wins, and the core's default
         (one stage of ``epochs`` with every term on) runs last.
@@ -255,6 +256,8 @@ class MethodSpec:
         :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher
         :param student: the student's :class:`kdzoo.ModelInfo`
         :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :param modules: this method's own modules (what its :meth:`kdzoo_build_modules` returned), for a
+            stage's ``trainable`` to name what it trains
         :when: once per run, when the run is built, after the objective
         :returns: a list of :class:`kdzoo.Stage` (name, epochs, terms on, what trains, optimizer overrides),
             or ``None`` to leave the schedule to another method or the core
@@ -262,13 +265,15 @@ class MethodSpec:
         Example (FitNets' two stages)::
 
             @kdzoo.hookimpl
-            def kdzoo_schedule(self, epochs):
-                return [Stage("hint", 5, losses=frozenset({"hint"}), trainable=self.up_to_hint),
+            def kdzoo_schedule(self, epochs, student, plan, modules):
+                hint, regressor = student.stages[plan[0]].module, modules["regressor"]
+                up_to_hint = lambda model, _modules: [*parameters_up_to(model, hint), *regressor.parameters()]
+                return [Stage("hint", 5, losses=frozenset({"hint"}), trainable=up_to_hint),
                         Stage("kd", epochs, losses=frozenset({"ce", "kd"}))]
         """
 
     @hookspec
-    def kdzoo_on_teacher(self, teacher: nn.Module, info: ModelInfo) -> None:
+    def kdzoo_on_teacher(self, teacher: nn.Module, info: ModelInfo, plan: Any, modules: nn.ModuleDict) -> None:
         """Called whenever the objective gets a teacher *model* (when it is built, and when a method
         hands one over), for a method that reuses the teacher's weights (SimKD copies its classifier).
         A teacher whose outputs come from a teacher-output cache is never built: such a method says
@@ -276,6 +281,8 @@ class MethodSpec:
 
         :param teacher: the frozen teacher model
         :param info: the teacher's :class:`kdzoo.ModelInfo`
+        :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
+        :param modules: this method's own modules (what its :meth:`kdzoo_build_modules` returned)
         :when: whenever the objective gets a teacher model: when it is built with one, and when a method
             hands one over (``run.set_teacher``)
         :returns: nothing
@@ -283,8 +290,8 @@ class MethodSpec:
         Example::
 
             @kdzoo.hookimpl
-            def kdzoo_on_teacher(self, teacher):
-                self.head.load_state_dict(teacher.get_classifier().state_dict())
+            def kdzoo_on_teacher(self, teacher, modules):
+                modules["head"].load_state_dict(teacher.get_classifier().state_dict())
         """
 
     @hookspec

@@ -81,7 +81,7 @@ def get_method(
         teacher if wanting else None,
         _input_size(student, img_size),
         train_set=train_set,
-        infos={info.name: info for info in infos},
+        infos={info.name: info.for_config(configs[info.name]) for info in infos},
     )
     return objective.to(device)
 

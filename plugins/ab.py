@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl, pair_inner_stages, parameters_up_to
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_inner_stages, parameters_up_to, registering
 from kdzoo.losses.ab import ab_loss
 from kdzoo_plugins.connectors import connector
 
@@ -42,35 +42,37 @@ class ActivationBoundaries:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
-        self.last_module = student.stages[max(s for s, _ in self.pairs)].module
-        return Taps.of_pairs(self.pairs, preact=True)
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs."""
+        return pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self.connectors = nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in self.pairs)
-        return {"connectors": self.connectors}
+    def kdzoo_feature_taps(self, plan):
+        return Taps.of_pairs(plan, preact=True)
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_build_modules(self, teacher, student, plan):
+        return {"connectors": nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in plan)}
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs, student, plan, modules):
+        last_module, connectors = student.stages[max(s for s, _ in plan)].module, modules["connectors"]
+
+        def init_parameters(model, _every_methods_modules):  # the student up to its last paired stage, the connectors
+            return [*parameters_up_to(model, last_module), *connectors.parameters()]
+
         return [
-            Stage("init", self.config.init_epochs, losses=frozenset({"ab"}), trainable=self._init_parameters),
+            Stage("init", self.config.init_epochs, losses=frozenset({"ab"}), trainable=init_parameters),
             Stage("train", epochs, losses=frozenset({"ce"}), trainable=lambda student, _modules: student.parameters()),
         ]
 
-    def _init_parameters(self, student, _modules):
-        return [*parameters_up_to(student, self.last_module), *self.connectors.parameters()]
-
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        if not stage.term_on("ab"):
-            return {}
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
         s, t = [], []
-        for (si, ti), conn in zip(self.pairs, self.connectors, strict=True):
+        for (si, ti), conn in zip(plan, modules["connectors"], strict=True):
             target = teacher.pre_activation(ti)
-            s.append(full_precision(conn(student.pre_activation(si), tuple(target.shape[-2:]))))
-            t.append(full_precision(target))
+            s.append(conn(student.pre_activation(si), tuple(target.shape[-2:])))
+            t.append(target)
         return {"ab": ab_loss(s, t, self.config.margin)}
 
     @hookimpl
@@ -78,17 +80,16 @@ class ActivationBoundaries:
         return {"ce": 1.0, "ab": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ab",
-            factory=ActivationBoundaries,
-            config_class=ABConfig,
-            paper="Heo, Lee, Yun, Choi. Knowledge Transfer via Distillation of Activation Boundaries Formed by "
-            "Hidden Neurons. AAAI 2019. arXiv:1811.03233",
-            summary="an init stage transferring where pre-activation neurons switch on (margin 1), then CE",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ab",
+        factory=ActivationBoundaries,
+        config_class=ABConfig,
+        paper="Heo, Lee, Yun, Choi. Knowledge Transfer via Distillation of Activation Boundaries Formed by "
+        "Hidden Neurons. AAAI 2019. arXiv:1811.03233",
+        summary="an init stage transferring where pre-activation neurons switch on (margin 1), then CE",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("ab",),
     )
+)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from kdzoo import MethodInfo, Summary, Taps, hookimpl, pair_inner_stages
+from kdzoo import MethodInfo, Summary, Taps, hookimpl, pair_inner_stages, registering
 from kdzoo.losses.at import attention_loss, spatial_attention
 
 
@@ -47,28 +47,31 @@ class ATConfig:
 class AttentionTransfer:
     def __init__(self, config: ATConfig):
         self.config = config
-        self.pairs: list[tuple[int, int]] = []
 
     @property
     def summary_name(self) -> str:
         return f"at.attention_p{self.config.p:g}"
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs."""
+        return pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
+
+    @hookimpl
+    def kdzoo_feature_taps(self, plan):
         # of each teacher map, only its attention is kept (and cached), not the map itself
         summaries = tuple(
             Summary(self.summary_name, t, partial(spatial_attention, p=self.config.p))
-            for t in sorted({t for _, t in self.pairs})
+            for t in sorted({t for _, t in plan})
         )
-        return Taps(student=tuple(s for s, _ in self.pairs), teacher_summaries=summaries)
+        return Taps(student=tuple(s for s, _ in plan), teacher_summaries=summaries)
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
+    def kdzoo_compute_losses(self, student, teacher, plan):
         c = self.config
         total = sum(
             attention_loss(spatial_attention(student.feature(s), c.p), teacher.summary(self.summary_name, t), c.form)
-            for s, t in self.pairs
+            for s, t in plan
         )
         return {"at": total}
 
@@ -77,16 +80,15 @@ class AttentionTransfer:
         return {"ce": 1.0, "at": self.config.beta}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="at",
-            factory=AttentionTransfer,
-            config_class=ATConfig,
-            paper="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017. arXiv:1612.03928",
-            summary="match normalised spatial attention maps (mean_c f^2) at paired stages; CE + 1000 * AT",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="at",
+        factory=AttentionTransfer,
+        config_class=ATConfig,
+        paper="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017. arXiv:1612.03928",
+        summary="match normalised spatial attention maps (mean_c f^2) at paired stages; CE + 1000 * AT",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("at",),
     )
+)

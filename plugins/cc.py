@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl
+from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.cc import cc_loss
 
 
@@ -47,13 +47,15 @@ class CorrelationCongruence:
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):
         d = self.config.embedding_dim
-        self.embed_s, self.embed_t = nn.Linear(student.embedding_dim, d), nn.Linear(teacher.embedding_dim, d)
-        return {"student_embed": self.embed_s, "teacher_embed": self.embed_t}
+        return {
+            "student_embed": nn.Linear(student.embedding_dim, d),
+            "teacher_embed": nn.Linear(teacher.embedding_dim, d),
+        }
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
+    def kdzoo_compute_losses(self, student, teacher, modules):
         c = self.config
-        s, t = self.embed_s(full_precision(student.embedding)), self.embed_t(full_precision(teacher.embedding))
+        s, t = modules["student_embed"](student.embedding), modules["teacher_embed"](teacher.embedding)
         return {"cc": cc_loss(s, t, c.gamma, c.order)}
 
     @hookimpl
@@ -61,15 +63,14 @@ class CorrelationCongruence:
         return {"ce": self.config.ce_weight, "cc": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="cc",
-            factory=CorrelationCongruence,
-            config_class=CCConfig,
-            paper="Peng et al. Correlation Congruence for Knowledge Distillation. ICCV 2019. arXiv:1904.01802",
-            summary="match sample-to-sample correlation matrices (Gaussian RBF, Taylor order 2) of embedded features",
-            kind="relation",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="cc",
+        factory=CorrelationCongruence,
+        config_class=CCConfig,
+        paper="Peng et al. Correlation Congruence for Knowledge Distillation. ICCV 2019. arXiv:1904.01802",
+        summary="match sample-to-sample correlation matrices (Gaussian RBF, Taylor order 2) of embedded features",
+        kind="relation",
+        terms=("cc",),
     )
+)

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, Taps, TrainingSet, full_precision, hookimpl
+from kdzoo import KdzooError, MethodInfo, Taps, TrainingSet, hookimpl, registering
 from kdzoo.losses.crd import contrast_scores, nce_loss, other_class_draws
 from kdzoo.memory import EmbeddingQueue, ReplicatedState, SampleMemory, check_fits, gather_rows, local_rows, mean_across
 
@@ -61,7 +61,7 @@ class Embed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.linear(full_precision(x.flatten(1)))
+        z = self.linear(x.flatten(1))
         return z / z.pow(2).sum(1, keepdim=True).pow(0.5)
 
 
@@ -198,21 +198,21 @@ class ContrastiveRepresentationDistillation:
             f"crd (memory={c.memory}, nce_k={c.nce_k}, {train_set.num_samples} samples)",
             lambda budget: _advice(c, train_set, budget),
         )
-        self.embed_s, self.embed_t = Embed(student.embedding_dim, c.feat_dim), Embed(teacher.embedding_dim, c.feat_dim)
-        self.contrast = (ContrastMemory if c.memory == "bank" else ContrastQueue)(c, train_set)
-        return {"student_embed": self.embed_s, "teacher_embed": self.embed_t, "contrast": self.contrast}
+        return {
+            "student_embed": Embed(student.embedding_dim, c.feat_dim),
+            "teacher_embed": Embed(teacher.embedding_dim, c.feat_dim),
+            "contrast": (ContrastMemory if c.memory == "bank" else ContrastQueue)(c, train_set),
+        }
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, indices, stage):
-        if not stage.term_on("crd"):
-            return None
+    def kdzoo_compute_losses(self, student, teacher, indices, modules):
         if indices is None and self.config.memory == "bank":
             raise KdzooError(
                 "crd's memory bank needs each batch's sample indices, and this data gives none: yield "
                 "(images, labels, indices) batches, or set crd.memory=queue"
             )
-        with torch.autocast(student.logits.device.type, enabled=False):  # exp(1/0.07) overflows float16
-            return {"crd": self.contrast(self.embed_s(student.embedding), self.embed_t(teacher.embedding), indices)}
+        s, t = modules["student_embed"](student.embedding), modules["teacher_embed"](teacher.embedding)
+        return {"crd": modules["contrast"](s, t, indices)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -260,16 +260,15 @@ def _advice(c: CRDConfig, train_set: TrainingSet, budget: int) -> str:
     return f"set crd.nce_k={low} or lower (the paper's 16384 negatives need more memory)"
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="crd",
-            factory=ContrastiveRepresentationDistillation,
-            config_class=CRDConfig,
-            paper="Tian et al. Contrastive Representation Distillation. ICLR 2020. arXiv:1910.10699",
-            summary="contrast embedded features against per-sample memory banks of both models (NCE, 16384 negatives)",
-            kind="relation",
-            batch="local",  # per-sample contrasts; the memory banks gather every process's updates themselves
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="crd",
+        factory=ContrastiveRepresentationDistillation,
+        config_class=CRDConfig,
+        paper="Tian et al. Contrastive Representation Distillation. ICLR 2020. arXiv:1910.10699",
+        summary="contrast embedded features against per-sample memory banks of both models (NCE, 16384 negatives)",
+        kind="relation",
+        batch="local",  # per-sample contrasts; the memory banks gather every process's updates themselves
+        terms=("crd",),
     )
+)

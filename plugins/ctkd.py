@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdzoo import MethodInfo, full_precision, hookimpl
+from kdzoo import MethodInfo, hookimpl, registering
 from kdzoo.losses.ctkd import cosine_ramp, kl_at
 from kdzoo.losses.kd import standardize
 
@@ -65,15 +65,14 @@ class CurriculumTemperatureKD:
 
     @hookimpl
     def kdzoo_build_modules(self):
-        self.temperature = GlobalTemperature(self.config.t_start, self.config.t_range)
-        return {"temperature": self.temperature}
+        return {"temperature": GlobalTemperature(self.config.t_start, self.config.t_range)}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
-        s, t = full_precision(student.logits), full_precision(teacher.logits)
+    def kdzoo_compute_losses(self, student, teacher, modules):
+        s, t = student.logits, teacher.logits
         if self.config.logit_standardization:
             s, t = standardize(s), standardize(t)
-        temperature = self.temperature()
+        temperature = modules["temperature"]()
         adversary = kl_at(s.detach(), t, temperature)
         return {
             "kd": kl_at(s, t, temperature.detach()),
@@ -87,16 +86,15 @@ class CurriculumTemperatureKD:
         return {"ce": c.ce_weight, "kd": c.kd_weight, "ctkd_temperature": c.kd_weight * lam}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ctkd",
-            factory=CurriculumTemperatureKD,
-            config_class=CTKDConfig,
-            paper="Li et al. Curriculum Temperature for Knowledge Distillation. AAAI 2023. arXiv:2211.16231",
-            summary="KD at a learnable temperature trained adversarially, its reversal ramped by a cosine curriculum",
-            kind="logit",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ctkd",
+        factory=CurriculumTemperatureKD,
+        config_class=CTKDConfig,
+        paper="Li et al. Curriculum Temperature for Knowledge Distillation. AAAI 2023. arXiv:2211.16231",
+        summary="KD at a learnable temperature trained adversarially, its reversal ramped by a cosine curriculum",
+        kind="logit",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("kd", "ctkd_temperature"),
     )
+)

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch.nn.functional as F
 
-from kdzoo import KdzooError, MethodInfo, Taps, hookimpl, soft_target_kl
+from kdzoo import KdzooError, MethodInfo, Taps, hookimpl, registering, soft_target_kl
 
 
 @dataclass
@@ -63,18 +63,17 @@ class DistillationToken:
         return {"ce": 1.0 - share, "deit": share}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="deit",
-            factory=DistillationToken,
-            config_class=DeiTConfig,
-            paper="Touvron et al. Training data-efficient image transformers & distillation through attention. "
-            "ICML 2021. arXiv:2012.12877",
-            summary="a distilled transformer's distillation head learns the teacher's labels (hard) or "
-            "softened outputs; the class head the labels",
-            kind="logit",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="deit",
+        factory=DistillationToken,
+        config_class=DeiTConfig,
+        paper="Touvron et al. Training data-efficient image transformers & distillation through attention. "
+        "ICML 2021. arXiv:2012.12877",
+        summary="a distilled transformer's distillation head learns the teacher's labels (hard) or "
+        "softened outputs; the class head the labels",
+        kind="logit",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("deit",),
     )
+)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl
+from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.dist import channel_relation_loss, dist_losses, spatial_relation_loss
 from kdzoo.losses.shapes import pooled_to_smaller
 
@@ -62,9 +62,9 @@ class DIST:
         self.config = config
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        inter, intra = dist_losses(full_precision(student.logits), full_precision(teacher.logits), self.config.tau)
-        return {name: value for name, value in (("dist_inter", inter), ("dist_intra", intra)) if stage.term_on(name)}
+    def kdzoo_compute_losses(self, student, teacher):
+        inter, intra = dist_losses(student.logits, teacher.logits, self.config.tau)
+        return {"dist_inter": inter, "dist_intra": intra}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -86,21 +86,27 @@ class Projector(nn.Module):
 
 class DISTPlus(DIST):
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
-        return Taps(student=(self.s,), teacher=(self.t,))
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stages whose maps are related."""
+        return student.stage(self.config.student_stage), teacher.stage(self.config.teacher_stage)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self.projector = Projector(student.stages[self.s].channels, teacher.stages[self.t].channels)
-        return {"projector": self.projector}
+    def kdzoo_feature_taps(self, plan):
+        s, t = plan
+        return Taps(student=(s.index,), teacher=(t.index,))
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        terms = super().kdzoo_compute_losses(student, teacher, stage)
-        mapped, target = pooled_to_smaller(self.projector(student.feature(self.s)), teacher.feature(self.t))
-        terms["dist_channel"] = channel_relation_loss(full_precision(mapped), full_precision(target))
-        terms["dist_spatial"] = spatial_relation_loss(full_precision(mapped), full_precision(target))
+    def kdzoo_build_modules(self, plan):
+        s, t = plan
+        return {"projector": Projector(s.channels, t.channels)}
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
+        s, t = plan
+        terms = super().kdzoo_compute_losses(student, teacher)
+        mapped, target = pooled_to_smaller(modules["projector"](student.feature(s.index)), teacher.feature(t.index))
+        terms["dist_channel"] = channel_relation_loss(mapped, target)
+        terms["dist_spatial"] = spatial_relation_loss(mapped, target)
         return terms
 
     @hookimpl
@@ -110,27 +116,24 @@ class DISTPlus(DIST):
         return {**weights, "dist_channel": c.channel_weight, "dist_spatial": c.spatial_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="dist",
-            factory=DIST,
-            config_class=DISTConfig,
-            paper="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022. "
-            "arXiv:2205.10536",
-            summary="match inter- and intra-class Pearson correlations of softened predictions (tau 4, 2 + 2)",
-            kind="logit",
-        )
-    )
-    register(
-        MethodInfo(
-            name="dist_plus",
-            factory=DISTPlus,
-            config_class=DISTPlusConfig,
-            paper="Huang, You, Wang, Qian, Xu. DIST+: Knowledge Distillation From a Stronger Adaptive Teacher. "
-            "TPAMI 2025",
-            summary="DIST plus channel and spatial correlations of the last feature maps",
-            kind="relation",
-        )
-    )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="dist",
+        factory=DIST,
+        config_class=DISTConfig,
+        paper="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022. "
+        "arXiv:2205.10536",
+        summary="match inter- and intra-class Pearson correlations of softened predictions (tau 4, 2 + 2)",
+        kind="logit",
+        terms=("dist_inter", "dist_intra"),
+    ),
+    MethodInfo(
+        name="dist_plus",
+        factory=DISTPlus,
+        config_class=DISTPlusConfig,
+        paper="Huang, You, Wang, Qian, Xu. DIST+: Knowledge Distillation From a Stronger Adaptive Teacher. TPAMI 2025",
+        summary="DIST plus channel and spatial correlations of the last feature maps",
+        kind="relation",
+        terms=("dist_inter", "dist_intra", "dist_channel", "dist_spatial"),
+    ),
+)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, hookimpl, linear_warmup
+from kdzoo import KdzooError, MethodInfo, hookimpl, linear_warmup, registering
 from kdzoo.losses.dkd import dkd_terms
 from kdzoo.losses.kd import standardize
 
@@ -120,15 +120,12 @@ class DKD:
         self.config = config
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, targets, stage):
-        wanted = [name for name in (TCKD, NCKD) if stage.term_on(name)]
-        if teacher is None or not wanted:  # a stage of a stacked method may switch DKD off
-            return {}
+    def kdzoo_compute_losses(self, student, teacher, targets):
         s, t = student.logits, teacher.logits
         if self.config.logit_standardization:
             s, t = standardize(s), standardize(t)
         tckd, nckd = dkd_terms(s, t, targets, self.config.temperature)
-        return {name: value for name, value in ((TCKD, tckd), (NCKD, nckd)) if name in wanted}
+        return {TCKD: tckd, NCKD: nckd}
 
     @hookimpl
     def kdzoo_loss_weights(self, epoch):
@@ -136,16 +133,15 @@ class DKD:
         return dkd_weights(self.config, epoch)
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="dkd",
-            factory=DKD,
-            config_class=DKDConfig,
-            paper="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022. arXiv:2203.08679",
-            summary="KD split into target-class (TCKD) and non-target-class (NCKD) terms, weighted alpha and beta",
-            kind="logit",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="dkd",
+        factory=DKD,
+        config_class=DKDConfig,
+        paper="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022. arXiv:2203.08679",
+        summary="KD split into target-class (TCKD) and non-target-class (NCKD) terms, weighted alpha and beta",
+        kind="logit",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=(TCKD, NCKD),
     )
+)

@@ -26,9 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import nn
-
-from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to, soft_target_kl
+from kdzoo import MethodInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to, registering, soft_target_kl
 from kdzoo.losses.fitnets import hint_loss
 from kdzoo_plugins.connectors import ConvRegressor
 
@@ -57,40 +55,45 @@ class FitNetsConfig:
 class FitNets:
     def __init__(self, config: FitNetsConfig):
         self.config = config
-        self.regressor: ConvRegressor | None = None
-        self.student_index = self.teacher_index = 0
-        self.hint_module = ""
 
-    def _pair(self, teacher: ModelInfo, student: ModelInfo) -> None:
+    @hookimpl
+    def kdzoo_plan(self, teacher, student):
+        """The student's hint stage and the teacher's guided stage (``StageInfo`` each)."""
         s = self.config.student_stage
         s = len(student.stages) // 2 if s is None else student.resolve(s)
         t = self.config.teacher_stage
         t = pair_stage(teacher, student, s) if t is None else teacher.resolve(t)
-        self.student_index, self.teacher_index = s, t
-        self.hint_module = student.stages[s].module
+        return student.stages[s], teacher.stages[t]
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self._pair(teacher, student)
-        return Taps(teacher=(self.teacher_index,), student=(self.student_index,))
+    def kdzoo_feature_taps(self, plan):
+        hint, guided = plan
+        return Taps(teacher=(guided.index,), student=(hint.index,))
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self._pair(teacher, student)
-        s, t = student.stages[self.student_index], teacher.stages[self.teacher_index]
-        self.regressor = ConvRegressor(s.channels, t.channels, t.reduction / s.reduction, self.config.regressor_relu)
-        return {"regressor": self.regressor}
+    def kdzoo_build_modules(self, plan):
+        hint, guided = plan
+        return {
+            "regressor": ConvRegressor(
+                hint.channels, guided.channels, guided.reduction / hint.reduction, self.config.regressor_relu
+            )
+        }
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_schedule(self, epochs, plan, modules):
         if self.config.schedule == "joint":
             return None
+        hint_module, regressor = plan[0].module, modules["regressor"]
+
+        def hint_parameters(model, _every_methods_modules):  # the student up to its hint layer, and the regressor
+            return [*parameters_up_to(model, hint_module), *regressor.parameters()]
+
         return [
             Stage(
                 "hint",
                 self.config.hint_epochs,
                 losses=frozenset({"hint"}),
-                trainable=self._hint_parameters,
+                trainable=hint_parameters,
                 optim={"name": "adam", "lr": self.config.hint_lr, "weight_decay": 0.0, "scheduler": "constant"},
             ),
             Stage(
@@ -98,17 +101,17 @@ class FitNets:
             ),
         ]
 
-    def _hint_parameters(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
-        return [*parameters_up_to(student, self.hint_module), *self.regressor.parameters()]
-
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
+    def kdzoo_compute_losses(self, student, teacher, stage, plan, modules):
+        hint, guided = plan
         terms = {}
+        # kept: the hint is off in two_stage's long kd stage, which must not run the regressor (its forward,
+        # and its BatchNorm statistics' update) for a term that is dropped
         if stage.term_on("hint"):
-            target = teacher.feature(self.teacher_index)
-            mapped = self.regressor(student.feature(self.student_index), tuple(target.shape[-2:]))
+            target = teacher.feature(guided.index)
+            mapped = modules["regressor"](student.feature(hint.index), tuple(target.shape[-2:]))
             terms["hint"] = hint_loss(mapped, target)
-        if self.config.schedule == "two_stage" and stage.term_on("kd"):
+        if self.config.schedule == "two_stage":
             terms["kd"] = soft_target_kl(student.logits, teacher.logits, self.config.temperature)
         return terms
 
@@ -119,16 +122,16 @@ class FitNets:
         return {"hint": 1.0, "ce": self.config.kd_ce_weight, "kd": self.config.kd_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="fitnets",
-            factory=FitNets,
-            config_class=FitNetsConfig,
-            paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015. arXiv:1412.6550",
-            summary="regress a teacher's intermediate features from the student's through a trainable conv regressor",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="fitnets",
+        factory=FitNets,
+        config_class=FitNetsConfig,
+        paper="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015. arXiv:1412.6550",
+        summary="regress a teacher's intermediate features from the student's through a trainable conv regressor",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        # two_stage's own KD term only in that schedule: joint FitNets stacks with the kd method (README)
+        terms=lambda config: ("hint", "kd") if config.schedule == "two_stage" else ("hint",),
     )
+)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl, pair_stages, parameters_up_to
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_stages, parameters_up_to, registering
 from kdzoo.losses.fsp import fsp_flow_loss
 
 
@@ -41,10 +41,11 @@ class FlowOfSolutionProcedure:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs, of equal widths."""
         wanted = self.config.student_stages if self.config.student_stages is not None else range(len(student.stages))
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
-        unequal = [(s, t) for s, t in self.pairs if student.stages[s].channels != teacher.stages[t].channels]
+        pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        unequal = [(s, t) for s, t in pairs if student.stages[s].channels != teacher.stages[t].channels]
         if unequal:
             s, t = unequal[0]
             raise KdzooError(
@@ -52,28 +53,31 @@ class FlowOfSolutionProcedure:
                 f"{student.stages[s].channels} channels, teacher {teacher.name} stage {t} has "
                 f"{teacher.stages[t].channels}; use a pair of equal stage widths, or at / nst for this pair"
             )
-        self.last_module = student.stages[max(s for s, _ in self.pairs)].module
-        return Taps.of_pairs(self.pairs)
+        return pairs
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_feature_taps(self, plan):
+        return Taps.of_pairs(plan)
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs, student, plan):
+        last_module = student.stages[max(s for s, _ in plan)].module
         return [
-            Stage("init", self.config.init_epochs, losses=frozenset({"fsp"}), trainable=self._features),
+            Stage(
+                "init",
+                self.config.init_epochs,
+                losses=frozenset({"fsp"}),
+                trainable=lambda model, _modules: parameters_up_to(model, last_module),
+            ),
             Stage("train", epochs, losses=frozenset({"ce"})),
         ]
 
-    def _features(self, student, _modules):
-        return parameters_up_to(student, self.last_module)
-
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        if not stage.term_on("fsp"):
-            return {}
+    def kdzoo_compute_losses(self, student, teacher, plan):
         total = 0.0
-        for (s1, t1), (s2, t2) in zip(self.pairs, self.pairs[1:], strict=False):  # consecutive stages
-            s_maps = full_precision(student.feature(s1)), full_precision(student.feature(s2))
+        for (s1, t1), (s2, t2) in zip(plan, plan[1:], strict=False):  # consecutive stages
             total = total + fsp_flow_loss(
-                *s_maps, full_precision(teacher.feature(t1)), full_precision(teacher.feature(t2))
+                student.feature(s1), student.feature(s2), teacher.feature(t1), teacher.feature(t2)
             )
         return {"fsp": total}
 
@@ -82,17 +86,16 @@ class FlowOfSolutionProcedure:
         return {"ce": 1.0, "fsp": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="fsp",
-            factory=FlowOfSolutionProcedure,
-            config_class=FSPConfig,
-            paper="Yim, Joo, Bae, Kim. A Gift From Knowledge Distillation: Fast Optimization, Network "
-            "Minimization and Transfer Learning. CVPR 2017",
-            summary="an init stage matching flow (FSP) matrices between consecutive stages, then CE",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="fsp",
+        factory=FlowOfSolutionProcedure,
+        config_class=FSPConfig,
+        paper="Yim, Joo, Bae, Kim. A Gift From Knowledge Distillation: Fast Optimization, Network "
+        "Minimization and Transfer Learning. CVPR 2017",
+        summary="an init stage matching flow (FSP) matrices between consecutive stages, then CE",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("fsp",),
     )
+)

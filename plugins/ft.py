@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, registering
 from kdzoo.losses.ft import factor_loss, reconstruction_loss
 from kdzoo.losses.shapes import average_pooled
 
@@ -72,64 +72,70 @@ class FactorTransfer:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
-        return Taps(student=(self.s,), teacher=(self.t,))
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stages: the translator's and the paraphraser's maps."""
+        return student.stage(self.config.student_stage), teacher.stage(self.config.teacher_stage)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        factor = max(1, int(teacher.stages[self.t].channels * self.config.rate))
-        self.paraphraser = Paraphraser(teacher.stages[self.t].channels, factor)
-        self.translator = Translator(student.stages[self.s].channels, factor)
-        return {"paraphraser": self.paraphraser, "translator": self.translator}
+    def kdzoo_feature_taps(self, plan):
+        s, t = plan
+        return Taps(student=(s.index,), teacher=(t.index,))
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_build_modules(self, plan):
+        s, t = plan
+        factor = max(1, int(t.channels * self.config.rate))
+        return {"paraphraser": Paraphraser(t.channels, factor), "translator": Translator(s.channels, factor)}
+
+    @hookimpl
+    def kdzoo_schedule(self, epochs, modules):
+        paraphraser, translator = modules["paraphraser"], modules["translator"]
         return [
             Stage(
                 "paraphrase",
                 self.config.paraphrase_epochs,
                 losses=frozenset({"ft_reconstruction"}),
-                trainable=lambda _student, _modules: self.paraphraser.parameters(),
+                trainable=lambda _student, _modules: paraphraser.parameters(),
             ),
             Stage(
                 "train",
                 epochs,
                 losses=frozenset({"ce", "ft"}),
-                trainable=lambda student, _modules: [*student.parameters(), *self.translator.parameters()],
+                trainable=lambda student, _modules: [*student.parameters(), *translator.parameters()],
             ),
         ]
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        target = full_precision(teacher.feature(self.t))
+    def kdzoo_compute_losses(self, student, teacher, stage, plan, modules):
+        s, t = plan
+        target = teacher.feature(t.index)
+        # kept: each of FT's stages switches one of its two terms on, and the other must not run there: the
+        # paraphrase stage runs no student forward at all, and the train stage must not run the paraphraser's
+        # decoder (nor update its BatchNorm statistics) for a dropped reconstruction
         if stage.term_on("ft_reconstruction"):
-            _, reconstruction = self.paraphraser(target)
+            _, reconstruction = modules["paraphraser"](target)
             return {"ft_reconstruction": reconstruction_loss(reconstruction, target)}
-        if not stage.term_on("ft"):
-            return {}
         with torch.no_grad():  # the paraphraser is frozen after its stage: its factor is a fixed target
-            teacher_factor = self.paraphraser.encoder(target)
-        student_factor = self.translator(student.feature(self.s))
+            teacher_factor = modules["paraphraser"].encoder(target)
+        student_factor = modules["translator"](student.feature(s.index))
         student_factor = average_pooled(student_factor, tuple(teacher_factor.shape[-2:]))
-        return {"ft": factor_loss(full_precision(student_factor), teacher_factor)}
+        return {"ft": factor_loss(student_factor, teacher_factor)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "ft": self.config.weight, "ft_reconstruction": 1.0}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ft",
-            factory=FactorTransfer,
-            config_class=FTConfig,
-            paper="Kim, Park, Kwak. Paraphrasing Complex Network: Network Compression via Factor Transfer. "
-            "NeurIPS 2018. arXiv:1802.04977",
-            summary="a paraphraser stage on the teacher's last map, then CE + L1 of translated vs paraphrased factors",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ft",
+        factory=FactorTransfer,
+        config_class=FTConfig,
+        paper="Kim, Park, Kwak. Paraphrasing Complex Network: Network Compression via Factor Transfer. "
+        "NeurIPS 2018. arXiv:1802.04977",
+        summary="a paraphraser stage on the teacher's last map, then CE + L1 of translated vs paraphrased factors",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("ft_reconstruction", "ft"),
     )
+)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, soft_target_kl
+from kdzoo import MethodInfo, Taps, hookimpl, registering, soft_target_kl
 from kdzoo.losses.ickd import ickd_loss
 from kdzoo_plugins.connectors import ConvRegressor
 
@@ -40,44 +40,47 @@ class InterChannelCorrelation:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
-        return Taps(student=(self.s,), teacher=(self.t,))
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stages whose channel correlations are matched."""
+        return student.stage(self.config.student_stage), teacher.stage(self.config.teacher_stage)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        s, t = student.stage(self.config.student_stage), teacher.stage(self.config.teacher_stage)
+    def kdzoo_feature_taps(self, plan):
+        s, t = plan
+        return Taps(student=(s.index,), teacher=(t.index,))
+
+    @hookimpl
+    def kdzoo_build_modules(self, plan):
+        s, t = plan
         # the authors' Embed: a 1x1 conv without bias and BN, no activation, the map's size kept
-        self.embed = ConvRegressor(s.channels, t.channels, stride_ratio=1.0, relu=False)
-        return {"embed": self.embed}
+        return {"embed": ConvRegressor(s.channels, t.channels, stride_ratio=1.0, relu=False)}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        feature = full_precision(student.feature(self.s))
-        terms = {
-            "ickd": ickd_loss(self.embed(feature, tuple(feature.shape[-2:])), full_precision(teacher.feature(self.t)))
-        }
-        if self.config.kd_weight and stage.term_on("kd"):
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
+        s, t = plan
+        feature = student.feature(s.index)
+        terms = {"ickd": ickd_loss(modules["embed"](feature, tuple(feature.shape[-2:])), teacher.feature(t.index))}
+        if self.config.kd_weight:  # kd_weight 0: the authors' "w/o KL" row, no KD term at all
             terms["kd"] = soft_target_kl(student.logits, teacher.logits, self.config.temperature)
         return terms
 
     @hookimpl
     def kdzoo_loss_weights(self):
         c = self.config
-        return {"ce": c.ce_weight, "ickd": c.weight, "kd": c.kd_weight}
+        weights = {"ce": c.ce_weight, "ickd": c.weight}
+        return {**weights, "kd": c.kd_weight} if c.kd_weight else weights
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ickd",
-            factory=InterChannelCorrelation,
-            config_class=ICKDConfig,
-            paper="Liu et al. Exploring Inter-Channel Correlation for Diversity-preserved Knowledge "
-            "Distillation. ICCV 2021",
-            summary="match each sample's channel-to-channel correlations of the last feature map (+ KD)",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ickd",
+        factory=InterChannelCorrelation,
+        config_class=ICKDConfig,
+        paper="Liu et al. Exploring Inter-Channel Correlation for Diversity-preserved Knowledge "
+        "Distillation. ICCV 2021",
+        summary="match each sample's channel-to-channel correlations of the last feature map (+ KD)",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=lambda config: ("ickd", "kd") if config.kd_weight else ("ickd",),  # kd_weight 0: no KD term
     )
+)

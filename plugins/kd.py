@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, hookimpl, soft_target_kl
+from kdzoo import MethodInfo, hookimpl, registering, soft_target_kl
 from kdzoo.losses.kd import kd_loss, standardize
 
 
@@ -71,16 +71,15 @@ class HintonKD:
         return {"ce": self.config.ce_weight, "kd": self.config.kd_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="kd",
-            factory=HintonKD,
-            config_class=KDConfig,
-            paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015. arXiv:1503.02531",
-            summary="match the teacher's temperature-softened class probabilities (KL, T^2, batchmean)",
-            kind="logit",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="kd",
+        factory=HintonKD,
+        config_class=KDConfig,
+        paper="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015. arXiv:1503.02531",
+        summary="match the teacher's temperature-softened class probabilities (KL, T^2, batchmean)",
+        kind="logit",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("kd",),
     )
+)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
-from kdzoo import INPUT_VIEW, MethodInfo, Stage, View, hookimpl
+from kdzoo import INPUT_VIEW, MethodInfo, Stage, View, hookimpl, registering
 from kdzoo.losses.mlkd import batch_level_loss, class_level_loss, confidence_fractions, instance_level_loss
 from kdzoo_plugins.views import rand_augment
 
@@ -104,16 +104,15 @@ class MultiLevelKD:
         }
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="mlkd",
-            factory=MultiLevelKD,
-            config_class=MLKDConfig,
-            paper="Jin, Wang, Lin. Multi-Level Logit Distillation. CVPR 2023",
-            summary="align predictions per sample, per pair of samples and per pair of classes, at five "
-            "temperatures, on weak and strong views",
-            kind="logit",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="mlkd",
+        factory=MultiLevelKD,
+        config_class=MLKDConfig,
+        paper="Jin, Wang, Lin. Multi-Level Logit Distillation. CVPR 2023",
+        summary="align predictions per sample, per pair of samples and per pair of classes, at five "
+        "temperatures, on weak and strong views",
+        kind="logit",
+        terms=("mlkd_ce_strong", "mlkd_instance", "mlkd_batch", "mlkd_class"),
     )
+)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_inner_stages
+from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages, registering
 from kdzoo.losses.nst import nst_loss
 
 
@@ -34,34 +34,33 @@ class NeuronSelectivityTransfer:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
-        return Taps.of_pairs(self.pairs)
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs."""
+        return pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
-        return {
-            "nst": sum(
-                nst_loss(full_precision(student.feature(s)), full_precision(teacher.feature(t))) for s, t in self.pairs
-            )
-        }
+    def kdzoo_feature_taps(self, plan):
+        return Taps.of_pairs(plan)
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, plan):
+        return {"nst": sum(nst_loss(student.feature(s), teacher.feature(t)) for s, t in plan)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "nst": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="nst",
-            factory=NeuronSelectivityTransfer,
-            config_class=NSTConfig,
-            paper="Huang, Wang. Like What You Like: Knowledge Distill via Neuron Selectivity Transfer. 2017. "
-            "arXiv:1707.01219",
-            summary="match channel activation-pattern distributions by squared MMD (polynomial kernel) at inner stages",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="nst",
+        factory=NeuronSelectivityTransfer,
+        config_class=NSTConfig,
+        paper="Huang, Wang. Like What You Like: Knowledge Distill via Neuron Selectivity Transfer. 2017. "
+        "arXiv:1707.01219",
+        summary="match channel activation-pattern distributions by squared MMD (polynomial kernel) at inner stages",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("nst",),
     )
+)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, ModelInfo, Taps, hookimpl
+from kdzoo import KdzooError, MethodInfo, ModelInfo, Taps, hookimpl, registering
 from kdzoo.losses.ofa import ofa_loss
 
 BRANCHES = "ofa"  # the branches' losses, summed (the authors' ``loss_ofa``)
@@ -198,55 +198,60 @@ def build_branch(student: ModelInfo, teacher: ModelInfo, stage: int, deeper: int
     return branch
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The student stages with a branch, and the eps of each branch followed by the logits' one."""
+
+    stages: tuple[int, ...]
+    eps: tuple[float, ...]
+
+
 class OFA:
     def __init__(self, config: OFAConfig):
         self.config = config
 
-    def _plan(self, student: ModelInfo) -> None:
+    @hookimpl
+    def kdzoo_plan(self, student):
         wanted = self.config.stages if self.config.stages is not None else default_stages(student)
-        self.stages = list(dict.fromkeys(student.resolve(i) for i in wanted))
+        stages = tuple(dict.fromkeys(student.resolve(i) for i in wanted))
         eps = self.config.eps
-        if len(eps) not in (1, len(self.stages) + 1):
+        if len(eps) not in (1, len(stages) + 1):
             raise KdzooError(
-                f"config key 'ofa.eps': give one value, or one per stage ({len(self.stages)}) plus one for the "
+                f"config key 'ofa.eps': give one value, or one per stage ({len(stages)}) plus one for the "
                 f"logits, got {len(eps)}"
             )
-        self.eps = eps * (len(self.stages) + 1) if len(eps) == 1 else list(eps)
+        return Plan(stages, tuple(eps * (len(stages) + 1) if len(eps) == 1 else eps))
 
     @hookimpl
-    def kdzoo_feature_taps(self, student):
-        self._plan(student)
-        return Taps(student=tuple(sorted(self.stages)))
+    def kdzoo_feature_taps(self, plan):
+        return Taps(student=tuple(sorted(plan.stages)))
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self._plan(student)
+    def kdzoo_build_modules(self, teacher, student, plan):
         if student.num_classes <= 0 or teacher.num_classes != student.num_classes:
             raise KdzooError(
                 f"OFA projects student stages onto the teacher's logits: the student ({student.num_classes} "
                 f"classes) and the teacher ({teacher.num_classes}) must have the same classifier"
             )
         kind = self.config.branch if self.config.branch != "auto" else "vit" if is_isotropic(student) else "cnn"
-        self.branches = nn.ModuleDict(
+        branches = nn.ModuleDict(
             {
-                str(stage): build_branch(student, teacher, stage, sum(s > stage for s in self.stages), kind)
-                for stage in self.stages
+                str(stage): build_branch(student, teacher, stage, sum(s > stage for s in plan.stages), kind)
+                for stage in plan.stages
             }
         )
-        return {"branches": self.branches}
+        return {"branches": branches}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, targets, stage):
-        c, t = self.config, teacher.logits
-        terms = {}
-        if stage.term_on(BRANCHES):
-            terms[BRANCHES] = sum(
-                ofa_loss(self.branches[str(s)](student.feature(s)), t, targets, eps, c.temperature)
-                for s, eps in zip(self.stages, self.eps[:-1], strict=True)
-            )
-        if stage.term_on(LOGITS):
-            terms[LOGITS] = ofa_loss(student.logits, t, targets, self.eps[-1], c.temperature)
-        return terms
+    def kdzoo_compute_losses(self, student, teacher, targets, plan, modules):
+        c, t, branches = self.config, teacher.logits, modules["branches"]
+        return {
+            BRANCHES: sum(
+                ofa_loss(branches[str(s)](student.feature(s)), t, targets, eps, c.temperature)
+                for s, eps in zip(plan.stages, plan.eps[:-1], strict=True)
+            ),
+            LOGITS: ofa_loss(student.logits, t, targets, plan.eps[-1], c.temperature),
+        }
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -254,18 +259,17 @@ class OFA:
         return {"ce": c.ce_weight, BRANCHES: c.weight, LOGITS: c.logits_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ofa",
-            factory=OFA,
-            config_class=OFAConfig,
-            paper="Hao, Guo, Han, Tang, Hu, Wang, Xu. One-for-All: Bridge the Gap Between Heterogeneous "
-            "Architectures in Knowledge Distillation. NeurIPS 2023. arXiv:2310.19444",
-            summary="branches project student stages into the logit space; they and the student's logits learn "
-            "the teacher's by the OFA loss (target-enhanced CE)",
-            kind="logit",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ofa",
+        factory=OFA,
+        config_class=OFAConfig,
+        paper="Hao, Guo, Han, Tang, Hu, Wang, Xu. One-for-All: Bridge the Gap Between Heterogeneous "
+        "Architectures in Knowledge Distillation. NeurIPS 2023. arXiv:2310.19444",
+        summary="branches project student stages into the logit space; they and the student's logits learn "
+        "the teacher's by the OFA loss (target-enhanced CE)",
+        kind="logit",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=(BRANCHES, LOGITS),
     )
+)

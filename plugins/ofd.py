@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_stages
+from kdzoo import MethodInfo, Taps, hookimpl, pair_stages, registering
 from kdzoo.losses.ofd import negative_margin, ofd_loss
 from kdzoo_plugins.connectors import connector
 
@@ -62,45 +62,47 @@ class OverhaulFeatureDistillation:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs (by default every student stage but the stem), by relative depth."""
         wanted = self.config.student_stages
         wanted = wanted if wanted is not None else range(1, len(student.stages))
-        self.pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
-        return Taps.of_pairs(self.pairs, preact=True)
+        return pair_stages(teacher, student, wanted, self.config.teacher_stages)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self.connectors = nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in self.pairs)
-        self.margins = Margins([teacher.stages[t].channels for _, t in self.pairs])
-        return {"connectors": self.connectors, "margins": self.margins}
+    def kdzoo_feature_taps(self, plan):
+        return Taps.of_pairs(plan, preact=True)
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        if not stage.term_on("ofd"):
-            return {}
-        targets = [full_precision(teacher.pre_activation(t)) for _, t in self.pairs]
+    def kdzoo_build_modules(self, teacher, student, plan):
+        return {
+            "connectors": nn.ModuleList(connector(student.stages[s], teacher.stages[t]) for s, t in plan),
+            "margins": Margins([teacher.stages[t].channels for _, t in plan]),
+        }
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
+        targets = [teacher.pre_activation(t) for _, t in plan]
         mapped = [
-            full_precision(conn(student.pre_activation(s), tuple(target.shape[-2:])))
-            for (s, _), conn, target in zip(self.pairs, self.connectors, targets, strict=True)
+            conn(student.pre_activation(s), tuple(target.shape[-2:]))
+            for (s, _), conn, target in zip(plan, modules["connectors"], targets, strict=True)
         ]
-        return {"ofd": ofd_loss(mapped, targets, self.margins.get(targets))}
+        return {"ofd": ofd_loss(mapped, targets, modules["margins"].get(targets))}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "ofd": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="ofd",
-            factory=OverhaulFeatureDistillation,
-            config_class=OFDConfig,
-            paper="Heo, Kim, Yun, Park, Kwak, Choi. A Comprehensive Overhaul of Feature Distillation. ICCV 2019. "
-            "arXiv:1904.01866",
-            summary="pre-ReLU features through connectors, partial L2 against margin-clamped teacher maps",
-            kind="feature",
-            batch="global",  # the margins are measured on the first (global) batch
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="ofd",
+        factory=OverhaulFeatureDistillation,
+        config_class=OFDConfig,
+        paper="Heo, Kim, Yun, Park, Kwak, Choi. A Comprehensive Overhaul of Feature Distillation. ICCV 2019. "
+        "arXiv:1904.01866",
+        summary="pre-ReLU features through connectors, partial L2 against margin-clamped teacher maps",
+        kind="feature",
+        batch="global",  # the margins are measured on the first (global) batch
+        terms=("ofd",),
     )
+)

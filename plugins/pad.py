@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from kdzoo import KdzooError, MethodInfo, Stage, Taps, full_precision, hookimpl
+from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, registering
 from kdzoo.losses.pad import pad_l2_loss
 
 WARM_UP = "l2"
@@ -52,29 +52,32 @@ class PrimeAwareDistillation:
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):
         ds, dt = student.embedding_dim, teacher.embedding_dim
-        self.regressor = nn.Identity() if ds == dt else nn.Linear(ds, dt)
-        self.variance = nn.Sequential(nn.Linear(ds, dt), nn.BatchNorm1d(dt))
-        return {"regressor": self.regressor, "variance": self.variance}
+        return {
+            "regressor": nn.Identity() if ds == dt else nn.Linear(ds, dt),
+            "variance": nn.Sequential(nn.Linear(ds, dt), nn.BatchNorm1d(dt)),
+        }
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_schedule(self, epochs, modules):
         pad = Stage("pad", epochs)
         if not self.config.l2_epochs:
             return [pad]
-        warm_up = Stage(WARM_UP, self.config.l2_epochs, trainable=self._warm_up_parameters)
-        return [warm_up, pad]
+        regressor = modules["regressor"]
 
-    def _warm_up_parameters(self, student, _modules):
-        # the variance branch is fresh when PAD starts, as in the reference's second stage
-        return [*student.parameters(), *self.regressor.parameters()]
+        def warm_up_parameters(student, _every_methods_modules):
+            # the student and the regressor: the variance branch is fresh when PAD starts, as in the
+            # reference's second stage
+            return [*student.parameters(), *regressor.parameters()]
+
+        return [Stage(WARM_UP, self.config.l2_epochs, trainable=warm_up_parameters), pad]
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        embedding = full_precision(student.embedding)
-        mapped, target = self.regressor(embedding), full_precision(teacher.embedding)
+    def kdzoo_compute_losses(self, student, teacher, stage, modules):
+        embedding = student.embedding
+        mapped, target = modules["regressor"](embedding), teacher.embedding
         if stage.name == WARM_UP:
             return {"l2": F.mse_loss(mapped, target.detach())}
-        return {"pad": pad_l2_loss(mapped, target, self.variance(embedding), self.config.eps)}
+        return {"pad": pad_l2_loss(mapped, target, modules["variance"](embedding), self.config.eps)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -82,16 +85,15 @@ class PrimeAwareDistillation:
         return {"ce": c.ce_weight, "l2": c.l2_weight, "pad": c.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="pad",
-            factory=PrimeAwareDistillation,
-            config_class=PADConfig,
-            paper="Zhang et al. Prime-Aware Adaptive Distillation. ECCV 2020. arXiv:2008.01458",
-            summary="embedding L2 weighted per dimension by a learned variance branch (after an L2 warm-up)",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="pad",
+        factory=PrimeAwareDistillation,
+        config_class=PADConfig,
+        paper="Zhang et al. Prime-Aware Adaptive Distillation. ECCV 2020. arXiv:2008.01458",
+        summary="embedding L2 weighted per dimension by a learned variance branch (after an L2 warm-up)",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("l2", "pad"),
     )
+)

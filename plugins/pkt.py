@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl
+from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.pkt import pkt_loss
 
 
@@ -36,23 +36,22 @@ class PKT:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        return {"pkt": pkt_loss(full_precision(student.embedding), full_precision(teacher.embedding))}
+        return {"pkt": pkt_loss(student.embedding, teacher.embedding)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "pkt": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="pkt",
-            factory=PKT,
-            config_class=PKTConfig,
-            paper="Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. "
-            "ECCV 2018. arXiv:1803.10837",
-            summary="match the distribution of cosine similarities between the samples' embeddings (KL)",
-            kind="relation",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="pkt",
+        factory=PKT,
+        config_class=PKTConfig,
+        paper="Passalis, Tefas. Learning Deep Representations with Probabilistic Knowledge Transfer. "
+        "ECCV 2018. arXiv:1803.10837",
+        summary="match the distribution of cosine similarities between the samples' embeddings (KL)",
+        kind="relation",
+        terms=("pkt",),
     )
+)

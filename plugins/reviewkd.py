@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, inner_stages, linear_warmup, pair_stages
+from kdzoo import MethodInfo, Taps, hookimpl, inner_stages, linear_warmup, pair_stages, registering
 from kdzoo.losses.reviewkd import hcl_loss
 
 
@@ -77,38 +77,38 @@ class ReviewKD:
     def __init__(self, config: ReviewKDConfig):
         self.config = config
 
-    def _pair(self, teacher, student) -> None:
+    @hookimpl
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs of the levels below the pooled embedding."""
         levels = [*inner_stages(student), len(student.stages) - 1]
-        self.pairs = pair_stages(teacher, student, list(dict.fromkeys(levels)))  # a tiny model may repeat its last
+        return pair_stages(teacher, student, list(dict.fromkeys(levels)))  # a tiny model may repeat its last
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self._pair(teacher, student)
-        student_maps = tuple(s for s, _ in self.pairs)
-        teacher_maps = tuple(t for _, t in self.pairs)
+    def kdzoo_feature_taps(self, plan):
+        student_maps = tuple(s for s, _ in plan)
+        teacher_maps = tuple(t for _, t in plan)
         return Taps(student=student_maps, teacher_preact=teacher_maps, student_embedding=True, teacher_embedding=True)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self._pair(teacher, student)
+    def kdzoo_build_modules(self, teacher, student, plan):
         mid = min(self.config.max_mid_channels, student.embedding_dim)
-        ins = [*(student.stages[s].channels for s, _ in self.pairs), student.embedding_dim]
-        outs = [*(teacher.stages[t].channels for _, t in self.pairs), teacher.embedding_dim]
+        ins = [*(student.stages[s].channels for s, _ in plan), student.embedding_dim]
+        outs = [*(teacher.stages[t].channels for _, t in plan), teacher.embedding_dim]
         # deepest first: the pooled embedding's ABF has no deeper residual to fuse
-        self.fusions = nn.ModuleList(
+        fusions = nn.ModuleList(
             AttentionBasedFusion(i, mid, o, fuse=depth > 0)
             for depth, (i, o) in enumerate(zip(reversed(ins), reversed(outs), strict=True))
         )
-        return {"fusions": self.fusions}
+        return {"fusions": fusions}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
-        s_maps = [*(student.feature(s) for s, _ in self.pairs), _as_map(student.embedding)]
-        t_maps = [*(teacher.pre_activation(t) for _, t in self.pairs), _as_map(teacher.embedding)]
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
+        s_maps = [*(student.feature(s) for s, _ in plan), _as_map(student.embedding)]
+        t_maps = [*(teacher.pre_activation(t) for _, t in plan), _as_map(teacher.embedding)]
         total, residual = 0.0, None
-        for fusion, s_map, t_map in zip(self.fusions, reversed(s_maps), reversed(t_maps), strict=True):
-            out, residual = fusion(full_precision(s_map), residual, tuple(t_map.shape[-2:]))
-            total = total + hcl_loss(out, full_precision(t_map))
+        for fusion, s_map, t_map in zip(modules["fusions"], reversed(s_maps), reversed(t_maps), strict=True):
+            out, residual = fusion(s_map, residual, tuple(t_map.shape[-2:]))
+            total = total + hcl_loss(out, t_map)
         return {"reviewkd": total}
 
     @hookimpl
@@ -117,17 +117,16 @@ class ReviewKD:
         return {"ce": c.ce_weight, "reviewkd": c.weight * linear_warmup(epoch, c.warmup_epochs)}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="reviewkd",
-            factory=ReviewKD,
-            config_class=ReviewKDConfig,
-            paper="Chen, Liu, Zhao, Jia. Distilling Knowledge via Knowledge Review. CVPR 2021. arXiv:2104.09044",
-            summary="student levels fused deep to shallow (attention-based fusion) match the teacher's "
-            "pre-activation maps by a pyramid MSE",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="reviewkd",
+        factory=ReviewKD,
+        config_class=ReviewKDConfig,
+        paper="Chen, Liu, Zhao, Jia. Distilling Knowledge via Knowledge Review. CVPR 2021. arXiv:2104.09044",
+        summary="student levels fused deep to shallow (attention-based fusion) match the teacher's "
+        "pre-activation maps by a pyramid MSE",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("reviewkd",),
     )
+)

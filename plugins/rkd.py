@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl
+from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.rkd import Relations, angle_term, distance_term, teacher_relations
 
 
@@ -50,20 +48,12 @@ class RelationalKD:
         return Taps(teacher_embedding=True, student_embedding=True)
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        embedding = student.embedding
-        # distances come from G_ii + G_jj - 2 G_ij, which cancels badly in half precision: the
-        # relations are formed in fp32 even under mixed precision
-        with torch.autocast(embedding.device.type, enabled=False):
-            # one Gram matrix and one distance matrix per model serve both terms
-            s = Relations.of(full_precision(embedding))
-            t = teacher_relations(full_precision(teacher.embedding))
-            terms = {}
-            if stage.term_on("rkd_distance"):
-                terms["rkd_distance"] = distance_term(s, t)
-            if stage.term_on("rkd_angle"):
-                terms["rkd_angle"] = angle_term(s, t)
-        return terms
+    def kdzoo_compute_losses(self, student, teacher):
+        # one Gram matrix and one distance matrix per model serve both terms; the distances come from
+        # G_ii + G_jj - 2 G_ij, which cancels badly in half precision: like every method's terms unless it
+        # opts into autocast (MethodInfo.autocast), they are computed in float32 even under mixed precision
+        s, t = Relations.of(student.embedding), teacher_relations(teacher.embedding)
+        return {"rkd_distance": distance_term(s, t), "rkd_angle": angle_term(s, t)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -71,15 +61,14 @@ class RelationalKD:
         return {"ce": c.ce_weight, "rkd_distance": c.distance_weight, "rkd_angle": c.angle_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="rkd",
-            factory=RelationalKD,
-            config_class=RKDConfig,
-            paper="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019. arXiv:1904.05068",
-            summary="match pairwise distances (x25) and triplet angles (x50) of pooled embeddings; widths may differ",
-            kind="relation",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="rkd",
+        factory=RelationalKD,
+        config_class=RKDConfig,
+        paper="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019. arXiv:1904.05068",
+        summary="match pairwise distances (x25) and triplet angles (x50) of pooled embeddings; widths may differ",
+        kind="relation",
+        terms=("rkd_distance", "rkd_angle"),
     )
+)

@@ -27,7 +27,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, inner_stages, soft_target_kl
+from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, inner_stages, registering, soft_target_kl
 from kdzoo.losses.self_distill import byot_losses
 from kdzoo.losses.shapes import average_pooled
 
@@ -76,34 +76,44 @@ class AuxiliaryHead(nn.Module):
         return features, self.classifier(features.mean(dim=(2, 3)))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Be Your Own Teacher's stages: those with an auxiliary head, and the deepest (the student's own)."""
+
+    head_stages: tuple[int, ...]
+    deepest: int
+
+
 class SelfDistillation:
     def __init__(self, config: SelfDistillConfig):
         self.config = config
         self.byot = config.variant == "byot"
-        self.head_stages: list[int] = []
-        self.deepest = -1
-        self.heads = nn.ModuleDict()
 
     # ------------------------------------------------------------------ Be Your Own Teacher
     @hookimpl
-    def kdzoo_feature_taps(self, student):
+    def kdzoo_plan(self, student: ModelInfo) -> Plan | None:
         if not self.byot:
             return None
-        self.deepest = len(student.stages) - 1
+        deepest = len(student.stages) - 1
         wanted = self.config.head_stages if self.config.head_stages is not None else inner_stages(student)
-        self.head_stages = sorted({student.resolve(i) for i in wanted} - {self.deepest})
-        return Taps(student=(*self.head_stages, self.deepest))
+        return Plan(tuple(sorted({student.resolve(i) for i in wanted} - {deepest})), deepest)
 
     @hookimpl
-    def kdzoo_build_modules(self, student: ModelInfo):
-        if not self.byot:
+    def kdzoo_feature_taps(self, plan):
+        if plan is None:
             return None
-        last = student.stages[self.deepest]
-        for i in self.head_stages:
+        return Taps(student=(*plan.head_stages, plan.deepest))
+
+    @hookimpl
+    def kdzoo_build_modules(self, student: ModelInfo, plan):
+        if plan is None:
+            return None
+        last, heads = student.stages[plan.deepest], nn.ModuleDict()
+        for i in plan.head_stages:
             stage = student.stages[i]
             downsamples = max(0, round(math.log2(last.reduction / stage.reduction)))
-            self.heads[str(i)] = AuxiliaryHead(stage.channels, last.channels, downsamples, student.num_classes)
-        return {"heads": self.heads}
+            heads[str(i)] = AuxiliaryHead(stage.channels, last.channels, downsamples, student.num_classes)
+        return {"heads": heads}
 
     # ------------------------------------------------------------------ Born-Again Networks
     @hookimpl
@@ -127,13 +137,13 @@ class SelfDistillation:
 
     # ------------------------------------------------------------------ both
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, targets, stage):
+    def kdzoo_compute_losses(self, student, teacher, targets, plan, modules):
         if self.byot:
-            deepest = student.feature(self.deepest)
+            deepest = student.feature(plan.deepest)
             size = tuple(deepest.shape[-2:])
-            heads = [self.heads[str(i)](student.feature(i), size) for i in self.head_stages]
+            heads = [modules["heads"][str(i)](student.feature(i), size) for i in plan.head_stages]
             return byot_losses(heads, deepest, student.logits, targets, self.config.byot_temperature)
-        if teacher is None or not stage.term_on("kd"):
+        if teacher is None:  # through kdzoo.get_method (no generations) a born-again student has no teacher
             return {}
         return {"kd": soft_target_kl(student.logits, teacher.logits, self.config.temperature)}
 
@@ -150,20 +160,19 @@ class SelfDistillation:
         return {"ce": c.ce_weight, "kd": c.kd_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="self-distill",
-            factory=SelfDistillation,
-            config_class=SelfDistillConfig,
-            paper=(
-                "Furlanello et al. Born-Again Neural Networks. ICML 2018. arXiv:1805.04770 | "
-                "Zhang et al. Be Your Own Teacher. ICCV 2019. arXiv:1905.08094"
-            ),
-            summary="the student teaches itself: born-again generations, or auxiliary heads on shallow stages (byot)",
-            needs_teacher=lambda config: config.variant == "born_again" and config.use_teacher,
-            kind="self",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="self-distill",
+        factory=SelfDistillation,
+        config_class=SelfDistillConfig,
+        paper=(
+            "Furlanello et al. Born-Again Neural Networks. ICML 2018. arXiv:1805.04770 | "
+            "Zhang et al. Be Your Own Teacher. ICCV 2019. arXiv:1905.08094"
+        ),
+        summary="the student teaches itself: born-again generations, or auxiliary heads on shallow stages (byot)",
+        needs_teacher=lambda config: config.variant == "born_again" and config.use_teacher,
+        kind="self",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=lambda config: ("byot_ce", "byot_kd", "byot_hint") if config.variant == "byot" else ("kd",),
     )
+)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import KdzooError, MethodInfo, ModelInfo, Stage, Taps, full_precision, hookimpl
+from kdzoo import KdzooError, MethodInfo, ModelInfo, Stage, Taps, hookimpl, registering
 
 
 @dataclass
@@ -111,12 +111,26 @@ class DeployedSimKD(nn.Module):
         return self.classifier(projected.mean(dim=(2, 3)))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What SimKD matches: the student's last map against the teacher's last map (``map``) or its pooled
+    embedding (``embedding``); the side each map is pooled to (``None``: kept), and the projector's width."""
+
+    align: str
+    student_stage: int
+    teacher_stage: int
+    student_side: int | None
+    teacher_side: int | None
+    teacher_width: int
+
+
 class SimKD:
     def __init__(self, config: SimKDConfig):
         self.config = config
-        self.from_teacher = False
+        self.from_teacher = False  # whether kdzoo_on_teacher copied a teacher model's classifier in this run
 
-    def _plan(self, teacher: ModelInfo, student: ModelInfo) -> None:
+    @hookimpl
+    def kdzoo_plan(self, teacher: ModelInfo, student: ModelInfo) -> Plan:
         if not ends_features_at_last_stage(student):
             raise KdzooError(
                 f"simkd deploys the student's last feature map through a projector and the teacher's classifier: "
@@ -125,42 +139,43 @@ class SimKD:
                 "use a CNN student such as a ResNet or a MobileNetV3"
             )
         align = self.config.align
-        self.align = ("map" if reads_pooled_last_map(teacher) else "embedding") if align == "auto" else align
-        if self.align == "map" and not teacher.stages:
+        align = ("map" if reads_pooled_last_map(teacher) else "embedding") if align == "auto" else align
+        if align == "map" and not teacher.stages:
             raise KdzooError(f"simkd.align=map: teacher {teacher.name} exposes no stages; use align=embedding")
-        self.student_stage = len(student.stages) - 1
         t_side, s_side = teacher.spatial_size(-1), student.spatial_size(-1)
-        # the map of the larger side is pooled to the smaller (the authors' spatial alignment)
-        self.student_side = t_side if self.align == "map" and s_side > t_side else None
-        self.teacher_side = s_side if self.align == "map" and t_side > s_side else None
-        self.teacher_width = teacher.stages[-1].channels if self.align == "map" else teacher.embedding_dim
+        return Plan(
+            align,
+            len(student.stages) - 1,
+            len(teacher.stages) - 1,
+            # the map of the larger side is pooled to the smaller (the authors' spatial alignment)
+            t_side if align == "map" and s_side > t_side else None,
+            s_side if align == "map" and t_side > s_side else None,
+            teacher.stages[-1].channels if align == "map" else teacher.embedding_dim,
+        )
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self._plan(teacher, student)
-        if self.align == "map":
-            return Taps(student=(self.student_stage,), teacher=(len(teacher.stages) - 1,))
-        return Taps(student=(self.student_stage,), teacher_embedding=True)
+    def kdzoo_feature_taps(self, plan):
+        if plan.align == "map":
+            return Taps(student=(plan.student_stage,), teacher=(plan.teacher_stage,))
+        return Taps(student=(plan.student_stage,), teacher_embedding=True)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
-        self._plan(teacher, student)
-        self.projector = Projector(student.stages[-1].channels, self.teacher_width, self.config.factor)
+    def kdzoo_build_modules(self, teacher, student, plan):
+        projector = Projector(student.stages[-1].channels, plan.teacher_width, self.config.factor)
         # the teacher's classifier, copied in when the teacher model is set (kdzoo_on_teacher) and never trained
-        self.classifier = nn.Linear(teacher.embedding_dim, teacher.num_classes)
-        self.teacher_stage = len(teacher.stages) - 1
-        return {"projector": self.projector, "teacher_classifier": self.classifier}
+        classifier = nn.Linear(teacher.embedding_dim, teacher.num_classes)
+        return {"projector": projector, "teacher_classifier": classifier}
 
     @hookimpl
-    def kdzoo_on_teacher(self, teacher):
-        head = teacher.get_classifier()
+    def kdzoo_on_teacher(self, teacher, modules):
+        head, classifier = teacher.get_classifier(), modules["teacher_classifier"]
         head = head[0] if isinstance(head, tuple) else head
-        if not isinstance(head, nn.Linear) or head.in_features != self.classifier.in_features:
+        if not isinstance(head, nn.Linear) or head.in_features != classifier.in_features:
             raise KdzooError(
                 f"simkd reuses the teacher's classifier, which must be one linear layer on its pooled embedding; "
                 f"this teacher's is {type(head).__name__}"
             )
-        self.classifier.load_state_dict(copy.deepcopy(head.state_dict()))
+        classifier.load_state_dict(copy.deepcopy(head.state_dict()))
         self.from_teacher = True
 
     @hookimpl
@@ -173,43 +188,42 @@ class SimKD:
             )
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
-        # the reused classifier stays the teacher's: everything but it trains
-        return [Stage("train", epochs, trainable=self._trainable)]
+    def kdzoo_schedule(self, epochs, modules):
+        projector = modules["projector"]
 
-    def _trainable(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
-        return [*student.parameters(), *self.projector.parameters()]
+        def trainable(student, _every_methods_modules):
+            # the student and the projector: the reused classifier stays the teacher's
+            return [*student.parameters(), *projector.parameters()]
 
-    @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
-        if not stage.term_on("simkd"):
-            return None
-        projected = self.projector(pooled_to(student.feature(self.student_stage), self.student_side))
-        if self.align == "map":
-            target = pooled_to(teacher.feature(self.teacher_stage), self.teacher_side)
-            return {"simkd": F.mse_loss(projected, full_precision(target))}
-        return {"simkd": F.mse_loss(projected.mean(dim=(2, 3)), full_precision(teacher.embedding))}
+        return [Stage("train", epochs, trainable=trainable)]
 
     @hookimpl
-    def kdzoo_deployed_model(self, student, modules):
-        return DeployedSimKD(student, modules["projector"], modules["teacher_classifier"], self.student_side)
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
+        projected = modules["projector"](pooled_to(student.feature(plan.student_stage), plan.student_side))
+        if plan.align == "map":
+            target = pooled_to(teacher.feature(plan.teacher_stage), plan.teacher_side)
+            return {"simkd": F.mse_loss(projected, target)}
+        return {"simkd": F.mse_loss(projected.mean(dim=(2, 3)), teacher.embedding)}
+
+    @hookimpl
+    def kdzoo_deployed_model(self, student, modules, plan):
+        return DeployedSimKD(student, modules["projector"], modules["teacher_classifier"], plan.student_side)
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "simkd": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="simkd",
-            factory=SimKD,
-            config_class=SimKDConfig,
-            paper="Chen et al. Knowledge Distillation with the Reused Teacher Classifier. CVPR 2022. arXiv:2203.14001",
-            summary="a projector maps the student's last map onto the teacher's (MSE); the student deploys with "
-            "the projector and the teacher's reused classifier",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="simkd",
+        factory=SimKD,
+        config_class=SimKDConfig,
+        paper="Chen et al. Knowledge Distillation with the Reused Teacher Classifier. CVPR 2022. arXiv:2203.14001",
+        summary="a projector maps the student's last map onto the teacher's (MSE); the student deploys with "
+        "the projector and the teacher's reused classifier",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("simkd",),
     )
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kdzoo import MethodInfo, full_precision, hookimpl
+from kdzoo import MethodInfo, hookimpl, registering
 from kdzoo.losses.skd import skd_direction_loss, skd_instance_loss
 
 
@@ -42,8 +42,7 @@ class StreamlinedKD:
 
     @hookimpl
     def kdzoo_compute_losses(self, student, teacher):
-        c = self.config
-        s, t = full_precision(student.logits), full_precision(teacher.logits)
+        c, s, t = self.config, student.logits, teacher.logits
         return {
             "skd_instance": skd_instance_loss(s, t, c.temperature, c.form),
             "skd_direction": skd_direction_loss(s, t, c.tikhonov, c.form),
@@ -55,15 +54,14 @@ class StreamlinedKD:
         return {"ce": c.ce_weight, "skd_instance": c.kd_weight, "skd_direction": c.kd_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="skd",
-            factory=StreamlinedKD,
-            config_class=SKDConfig,
-            paper="Jeong, Lee, Choi. Streamlined Knowledge Distillation. CVPR 2026",
-            summary="soft-target KL plus a Mahalanobis distance between the logits' batch Gram matrices",
-            kind="logit",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="skd",
+        factory=StreamlinedKD,
+        config_class=SKDConfig,
+        paper="Jeong, Lee, Choi. Streamlined Knowledge Distillation. CVPR 2026",
+        summary="soft-target KL plus a Mahalanobis distance between the logits' batch Gram matrices",
+        kind="logit",
+        terms=("skd_instance", "skd_direction"),
     )
+)

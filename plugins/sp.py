@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl
+from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.sp import sp_loss
 
 
@@ -34,28 +34,33 @@ class SimilarityPreserving:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.s, self.t = student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
-        return Taps(student=(self.s,), teacher=(self.t,))
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stages whose maps are compared."""
+        return student.resolve(self.config.student_stage), teacher.resolve(self.config.teacher_stage)
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
-        return {"sp": sp_loss(full_precision(student.feature(self.s)), full_precision(teacher.feature(self.t)))}
+    def kdzoo_feature_taps(self, plan):
+        s, t = plan
+        return Taps(student=(s,), teacher=(t,))
+
+    @hookimpl
+    def kdzoo_compute_losses(self, student, teacher, plan):
+        s, t = plan
+        return {"sp": sp_loss(student.feature(s), teacher.feature(t))}
 
     @hookimpl
     def kdzoo_loss_weights(self):
         return {"ce": self.config.ce_weight, "sp": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="sp",
-            factory=SimilarityPreserving,
-            config_class=SPConfig,
-            paper="Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019. arXiv:1907.09682",
-            summary="match the batch's pairwise similarities of the last feature maps (B x B Gram, rows L2-normalised)",
-            kind="relation",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="sp",
+        factory=SimilarityPreserving,
+        config_class=SPConfig,
+        paper="Tung, Mori. Similarity-Preserving Knowledge Distillation. ICCV 2019. arXiv:1907.09682",
+        summary="match the batch's pairwise similarities of the last feature maps (B x B Gram, rows L2-normalised)",
+        kind="relation",
+        terms=("sp",),
     )
+)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, soft_target_kl
+from kdzoo import MethodInfo, Taps, hookimpl, registering, soft_target_kl
 from kdzoo.losses.srd import srd_loss
 
 
@@ -45,17 +45,18 @@ class ProjectorDistillation:
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):
         d, eps = teacher.embedding_dim, self.config.norm_eps
-        self.projector = nn.Linear(student.embedding_dim, d)
-        self.student_norm = nn.BatchNorm1d(d, eps=eps, affine=False)
-        self.teacher_norm = nn.BatchNorm1d(d, eps=eps, affine=False)
-        return {"projector": self.projector, "student_norm": self.student_norm, "teacher_norm": self.teacher_norm}
+        return {
+            "projector": nn.Linear(student.embedding_dim, d),
+            "student_norm": nn.BatchNorm1d(d, eps=eps, affine=False),
+            "teacher_norm": nn.BatchNorm1d(d, eps=eps, affine=False),
+        }
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, stage):
+    def kdzoo_compute_losses(self, student, teacher, modules):
         c = self.config
-        s = self.student_norm(self.projector(full_precision(student.embedding)))
-        terms = {"srd": srd_loss(s, self.teacher_norm(full_precision(teacher.embedding)), c.exponent)}
-        if c.kd_weight and stage.term_on("kd"):
+        s = modules["student_norm"](modules["projector"](student.embedding))
+        terms = {"srd": srd_loss(s, modules["teacher_norm"](teacher.embedding), c.exponent)}
+        if c.kd_weight:  # a kd weight of 0: no kd term, and its computation skipped
             terms["kd"] = soft_target_kl(student.logits, teacher.logits, c.temperature)
         return terms
 
@@ -65,16 +66,15 @@ class ProjectorDistillation:
         return {"ce": c.ce_weight, "srd": c.weight, "kd": c.kd_weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="srd",
-            factory=ProjectorDistillation,
-            config_class=SRDConfig,
-            paper="Miles, Mikolajczyk. Understanding the Role of the Projector in Knowledge Distillation. "
-            "AAAI 2024. arXiv:2303.11098",
-            summary="projected, batch-normalised embeddings matched by log sum |z_s - z_t|^4 (+ KD at T = 1)",
-            kind="feature",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="srd",
+        factory=ProjectorDistillation,
+        config_class=SRDConfig,
+        paper="Miles, Mikolajczyk. Understanding the Role of the Projector in Knowledge Distillation. "
+        "AAAI 2024. arXiv:2303.11098",
+        summary="projected, batch-normalised embeddings matched by log sum |z_s - z_t|^4 (+ KD at T = 1)",
+        kind="feature",
+        terms=lambda config: ("srd", "kd") if config.kd_weight else ("srd",),
     )
+)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdzoo import INPUT_VIEW, MethodInfo, Stage, Taps, View, full_precision, hookimpl
+from kdzoo import INPUT_VIEW, MethodInfo, Stage, Taps, View, hookimpl, registering
 from kdzoo.losses.sskd import contrastive_prediction_loss, sskd_terms
 from kdzoo_plugins.views import rotation
 
@@ -83,40 +83,47 @@ class SelfSupervisedKD:
 
     @hookimpl
     def kdzoo_build_modules(self, teacher, student):
-        self.student_head = projection_head(student.embedding_dim)
-        self.teacher_head = projection_head(teacher.embedding_dim)
-        return {"student_head": self.student_head, "teacher_head": self.teacher_head}
+        return {
+            "student_head": projection_head(student.embedding_dim),
+            "teacher_head": projection_head(teacher.embedding_dim),
+        }
 
     @hookimpl
-    def kdzoo_schedule(self, epochs):
+    def kdzoo_schedule(self, epochs, modules):
         c = self.config
         head_optim = {"lr": c.head_lr, "scheduler": "multistep", "milestones": list(c.head_milestones)}
+        teacher_head, student_head = modules["teacher_head"], modules["student_head"]
         return [
-            Stage(HEAD_STAGE, c.head_epochs, losses=frozenset({AUX}), trainable=self._teacher_head, optim=head_optim),
-            Stage("distill", epochs, losses=frozenset({"ce", *DISTILL_TERMS}), trainable=self._student),
+            Stage(
+                HEAD_STAGE,
+                c.head_epochs,
+                losses=frozenset({AUX}),
+                trainable=lambda _student, _modules: list(teacher_head.parameters()),  # the teacher stays frozen
+                optim=head_optim,
+            ),
+            Stage(
+                "distill",
+                epochs,
+                losses=frozenset({"ce", *DISTILL_TERMS}),
+                trainable=lambda student, _modules: [*student.parameters(), *student_head.parameters()],
+            ),
         ]
 
-    def _teacher_head(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
-        return list(self.teacher_head.parameters())
-
-    def _student(self, student: nn.Module, modules: nn.ModuleDict) -> list[nn.Parameter]:
-        return [*student.parameters(), *self.student_head.parameters()]
-
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, targets, stage, views):
+    def kdzoo_compute_losses(self, student, teacher, targets, stage, views, modules):
         normal = views[INPUT_VIEW]
         rotated = slice(views[ROTATIONS[0].name].start, views[ROTATIONS[-1].name].stop)
         batch = normal.stop - normal.start
         # the rotated rows are stacked view after view: row r comes from unrotated row r mod B
         source = torch.arange(batch, device=targets.device).repeat(len(ROTATIONS))
-        t_rep = self.teacher_head(full_precision(teacher.embedding))
-        terms = {}
-        if stage.term_on(AUX):
-            terms[AUX] = contrastive_prediction_loss(t_rep[rotated], t_rep[normal], source)
-        if stage.losses is not None and not stage.losses & set(DISTILL_TERMS):
-            return terms  # the head's own stage
+        t_rep = modules["teacher_head"](teacher.embedding)
+        terms = {AUX: contrastive_prediction_loss(t_rep[rotated], t_rep[normal], source)}
+        if not any(stage.term_on(term) for term in DISTILL_TERMS):
+            # the head's own stage: the student's terms would need the student's forward pass, which a stage
+            # that never reads the student does not run at all
+            return terms
         c = self.config
-        s_rep = self.student_head(full_precision(student.embedding))
+        s_rep = modules["student_head"](student.embedding)
         distilled = sskd_terms(
             (student.logits[normal], student.logits[rotated]),
             (teacher.logits[normal], teacher.logits[rotated]),
@@ -127,7 +134,8 @@ class SelfSupervisedKD:
             (c.kd_temperature, c.tf_temperature, c.ss_temperature),
             (c.tf_ratio, c.ss_ratio),
         )
-        return {**terms, **{f"sskd_{name}": value for name, value in distilled.items()}}
+        named = {"sskd_kd": "unrotated", "sskd_tf": "rotated", "sskd_ss": "similarity"}  # the paper's names
+        return {**terms, **{term: distilled[part] for term, part in named.items()}}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -141,16 +149,15 @@ class SelfSupervisedKD:
         }
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="sskd",
-            factory=SelfSupervisedKD,
-            config_class=SSKDConfig,
-            paper="Xu, Liu, Li, Loy. Knowledge Distillation Meets Self-Supervision. ECCV 2020. arXiv:2006.07114",
-            summary="rotated copies of each image: the teacher's head learns which copy came from which image, "
-            "the student matches its similarities and its predictions on the copies",
-            kind="relation",
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="sskd",
+        factory=SelfSupervisedKD,
+        config_class=SSKDConfig,
+        paper="Xu, Liu, Li, Loy. Knowledge Distillation Meets Self-Supervision. ECCV 2020. arXiv:2006.07114",
+        summary="rotated copies of each image: the teacher's head learns which copy came from which image, "
+        "the student matches its similarities and its predictions on the copies",
+        kind="relation",
+        terms=(AUX, *DISTILL_TERMS),
     )
+)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kdzoo import KdzooError, MethodInfo, full_precision, hookimpl, soft_target_kl
+from kdzoo import KdzooError, MethodInfo, hookimpl, registering, soft_target_kl
 from kdzoo.losses.tfkd import virtual_teacher_loss
 
 
@@ -72,12 +72,8 @@ class TeacherFreeKD:
     def kdzoo_compute_losses(self, student, teacher, targets):
         c = self.config
         if self.virtual:
-            return {
-                "tfkd": virtual_teacher_loss(
-                    full_precision(student.logits), targets, c.virtual_temperature, c.correct_prob
-                )
-            }
-        return {"tfkd": soft_target_kl(full_precision(student.logits), full_precision(teacher.logits), c.temperature)}
+            return {"tfkd": virtual_teacher_loss(student.logits, targets, c.virtual_temperature, c.correct_prob)}
+        return {"tfkd": soft_target_kl(student.logits, teacher.logits, c.temperature)}
 
     @hookimpl
     def kdzoo_loss_weights(self):
@@ -87,18 +83,17 @@ class TeacherFreeKD:
         return {"ce": c.ce_weight, "tfkd": c.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="tfkd",
-            factory=TeacherFreeKD,
-            config_class=TfKDConfig,
-            paper="Yuan, Tay, Li, Wang, Feng. Revisiting Knowledge Distillation via Label Smoothing "
-            "Regularization (Teacher-free KD). CVPR 2020. arXiv:1909.11723",
-            summary="teacher-free KD: a virtual teacher (0.99 on the label), or a trained copy of the student",
-            needs_teacher=lambda config: config.variant == "self",
-            kind="self",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="tfkd",
+        factory=TeacherFreeKD,
+        config_class=TfKDConfig,
+        paper="Yuan, Tay, Li, Wang, Feng. Revisiting Knowledge Distillation via Label Smoothing "
+        "Regularization (Teacher-free KD). CVPR 2020. arXiv:1909.11723",
+        summary="teacher-free KD: a virtual teacher (0.99 on the label), or a trained copy of the student",
+        needs_teacher=lambda config: config.variant == "self",
+        kind="self",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("tfkd",),
     )
+)

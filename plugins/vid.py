@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo import MethodInfo, Taps, full_precision, hookimpl, pair_inner_stages
+from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages, registering
 from kdzoo.losses.shapes import pooled_to_smaller
 from kdzoo.losses.vid import vid_loss
 
@@ -66,14 +66,18 @@ class VID:
         self.config = config
 
     @hookimpl
-    def kdzoo_feature_taps(self, teacher, student):
-        self.pairs = pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
-        return Taps.of_pairs(self.pairs)
+    def kdzoo_plan(self, teacher, student):
+        """The (student, teacher) stage pairs: inner stages, paired as attention transfer pairs them."""
+        return pair_inner_stages(teacher, student, self.config.student_stages, self.config.teacher_stages)
 
     @hookimpl
-    def kdzoo_build_modules(self, teacher, student):
+    def kdzoo_feature_taps(self, plan):
+        return Taps.of_pairs(plan)
+
+    @hookimpl
+    def kdzoo_build_modules(self, teacher, student, plan):
         c = self.config
-        self.regressors = nn.ModuleList(
+        regressors = nn.ModuleList(
             VIDRegressor(
                 student.stages[s].channels,
                 teacher.stages[t].channels,
@@ -81,17 +85,17 @@ class VID:
                 c.init_variance,
                 c.eps,
             )
-            for s, t in self.pairs
+            for s, t in plan
         )
-        return {"regressors": self.regressors}
+        return {"regressors": regressors}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher):
+    def kdzoo_compute_losses(self, student, teacher, plan, modules):
         total = 0.0
-        for (s, t), regressor in zip(self.pairs, self.regressors, strict=True):
+        for (s, t), regressor in zip(plan, modules["regressors"], strict=True):
             f_s, f_t = pooled_to_smaller(student.feature(s), teacher.feature(t))
             mean, variance = regressor(f_s)
-            total = total + vid_loss(full_precision(mean), full_precision(variance), full_precision(f_t))
+            total = total + vid_loss(mean, variance, f_t)
         return {"vid": total}
 
     @hookimpl
@@ -99,17 +103,16 @@ class VID:
         return {"ce": self.config.ce_weight, "vid": self.config.weight}
 
 
-@hookimpl
-def kdzoo_register_methods(register):
-    register(
-        MethodInfo(
-            name="vid",
-            factory=VID,
-            config_class=VIDConfig,
-            paper="Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for Knowledge Transfer. "
-            "CVPR 2019. arXiv:1904.05835",
-            summary="teacher maps made likely under a Gaussian predicted from the student's (inner stages)",
-            kind="feature",
-            batch="local",  # a mean of per-sample terms: this process's share is enough
-        )
+kdzoo_register_methods = registering(
+    MethodInfo(
+        name="vid",
+        factory=VID,
+        config_class=VIDConfig,
+        paper="Ahn, Hu, Damianou, Lawrence, Dai. Variational Information Distillation for Knowledge Transfer. "
+        "CVPR 2019. arXiv:1904.05835",
+        summary="teacher maps made likely under a Gaussian predicted from the student's (inner stages)",
+        kind="feature",
+        batch="local",  # a mean of per-sample terms: this process's share is enough
+        terms=("vid",),
     )
+)

@@ -276,7 +276,7 @@ def sskd(g: torch.Generator) -> Pair:
         )
     finally:
         torch.argsort = argsort
-    return terms["kd"] + terms["ss"] + terms["tf"], theirs
+    return terms["unrotated"] + terms["similarity"] + terms["rotated"], theirs
 
 
 def _logit_triplet(g: torch.Generator, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

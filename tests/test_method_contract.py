@@ -28,8 +28,9 @@ def _info(name, factory, **fields):
 def _trainer(tmp_path, registry, methods, *sets):
     from kdzoo.config import load_config
 
-    base = tiny_config(["kd"], *sets, out_dir=str(tmp_path))
-    cfg = load_config([], [], methods, registry.config_classes())
+    own = [s for s in sets if s.split(".", 1)[0] in methods]  # the methods' settings; the rest are the run's
+    base = tiny_config(["kd"], *[s for s in sets if s not in own], out_dir=str(tmp_path))
+    cfg = load_config([], own, methods, registry.config_classes())
     cfg = dataclasses.replace(
         cfg, teacher=base.teacher, student=base.student, data=base.data, optim=base.optim, train=base.train
     )
@@ -172,3 +173,67 @@ def test_registering_is_the_registration_hook_in_one_statement():
     registered = []
     hook(registered.append)
     assert registered == [info] and getattr(hook, "kdzoo_impl", None) is not None
+
+
+class Configured:
+    """Returns a second term only when its config says so (its terms a function of the config)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student):
+        terms = {"always": student.logits.mean()}
+        return {**terms, "sometimes": student.logits.std()} if self.config.extra else terms
+
+
+@dataclasses.dataclass
+class ConfiguredConfig:
+    extra: bool = False
+
+
+class OwnStage:
+    """Trains its own module alone in a first stage, named from the modules its schedule receives."""
+
+    def __init__(self, config):
+        pass
+
+    @kdzoo.hookimpl
+    def kdzoo_build_modules(self):
+        return {"head": torch.nn.Linear(10, 10)}
+
+    @kdzoo.hookimpl
+    def kdzoo_compute_losses(self, student, modules):
+        return {"own": modules["head"](student.logits).square().mean()}
+
+    @kdzoo.hookimpl
+    def kdzoo_schedule(self, epochs, modules):
+        head = modules["head"]
+        return [
+            kdzoo.Stage("head", 1, trainable=lambda _student, _modules: head.parameters()),
+            kdzoo.Stage("all", epochs),
+        ]
+
+
+def test_declared_terms_may_follow_the_config(tmp_path):
+    info = kdzoo.MethodInfo(
+        name="configured",
+        factory=Configured,
+        config_class=ConfiguredConfig,
+        paper="test",
+        summary="test",
+        terms=lambda config: ("always", "sometimes") if config.extra else ("always",),
+    )
+    registry = _registry(info)
+    for extra, expected in ((False, {"ce", "always"}), (True, {"ce", "always", "sometimes"})):
+        trainer = _trainer(tmp_path / str(extra), registry, ["configured"], f"configured.extra={extra}")
+        x, y = next(trainer.data.train.epoch(0))
+        assert set(trainer.step.losses(kdzoo.Batch(x, y), kdzoo.When(trainer.stages[0])).terms) == expected
+
+
+def test_a_schedule_names_what_its_stages_train_from_its_own_modules(tmp_path):
+    trainer = _trainer(tmp_path, _registry(_info("ownstage", OwnStage, terms=("own",))), ["ownstage"])
+    head = trainer.modules["ownstage"]["head"]
+    trainer.step.begin(trainer.stages[0])
+    trained = {id(p) for group in trainer.step.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in head.parameters()}

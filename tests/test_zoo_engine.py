@@ -60,7 +60,9 @@ def test_at_pairs_inner_stages_by_depth(tmp_path):
         tmp_path / "run",
         show_progress=False,
     )
-    assert trainer.objective.methods["at"].pairs == [(1, 1), (2, 2), (3, 3)]  # stem and last stage excluded
+    objective = trainer.objective
+    pairs = objective.methods["at"].kdzoo_plan(teacher=objective.teacher_info, student=objective.student_info)
+    assert pairs == [(1, 1), (2, 2), (3, 3)]  # stem and last stage excluded
 
 
 @pytest.mark.parametrize("pair", ["resnet->resnet", "resnet->mobilenetv3", "resnet->vit"])

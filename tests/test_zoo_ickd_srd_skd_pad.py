@@ -58,9 +58,9 @@ def test_ickd_by_hand_and_the_embedding_is_the_authors():
     from types import SimpleNamespace
 
     method = InterChannelCorrelation(ICKDConfig())
-    teacher = SimpleNamespace(stage=lambda i: SimpleNamespace(channels=32, reduction=8))
-    student = SimpleNamespace(stage=lambda i: SimpleNamespace(channels=8, reduction=8))
-    embed = method.kdzoo_build_modules(teacher, student)["embed"]
+    teacher = SimpleNamespace(stage=lambda i: SimpleNamespace(index=0, channels=32, reduction=8))
+    student = SimpleNamespace(stage=lambda i: SimpleNamespace(index=0, channels=8, reduction=8))
+    embed = method.kdzoo_build_modules(plan=method.kdzoo_plan(teacher, student))["embed"]
     convs = [m for m in embed.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.kernel_size, c.in_channels, c.out_channels, c.bias) for c in convs] == [((1, 1), 8, 32, None)]
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in embed.modules())
@@ -190,7 +190,7 @@ def test_pad_warms_up_on_plain_l2_with_a_frozen_variance_branch_then_weighs_by_i
 
     method = PrimeAwareDistillation(PADConfig(l2_epochs=2))
     modules = method.kdzoo_build_modules(SimpleNamespace(embedding_dim=12), SimpleNamespace(embedding_dim=6))
-    warm_up, pad = method.kdzoo_schedule(epochs=5)
+    warm_up, pad = method.kdzoo_schedule(epochs=5, modules=modules)
     assert (warm_up.name, warm_up.epochs, pad.name, pad.epochs) == ("l2", 2, "pad", 5)
     student = torch.nn.Linear(3, 3)
     trained = {id(p) for p in warm_up.trainable(student, torch.nn.ModuleDict(modules))}
@@ -199,13 +199,13 @@ def test_pad_warms_up_on_plain_l2_with_a_frozen_variance_branch_then_weighs_by_i
     s = SimpleNamespace(embedding=torch.randn(4, 6, generator=_gen(12)))
     t = SimpleNamespace(embedding=torch.randn(4, 12, generator=_gen(13)))
     mapped = modules["regressor"](s.embedding)
-    assert method.kdzoo_compute_losses(s, t, warm_up)["l2"].item() == pytest.approx(
+    assert method.kdzoo_compute_losses(s, t, warm_up, modules)["l2"].item() == pytest.approx(
         F.mse_loss(mapped, t.embedding).item()
     )
     log_var = modules["variance"](s.embedding)
-    got = method.kdzoo_compute_losses(s, t, pad)["pad"]
+    got = method.kdzoo_compute_losses(s, t, pad, modules)["pad"]
     assert got.item() == pytest.approx(pad_l2_loss(mapped, t.embedding, log_var).item(), rel=1e-6)
-    assert PrimeAwareDistillation(PADConfig(l2_epochs=0)).kdzoo_schedule(epochs=5)[0].name == "pad"
+    assert PrimeAwareDistillation(PADConfig(l2_epochs=0)).kdzoo_schedule(epochs=5, modules=modules)[0].name == "pad"
 
 
 def test_the_four_register_with_their_kind():

@@ -152,7 +152,10 @@ def test_ctkd_gradients_are_the_reversal_layers(epoch, lam):
     (modules,) = pm.hook.kdzoo_build_modules(teacher=None, student=None, train_set=None, plan=None)
     s0, t = _logits(6, classes=10)
     s = s0.clone().requires_grad_()
-    terms = logit_terms(pm, logits_only(s), t)
+    arguments = {"targets": None, "stage": None, "indices": None, "views": None, "plan": None}
+    (terms,) = pm.hook.kdzoo_compute_losses(
+        student=logits_only(s), teacher=logits_only(t), modules=torch.nn.ModuleDict(modules), **arguments
+    )
     (weights,) = pm.hook.kdzoo_loss_weights(stage=None, epoch=epoch, progress=0.0, plan=None)
     assert weights["ctkd_temperature"] == pytest.approx(0.9 * lam, abs=1e-9)
     assert terms["ctkd_temperature"].item() == 0.0  # adds nothing to the loss value

@@ -94,8 +94,8 @@ def test_default_stages_are_the_authors_four():
 
 def _branches(teacher, student, **config):
     method = OFA(OFAConfig(**config))
-    taps = method.kdzoo_feature_taps(student=student)
-    return taps, method.kdzoo_build_modules(teacher=teacher, student=student)["branches"]
+    plan = method.kdzoo_plan(student=student)
+    return method.kdzoo_feature_taps(plan=plan), method.kdzoo_build_modules(teacher, student, plan)["branches"]
 
 
 @pytest.mark.parametrize("student_name", ["test_resnet", "resnet10t"])
@@ -141,14 +141,16 @@ def test_terms_sum_the_branches_with_their_own_eps():
     model = timm.create_model("test_resnet", num_classes=10)
     student = describe(model, "test_resnet", 32)
     method = OFA(OFAConfig(eps=[1.0, 1.2, 1.4, 1.6, 1.8], temperature=2.0))
-    taps = method.kdzoo_feature_taps(student=student)
-    branches = method.kdzoo_build_modules(teacher=_info("resnet10t"), student=student)["branches"].eval()
+    plan = method.kdzoo_plan(student=student)
+    taps = method.kdzoo_feature_taps(plan=plan)
+    modules = method.kdzoo_build_modules(teacher=_info("resnet10t"), student=student, plan=plan)
+    branches = modules["branches"].eval()
     logits, maps = model.forward_intermediates(torch.randn(4, 3, 32, 32), indices=list(taps.student))
     features = dict(zip(taps.student, maps, strict=True))
     s_logits = model.forward_head(logits)
     t_logits, y = torch.randn(4, 10, generator=_gen(1)), torch.randint(0, 10, (4,), generator=_gen(2))
     out = SimpleNamespace(logits=s_logits, feature=features.__getitem__)
-    terms = method.kdzoo_compute_losses(out, SimpleNamespace(logits=t_logits), y, kdzoo.WHOLE_RUN)
+    terms = method.kdzoo_compute_losses(out, SimpleNamespace(logits=t_logits), y, plan, modules)
     expected = sum(
         _authors_form(branches[str(s)](features[s]), t_logits, y, e, 2.0)
         for s, e in zip((1, 2, 3, 4), (1.0, 1.2, 1.4, 1.6), strict=True)
@@ -162,12 +164,15 @@ def test_config_errors_name_the_key():
     two = OFAConfig(eps=[1.0, 1.5])
     two.validate("ofa")  # valid values; only the student's 4 stages make 2 the wrong count
     with pytest.raises(KdzooError, match="ofa.eps"):
-        OFA(two).kdzoo_feature_taps(student=_info("test_resnet"))
+        OFA(two).kdzoo_plan(student=_info("test_resnet"))
     with pytest.raises(KdzooError, match="ofa.eps"):
         OFAConfig(eps=[0.0]).validate("ofa")
     with pytest.raises(KdzooError, match="same classifier"):
-        OFA(OFAConfig()).kdzoo_build_modules(
-            teacher=describe(timm.create_model("test_resnet", num_classes=5), "t", 32), student=_info("test_resnet")
+        method, student = OFA(OFAConfig()), _info("test_resnet")
+        method.kdzoo_build_modules(
+            teacher=describe(timm.create_model("test_resnet", num_classes=5), "t", 32),
+            student=student,
+            plan=method.kdzoo_plan(student=student),
         )
 
 

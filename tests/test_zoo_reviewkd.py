@@ -59,9 +59,11 @@ def test_the_review_chain_equals_one_built_from_torchdistills_modules():
     student = _info("s", [16, 16, 32, 64], 64)
     teacher = _info("t", [16, 32, 64, 128], 128)
     method = ReviewKD(ReviewKDConfig())
-    taps = method.kdzoo_feature_taps(teacher, student)
+    plan = method.kdzoo_plan(teacher, student)
+    taps = method.kdzoo_feature_taps(plan)
     assert taps.student == (1, 2, 3) and taps.teacher_preact == (1, 2, 3)
-    fusions = method.kdzoo_build_modules(teacher, student)["fusions"].train()
+    modules = method.kdzoo_build_modules(teacher, student, plan)
+    fusions = modules["fusions"].train()
     s_maps = {
         i: torch.randn(4, c, n, n, generator=_gen(10 + i))
         for i, (c, n) in enumerate([(16, 16), (16, 8), (32, 4), (64, 2)])
@@ -73,7 +75,7 @@ def test_the_review_chain_equals_one_built_from_torchdistills_modules():
     s_emb, t_emb = torch.randn(4, 64, generator=_gen(30)), torch.randn(4, 128, generator=_gen(31))
     s_out = SimpleNamespace(feature=s_maps.__getitem__, embedding=s_emb)
     t_out = SimpleNamespace(pre_activation=t_pre.__getitem__, embedding=t_emb)
-    ours = method.kdzoo_compute_losses(s_out, t_out)["reviewkd"]
+    ours = method.kdzoo_compute_losses(s_out, t_out, plan, modules)["reviewkd"]
 
     theirs_abf = [_copy_into_theirs(f, fuse=i > 0).train() for i, f in enumerate(fusions)]
     levels = [s_emb[:, :, None, None], s_maps[3], s_maps[2], s_maps[1]]

@@ -49,7 +49,7 @@ def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, 
     torch.manual_seed(0)
     t_model, s_model = timm.create_model(teacher, num_classes=7).eval(), timm.create_model(student, num_classes=7)
     objective = kdzoo.get_method("simkd", teacher=t_model, student=s_model, img_size=img_size)
-    method = objective.methods["simkd"]
+    projector = objective.method_modules["simkd"]["projector"]
     x, y = torch.randn(3, 3, img_size, img_size), torch.arange(3)
     objective.eval()  # BatchNorm on running statistics: the same projector output in both passes
     s_model.eval()
@@ -57,7 +57,7 @@ def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, 
     loss = result.loss
     with torch.no_grad():
         feat_s, feat_t = s_model.forward_features(x), t_model.forward_features(x)
-        projected, target, pred = _authors_simkd(feat_s, feat_t, method.projector.transfer, t_model.get_classifier())
+        projected, target, pred = _authors_simkd(feat_s, feat_t, projector.transfer, t_model.get_classifier())
         assert result.terms["simkd"].item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)
         assert loss.item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)  # CE weight 0
         torch.testing.assert_close(objective.deployed_model()(x), pred, rtol=1e-5, atol=1e-6)

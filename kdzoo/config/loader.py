@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[s
 
 
 def load_config(
-    files: list[str | Path],
+    files: Sequence[str | Path],
     overrides: list[str],
     methods: list[str],
     method_config_classes: dict[str, type],

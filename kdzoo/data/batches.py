@@ -9,6 +9,7 @@ epoch), so an epoch is the same whether the run was interrupted before it or not
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 import os
@@ -55,12 +56,27 @@ class Normalisation:
     std: tuple[float, ...]
 
 
-class Batches:
-    """What the engine needs of a batch source: its device, and this process's share of each batch."""
+class Batches(abc.ABC):
+    """What the engine needs of a batch source: its batches per epoch, its device, and this process's
+    share of each batch."""
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.shard_info = DistInfo()  # set by the engine under torchrun
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Batches per epoch."""
+
+    @property
+    @abc.abstractmethod
+    def num_samples(self) -> int:
+        """Samples in the set."""
+
+    @abc.abstractmethod
+    def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
+        """The batches of ``epoch`` from batch ``start`` on: ``(x, y)``, or ``(x, y, indices)`` with
+        ``with_index``."""
 
     def to(self, device: torch.device) -> Batches:
         self.device = torch.device(device)
@@ -214,9 +230,8 @@ class TensorBatches(Batches):
     def _norm_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         # made once per device: building them each step would copy from the host each step
         if device not in self._norm_tensors:
-            self._norm_tensors[device] = tuple(
-                torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.norm.mean, self.norm.std)
-            )
+            mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.norm.mean, self.norm.std))
+            self._norm_tensors[device] = (mean, std)
         return self._norm_tensors[device]
 
 
@@ -275,7 +290,7 @@ class LoaderBatches(Batches):
 
         # a fresh loader per epoch: worker seeds then come from the (seed, epoch) generator, so an epoch
         # is the same after a resume (persistent workers would carry their RNG across epochs)
-        loader = DataLoader(
+        loader: DataLoader = DataLoader(
             _WithIndex(self.dataset),
             batch_size=self.batch_size,
             shuffle=self.train,
@@ -304,7 +319,7 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-class _WithIndex:
+class _WithIndex(torch.utils.data.Dataset):
     """A map-style dataset whose items also carry their index (the position per-sample state uses)."""
 
     def __init__(self, dataset):
@@ -341,9 +356,9 @@ class IterableBatches(Batches):
     def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
         """The loader's batches from batch ``start`` on; ``with_index`` adds the sample indices a batch
         carries as its third element (``None`` for a batch of (images, labels) only)."""
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(self.loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:  # DistributedSampler reshuffles per epoch
+            set_epoch(epoch)
         for x, y, *rest in itertools.islice(self.loader, start, None):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield (x, y, rest[0] if rest else None) if with_index else (x, y)

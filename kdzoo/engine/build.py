@@ -89,7 +89,13 @@ def build_run(
         data.train.num_samples, data.train.class_labels(), config.data.batch_size // dist.world, device
     )
     objective = Objective(
-        methods, student, s_info, teacher, teacher_info, train_set, infos={info.name: info for info in infos}
+        methods,
+        student,
+        s_info,
+        teacher,
+        teacher_info,
+        train_set,
+        infos={info.name: info.for_config(config.method_configs[info.name]) for info in infos},
     ).to(device)
     if cache is not None and objective.views:
         raise KdzooError(
@@ -97,7 +103,7 @@ def build_run(
             "each image drawn every step, and a teacher-output cache holds one view per sample: "
             "set teacher.cache=false"
         )
-    if cache is not None and warm_cache:
+    if cache is not None and warm_cache and teacher_info is not None:
         with ready.main_first():
             _warm(cache, objective, ready, teacher_info, device, show_progress)
     stages = objective.schedule(config.train.epochs)
@@ -161,7 +167,9 @@ class _Teacher:
         """What the teacher's outputs are cached under: its weights (trained first if need be)."""
         if teachers.teacher_identity(self.config, self.data.contents) is None:
             self.model()
-        return teachers.teacher_identity(self.config, self.data.contents)
+        identity = teachers.teacher_identity(self.config, self.data.contents)
+        assert identity is not None  # the teacher's weights file exists once it is trained
+        return identity
 
     @contextlib.contextmanager
     def main_first(self):
@@ -245,11 +253,13 @@ def _warm(
                     say(f"teacher-output cache: filling {cache.root} ({cache.why_new()})")
                 if objective.teacher is None:
                     objective.set_teacher(ready.model(), info)
+                model, tap = objective.teacher, objective.teacher_tap
+                assert model is not None and tap is not None  # set just above
                 who = f"teacher ({ready.config.teacher.model})"
                 # the teacher's accuracy first: a process that finds the outputs complete finds it too
-                cache.remember(info, evaluate(objective.teacher, ready.data.val.epoch(0), ready.data.num_classes, who))
+                cache.remember(info, evaluate(model, ready.data.val.epoch(0), ready.data.num_classes, who))
                 if not filled:
-                    cache.fill(objective.teacher_tap, ready.config.data.eval_batch_size, device)
+                    cache.fill(tap, ready.config.data.eval_batch_size, device)
                     cache.select(objective.taps)
     objective.teacher_side.use_cache(cache, info)
     objective.teacher_side.metrics = cache.teacher_metrics()

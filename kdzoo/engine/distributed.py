@@ -49,10 +49,11 @@ def init_from_env() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-class GlobalStatistics:
-    """Mixed into a batch-norm layer's own class: in training under a process group its statistics
-    cover the global batch of every process (differentiably, on CPU and GPU alike); in eval mode,
-    or in a single process, the layer's own forward runs unchanged."""
+class GlobalStatistics(nn.modules.batchnorm._BatchNorm):
+    """Mixed into a batch-norm layer's own class (first: ``type(name, (GlobalStatistics, cls), {})``):
+    in training under a process group its statistics cover the global batch of every process
+    (differentiably, on CPU and GPU alike); in eval mode, or in a single process, the layer's own
+    forward runs unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not dist.is_initialized():
@@ -70,7 +71,14 @@ def _summed_across(t: Tensor) -> Tensor:
     """``t`` summed over every process, differentiably (the backward pass sums the gradients too)."""
     from torch.distributed._functional_collectives import all_reduce, wait_tensor
 
-    return wait_tensor(all_reduce(t, "sum", dist.group.WORLD))
+    return wait_tensor(all_reduce(t, "sum", world_group()))
+
+
+def world_group() -> dist.ProcessGroup:
+    """The default process group (typed optional in torch's stubs: it exists once one is initialised)."""
+    group = dist.group.WORLD
+    assert group is not None, "no process group is initialised"
+    return group
 
 
 def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
@@ -83,12 +91,13 @@ def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor
     count = sums[-1]
     mean = sums[:-1] / count
     var = _summed_across((x - mean.view(shape)).square().sum(dim=dims)) / count
-    if bn.track_running_stats and bn.running_mean is not None:
+    tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
+    if bn.track_running_stats and tracked is not None and running_mean is not None and running_var is not None:
         with torch.no_grad():
-            bn.num_batches_tracked += 1
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
-            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / max(count - 1, 1))
+            tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+            running_mean.mul_(1 - m).add_(m * mean.detach())
+            running_var.mul_(1 - m).add_(m * var.detach() * count / torch.clamp(count - 1, min=1))
     y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
@@ -173,16 +182,16 @@ def reached_parameters(loss: Tensor) -> set[int]:
 def average_gradients(parameters: list[nn.Parameter], info: DistInfo) -> None:
     """What DDP does to the gradients, for a step run without it: each the mean over the processes
     (in one all-reduce). Parameters without a gradient keep none, as they do in one process."""
-    with_grad = [p for p in parameters if p.grad is not None]
-    if not with_grad:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
         return
-    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= info.world
     start = 0
-    for p in with_grad:
-        p.grad.copy_(flat[start : start + p.grad.numel()].view_as(p.grad))
-        start += p.grad.numel()
+    for g in grads:
+        g.copy_(flat[start : start + g.numel()].view_as(g))
+        start += g.numel()
 
 
 def replicated_buffers(module: nn.Module) -> list[str]:

@@ -21,7 +21,7 @@ from kdzoo.checkpoint import disk_full, write_bytes_atomic
 from kdzoo.config import RunConfig
 from kdzoo.engine.state import RunClock
 from kdzoo.errors import KdzooError
-from kdzoo.reporting.records import RunSummary, StageResult
+from kdzoo.reporting.records import RunSummary, StageResult, TeacherSource
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -124,7 +124,7 @@ def summarise(
     stage_names: list[str],
     last_val: dict[str, float],
     teacher: str | None,
-    teacher_source: str | None,
+    teacher_source: TeacherSource | None,
     teacher_metrics: dict[str, float] | None,
     data_name: str,
     clock: RunClock,

@@ -11,7 +11,8 @@ embedding: ``forward_intermediates`` + ``forward_head`` where timm has them, for
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,11 +63,12 @@ class FeatureExtractor:
         preact: Iterable[int] = (),
         distillation_head: bool = False,
     ):
-        self.model = model
+        # a timm model: forward_intermediates, forward_head and the rest are not nn.Module's own methods
+        self.model: Any = model
         if distillation_head:
             # in training, timm's distilled models then return (class head, distillation head) logits;
             # in eval mode their average, as DeiT evaluates
-            model.set_distilled_training(True)
+            model.set_distilled_training(True)  # type: ignore[operator]  # timm's distilled ViTs have it
         self.info = info
         # (key, function, resolved stage) of each summary, resolved once rather than every step
         self.summaries = [(s.key, s.fn, info.resolve(s.stage)) for s in summaries]
@@ -76,6 +78,7 @@ class FeatureExtractor:
         self.native = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
         self._hooked: dict[int, Tensor] = {}
         self._handles = [] if self.native else self._install_hooks()
+        self._run: Callable[[Tensor], Outputs] = self._forward  # compiled by compile()
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         to_nchw = lambda t: tokens_to_nchw(t, prefix) if t.ndim == 3 else t  # noqa: E731
         self.preact = PreActivationTaps(model, info, preact, to_nchw) if preact else None
@@ -102,10 +105,10 @@ class FeatureExtractor:
     def compile(self, mode: str = "default", backend: str = "inductor") -> None:
         """Compile the forward pass (graph breaks fall back to eager; hooks make it eager anyway)."""
         if self.native:
-            self._forward = torch.compile(self._forward, mode=mode, backend=backend)
+            self._run = torch.compile(self._forward, mode=mode, backend=backend)
 
     def __call__(self, x: Tensor) -> Outputs:
-        out = self._forward(x)
+        out = self._run(x)
         if self.preact is not None:
             out.preact = self.preact.take()
         if self.summaries:

@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from kdzoo.api import Outputs
 from kdzoo.data.batches import DistInfo, shard
+from kdzoo.engine.distributed import world_group
 from kdzoo.engine.lazy_outputs import LazyOutputs
 
 
@@ -41,7 +41,7 @@ def gather_blocks(t: Tensor, blocks: int, info: DistInfo) -> Tensor:
     from torch.distributed._functional_collectives import all_gather_single, wait_tensor
 
     # the functional collective is differentiable: its backward sums every process's gradient of each share
-    gathered = wait_tensor(all_gather_single(t.contiguous(), 0, dist.group.WORLD))
+    gathered = wait_tensor(all_gather_single(t.contiguous(), 0, world_group()))
     if blocks == 1:
         return gathered
     parts = gathered.chunk(info.world)

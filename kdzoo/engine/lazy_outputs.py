@@ -22,6 +22,7 @@ class LazyOutputs(Outputs):
 
     def resolved(self) -> Outputs:
         if self._outputs is None:
+            assert self._compute is not None  # set until the outputs are computed
             self._outputs, self._compute = self._compute(), None
         return self._outputs
 

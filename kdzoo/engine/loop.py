@@ -96,9 +96,10 @@ class Trainer:
     def claim_new_run_dir(self) -> None:
         """Move to a new run directory named after ``run_dir`` (``-2``, ``-3``... when taken), created
         atomically by the main process and the same on every process."""
-        chosen = [claim_new_run_dir(self.run_dir) if self.dist.main else None]
+        chosen: list[Path | None] = [claim_new_run_dir(self.run_dir) if self.dist.main else None]
         if self.dist.enabled:
             torch.distributed.broadcast_object_list(chosen, src=0)
+        assert chosen[0] is not None  # the main process's choice, broadcast to every other
         self.run_dir = chosen[0]
 
     # ------------------------------------------------------------------ the loop
@@ -216,9 +217,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, position: Position, partial: dict | None = None) -> None:
-        rngs = None
+        rngs: list[dict[str, Any]] | None = None
         if self.dist.enabled:  # every process's RNG state, so each resumes its own stream
-            rngs = [None] * self.dist.world
+            rngs = [{} for _ in range(self.dist.world)]
             torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
         if not self.dist.main:
             return

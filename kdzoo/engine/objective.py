@@ -80,7 +80,11 @@ class Objective(nn.Module):
         self.methods = methods
         #: what each method declared when it registered (what its terms see, their names, their precision)
         self.infos: dict[str, MethodInfo] = dict(infos or {})
-        _check_declared_terms(self.infos)
+        #: each method's declared terms (``None``: undeclared, or a function of a config not given here)
+        self.declared: dict[str, tuple[str, ...] | None] = {
+            name: None if callable(info.terms) else info.terms for name, info in self.infos.items()
+        }
+        _check_declared_terms(self.declared)
         self.hooks = RunHooks(methods)  #: the selected methods' hooks, called in selection order
         for name, plan in self.hooks.results("kdzoo_plan", teacher=teacher_info, student=student_info):
             self.hooks.own.setdefault(name, {})["plan"] = plan
@@ -115,7 +119,7 @@ class Objective(nn.Module):
         )
         self.teacher_side = Teacher(self.taps)  #: where the teacher's outputs come from
         if teacher is not None:
-            self.set_teacher(teacher, teacher_info)
+            self.set_teacher(teacher, teacher_info or describe(teacher, model_name(teacher), student_info.img_size))
         elif teacher_info is not None:
             self.teacher_side.info = teacher_info  # known from a teacher-output cache, the model not built
 
@@ -185,7 +189,7 @@ class Objective(nn.Module):
         except KdzooError:
             raise
         except Exception as exc:  # the backend, not the methods: eager computes the same terms
-            self._compiled = None
+            del self._compiled
             reason = first_line(exc) or type(exc).__name__
             warnings.warn(
                 f"train.compile_objective: torch.compile failed ({reason}); the objective runs eagerly", stacklevel=2
@@ -209,8 +213,10 @@ class Objective(nn.Module):
                     built[name] = model
             if len(built) > 1:
                 raise KdzooError(f"methods {sorted(built)} each change the deployed student; they cannot be stacked")
-            self.deploying = next(iter(built), None)  #: the method that changed the deployed network, if any
-            self._deployed = [built.get(self.deploying, student)]  # a list: not a submodule of the objective
+            #: the method that changed the deployed network, if any
+            self.deploying: str | None = next(iter(built), None)
+            network = built[self.deploying] if self.deploying is not None else student
+            self._deployed = [network]  # a list: not a submodule of the objective
         return self._deployed[0]
 
     @property
@@ -236,8 +242,8 @@ class Objective(nn.Module):
     def check_weights(self, stages: list[Stage]) -> None:
         """A weight a method gives a term that no method returns (a typo, a renamed term) is one line
         when the run is built, for methods that declare their terms (:attr:`MethodInfo.terms`)."""
-        declared = {term for info in self.infos.values() for term in info.terms or ()}
-        if any(info.terms is None for info in self.infos.values()) or len(self.infos) < len(self.methods):
+        declared = {term for terms in self.declared.values() for term in terms or ()}
+        if any(terms is None for terms in self.declared.values()) or len(self.declared) < len(self.methods):
             return  # some method's terms are unknown until it computes them
         for stage in stages:
             for method in self.methods:
@@ -297,7 +303,8 @@ class Objective(nn.Module):
         # called one implementation at a time, in selection order, so that a bad result names its method
         for impl in self.hooks.implementations("kdzoo_compute_losses"):
             info = self.infos.get(impl.owner)
-            if info is not None and info.terms is not None and not any(stage.term_on(t) for t in info.terms):
+            terms_of = self.declared.get(impl.owner)
+            if terms_of is not None and not any(stage.term_on(t) for t in terms_of):
                 continue  # every term it declared is off in this stage
             given = share
             if self.processes.enabled and (info is None or info.batch != "local"):
@@ -312,10 +319,10 @@ class Objective(nn.Module):
             else:
                 result = self.hooks.invoke(impl, "kdzoo_compute_losses", arguments)
             for name, value in _checked_terms(impl.owner, result).items():
-                if info is not None and not info.declares(name):
+                if terms_of is not None and name not in terms_of:
                     raise KdzooError(
                         f"method '{impl.owner}' returned loss term '{name}', which its MethodInfo.terms "
-                        f"({', '.join(info.terms)}) does not declare; declare it"
+                        f"({', '.join(terms_of)}) does not declare; declare it"
                     )
                 if name in RESERVED_TERMS:
                     raise KdzooError(f"loss term name '{name}' is reserved by the core; rename the method's term")
@@ -366,6 +373,7 @@ class Objective(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
         """:meth:`loss` as (total loss, unweighted terms, weights), for hand-written loops."""
         result = self.loss(Batch(x, targets, indices, teacher_out), When(stage, epoch, progress))
+        assert result.loss is not None  # only a step skipped as non-finite has none
         return result.loss, result.terms, result.weights
 
     def stack_views(self, x: Tensor) -> tuple[Tensor, dict[str, slice]]:
@@ -387,6 +395,7 @@ class Objective(nn.Module):
         student's logits as well, call :meth:`loss`."""
         result = self.loss(Batch(x, targets, indices), When(WHOLE_RUN, epoch, progress))
         self._last = result  # for the deprecated last_* attributes below
+        assert result.loss is not None  # only a step skipped as non-finite has none
         return result.loss
 
     def _deprecated_last(self, field: str):
@@ -439,19 +448,23 @@ def _in_float32(arguments: dict[str, Any]) -> dict[str, Any]:
     for role in ("student", "teacher"):
         out = arguments[role]
         if out is not None:
-            upcast[role] = LazyOutputs(lambda out=out: map_outputs(_resolved(out), full_precision))
+            upcast[role] = _upcast(out)
     return upcast
+
+
+def _upcast(out: Outputs) -> LazyOutputs:
+    return LazyOutputs(lambda: map_outputs(_resolved(out), full_precision))
 
 
 def _resolved(out: Outputs) -> Outputs:
     return out.resolved() if isinstance(out, LazyOutputs) else out
 
 
-def _check_declared_terms(infos: dict[str, MethodInfo]) -> None:
+def _check_declared_terms(declared: dict[str, tuple[str, ...] | None]) -> None:
     """Two methods declaring one term name, or a name the core keeps, is one line when the run is built."""
     owner: dict[str, str] = {}
-    for name, info in infos.items():
-        for term in info.terms or ():
+    for name, terms in declared.items():
+        for term in terms or ():
             if term in RESERVED_TERMS or term == CE:
                 raise KdzooError(f"method '{name}': loss term name '{term}' is reserved by the core; rename it")
             if term in owner:

@@ -50,10 +50,24 @@ class Step:
             # scale); the schedule still advancing one step there is intended, not a misordering
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         self.device_type = device.type
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._ddp: nn.Module | None = None
         self._module: TrainingStep | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The stage's optimizer (:meth:`begin` makes it)."""
+        if self._optimizer is None:
+            raise RuntimeError("Step.begin(stage) makes the optimizer; call it first")
+        return self._optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """The stage's per-step LR schedule (:meth:`begin` makes it)."""
+        if self._scheduler is None:
+            raise RuntimeError("Step.begin(stage) makes the schedule; call it first")
+        return self._scheduler
 
     @property
     def student(self) -> nn.Module:
@@ -72,8 +86,8 @@ class Step:
         cfg = self.config.optim
         cfg = build(type(cfg), {**dataclasses.asdict(cfg), **stage.optim}, "stage.optim") if stage.optim else cfg
         cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale)
-        self.optimizer = build_optimizer(cfg, params)
-        self.scheduler = build_scheduler(cfg, self.optimizer, stage.epochs, self.steps_per_epoch)
+        self._optimizer = build_optimizer(cfg, params)
+        self._scheduler = build_scheduler(cfg, self._optimizer, stage.epochs, self.steps_per_epoch)
 
     def set_trainable(self, stage: Stage) -> list[nn.Parameter]:
         every = [*self.student.parameters(), *self.modules.parameters()]
@@ -98,14 +112,16 @@ class Step:
     def __call__(self, batch: Batch, when: When) -> StepResult:
         """One optimisation step on ``batch``, without any host sync (``loss`` is ``None`` for a
         step skipped as non-finite under ``train.nonfinite: skip``)."""
-        first_of_stage = self.processes.enabled and self._ddp is None  # run without DDP, to learn what it needs
+        first_of_stage = self._module is not None and self._ddp is None  # without DDP, to learn what it needs
         result = self.losses(batch, when)
+        loss = result.loss
+        assert loss is not None  # the objective always computes one
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(result.loss)):  # a host sync
+        if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync
             return dataclasses.replace(result, loss=None)
-        reached = reached_parameters(result.loss) if first_of_stage else set()
-        self._backward(self.scaler.scale(result.loss))
-        if first_of_stage:
+        reached = reached_parameters(loss) if first_of_stage else set()
+        self._backward(self.scaler.scale(loss))
+        if self._module is not None and first_of_stage:
             trained = [p for group in self.optimizer.param_groups for p in group["params"]]
             average_gradients(trained, self.processes)
             self._ddp = wrap(self._module, self.processes, any(id(p) not in reached for p in trained))

@@ -10,16 +10,14 @@ too. Its weights files (a checkpoint, the trained-teacher cache) are :mod:`.teac
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
-from kdzoo.api import ModelInfo, Outputs, Taps
+from kdzoo.api import KdzooError, ModelInfo, Outputs, Taps
 from kdzoo.engine.extract import FeatureExtractor, named_forward, run_teacher
 from kdzoo.engine.teacher_cache import TeacherOutputCache
-
-#: where a run's teacher outputs came from, as the summary records it
-Source = Literal["model", "cached outputs", "method"]
+from kdzoo.reporting.records import TeacherSource
 
 
 class Teacher:
@@ -41,7 +39,7 @@ class Teacher:
         return self._model[0] if self._model else None
 
     @property
-    def source(self) -> Source | None:
+    def source(self) -> TeacherSource | None:
         if self.method_name is not None:
             return "method"
         if self.cache is not None:
@@ -74,10 +72,13 @@ class Teacher:
         """The teacher's outputs for inputs ``x`` (samples ``indices`` in their fixed ``view``, for a
         cache); ``None`` without a teacher."""
         if self.cache is not None:
+            if indices is None:
+                raise KdzooError("teacher.cache: the batch carries no sample indices to look its teacher outputs up by")
             return self.cache.lookup(indices, view, x.device)
-        if self.tap is None:
+        tap, info = self.tap, self.info
+        if tap is None or info is None:
             return None
-        return named_forward(f"teacher ({self.info.name})", lambda: run_teacher(self.tap, x), x)
+        return named_forward(f"teacher ({info.name})", lambda: run_teacher(tap, x), x)
 
     def close(self) -> None:
         """Remove the forward hooks the extractor put on a model without native taps."""
@@ -91,6 +92,7 @@ class Teacher:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any] | None:
         """What a checkpoint keeps of a teacher a method set (``None`` for any other)."""
-        if self.method_name is None:
+        model = self.model
+        if self.method_name is None or model is None:
             return None
-        return {"name": self.method_name, "state": self.model.state_dict()}
+        return {"name": self.method_name, "state": model.state_dict()}

@@ -64,7 +64,7 @@ class TeacherOutputCache:
         self.views = max(1, batches.views if batches.augment else 1)
         self.key = {"format": FORMAT, "teacher": teacher_identity, "data": data_settings}
         self.root = cache_dir() / "teacher_outputs" / _key(self.key)
-        self.folder: Path | None = None
+        self._folder: Path | None = None  # the entry of the selected taps (select)
         self.damage: str | None = None  #: what was wrong with the selected entry, when it had to be filled again
         self.arrays: dict[str, np.memmap] = {}
         self._resident: dict[str, Tensor] | None = None  # the arrays in GPU memory, once looked up there
@@ -123,7 +123,7 @@ class TeacherOutputCache:
             what["summaries"] = [s.key for s in taps.teacher_summaries]
         if taps.teacher_preact:
             what["preact"] = list(taps.teacher_preact)
-        self.folder = self.root / f"taps-{_key(what)}"
+        self._folder = self.root / f"taps-{_key(what)}"
         self.damage = None
         meta_file = self.folder / "meta.json"
         if not meta_file.is_file():
@@ -143,13 +143,20 @@ class TeacherOutputCache:
         self._open(meta["shapes"], files, mode="r")
         return True
 
+    @property
+    def folder(self) -> Path:
+        """The entry of the taps :meth:`select` pointed at."""
+        if self._folder is None:
+            raise RuntimeError("TeacherOutputCache.select(taps) first")
+        return self._folder
+
     def _bytes(self, shape: list[int]) -> int:
         return self.views * self.batches.num_samples * int(np.prod(shape, dtype=np.int64)) * 2  # float16
 
     def _open(self, shapes: dict[str, list[int]], files: dict[str, str], mode: str) -> None:
         n = self.batches.num_samples
         self.arrays = {
-            name: np.memmap(self.folder / files[name], dtype=np.float16, mode=mode, shape=(self.views, n, *shape))
+            name: np.memmap(self.folder / files[name], dtype=np.float16, mode=mode, shape=(self.views, n, *shape))  # type: ignore[call-overload]  # numpy's stubs take no Path here
             for name, shape in shapes.items()
         }
         self._resident = None

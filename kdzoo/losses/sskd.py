@@ -58,11 +58,11 @@ def sskd_terms(
     """The student's three distillation terms. Each pair is (unrotated rows, rotated rows); ``source``
     is the unrotated row of each rotated one; temperatures (KD, T-SS, SS), ratios (T-SS, SS).
 
-    * ``kd``: KD on the unrotated images;
-    * ``tf`` (T-SS KD): KD on the rotated copies, on the rows whose label the teacher ranks first
+    * ``unrotated`` (the paper's KD term): KD on the unrotated images;
+    * ``rotated`` (T-SS KD): KD on the rotated copies, on the rows whose label the teacher ranks first
       plus ``ratios[0]`` of the others;
-    * ``ss`` (SS-KD): KL between the softened similarity rows of the two heads, on the rows whose
-      source the teacher's head ranks first plus ``ratios[1]`` of the others.
+    * ``similarity`` (SS-KD): KL between the softened similarity rows of the two heads, on the rows
+      whose source the teacher's head ranks first plus ``ratios[1]`` of the others.
     """
     kd_t, tf_t, ss_t = temperatures
     s_normal, s_rotated = (full_precision(z) for z in student_logits)
@@ -72,7 +72,7 @@ def sskd_terms(
     t_sim = similarities(full_precision(teacher_reps[1]), full_precision(teacher_reps[0])).detach()
     ss_rows = kept_rows(t_sim, source, ratios[1])
     return {
-        "kd": softened_kl(s_normal, t_normal, kd_t),
-        "tf": softened_kl(s_rotated[tf_rows], t_rotated[tf_rows], tf_t),
-        "ss": softened_kl(s_sim[ss_rows], t_sim[ss_rows], ss_t),
+        "unrotated": softened_kl(s_normal, t_normal, kd_t),
+        "rotated": softened_kl(s_rotated[tf_rows], t_rotated[tf_rows], tf_t),
+        "similarity": softened_kl(s_sim[ss_rows], t_sim[ss_rows], ss_t),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -269,8 +270,10 @@ def run_bench(
 
 
 def _torchdistill_variants(methods: list[str], teacher, student, x, y) -> list[Variant]:
-    from kdzoo.tools.torchdistill import torchdistill_available, torchdistill_step, torchdistill_supports
-
+    # the adapter knows how each kdzoo method maps onto torchdistill: it lives beside kdzoo, not in its core
+    adapter = importlib.import_module("kdzoo_benchmarks.torchdistill")
+    torchdistill_available, torchdistill_step = adapter.torchdistill_available, adapter.torchdistill_step
+    torchdistill_supports = adapter.torchdistill_supports
     if not torchdistill_available():
         raise KdzooError("--torchdistill needs torchdistill: pip install 'kdzoo[bench]'")
     variants = []

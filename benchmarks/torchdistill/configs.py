@@ -1,4 +1,4 @@
-"""The torchdistill ``train_config`` of a kdzoo stack, which ``kdzoo.tools.torchdistill`` runs.
+"""The torchdistill ``train_config`` of a kdzoo stack, which ``kdzoo_benchmarks.torchdistill.adapter`` runs.
 
 The config is written the way a torchdistill user writes one (teacher/student ``forward_hook``
 paths, auxiliary model wrappers, a ``WeightedSumLoss`` of registry losses, a registry optimizer and

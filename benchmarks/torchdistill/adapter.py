@@ -1,7 +1,7 @@
 """torchdistill's own training step, for ``kdzoo bench`` to time beside kdzoo's (optional extra).
 
 :func:`torchdistill_step` builds a ``torchdistill.core.distillation.DistillationBox`` from the config
-:mod:`kdzoo.tools.torchdistill_config` writes for a stack (how each kdzoo method maps onto
+:mod:`kdzoo_benchmarks.torchdistill.configs` writes for a stack (how each kdzoo method maps onto
 torchdistill's losses is documented there) and returns a closure doing one step through the box's
 own per-step path: ``forward_process`` (teacher forward under ``no_grad``, student forward, the
 hooks' I/O dicts, the auxiliary wrappers' secondary forward, the criterion) then
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdzoo.tools.torchdistill_config import (
+from kdzoo_benchmarks.torchdistill.configs import (
     TORCHDISTILL_METHODS,
     WRAPPER_KEY,
     SecondaryStep,
