@@ -164,7 +164,7 @@ class MethodSpec:
 
         State kept per training sample (a memory bank) is sized from ``train_set`` (``None`` when
         the objective is used without one: say so in one line if the method needs it) and lives in
-        :class:`kdzoo.memory.SampleMemory` / :class:`kdzoo.memory.EmbeddingQueue` buffers, which are
+        :class:`kdzoo.toolkit.SampleMemory` / :class:`kdzoo.toolkit.EmbeddingQueue` buffers, which are
         checkpointed with the modules and kept equal across processes.
 
         :param teacher: the teacher's :class:`kdzoo.ModelInfo`, or ``None`` when the run has no teacher

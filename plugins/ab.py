@@ -18,7 +18,7 @@ from torch import nn
 
 from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, pair_inner_stages, parameters_up_to, registering
 from kdzoo.losses.ab import ab_loss
-from kdzoo_plugins.connectors import connector
+from kdzoo.toolkit import connector
 
 
 @dataclass

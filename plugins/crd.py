@@ -29,7 +29,15 @@ from torch import Tensor, nn
 
 from kdzoo import KdzooError, MethodInfo, Taps, TrainingSet, hookimpl, registering
 from kdzoo.losses.crd import contrast_scores, nce_loss, other_class_draws
-from kdzoo.memory import EmbeddingQueue, ReplicatedState, SampleMemory, check_fits, gather_rows, local_rows, mean_across
+from kdzoo.toolkit import (
+    EmbeddingQueue,
+    ReplicatedState,
+    SampleMemory,
+    check_fits,
+    gather_rows,
+    local_rows,
+    mean_across,
+)
 
 FLOAT_BYTES, INDEX_BYTES = 4, 8
 

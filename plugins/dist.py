@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from kdzoo import MethodInfo, Taps, hookimpl, registering
 from kdzoo.losses.dist import channel_relation_loss, dist_losses, spatial_relation_loss
-from kdzoo.losses.shapes import pooled_to_smaller
+from kdzoo.toolkit.shapes import pooled_to_smaller
 
 
 @dataclass

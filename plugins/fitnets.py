@@ -28,7 +28,7 @@ from typing import Literal
 
 from kdzoo import MethodInfo, Stage, Taps, hookimpl, pair_stage, parameters_up_to, registering, soft_target_kl
 from kdzoo.losses.fitnets import hint_loss
-from kdzoo_plugins.connectors import ConvRegressor
+from kdzoo.toolkit import ConvRegressor
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kdzoo import KdzooError, MethodInfo, Stage, Taps, hookimpl, registering
 from kdzoo.losses.ft import factor_loss, reconstruction_loss
-from kdzoo.losses.shapes import average_pooled
+from kdzoo.toolkit.shapes import average_pooled
 
 
 @dataclass

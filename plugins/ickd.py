@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kdzoo import MethodInfo, Taps, hookimpl, registering, soft_target_kl
 from kdzoo.losses.ickd import ickd_loss
-from kdzoo_plugins.connectors import ConvRegressor
+from kdzoo.toolkit import ConvRegressor
 
 
 @dataclass

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from kdzoo import INPUT_VIEW, MethodInfo, Stage, View, hookimpl, registering
 from kdzoo.losses.mlkd import batch_level_loss, class_level_loss, confidence_fractions, instance_level_loss
-from kdzoo_plugins.views import rand_augment
+from kdzoo.toolkit import rand_augment
 
 STRONG = "strong"
 

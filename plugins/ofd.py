@@ -23,7 +23,7 @@ from torch import nn
 
 from kdzoo import MethodInfo, Taps, hookimpl, pair_stages, registering
 from kdzoo.losses.ofd import negative_margin, ofd_loss
-from kdzoo_plugins.connectors import connector
+from kdzoo.toolkit import connector
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from kdzoo import MethodInfo, ModelInfo, Stage, Taps, hookimpl, inner_stages, registering, soft_target_kl
 from kdzoo.losses.self_distill import byot_losses
-from kdzoo.losses.shapes import average_pooled
+from kdzoo.toolkit.shapes import average_pooled
 
 
 @dataclass

@@ -34,7 +34,7 @@ from torch import nn
 
 from kdzoo import INPUT_VIEW, MethodInfo, Stage, Taps, View, hookimpl, registering
 from kdzoo.losses.sskd import contrastive_prediction_loss, sskd_terms
-from kdzoo_plugins.views import rotation
+from kdzoo.toolkit import rotation
 
 ROTATIONS = tuple(View(f"rotate{90 * k}", rotation(k)) for k in (1, 2, 3))
 AUX, HEAD_STAGE = "sskd_aux", "teacher_head"

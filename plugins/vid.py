@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo import MethodInfo, Taps, hookimpl, pair_inner_stages, registering
-from kdzoo.losses.shapes import pooled_to_smaller
 from kdzoo.losses.vid import vid_loss
+from kdzoo.toolkit.shapes import pooled_to_smaller
 
 
 @dataclass

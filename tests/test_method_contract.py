@@ -237,3 +237,14 @@ def test_a_schedule_names_what_its_stages_train_from_its_own_modules(tmp_path):
     trainer.step.begin(trainer.stages[0])
     trained = {id(p) for group in trainer.step.optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in head.parameters()}
+
+
+def test_the_toolkit_holds_the_shared_building_blocks_and_0_1_0s_kdzoo_memory_still_answers():
+    import kdzoo.memory
+    import kdzoo.toolkit
+
+    for name in ("connector", "ConvRegressor", "rand_augment", "rotation", "cutout", "SampleMemory", "average_pooled"):
+        assert callable(getattr(kdzoo.toolkit, name)), name
+    assert (
+        kdzoo.memory.SampleMemory is kdzoo.toolkit.SampleMemory and kdzoo.memory.check_fits is kdzoo.toolkit.check_fits
+    )

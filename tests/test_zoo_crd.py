@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import kdzoo
 from kdzoo import KdzooError, TrainingSet
 from kdzoo.losses.crd import nce_loss, other_class_draws
-from kdzoo.memory import EmbeddingQueue, SampleMemory
+from kdzoo.toolkit import EmbeddingQueue, SampleMemory
 from kdzoo_plugins.crd import ContrastMemory, ContrastQueue, CRDConfig
 from tests.helpers import tiny_config, whole_and_resumed_after_crash
 
@@ -145,12 +145,12 @@ def test_a_run_killed_mid_epoch_resumes_its_memory_banks_bit_exactly(tmp_path):
 
 
 def test_memory_check_names_the_nce_k_that_fits_or_the_queue(monkeypatch):
-    import kdzoo.memory
+    import kdzoo.toolkit.memory
 
     teacher, student = (__import__("timm").create_model(m, num_classes=10) for m in ("resnet10t", "test_resnet"))
     # more samples than 4 x 16385 keys: each anchor's keyed rows are gathered, 1 GiB for 2 x 64 x 16385 x 128
     train_set = TrainingSet(200_000, torch.arange(200_000) % 10, batch_size=64)
-    monkeypatch.setattr(kdzoo.memory, "free_bytes", lambda device: 2 * 2**30)  # 2 GiB free: 1 GiB budget
+    monkeypatch.setattr(kdzoo.toolkit.memory, "free_bytes", lambda device: 2 * 2**30)  # 2 GiB free: 1 GiB budget
     with pytest.raises(KdzooError, match=r"crd \(memory=bank, nce_k=16384, 200000 samples\) needs 1\.") as error:
         kdzoo.get_method("crd", teacher=teacher, student=student, img_size=32, train_set=train_set)
     message = str(error.value)

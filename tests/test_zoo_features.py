@@ -151,7 +151,7 @@ def test_fsp_through_small_grams_equals_the_flow_matrices_in_value_and_gradient(
 
 @pytest.mark.parametrize("size, out", [((8, 8), (4, 4)), ((16, 8), (4, 2)), ((7, 7), (3, 3)), ((4, 4), (4, 4))])
 def test_average_pooling_is_adaptive_pooling_in_value_and_gradient(size, out):
-    from kdzoo.losses.shapes import average_pooled
+    from kdzoo.toolkit import average_pooled
 
     x = torch.randn(2, 3, *size, generator=_gen(40)).requires_grad_(True)
     ours, theirs = average_pooled(x, out), F.adaptive_avg_pool2d(x, out)

@@ -13,8 +13,8 @@ from kdzoo import INPUT_VIEW, KdzooError, View
 from kdzoo.engine import build_trainer
 from kdzoo.losses.mlkd import batch_level_loss, class_level_loss, confidence_fractions
 from kdzoo.registry import registry
+from kdzoo.toolkit import cutout, rand_augment, rotation
 from kdzoo_plugins.mlkd import MLKDConfig, MultiLevelKD
-from kdzoo_plugins.views import cutout, rand_augment, rotation
 from tests.helpers import registry_with_method, tiny_config, whole_and_resumed_after_crash
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdzoo.data.batches import DistInfo
-from kdzoo.memory import ReplicatedState
+from kdzoo.toolkit.memory import ReplicatedState
 
 
 @contextlib.contextmanager
@@ -195,7 +195,7 @@ def average_gradients(parameters: list[nn.Parameter], info: DistInfo) -> None:
 
 
 def replicated_buffers(module: nn.Module) -> list[str]:
-    """The fully qualified names of the buffers of every :class:`~kdzoo.memory.ReplicatedState` in ``module``."""
+    """The fully qualified names of the buffers of every :class:`~kdzoo.toolkit.ReplicatedState` in ``module``."""
     return [
         f"{prefix}.{name}" if prefix else name
         for prefix, sub in module.named_modules()

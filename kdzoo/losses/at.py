@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.losses.shapes import average_pooled
+from kdzoo.toolkit.shapes import average_pooled
 
 
 def spatial_attention(feature: Tensor, p: float = 2.0) -> Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdzoo.losses.shapes import pooled_to_smaller
+from kdzoo.toolkit.shapes import pooled_to_smaller
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:

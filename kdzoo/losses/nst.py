@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.losses.shapes import pooled_to_smaller
+from kdzoo.toolkit.shapes import pooled_to_smaller
 
 
 def _patterns(feature: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.losses.shapes import average_pooled
+from kdzoo.toolkit.shapes import average_pooled
 
 PYRAMID = (4, 2, 1)
 

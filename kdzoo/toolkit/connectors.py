@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.losses.shapes import average_pooled
+from kdzoo.toolkit.shapes import average_pooled
 
 
 class ConvRegressor(nn.Module):
