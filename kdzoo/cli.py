@@ -76,42 +76,66 @@ def default_run_dir(config: RunConfig) -> Path:
 @click.option(
     "--nproc", default=1, show_default=True, help="Processes (torchrun); data.batch_size is the global batch."
 )
+@click.option("--nnodes", default=1, show_default=True, help="Machines, each running this command with --nproc.")
+@click.option("--node-rank", default=0, show_default=True, help="This machine's place among --nnodes (0 first).")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="Where the --nnodes machines meet.")
+@click.option(
+    "--max-restarts", default=0, show_default=True, help="Restart the workers after a failure; each resumes the run."
+)
 @one_line_errors
-def run(methods, configs, overrides, resume, quiet, nproc) -> None:
+def run(methods, configs, overrides, resume, quiet, nproc, nnodes, node_rank, rdzv_endpoint, max_restarts) -> None:
     """Distill a teacher into a student with one or more methods."""
     from kdzoo.config import load_config
     from kdzoo.engine import build_trainer
-    from kdzoo.engine.distributed import process_group_left_at_exit
+    from kdzoo.engine.distributed import any_across, init_from_env, process_group_left_at_exit
     from kdzoo.engine.locking import check_writable
+    from kdzoo.engine.resume import from_main_process
     from kdzoo.errors import KdzooError
 
     if nproc < 1:
         raise KdzooError(f"--nproc {nproc}: the number of processes to train with is 1 or more")
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from kdzoo.engine.launch import run_under_torchrun
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise KdzooError(f"--nnodes {nnodes} --node-rank {node_rank}: give 1 or more nodes and a rank in 0..nnodes-1")
+    if nnodes > 1 and rdzv_endpoint is None:
+        raise KdzooError(f"--nnodes {nnodes}: say where the nodes meet with --rdzv-endpoint HOST:PORT (one node's)")
+    if max_restarts < 0:
+        raise KdzooError(f"--max-restarts {max_restarts}: 0 or more")
+    from kdzoo.engine.launch import Launch, run_under_torchrun
 
-        raise SystemExit(run_under_torchrun(nproc, sys.argv[1:]))
+    launch = Launch(nproc, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    if launch.needed and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(run_under_torchrun(launch, sys.argv[1:]))
 
     reg = registry()
     _refuse_miscased_methods(methods, reg)
-    state = None
-    if resume:
-        target = _resume_target(resume, list(configs), list(overrides), list(methods), reg)
-        if target.finished:
-            click.echo(
-                f"{target.run_dir} is finished ({_finished_how(target.run_dir)}): nothing to resume; to train it "
-                f"longer, add --set train.epochs=N with N > {target.config.train.epochs}"
-            )
-            return
-        config, run_dir, state = target.config, target.run_dir, target.state
-        if not quiet and os.environ.get("RANK", "0") == "0":
-            for note in target.notes:
-                click.echo(note, err=True)
-    else:
-        config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
-        run_dir = default_run_dir(config)
-        check_writable(run_dir.parent)  # before a teacher is trained for minutes
     with process_group_left_at_exit():
+        processes = init_from_env()  # under torchrun: the group first, for what the main process reads
+        # torchrun restarted the workers after a failure (only the failed node's agent counts it: the
+        # others restart theirs to re-form the group): every process goes on from the last checkpoint
+        restarted = any_across(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0, processes)
+        target = None
+        if resume or restarted:
+            find = functools.partial(
+                _resume_target, resume or "auto", list(configs), list(overrides), list(methods), reg
+            )
+            target = from_main_process(_or_none(find) if restarted and not resume else find, processes, reg)
+        if target is not None and target.finished:
+            if processes.main:
+                click.echo(
+                    f"{target.run_dir} is finished ({_finished_how(target.run_dir)}): nothing to resume; to train "
+                    f"it longer, add --set train.epochs=N with N > {target.config.train.epochs}"
+                )
+            return
+        if target is not None:
+            config, run_dir, state = target.config, target.run_dir, target.state
+            if not quiet and processes.main:
+                for note in target.notes:
+                    click.echo(note, err=True)
+        else:
+            config = load_config(list(configs), list(overrides), list(methods), reg.config_classes(), reg.failures)
+            run_dir, state = default_run_dir(config), None
+            if processes.main:
+                check_writable(run_dir.parent)  # before a teacher is trained for minutes
         trainer = build_trainer(config, reg, run_dir, show_progress=False if quiet else None)
         if state is None:
             trainer.claim_new_run_dir()
@@ -148,6 +172,20 @@ def _refuse_miscased_methods(methods: tuple[str, ...], reg: Registry) -> None:
         meant = [known for known in reg.methods if known.lower() == name.lower()]
         if meant:
             raise KdzooError(f"unknown method '{name}' (did you mean '{meant[0]}'? method names are case-sensitive)")
+
+
+def _or_none(find):
+    """``find`` for a restarted worker: ``None`` (start afresh) when the failure came before any checkpoint."""
+
+    def found_or_none():
+        from kdzoo.errors import KdzooError
+
+        try:
+            return find()
+        except KdzooError:
+            return None
+
+    return found_or_none
 
 
 def _resume_target(resume: str, configs: list[str], overrides: list[str], methods: list[str], reg) -> ResumeTarget:

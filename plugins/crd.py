@@ -9,7 +9,7 @@ student's memory, by noise-contrastive estimation (temperature 0.07, the normali
 the first batch). Defaults: RepDistiller's ``train_student.py`` (``--nce_k 16384 --nce_t 0.07
 --nce_m 0.5 --feat_dim 128 --mode exact``) and its CIFAR-100 command for CRD (``-r 1 -a 0 -b 0.8``:
 CE 1 + CRD 0.8, no KD term; stack ``kd`` for CRD+KD). Equal to torchdistill's ``CRDLoss`` given the
-same negatives (``tests/test_zoo_crd.py``).
+same negatives (``tests/methods/test_crd.py``).
 
 Where RepDistiller draws the negatives in its data loader's workers (numpy's global RNG), kdzoo
 draws them for the global batch from a generator seeded by (run seed, step), on the device: a

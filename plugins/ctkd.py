@@ -12,7 +12,7 @@ term, at the current temperature held fixed) and ``ctkd_temperature`` (the same 
 student held fixed, minus its own value: it adds nothing to the loss, only the temperature's
 gradient), and the curriculum lives where ramps belong, in ``kdzoo_loss_weights``: the
 temperature term is weighted ``kd_weight * lambda(epoch)``. The gradients are exactly the
-reversal layer's (``tests/test_zoo_logits.py``). Defaults: the authors' CIFAR-100 setting with
+reversal layer's (``tests/methods/test_ctkd.py``). Defaults: the authors' CIFAR-100 setting with
 vanilla KD (``-r 0.1 -a 0.9``, ``t_start 1``, ``t_end 20``). ``logit_standardization: true`` z-scores
 the logits first (Sun et al., CVPR 2024, which applies it to CTKD).
 """

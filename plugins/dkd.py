@@ -15,7 +15,7 @@ Classic KD equals ``TCKD + (1 - p_t^T) * NCKD`` per sample, which ties NCKD's we
 teacher's confidence; DKD weights the two freely:
 ``L = ce_weight * CE + w(epoch) * (alpha * TCKD + beta * NCKD)``.
 
-Conventions (checked in ``tests/test_zoo_logits.py``):
+Conventions (checked in ``tests/methods/test_dkd.py``):
 
 * both KLs are reduced ``batchmean`` (sum over classes, mean over the batch) and multiplied by T^2,
   as mdistiller does (``size_average=False`` then ``/ batch_size``);

@@ -4,7 +4,7 @@ error), on the device and in the mode given.
 
     python scripts/compile_sweep.py [--device cpu|cuda] [--mode default|reduce-overhead] [METHOD ...]
 
-The test suite compiles a few methods (tests/test_compile_objective.py, kd on inductor, CRD on
+The test suite compiles a few methods (tests/engine/test_compile_objective.py, kd on inductor, CRD on
 inductor and across two processes); this compiles all of them, which takes minutes, so it runs by
 hand and in ``scripts/bench_gpu.sh`` rather than in CI. It exits non-zero when any method fails.
 """
@@ -24,7 +24,7 @@ from kdzoo.engine import build_trainer  # noqa: E402
 from kdzoo.paths import using_cache  # noqa: E402
 from kdzoo.registry import registry  # noqa: E402
 from kdzoo.testing import Case, tiny_config  # noqa: E402
-from tests.test_conformance import CASES  # noqa: E402
+from tests.methods.test_every_method_conformance import CASES  # noqa: E402
 
 
 def main() -> int:

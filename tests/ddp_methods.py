@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kdzoo.engine import accounting, build_trainer
+from kdzoo.engine import build_trainer, step
 from kdzoo.registry import registry
 from kdzoo.testing import PAIRS, Case
 from kdzoo.testing import tiny_config as conformance_config
@@ -86,7 +86,7 @@ def run(name: str, out: Path, teachers: Path, extra: list[str]) -> dict:
 
 
 def main(out_file: Path, teachers: Path, args: list[str]) -> None:
-    accounting.significant = float  # the logged means unrounded: they are compared far below 7 digits
+    step.significant = float  # the logged means unrounded: they are compared far below 7 digits
     extra, names = [a for a in args if "=" in a], [a for a in args if "=" not in a]
     results = {name: run(name, out_file.parent / "runs", teachers, extra) for name in names or CASES}
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:

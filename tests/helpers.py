@@ -7,6 +7,8 @@ import os
 import textwrap
 import types
 
+import torch
+
 import kdzoo
 from kdzoo.config import RunConfig, load_config
 from kdzoo.registry import Registry, load_registry, registry
@@ -99,6 +101,36 @@ def pip_install_into(source, target) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A generator seeded with ``seed``: the reference checks draw their tensors from it."""
+    return torch.Generator().manual_seed(seed)
+
+
+def logit_pair(seed: int, batch: int = 16, classes: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded student and teacher logits (scaled 2 and 3) for the reference checks."""
+    gen = seeded(seed)
+    return 2 * torch.randn(batch, classes, generator=gen), 3 * torch.randn(batch, classes, generator=gen)
+
+
+def td_io(x, path: str = ".") -> dict:
+    """``x`` as torchdistill's losses read a module's output: ``{path: {"output": x}}``."""
+    return {path: {"output": x}}
+
+
+def fit_tiny(cfg: RunConfig, tmp_path):
+    """``cfg`` trained in ``tmp_path/run``, checking that every logged term is finite and the student
+    changed: (the trainer, its last epoch's record)."""
+    from kdzoo.engine import build_trainer
+
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.fit()
+    record = trainer.history[-1]
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in record["train"].items() if isinstance(v, float))
+    assert any(not torch.equal(v, trainer.student.state_dict()[k]) for k, v in before.items())
+    return trainer, record
 
 
 def logit_terms(pm, student, teacher_logits) -> dict:

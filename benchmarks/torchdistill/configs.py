@@ -43,7 +43,7 @@ Per method, torchdistill side -> kdzoo side:
 * ``pkt``: ``CrossEntropyLoss`` x 1 plus ``PKTLoss`` x 30000 on the pooled pre-logits embeddings
   (the same hooks as ``rkd``): identical values.
 * ``dist``: ``CrossEntropyLoss`` x 1 plus ``DISTLoss(beta, gamma, tau)`` with kdzoo's weights:
-  identical values (tests/test_zoo_logits.py checks the terms alone).
+  identical values (tests/methods/test_dist.py checks the terms alone).
 * ``dist_plus``: ``DISTPlusLoss`` on kdzoo's projector output (in the wrapper) and the teacher's last
   stage. torchdistill adds the raw channel correlation where kdzoo adds ``1 -`` it, so the totals
   differ by exactly ``channel_weight (1 - 2 x kdzoo's channel term)`` (tested).
@@ -75,7 +75,7 @@ Per method, torchdistill side -> kdzoo side:
 * ``skd``: ``SKDInstanceLoss`` and ``SKDDirectionLoss`` in kdzoo's ``form`` (``mode``), each x 0.9,
   plus CE x 0.1. The direction term is identical; in the ``code`` form torchdistill masks each
   sample's KL where the authors' code (and kdzoo) scales the batch's KL by the masked fraction, so
-  the first-step loss differs by exactly that (tests/test_bench_torchdistill.py).
+  the first-step loss differs by exactly that (tests/tools/test_bench_torchdistill.py).
 * ``pad``: the distilling stage (the one the bench times): ``PADL2Loss`` on copies of kdzoo's
   regressor and variance branch, plus CE: identical values.
 * stacks (e.g. ``kd+at+rkd``): one ``WeightedSumLoss`` of the same terms with kdzoo's stacked

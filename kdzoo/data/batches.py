@@ -5,21 +5,30 @@ inputs a batch at a time (resize, normalise, augment), fast on CPU and GPU alike
 go through a DataLoader (:class:`LoaderBatches`); a user's own loader is wrapped as it is
 (:class:`IterableBatches`). Batch order and augmentation draw from a generator seeded by (seed,
 epoch), so an epoch is the same whether the run was interrupted before it or not.
+
+Under torchrun every process reads its contiguous share of each global batch of one global order
+(a file-backed set decodes that share only), and evaluates a contiguous run of the validation set's
+batches (:meth:`Batches.evaluation_share`), so N processes compute what one computes.
 """
 
 from __future__ import annotations
 
 import abc
+import atexit
 import itertools
 import math
+import multiprocessing.util  # noqa: F401  (its exit handler registers on import; ours, registered later, runs first)
 import os
+import random
 import signal
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from kdzoo.data.contents import DataContents
 from kdzoo.errors import KdzooError
@@ -27,13 +36,17 @@ from kdzoo.errors import KdzooError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place among the run's processes (torchrun): ``grouped`` when a process group
+    exists, which a torchrun launch of one process has too (so one GPU runs the NCCL path)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    grouped: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.grouped
 
     @property
     def main(self) -> bool:
@@ -90,6 +103,23 @@ class Batches(abc.ABC):
         """Which of each sample's fixed augmented views ``epoch`` trains on (0 without fixed views)."""
         return 0
 
+    def evaluation_share(self, info: DistInfo) -> Iterator:
+        """This process's part of an evaluation pass over the set: ``(x, y)`` of a contiguous run of the
+        batches one process evaluates (:func:`evaluation_batches`). Whole batches, so every sample is
+        scored in the batch one process scores it in (the same numbers, to the bit); none is padded or
+        repeated, so the processes' summed counts are one process's counts."""
+        share = evaluation_batches(len(self), info)
+        return itertools.islice(self.epoch(0, share.start), len(share))
+
+
+def evaluation_batches(batches: int, info: DistInfo) -> range:
+    """Which of a set's ``batches`` this process evaluates: a contiguous run, the runs of the processes
+    differing in length by one batch at most (a process may get none when there are fewer batches
+    than processes; its counts are then zero)."""
+    if not info.enabled:
+        return range(batches)
+    return range(info.rank * batches // info.world, (info.rank + 1) * batches // info.world)
+
 
 def _as_labels(values) -> Tensor | None:
     return None if values is None else torch.as_tensor(values).long().cpu()
@@ -98,8 +128,6 @@ def _as_labels(values) -> Tensor | None:
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device`` without the host waiting: from pinned memory, asynchronously, on CUDA
     (a copy from ordinary memory would make the host wait for the GPU's queued work each step)."""
-    if t.device == device:
-        return t
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -161,19 +189,26 @@ class TensorBatches(Batches):
 
         ``with_index`` adds each batch's sample indices (for per-sample caches).
         """
+        return self._batches(epoch, range(start, len(self)), self.shard_info, with_index)
+
+    def evaluation_share(self, info: DistInfo) -> Iterator:
+        # whole batches of the set for this process: shard_info (a share of each batch) does not apply
+        return self._batches(0, evaluation_batches(len(self), info), DistInfo(), with_index=False)
+
+    def _batches(self, epoch: int, batches: range, info: DistInfo, with_index: bool) -> Iterator:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
         stored = to_device(order, self.images.device)  # the order where the images are, once an epoch
-        for b in range(len(self)):
+        for b in range(batches.stop):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx, rows = order[batch], stored[batch]
             params = self._draw(idx, gen, epoch)  # drawn for skipped batches too: later ones stay the same
-            if b < start:
+            if b < batches.start:
                 continue
-            if self.shard_info.enabled:  # drawn for the global batch, applied to this process's share
-                idx, rows = shard(idx, self.shard_info), shard(rows, self.shard_info)
-                params = None if params is None else tuple(shard(p, self.shard_info) for p in params)
+            if info.enabled:  # drawn for the global batch, applied to this process's share
+                idx, rows = shard(idx, info), shard(rows, info)
+                params = None if params is None else tuple(shard(p, info) for p in params)
             x = to_device(self._prepare(self.images[rows], params), self.device)
             y = to_device(self.labels[rows], self.device)
             yield (x, y, idx) if with_index else (x, y)
@@ -263,8 +298,11 @@ class DataBundle:
 class LoaderBatches(Batches):
     """Mini-batches from a file-backed dataset through a DataLoader (workers decode images).
 
-    Shuffling and worker seeds come from a generator seeded by (seed, epoch), like
-    :class:`TensorBatches`, so an epoch's batches do not depend on what ran before it.
+    The order comes from a generator seeded by (seed, epoch), like :class:`TensorBatches`, and each
+    sample's augmentation from a seed of (seed, epoch, sample): an epoch's batches depend neither on
+    what ran before it nor on which process or worker decodes a sample. So each process decodes only
+    its share of every global batch (:class:`GlobalBatchSampler`), a resumed epoch starts at its
+    batch without decoding the ones before, and the workers persist across epochs.
     """
 
     def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0):
@@ -272,6 +310,8 @@ class LoaderBatches(Batches):
         # 0 means "choose": file-backed images need decoding workers to keep up with the model
         self.num_workers = num_workers or min(4, os.cpu_count() or 1)
         self.seed = seed
+        self._loader: DataLoader | None = None  # made at the first epoch, then kept: its workers persist
+        self._loader_busy = False  # an epoch is iterating the kept loader (see _batches)
         super().__init__()
 
     def __len__(self) -> int:
@@ -286,27 +326,109 @@ class LoaderBatches(Batches):
 
     def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
         """The batches of one epoch from batch ``start`` on; ``with_index`` adds each batch's sample indices."""
-        from torch.utils.data import DataLoader
+        return self._batches(epoch, range(start, len(self)), self.shard_info, with_index)
 
-        # a fresh loader per epoch: worker seeds then come from the (seed, epoch) generator, so an epoch
-        # is the same after a resume (persistent workers would carry their RNG across epochs)
-        loader: DataLoader = DataLoader(
-            _WithIndex(self.dataset),
-            batch_size=self.batch_size,
-            shuffle=self.train,
-            drop_last=self.train and len(self.dataset) >= self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
-            worker_init_fn=_leave_stop_signals_to_the_trainer,
-        )
+    def evaluation_share(self, info: DistInfo) -> Iterator:
+        # whole batches of the set for this process: shard_info (a share of each batch) does not apply
+        return self._batches(0, evaluation_batches(len(self), info), DistInfo(), with_index=False)
+
+    def _batches(self, epoch: int, batches: range, info: DistInfo, with_index: bool) -> Iterator:
+        # Two epochs iterated at once (a second pass started inside another) cannot share one loader:
+        # starting the second would reset the first's. The second gets a loader of its own, which
+        # yields the same batches (a sample's augmentation does not depend on the worker decoding it).
+        kept = not self._loader_busy
+        loader = self._kept_loader() if kept else self._new_loader(persistent=False)
+        assert isinstance(loader.batch_sampler, GlobalBatchSampler)
+        loader.batch_sampler.plan(epoch, batches, info)
+        self._loader_busy = self._loader_busy or kept
         try:
-            for x, y, idx in itertools.islice(loader, start, None):
-                x, y, idx = (shard(t, self.shard_info) for t in (x, y, idx))
+            for x, y, idx in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 yield (x, y, idx) if with_index else (x, y)
         except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
             raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
+        finally:
+            if kept:
+                self._loader_busy = False
+
+    def _kept_loader(self) -> DataLoader:
+        pin = self.device.type == "cuda"
+        if self._loader is None or self._loader.pin_memory != pin:  # made again for a device moved to
+            self.release_workers()
+            self._loader = self._new_loader(persistent=True)
+            _KEEPING_WORKERS.add(self)
+        return self._loader
+
+    def release_workers(self) -> None:
+        """End the workers the kept loader holds between epochs (a later epoch starts new ones)."""
+        loader, self._loader = self._loader, None
+        shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+        if shutdown is not None:  # a pass still iterating it holds the loader: end its workers anyway
+            shutdown()
+
+    def _new_loader(self, persistent: bool) -> DataLoader:
+        return DataLoader(
+            _WithIndex(self.dataset, self.seed),
+            batch_sampler=GlobalBatchSampler(len(self.dataset), self.batch_size, self.train, self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+            # the workers' base seed is drawn from this generator, not from the global RNG (which would
+            # then differ from a run without workers); it seeds nothing a batch depends on (_WithIndex)
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=_leave_stop_signals_to_the_trainer,
+        )
+
+
+_KEEPING_WORKERS: weakref.WeakSet[LoaderBatches] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_kept_workers() -> None:
+    """At exit, end the workers every kept loader holds. multiprocessing's exit handler would end them
+    with SIGTERM, which they ignore (:func:`_leave_stop_signals_to_the_trainer`), and then wait for them
+    forever; the loader ends them by telling them to stop. Registered after multiprocessing's handler
+    (imported above), it runs before it."""
+    for batches in list(_KEEPING_WORKERS):
+        batches.release_workers()
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """The samples one process loads, as a DataLoader's ``batch_sampler``: of every batch in the planned
+    range (:meth:`plan`) of the epoch's global order, this process's contiguous share (what
+    :func:`shard` keeps of a global batch), so no process decodes another's samples and batches before
+    the range are never read. The global order is the one a shuffling ``DataLoader`` with a generator
+    seeded by (seed, epoch) gives, which one process has always trained on.
+    Each sample is handed over as ``(index, epoch)``: :class:`_WithIndex` seeds its augmentation."""
+
+    def __init__(self, samples: int, batch_size: int, shuffle: bool, seed: int):
+        self.samples, self.batch_size, self.shuffle, self.seed = samples, batch_size, shuffle, seed
+        self.epoch, self.batches, self.info = 0, range(0), DistInfo()
+
+    def plan(self, epoch: int, batches: range, info: DistInfo) -> None:
+        """What the next pass yields; set before the loader is iterated (it reads the plan then, in
+        the training process: the workers only receive the indices)."""
+        self.epoch, self.batches, self.info = epoch, batches, info
+
+    def order(self, epoch: int) -> Tensor:
+        """Every sample of ``epoch`` in the order batches take them."""
+        if not self.shuffle:
+            return torch.arange(self.samples)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        # a DataLoader draws its workers' base seed from its generator before its sampler draws the
+        # permutation: drawn here too, so the order stays what a shuffling DataLoader gave
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        return torch.randperm(self.samples, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batches, info = self.epoch, self.batches, self.info
+        order = self.order(epoch)
+        for b in batches:
+            share = shard(order[b * self.batch_size : (b + 1) * self.batch_size], info)
+            yield [(index, epoch) for index in share.tolist()]
 
 
 def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
@@ -320,16 +442,30 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
 
 
 class _WithIndex(torch.utils.data.Dataset):
-    """A map-style dataset whose items also carry their index (the position per-sample state uses)."""
+    """A map-style dataset read by ``(index, epoch)`` keys whose items also carry their index (the
+    position per-sample state uses). A sample's random augmentation is seeded by (seed, epoch, index):
+    the same whichever process or worker decodes it and whatever that worker decoded before, so N
+    processes augment as one does, a resumed epoch needs none of the samples before it, and
+    workers can persist across epochs."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index]
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        sample_seed = ((self.seed * 100_003 + epoch) * 1_000_003 + index) % 2**63
+        # the process's own streams are put back: without workers this runs in the training process
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)  # torchvision's RandomChoice and RandomOrder draw from Python's
+            try:
+                x, y = self.dataset[index]
+            finally:
+                random.setstate(python_state)
         return x, y, index
 
 
@@ -362,3 +498,11 @@ class IterableBatches(Batches):
         for x, y, *rest in itertools.islice(self.loader, start, None):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield (x, y, rest[0] if rest else None) if with_index else (x, y)
+
+    def evaluation_share(self, info: DistInfo) -> Iterator:
+        """A loader with a ``DistributedSampler`` yields this process's share already (counted as it is:
+        that sampler repeats samples to split a set evenly); any other loader is shared by whole
+        batches, as kdzoo's own sets are (each process still loads the batches before its run)."""
+        if isinstance(getattr(self.loader, "sampler", None), DistributedSampler):
+            return self.epoch(0)
+        return super().evaluation_share(info)

@@ -11,6 +11,7 @@ same way (:func:`obtain_teacher`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import warnings
 from pathlib import Path
@@ -27,7 +28,14 @@ from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.engine import locking
 from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
-from kdzoo.engine.distributed import global_batchnorm, init_from_env
+from kdzoo.engine.distributed import (
+    any_across,
+    broadcast_from_main,
+    broadcast_module_state,
+    first_failure,
+    global_batchnorm,
+    init_from_env,
+)
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.extract import describe
 from kdzoo.engine.loop import Trainer
@@ -63,7 +71,7 @@ def build_run(
     show_progress = show_progress if dist.main else False
     checkpoint.seed_everything(config.train.seed)  # the same seed everywhere: identical replicas
     device = pick_device(config.train.device, dist)
-    data = data or load_data(config.data, config.train.seed)
+    data = data or _loaded_everywhere(config, dist)
     data.train.to(device)
     data.val.to(device)
     infos = [registry.get(name) for name in config.methods]
@@ -77,8 +85,8 @@ def build_run(
     if needs_teacher and teacher is None and config.teacher.cache:
         cache = TeacherOutputCache(ready.identity(), data_settings(config, data.contents), check_cacheable(data.train))
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
-    if needs_teacher and teacher is None and teacher_info is None:
-        teacher = ready.model()
+    if needs_teacher and teacher is None and any_across(teacher_info is None, dist):
+        teacher = ready.model()  # every process together (some node may lack the cache entry)
     teacher = teacher if needs_teacher else None
     check_pair(teacher, student, config.teacher.model, config.student.model)
     if teacher is not None:
@@ -104,6 +112,8 @@ def build_run(
             "set teacher.cache=false"
         )
     if cache is not None and warm_cache and teacher_info is not None:
+        if objective.teacher is None and any_across(not cache.complete_for(objective.taps), dist):
+            objective.set_teacher(ready.model(), teacher_info)  # every process together, before any waits
         with ready.main_first():
             _warm(cache, objective, ready, teacher_info, device, show_progress)
     stages = objective.schedule(config.train.epochs)
@@ -126,6 +136,21 @@ def build_run(
         label=label,
         method_sources=registry.method_sources(config.methods),
     )
+
+
+def _loaded_everywhere(config: RunConfig, dist: DistInfo) -> DataBundle:
+    """The run's data, loaded by every process (each node reads its own copy); a process that cannot
+    load it ends every process with its one line (the others would wait for it in the next collective)."""
+    data, error = None, None
+    try:
+        data = load_data(config.data, config.train.seed)
+    except KdzooError as exc:
+        error = str(exc)
+    failure = first_failure(error, dist)
+    if failure is not None:
+        raise KdzooError(failure)
+    assert data is not None
+    return data
 
 
 def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
@@ -156,18 +181,29 @@ class _Teacher:
         self._model: nn.Module | None = None
 
     def model(self) -> nn.Module:
+        """The teacher. Under torchrun every process calls this together: the main process obtains
+        it (given, cached or trained) and the others receive its weights over the process group, so
+        no node needs the teacher's files (nodes share no filesystem)."""
         if self._model is None:
             rng = checkpoint.rng_state()
             with self.main_first():
-                self._model = obtain_teacher(self.config, self.registry, self.data, self.show_progress)
+                if self.dist.main:
+                    self._model = obtain_teacher(self.config, self.registry, self.data, self.show_progress)
+                else:  # the architecture only: the weights come from the main process
+                    cfg = dataclasses.replace(self.config.teacher, pretrained=False, checkpoint=None)
+                    self._model = create_model(cfg, "teacher", self.data.num_classes, self.data.in_chans)
+            if self.dist.enabled:
+                broadcast_module_state(self._model)
             checkpoint.restore_rng(rng)
         return self._model
 
     def identity(self) -> str:
-        """What the teacher's outputs are cached under: its weights (trained first if need be)."""
-        if teachers.teacher_identity(self.config, self.data.contents) is None:
+        """What the teacher's outputs are cached under: its weights (trained first if need be), as the
+        main process finds them (every process calls this together under torchrun)."""
+        identity = broadcast_from_main(teachers.teacher_identity(self.config, self.data.contents), self.dist)
+        if identity is None:
             self.model()
-        identity = teachers.teacher_identity(self.config, self.data.contents)
+            identity = broadcast_from_main(teachers.teacher_identity(self.config, self.data.contents), self.dist)
         assert identity is not None  # the teacher's weights file exists once it is trained
         return identity
 
@@ -175,17 +211,30 @@ class _Teacher:
     def main_first(self):
         """The main process first (it trains the teacher, fills the cache), then the others. They wait
         in a group of their own without a practical time limit: training a teacher can take longer than
-        the run's process group allows a collective (30 minutes by default), which would end the run."""
+        the run's process group allows a collective (30 minutes by default), which would end the run.
+        When the main process fails there, the others end with its error rather than wait for ever."""
         if not self.dist.enabled:
             yield
             return
         waiting = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(days=30))
-        if not self.dist.main:
-            torch.distributed.barrier(group=waiting)
-        yield
-        if self.dist.main:
-            torch.distributed.barrier(group=waiting)
-        torch.distributed.destroy_process_group(waiting)
+        try:
+            if not self.dist.main:
+                failed: list[str | None] = [None]
+                torch.distributed.broadcast_object_list(failed, src=0, group=waiting)
+                if failed[0] is not None:
+                    raise KdzooError(f"the main process (rank 0) failed: {failed[0]}")
+                yield
+                return
+            failure = None
+            try:
+                yield
+            except BaseException as exc:
+                failure = str(exc) if isinstance(exc, KdzooError) else f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                torch.distributed.broadcast_object_list([failure], src=0, group=waiting)
+        finally:
+            torch.distributed.destroy_process_group(waiting)
 
 
 def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show_progress: bool | None) -> nn.Module:
@@ -251,8 +300,10 @@ def _warm(
                     say(f"teacher-output cache: {cache.damage}; filling it again")
                 elif not filled and not cache.info_file.is_file():
                     say(f"teacher-output cache: filling {cache.root} ({cache.why_new()})")
-                if objective.teacher is None:
-                    objective.set_teacher(ready.model(), info)
+                if objective.teacher is None:  # found complete by every process before; damaged since
+                    raise KdzooError(
+                        f"teacher-output cache {cache.root} changed while this run started; start it again"
+                    )
                 model, tap = objective.teacher, objective.teacher_tap
                 assert model is not None and tap is not None  # set just above
                 who = f"teacher ({ready.config.teacher.model})"

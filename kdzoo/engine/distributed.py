@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,8 @@ from torch import Tensor, nn
 
 from kdzoo.data.batches import DistInfo
 from kdzoo.toolkit.memory import ReplicatedState
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -40,13 +44,30 @@ def process_group_left_at_exit():
 
 
 def init_from_env() -> DistInfo:
-    """Join the process group torchrun set up (WORLD_SIZE > 1), or run as a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group torchrun set up (any launch by torchrun, one process included), or run as
+    a single process. On GPUs each process first takes the GPU of its ``LOCAL_RANK``: NCCL's collectives,
+    and the object collectives (``all_gather_object``), run on the current device, which would
+    otherwise be every process's ``cuda:0``."""
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # what torchrun sets
+    if not launched and not dist.is_initialized():
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, grouped=True)
+
+
+def collective_device() -> torch.device:
+    """Where the default group's collectives take their tensors: this process's GPU for NCCL (which
+    refuses host tensors), the host for gloo."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class GlobalStatistics(nn.modules.batchnorm._BatchNorm):
@@ -156,7 +177,13 @@ def wrap(module: TrainingStep, info: DistInfo, find_unused_parameters: bool) -> 
     # per-sample state keeps its copies equal itself (gathered updates): broadcasting it would cost more
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, replicated_buffers(module))
     device_ids = [info.local_rank] if torch.cuda.is_available() else None
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    # gradients as views of DDP's buckets: no copy into and out of the buckets each step, the same values
+    return DistributedDataParallel(
+        module,
+        device_ids=device_ids,
+        find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True,
+    )
 
 
 def reached_parameters(loss: Tensor) -> set[int]:
@@ -207,15 +234,64 @@ def replicated_buffers(module: nn.Module) -> list[str]:
 def mean_across(values: dict[str, Tensor], info: DistInfo) -> dict[str, Tensor]:
     if not info.enabled or not values:
         return values
-    names = sorted(values)
-    stacked = torch.stack([torch.as_tensor(values[n], dtype=torch.float64).reshape(()) for n in names])
+    names, device = sorted(values), collective_device()
+    stacked = torch.stack([torch.as_tensor(values[n], dtype=torch.float64, device=device).reshape(()) for n in names])
     dist.all_reduce(stacked)
-    return {n: stacked[i] / info.world for i, n in enumerate(names)}
+    return {n: stacked[i].cpu() / info.world for i, n in enumerate(names)}
 
 
 def any_across(flag: bool, info: DistInfo) -> bool:
     if not info.enabled:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def broadcast_module_state(module: nn.Module) -> None:
+    """Every process's ``module`` takes the main process's weights and buffers, sent over the process
+    group (on its device): nodes need not share a filesystem, nor each hold a copy of the file."""
+    device = collective_device()
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            sent = tensor.detach().to(device, copy=True)
+            dist.broadcast(sent, src=0)
+            tensor.copy_(sent)
+
+
+def broadcast_from_main(value: T, info: DistInfo) -> T:
+    """The main process's ``value`` (plain data: strings, numbers, lists, dicts) on every process."""
+    if not info.enabled:
+        return value
+    box = [value if info.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
+
+
+def broadcast_bytes(payload: bytes | None, info: DistInfo) -> bytes:
+    """The main process's ``payload`` on every process, sent as tensors on the group's device."""
+    if not info.enabled:
+        assert payload is not None
+        return payload
+    device = collective_device()
+    size = torch.tensor([len(payload) if info.main and payload is not None else 0], device=device)
+    dist.broadcast(size, src=0)
+    if info.main and payload is not None:
+        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
+    else:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=0)
+    return data.cpu().numpy().tobytes()
+
+
+def first_failure(error: str | None, info: DistInfo) -> str | None:
+    """The first process's error among every process's ``error`` (``None`` where one succeeded), named
+    by its rank and host when it is another process's; ``None`` when none failed."""
+    if not info.enabled:
+        return error
+    errors: list[tuple[str, str | None] | None] = [None] * info.world
+    dist.all_gather_object(errors, (socket.gethostname(), error))
+    for rank, (host, failed) in enumerate(item for item in errors if item is not None):
+        if failed is not None:
+            return failed if rank == info.rank else f"process {rank} on {host}: {failed}"
+    return None

@@ -6,6 +6,11 @@ dummy forward. One forward per model per step
 yields logits, every requested intermediate feature map and, on request, the pooled pre-logits
 embedding: ``forward_intermediates`` + ``forward_head`` where timm has them, forward hooks on the
 ``feature_info`` module paths otherwise.
+
+When that forward runs is decided here too: the teacher's frozen, under ``inference_mode``
+(:meth:`FeatureExtractor.frozen`); the student's when a loss term first reads its outputs
+(:class:`LazyOutputs`), so a stage that trains a teacher-side module alone (SSKD's rotation head,
+FT's paraphraser) skips it without any method having to say so.
 """
 
 from __future__ import annotations
@@ -107,6 +112,13 @@ class FeatureExtractor:
         if self.native:
             self._run = torch.compile(self._forward, mode=mode, backend=backend)
 
+    def frozen(self, x: Tensor, indices: Tensor | None = None, view: int = 0) -> Outputs:
+        """This model's outputs as a teacher's: without autograd, as normal tensors a loss can save; a
+        failure names the teacher and the input's shape. (``indices`` and ``view`` locate a cached
+        teacher's outputs, which :class:`~kdzoo.engine.teacher.Teacher` reads through the same call;
+        a live model needs ``x`` alone.)"""
+        return named_forward(f"teacher ({self.info.name})", lambda: run_teacher(self, x), x)
+
     def __call__(self, x: Tensor) -> Outputs:
         out = self._run(x)
         if self.preact is not None:
@@ -198,3 +210,35 @@ def run_teacher(extractor: FeatureExtractor | None, x: Tensor) -> Outputs | None
     with torch.inference_mode():
         out = extractor(x)
     return out.detached_copy()
+
+
+class LazyOutputs(Outputs):
+    """:class:`~kdzoo.api.Outputs` whose fields come from ``compute()`` (a model's forward), run at
+    most once, when a loss term first reads one."""
+
+    def __init__(self, compute: Callable[[], Outputs]):  # no dataclass fields set: the properties serve them
+        self._compute: Callable[[], Outputs] | None = compute
+        self._outputs: Outputs | None = None
+
+    def resolved(self) -> Outputs:
+        if self._outputs is None:
+            assert self._compute is not None  # set until the outputs are computed
+            self._outputs, self._compute = self._compute(), None
+        return self._outputs
+
+    @property
+    def computed(self) -> bool:
+        return self._outputs is not None
+
+    def rows(self, index: slice) -> Outputs:
+        return LazyOutputs(lambda: self.resolved().rows(index))
+
+    logits = property(lambda self: self.resolved().logits)
+    features = property(lambda self: self.resolved().features)
+    embedding = property(lambda self: self.resolved().embedding)
+    summaries = property(lambda self: self.resolved().summaries)
+    preact = property(lambda self: self.resolved().preact)
+    distillation_logits = property(lambda self: self.resolved().distillation_logits)
+
+    def __repr__(self) -> str:
+        return repr(self._outputs) if self._outputs is not None else "LazyOutputs(not computed)"

@@ -28,7 +28,7 @@ from torch import Tensor
 from kdzoo.api import Outputs
 from kdzoo.data.batches import DistInfo, shard
 from kdzoo.engine.distributed import world_group
-from kdzoo.engine.lazy_outputs import LazyOutputs
+from kdzoo.engine.extract import LazyOutputs
 
 
 @torch.compiler.disable  # collectives run eagerly, between the compiled terms

@@ -7,6 +7,10 @@ method that implements it, in the order the methods were selected, then on the c
 its implementation asks for. An implementation marked ``tryfirst``/``trylast`` is called before or
 after the others. An exception raised inside a method's implementation becomes one line naming the
 method (or the listener) and the hook; its traceback stays attached (``KDZOO_DEBUG=1`` shows it).
+
+The two hooks called at every step (``kdzoo_loss_weights``, ``kdzoo_compute_losses``) the objective
+calls itself, from the implementations found here once (:attr:`RunHooks.found`), with the same
+argument subsets and the same one-line failures (:meth:`RunHooks.failure`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class RunHooks:
 
     def __init__(self, methods: dict[str, object]):
         self._owners: list[tuple[str, object, bool]] = [(name, obj, True) for name, obj in methods.items()]
-        self._found: dict[str, list[Implementation]] = {}
+        #: hook -> its implementations in calling order, found on first use; registering or
+        #: unregistering a listener clears it
+        self.found: dict[str, list[Implementation]] = {}
         #: what each method's own hooks receive and no other method's: its plan (``plan``, what its
         #: ``kdzoo_plan`` returned) and its trainable modules (``modules``)
         self.own: dict[str, dict[str, Any]] = {}
@@ -46,15 +52,15 @@ class RunHooks:
     def register(self, listener: object, name: str | None = None) -> None:
         """Call ``listener``'s marked implementations too, after the methods' (a reporter, an observer)."""
         self._owners.append((name or type(listener).__name__, listener, False))
-        self._found.clear()
+        self.found.clear()
 
     def unregister(self, listener: object) -> None:
         self._owners = [entry for entry in self._owners if entry[1] is not listener]
-        self._found.clear()
+        self.found.clear()
 
     # ------------------------------------------------------------------ calls
     def implementations(self, hook: str) -> list[Implementation]:
-        if hook not in self._found:
+        if hook not in self.found:
             found = []
             for owner, obj, is_method in self._owners:
                 function = getattr(obj, hook, None)
@@ -64,8 +70,8 @@ class RunHooks:
                 arguments = tuple(inspect.signature(function).parameters)
                 order = 0 if options.get("tryfirst") else 2 if options.get("trylast") else 1
                 found.append(Implementation(owner, function, arguments, is_method, order))
-            self._found[hook] = sorted(found, key=lambda impl: impl.order)  # stable: selection order kept
-        return self._found[hook]
+            self.found[hook] = sorted(found, key=lambda impl: impl.order)  # stable: selection order kept
+        return self.found[hook]
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Every implementation's result that is not ``None``, in order."""
@@ -99,5 +105,9 @@ class RunHooks:
         except KdzooError:
             raise
         except Exception as exc:
-            who = f"method '{impl.owner}'" if impl.method else f"'{impl.owner}' (registered on the run)"
-            raise KdzooError(f"{who} failed in {hook}: {error_line(exc)}") from exc
+            raise self.failure(impl, hook, exc) from exc
+
+    def failure(self, impl: Implementation, hook: str, exc: Exception) -> KdzooError:
+        """The one line for ``impl`` raising ``exc`` in ``hook``, naming the method (or the listener)."""
+        who = f"method '{impl.owner}'" if impl.method else f"'{impl.owner}' (registered on the run)"
+        return KdzooError(f"{who} failed in {hook}: {error_line(exc)}")

@@ -23,16 +23,15 @@ from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
 from kdzoo.api import Batch, KdzooError, ModelInfo, Stage, When
-from kdzoo.engine.accounting import EpochTotals
 from kdzoo.engine.distributed import any_across
-from kdzoo.engine.evaluate import evaluate
+from kdzoo.engine.evaluate import evaluate_across
 from kdzoo.engine.export import deployed_costs, export_student, summarise
 from kdzoo.engine.extract import describe
 from kdzoo.engine.locking import RunDirLock, claim_new_run_dir
 from kdzoo.engine.parts import RunParts
 from kdzoo.engine.signals import StopRequests
 from kdzoo.engine.state import Position, RunClock, RunState
-from kdzoo.engine.step import CompiledBackwardFailed, Step
+from kdzoo.engine.step import CompiledBackwardFailed, EpochTotals, Step
 from kdzoo.errors import RunStopped
 from kdzoo.models import create_model
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
@@ -140,7 +139,11 @@ class Trainer:
                 checkpoint.restore_rng(resume.rng_of(self.dist.rank))
             for epoch in range(first_epoch, stage.epochs):
                 started = time.perf_counter()
-                partial = resume.partial if resume is not None and first_step and epoch == first_epoch else None
+                partial = (
+                    resume.partial_of(self.dist.rank)
+                    if resume is not None and first_step and epoch == first_epoch
+                    else None
+                )
                 step = first_step if epoch == first_epoch else 0
                 train = self._train_epoch(stage, index, epoch, global_epoch, step, partial)
                 record = EpochRecord(
@@ -199,7 +202,9 @@ class Trainer:
                 # under torchrun rank 0 shows throughput only; terms are averaged over ranks at epoch end
                 shown = {} if self.dist.enabled else totals.running_means(done - start_step)
                 bar.set_postfix({**shown, "img/s": f"{totals.rate(time.perf_counter() - started):.0f}"})
-            stop = any_across(self.stop.signal is not None, self.dist)  # every rank stops at the same step
+            stop = self.stop.signal is not None
+            if self.dist.enabled:  # every rank stops at the same step (one process has no one to ask)
+                stop = any_across(stop, self.dist)
             if (stop or (every and done % every == 0)) and done < steps:
                 totals.stop_if_nonfinite(stage, epoch, self.run_dir, self.dist)
                 self._save(Position(index, epoch, done, global_epoch), totals.partial())
@@ -218,9 +223,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, position: Position, partial: dict | None = None) -> None:
         rngs: list[dict[str, Any]] | None = None
-        if self.dist.enabled:  # every process's RNG state, so each resumes its own stream
-            rngs = [{} for _ in range(self.dist.world)]
-            torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+        partials: list[dict[str, Any] | None] | None = None
+        if self.dist.enabled:  # every process's RNG state and epoch totals: each resumes its own
+            gathered: list[Any] = [None] * self.dist.world
+            torch.distributed.all_gather_object(gathered, (checkpoint.rng_state(), partial))
+            rngs, partials = [rng for rng, _ in gathered], [totals for _, totals in gathered]
         if not self.dist.main:
             return
         RunState(
@@ -235,6 +242,7 @@ class Trainer:
             wall_time_s=self._clock.wall(),
             partial=partial,
             rng_per_rank=rngs,
+            partial_per_rank=partials if partial is not None else None,
             method_teacher=self.objective.teacher_side.state(),
             cpu_time_s=self._clock.cpu(),
         ).save(self.run_dir / "last.pt")
@@ -321,7 +329,8 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module, role: str, name: str | None = None) -> dict[str, float]:
         who = f"{role} ({name or getattr(self.config, role).model})"
-        return evaluate(model, self.data.val.epoch(0), self.data.num_classes, who)
+        # each process scores its share of the set; the counts are summed over the processes
+        return evaluate_across(model, self.data.val, self.data.num_classes, self.dist, who)
 
     def _quiet(self) -> bool | None:
         show = self.parts.show_progress

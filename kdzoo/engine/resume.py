@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdzoo.config import RunConfig, config_from_dict, load_config
+from kdzoo.data import DistInfo
+from kdzoo.engine.distributed import broadcast_bytes, broadcast_from_main
 from kdzoo.engine.state import RunState
 from kdzoo.errors import KdzooError
 from kdzoo.registry import Registry
@@ -141,3 +144,35 @@ def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTa
 def _finished(run_dir: Path, saved: RunConfig, wanted: RunConfig) -> bool:
     """Done, with no epochs added: the summary is written only after the last checkpoint."""
     return (run_dir / "summary.json").is_file() and wanted.train.epochs == saved.train.epochs
+
+
+def from_main_process(
+    find: Callable[[], ResumeTarget | None], info: DistInfo, registry: Registry
+) -> ResumeTarget | None:
+    """The run to resume as the main process finds it (``find``), on every process: under torchrun only
+    the main process reads the checkpoint and the others receive it over the process group, since
+    nodes share no filesystem (only the main node's run folder holds ``last.pt``). The main process's
+    error reaches every process as the same one line."""
+    if not info.enabled:
+        return find()
+    target, error = None, None
+    if info.main:
+        try:
+            target = find()
+        except KdzooError as exc:
+            error = str(exc)
+    found: dict[str, Any] | None = None
+    if target is not None:
+        found = {"run_dir": str(target.run_dir), "finished": target.finished, "config": target.config.to_dict()}
+    error, found = broadcast_from_main((error, found), info)
+    if error is not None:
+        raise KdzooError(error)
+    if found is None:
+        return None
+    payload = broadcast_bytes(target.state.to_bytes() if target is not None else None, info)
+    if target is not None:
+        return target
+    run_dir = Path(found["run_dir"])
+    state = RunState.from_bytes(payload, run_dir / "last.pt")
+    config = config_from_dict(found["config"], registry.config_classes())
+    return ResumeTarget(run_dir, state, config, [], bool(found["finished"]))

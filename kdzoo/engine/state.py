@@ -7,6 +7,7 @@ The file is a plain dict of tensors and containers (loadable with ``weights_only
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class RunState:
     partial: dict[str, Any] | None = None
     rng_per_rank: list[dict[str, Any]] | None = None
     method_teacher: dict[str, Any] | None = None
+    partial_per_rank: list[dict[str, Any] | None] | None = None  # each process's epoch totals (torchrun)
     cpu_time_s: float = 0.0  # CPU seconds of this process (every thread): a cost other jobs barely change
     format: str = field(default=FORMAT)
 
@@ -72,7 +74,22 @@ class RunState:
 
     @classmethod
     def load(cls, path: Path) -> RunState:
-        data = checkpoint.load(path)
+        return cls.checked(checkpoint.load(path), path)
+
+    def to_bytes(self) -> bytes:
+        """What :meth:`save` writes, in memory (sent from the main process to the others)."""
+        buffer = io.BytesIO()
+        torch.save(dataclasses.asdict(self), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, path: Path) -> RunState:
+        """What :meth:`to_bytes` made of the checkpoint at ``path`` (read as tensors and containers only)."""
+        return cls.checked(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True), path)
+
+    @classmethod
+    def checked(cls, data: dict[str, Any], path: Path) -> RunState:
+        """``data`` read from ``path`` as a checkpoint, or one line saying what is wrong with it."""
         if "config" not in data or "position" not in data:
             raise KdzooError(f"{path} is not a kdzoo run checkpoint (no config/position inside)")
         if data.get("format") != FORMAT:
@@ -102,6 +119,11 @@ class RunState:
     def rng_of(self, rank: int) -> dict[str, Any]:
         return self.rng_per_rank[rank] if self.rng_per_rank else self.rng
 
+    def partial_of(self, rank: int) -> dict[str, Any] | None:
+        """Process ``rank``'s totals of the epoch a mid-epoch checkpoint interrupted (its own sums: the
+        epoch's means average the processes' at its end)."""
+        return self.partial_per_rank[rank] if self.partial_per_rank else self.partial
+
 
 _MISSING = object()
 #: what each field of a checkpoint must be: a file with the right format marker and other contents is
@@ -120,6 +142,7 @@ _SHAPES: dict[str, type | tuple[type, ...]] = {
     "wall_time_s": (int, float),
     "partial": dict,
     "rng_per_rank": list,
+    "partial_per_rank": list,
     "method_teacher": dict,
     "cpu_time_s": (int, float),
 }

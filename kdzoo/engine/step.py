@@ -2,29 +2,34 @@
 
 The objective computes the loss (:meth:`kdzoo.engine.objective.Objective.loss`); the step owns what
 turns it into an update: which parameters a stage trains, the stage's optimizer and per-step LR
-schedule, autocast and the fp16 loss scaler, the backward pass, the non-finite policy, and, under
-torchrun, data parallelism. The loop (:class:`kdzoo.engine.loop.Trainer`) feeds it batches and
-checkpoints its state; the benchmark and the conformance kit build one without a loop.
+schedule (built here from the ``optim`` config section), autocast and the fp16 loss scaler, the
+backward pass, the non-finite policy (a step skipped, or the run stopped at the first NaN/inf term:
+:class:`EpochTotals`, the steps' running totals the loop keeps), and, under torchrun, data
+parallelism. The loop (:class:`kdzoo.engine.loop.Trainer`) feeds it batches and checkpoints its
+state; the benchmark and the conformance kit build one without a loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kdzoo.api import Batch, KdzooError, Stage, StepResult, When
-from kdzoo.config import RunConfig, build
+from kdzoo.config import OptimConfig, RunConfig, build
 from kdzoo.data import DistInfo
-from kdzoo.engine.distributed import TrainingStep, average_gradients, reached_parameters, wrap
+from kdzoo.engine.distributed import TrainingStep, any_across, average_gradients, mean_across, reached_parameters, wrap
 from kdzoo.engine.extract import out_of_memory
 from kdzoo.engine.objective import Objective
-from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.errors import error_line
+from kdzoo.reporting import significant
 
 
 class CompiledBackwardFailed(KdzooError):
@@ -159,3 +164,93 @@ class Step:
         if precision in ("fp32", "fp64"):
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# ---------------------------------------------------------------------- a stage's optimizer and schedule
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer the ``optim`` config section names, over ``params``."""
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
+    make = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return make(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(
+    cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch. ``milestones`` are epochs of the stage.
+
+    Every schedule is a closed-form function of the step, so a run resumed with more epochs
+    continues on the schedule of its new length (a recursive form would carry the old length)."""
+    total_steps = max(epochs * steps_per_epoch, 1)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    if cfg.scheduler == "multistep":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+# ---------------------------------------------------------------------- the steps of an epoch, summed
+class EpochTotals:
+    """An epoch's running totals of the steps' results: the loss and every term, summed on the device
+    (no host sync per step), with the first step at which each became NaN/inf (the non-finite policy's
+    other half: a run without ``train.nonfinite=skip`` stops there, at the next log point)."""
+
+    def __init__(self, partial: dict[str, Any] | None = None):
+        partial = partial or {}
+        self.sums: dict[str, Tensor] = {k: torch.tensor(v) for k, v in partial.get("sums", {}).items()}
+        self.seen = partial.get("seen", 0)  # images trained in this epoch, before a resume included
+        self.seen_before = self.seen  # ...of which this process trained none (its rate leaves them out)
+        self.skipped = partial.get("skipped", 0)
+        self.first_bad: dict[str, Tensor] = {}  # term -> first step where it was NaN/inf, on the device
+
+    def add(self, step: int, loss: Tensor | None, terms: dict[str, Tensor], batch: int) -> None:
+        """Count one step; ``loss`` is ``None`` for a step skipped as non-finite."""
+        if loss is None:
+            self.skipped += 1
+            return
+        self.seen += batch
+        for name, value in {"loss": loss, **terms}.items():
+            value = value.detach()
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            bad = self.first_bad.get(name)
+            if bad is None:  # made once per term, not every step
+                bad = self.first_bad[name] = torch.tensor(-1)
+            self.first_bad[name] = torch.where((bad < 0) & ~torch.isfinite(value), step + 1, bad)
+
+    def partial(self) -> dict[str, Any]:
+        """What a mid-epoch checkpoint keeps, so the resumed epoch logs the same means."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "skipped": self.skipped}
+
+    def running_means(self, steps_done: int) -> dict[str, str]:
+        return {k: f"{(v / max(steps_done, 1)).item():.4g}" for k, v in self.sums.items()}
+
+    def rate(self, seconds: float) -> float:
+        return (self.seen - self.seen_before) / max(seconds, 1e-9)
+
+    def means(self, steps: int, dist: DistInfo) -> dict[str, float]:
+        """Per-step means over the epoch, averaged over processes, to 7 significant digits."""
+        counted = max(steps - self.skipped, 1)
+        return {k: significant(float(v) / counted) for k, v in mean_across(self.sums, dist).items()}
+
+    def stop_if_nonfinite(self, stage: Stage, epoch: int, run_dir: Path, dist: DistInfo) -> None:
+        """A one-line error naming the first step and term that went NaN/inf (on any process)."""
+        bad = {name: int(step) for name, step in self.first_bad.items() if int(step) > 0}
+        if not any_across(bool(bad), dist):
+            return
+        bad = bad or {"loss (on another process)": 0}
+        step = min(bad.values())
+        terms = sorted(n for n, s in bad.items() if s == step and n != "loss") or ["loss"]
+        last = run_dir / "last.pt"
+        kept = f"the last good checkpoint is kept ({last})" if last.is_file() else "no checkpoint was written yet"
+        raise KdzooError(
+            f"stage '{stage.name}' epoch {epoch + 1} step {step}: loss term {', '.join(map(repr, terms))} "
+            f"became NaN/inf; {kept}; lower optim.lr or the term's weight, or set train.nonfinite=skip"
+        )

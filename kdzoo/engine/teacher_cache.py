@@ -113,6 +113,10 @@ class TeacherOutputCache:
         return why_new_entry(self.root, self.key, "*")
 
     # --- outputs for one set of taps
+    def complete_for(self, taps: Taps) -> bool:
+        """Whether the entry holds the outputs of ``taps`` and the teacher's accuracy (selecting them)."""
+        return self.select(taps) and self.teacher_metrics() is not None
+
     def select(self, taps: Taps) -> bool:
         """Point at the outputs for ``taps``; True when they are complete and intact (no teacher needed).
         A damaged entry (meta.json unreadable, an array of the wrong size) counts as not filled, and

@@ -3,9 +3,9 @@
 The floor is what no distillation step can undercut while the teacher runs: the teacher's forward
 pass under ``inference_mode`` plus the student's forward, backward and optimizer step with plain
 cross-entropy, in a minimal hand-written loop. The student-only step (no teacher at all) bounds
-what a teacher-output cache can reach. kdzoo's variants run the engine's real training step
-(``Trainer.train_step``). Variants are interleaved round by round after a warm-up, and the table
-reports medians of per-round ratios, so machine noise hits every variant alike.
+what a teacher-output cache can reach. kdzoo's variants run the engine's real training step (the
+run's :class:`~kdzoo.engine.step.Step`). Variants are interleaved round by round after a warm-up, and
+the table reports medians of per-round ratios, so machine noise hits every variant alike.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Variant:
 def _optimizer(student) -> torch.optim.Optimizer:
     """The optimizer kdzoo's variants use too (the config's defaults), so only distillation differs."""
     from kdzoo.config import OptimConfig
-    from kdzoo.engine.optim import build_optimizer
+    from kdzoo.engine.step import build_optimizer
 
     return build_optimizer(OptimConfig(lr=0.01), student.parameters())
 
