@@ -178,11 +178,11 @@ def _or_none(find):
     """``find`` for a restarted worker: ``None`` (start afresh) when the failure came before any checkpoint."""
 
     def found_or_none():
-        from kdzoo.errors import KdzooError
+        from kdzoo.engine.resume import NothingToResume
 
         try:
             return find()
-        except KdzooError:
+        except NothingToResume:  # a damaged checkpoint, or a changed config, is still an error
             return None
 
     return found_or_none

@@ -13,9 +13,10 @@ loss relates samples within a batch (RKD) see the local batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
-from typing import TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,8 +24,6 @@ from torch import Tensor, nn
 
 from kdzoo.data.batches import DistInfo
 from kdzoo.toolkit.memory import ReplicatedState
-
-T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -259,13 +258,12 @@ def broadcast_module_state(module: nn.Module) -> None:
             tensor.copy_(sent)
 
 
-def broadcast_from_main(value: T, info: DistInfo) -> T:
-    """The main process's ``value`` (plain data: strings, numbers, lists, dicts) on every process."""
+def broadcast_from_main(value: Any, info: DistInfo) -> Any:
+    """The main process's ``value`` on every process: plain data (strings, numbers, lists, dicts; a
+    tuple arrives as a list), sent as JSON, so no process unpickles what another sends."""
     if not info.enabled:
         return value
-    box = [value if info.main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[return-value]
+    return json.loads(broadcast_bytes(json.dumps(value).encode() if info.main else None, info))
 
 
 def broadcast_bytes(payload: bytes | None, info: DistInfo) -> bytes:

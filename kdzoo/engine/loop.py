@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
 from kdzoo.api import Batch, KdzooError, ModelInfo, Stage, When
-from kdzoo.engine.distributed import any_across
+from kdzoo.engine.distributed import any_across, broadcast_from_main
 from kdzoo.engine.evaluate import evaluate_across
 from kdzoo.engine.export import deployed_costs, export_student, summarise
 from kdzoo.engine.extract import describe
@@ -95,11 +95,8 @@ class Trainer:
     def claim_new_run_dir(self) -> None:
         """Move to a new run directory named after ``run_dir`` (``-2``, ``-3``... when taken), created
         atomically by the main process and the same on every process."""
-        chosen: list[Path | None] = [claim_new_run_dir(self.run_dir) if self.dist.main else None]
-        if self.dist.enabled:
-            torch.distributed.broadcast_object_list(chosen, src=0)
-        assert chosen[0] is not None  # the main process's choice, broadcast to every other
-        self.run_dir = chosen[0]
+        chosen = str(claim_new_run_dir(self.run_dir)) if self.dist.main else None
+        self.run_dir = Path(broadcast_from_main(chosen, self.dist))  # the main process's choice, on every process
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: RunState | None = None) -> dict[str, Any]:

@@ -30,6 +30,10 @@ EXTENDABLE = "train.epochs"
 HOW_IT_COMPUTES = frozenset({"train.compile", "train.compile_objective", "train.compile_mode", "train.compile_backend"})
 
 
+class NothingToResume(KdzooError):
+    """No checkpoint of the command's config exists (a restarted worker then starts the run afresh)."""
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict) and tree:
         return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
@@ -116,7 +120,7 @@ def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTa
     candidates = [p for p in base.parent.glob(f"{base.name}*") if (p / "last.pt").is_file()]
     candidates = [p for p in candidates if p == base or p.name[len(base.name) :].lstrip("-").isdigit()]
     if not candidates:
-        raise KdzooError(f"nothing to resume: no checkpoint under {base} (run without --resume first)")
+        raise NothingToResume(f"nothing to resume: no checkpoint under {base} (run without --resume first)")
     candidates.sort(key=lambda p: (p / "last.pt").stat().st_mtime, reverse=True)
     digest = config_digest(wanted)
     for run_dir in candidates:
@@ -135,7 +139,7 @@ def resume_latest(base: Path, wanted: RunConfig, registry: Registry) -> ResumeTa
         why = f"the latest, {latest}, differs in {_describe(differences(saved, wanted))}"
     except (OSError, ValueError, KdzooError) as exc:
         why = f"the latest, {latest}, has no readable config.json ({exc})"
-    raise KdzooError(
+    raise NothingToResume(
         f"no run of this config to resume under {base}: {why}; "
         f"pass --resume {latest} to continue that one as it was, or run without --resume"
     )
