@@ -56,7 +56,10 @@ def main() -> None:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    name = config.train.name or f"{'+'.join(config.methods)}-{config.student.model}-seed{config.train.seed}"
+    from kdzoo.models.pretrained import folder_name
+
+    student = folder_name(config.student.model)  # an hf-hub:/local-dir: name is no folder name
+    name = config.train.name or f"{'+'.join(config.methods)}-{student}-seed{config.train.seed}"
     return Path(config.train.out_dir) / name
 
 

@@ -26,7 +26,11 @@ class ModelConfig:
     """A timm model: ``timm.create_model(model, **kwargs)``."""
 
     model: str = field(
-        default="resnet18", metadata={"help": "the timm model name (or one a plugin registers, e.g. resnet8x4)"}
+        default="resnet18",
+        metadata={
+            "help": "the timm model name, with a pretrained tag if wanted (resnet50.a1_in1k), hf-hub:ORG/REPO, "
+            "local-dir:PATH, or one a plugin registers (resnet8x4)"
+        },
     )
     kwargs: dict[str, Any] = field(
         default_factory=dict,
@@ -36,7 +40,10 @@ class ModelConfig:
     )
     pretrained: bool = field(
         default=False,
-        metadata={"help": "start from timm's pretrained weights, read from the local cache (kdzoo never downloads)"},
+        metadata={
+            "help": "start from timm's pretrained weights: from the Hugging Face cache, else downloaded by timm "
+            "(offline: one line saying what to fill)"
+        },
     )
     checkpoint: str | None = field(
         default=None,
@@ -144,7 +151,7 @@ class TeacherTrainConfig:
 @dataclass
 class TeacherConfig(ModelConfig):
     """Where the teacher comes from, in this order: ``checkpoint`` (a file, used as is); else a
-    timm model (``pretrained`` weights from the local cache if asked) that kdzoo trains with its
+    timm model (``pretrained`` weights, downloaded if not cached) that kdzoo trains with its
     own ``train`` settings on the run's data first, cached on disk and reused.
     ``train.epochs: 0`` uses the pretrained weights as they are."""
 

@@ -44,7 +44,7 @@ from kdzoo.engine.parts import RunParts
 from kdzoo.engine.state import RunState
 from kdzoo.engine.step import Step
 from kdzoo.engine.teacher_cache import TeacherOutputCache, check_cacheable, data_settings
-from kdzoo.models import check_label_sets, check_pair, create_model
+from kdzoo.models import check_label_sets, check_pair, create_model, folder_name
 from kdzoo.registry import Registry
 
 
@@ -250,7 +250,9 @@ def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show
         if model is not None:
             say(f"teacher: {config.teacher.model} from cache {folder} (these teacher settings, this data)")
             return model
-        why = why_new_entry(folder, teachers.teacher_key(config, data.contents), f"{config.teacher.model}-*")
+        why = why_new_entry(
+            folder, teachers.teacher_key(config, data.contents), f"{folder_name(config.teacher.model)}-*"
+        )
         model = _train_teacher(config, registry, folder, show_progress, say, why)
         teachers.save_trained_teacher(config, data.contents, model)
     return model

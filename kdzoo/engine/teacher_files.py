@@ -22,7 +22,7 @@ from kdzoo.config import DataConfig, RunConfig, StudentConfig, TrainConfig, as_d
 from kdzoo.data import DataContents
 from kdzoo.engine.cache_entries import remember_key
 from kdzoo.errors import KdzooError
-from kdzoo.models import cached_pretrained_file, create_model, load_weights
+from kdzoo.models import cached_pretrained_file, create_model, folder_name, load_weights
 from kdzoo.paths import cache_dir
 
 CACHE_FORMAT = 3  # 3: keyed by the data's contents and the teacher's own data settings
@@ -63,7 +63,7 @@ def _settings_only(config: RunConfig) -> dict[str, Any]:
 
 def teacher_cache_dir(config: RunConfig, contents: DataContents | None) -> Path:
     key = hashlib.sha256(json.dumps(teacher_key(config, contents), sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "teachers" / f"{config.teacher.model}-{key}"
+    return cache_dir() / "teachers" / f"{folder_name(config.teacher.model)}-{key}"
 
 
 def teacher_run_config(config: RunConfig) -> RunConfig:

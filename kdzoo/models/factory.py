@@ -1,22 +1,20 @@
-"""Building teacher and student with timm, offline: local checkpoints, cached pretrained weights."""
+"""Building teacher and student with timm: local checkpoints, or pretrained weights (cached or downloaded)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from kdzoo import checkpoint
 from kdzoo.config.checks import clip, shown
 from kdzoo.config.schema import ModelConfig, RunConfig
 from kdzoo.errors import KdzooError, close_matches, first_line
+from kdzoo.models.pretrained import cached_pretrained_file, check_fetchable, download_failure, hub_cache, split_source
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # what timm raises for arguments a model does not take, and for a kwargs.checkpoint_path it cannot load
 _TIMM_ERRORS = (
     TypeError,
@@ -31,55 +29,37 @@ _TIMM_ERRORS = (
 
 
 def check_model_name(name: str, role: str) -> None:
+    if split_source(name)[0] is not None:  # hf-hub: / local-dir: name their architecture in their config.json
+        return
     if not timm.is_model(name.split(".")[0]):
         hint = close_matches(name, timm.list_models()) if len(name) <= 100 else ""  # difflib is quadratic
         raise KdzooError(f"{role} model '{clip(name)}' is not a timm model{hint}")
 
 
-def cached_pretrained_file(name: str) -> Path | None:
-    """The local file holding timm's pretrained weights for ``name``, or None if not cached."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
-        return None
-    if cfg.file and Path(cfg.file).is_file():
-        return Path(cfg.file)
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in (cfg.hf_hub_filename, *_WEIGHT_FILES):
-            if filename:
-                found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE"))
-                if isinstance(found, str):
-                    return Path(found)
-    if cfg.url:
-        local = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
-        if local.is_file():
-            return local
-    return None
-
-
 def create_model(cfg: ModelConfig, role: str, num_classes: int, in_chans: int) -> nn.Module:
     """``timm.create_model`` for ``cfg``; sized for the data unless ``cfg.kwargs`` says otherwise.
 
-    Nothing is fetched from the network: pretrained weights must already be in the local
-    Hugging Face / torch hub cache, else this fails at once with what to do.
+    Pretrained weights (a timm name with its tag, ``hf-hub:``, ``local-dir:``) are read from the local
+    cache when there, else downloaded by timm (:mod:`kdzoo.models.pretrained`: offline, or when the
+    download fails, one line saying what to do).
     """
     check_model_name(cfg.model, role)
     _check_checkpoint_path(cfg.kwargs, role)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **cfg.kwargs}
-    if cfg.pretrained and not cfg.checkpoint:
+    pretrained = cfg.pretrained and not cfg.checkpoint
+    if pretrained:
+        check_fetchable(cfg.model, role)
         local = cached_pretrained_file(cfg.model)
-        if local is None:
-            raise KdzooError(
-                f"pretrained weights for {role} '{cfg.model}' are not in the local cache and kdzoo does not "
-                f"download; put them in the Hugging Face cache, or pass {role}.checkpoint=FILE"
-            )
-        kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
+        if local is not None and split_source(cfg.model)[0] is None:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(local)}  # timm reads it without asking the hub
+        else:  # the cache HF_HUB_CACHE names now (huggingface_hub reads it once, when imported)
+            kwargs["cache_dir"] = hub_cache()
     try:
-        model = timm.create_model(cfg.model, pretrained=cfg.pretrained and not cfg.checkpoint, **kwargs)
+        model = timm.create_model(cfg.model, pretrained=pretrained, **kwargs)
     except _TIMM_ERRORS as exc:
+        failed = download_failure(cfg.model, role, exc) if pretrained else None
+        if failed is not None:
+            raise failed from None
         problem = f"{type(exc).__name__}: {clip(first_line(exc), 300)}"
         raise KdzooError(f"cannot build {role} '{cfg.model}' with {shown(kwargs)}: {problem}") from None
     if cfg.checkpoint:
