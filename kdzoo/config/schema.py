@@ -78,7 +78,8 @@ class DataConfig:
         default=True, metadata={"help": "the dataset's augmentation (random crops, and flips where they fit)"}
     )
     train_limit: int | None = field(
-        default=None, metadata={"help": "the first N training samples only (smoke tests); null: all of them"}
+        default=None,
+        metadata={"help": "N training samples only, the same number from every class (seeded); null: all of them"},
     )
     views: int = field(
         default=0,
@@ -138,7 +139,8 @@ class TeacherTrainConfig:
         default=True, metadata={"help": "the data's own augmentation (random crops and flips) while the teacher trains"}
     )
     train_limit: int | None = field(
-        default=None, metadata={"help": "the first N training samples only (smoke tests); null: all of them"}
+        default=None,
+        metadata={"help": "N training samples only, the same number from every class (seeded); null: all of them"},
     )
 
     def validate(self, where: str) -> None:

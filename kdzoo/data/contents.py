@@ -21,7 +21,7 @@ from torch import Tensor
 
 class DataContents:
     """Digests of a data set's training and validation splits as read (the whole split, before
-    ``data.train_limit`` takes its first samples), each computed once, when a cache first asks."""
+    ``data.train_limit`` takes its class-balanced subset), each computed once, when a cache first asks."""
 
     def __init__(self, train: Callable[[], str], val: Callable[[], str]):
         self._train, self._val = train, val

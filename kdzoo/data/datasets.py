@@ -38,11 +38,33 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.array(train)), np.sort(np.array(val))
 
 
+LIMIT_SEED = 0  # one subset for every run seed: runs that differ in their seed train on the same samples
+
+
+def balanced_subset(labels: np.ndarray, limit: int, seed: int = LIMIT_SEED) -> np.ndarray:
+    """``limit`` sample indices (sorted) drawn evenly from every class: each class's samples in a seeded
+    random order, taken round-robin over the classes (a class with fewer samples gives all it has).
+    Keeping the first N would keep the first classes only wherever samples are sorted by class
+    (an ImageFolder always is)."""
+    labels = np.asarray(labels)
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)]
+    # rank of each sample inside its class's order; taking the lowest ranks first is the round-robin
+    rank = np.empty(len(labels), dtype=np.int64)
+    for order in per_class:
+        rank[order] = np.arange(len(order))
+    chosen = np.lexsort((labels, rank))[:limit]  # by rank, ties by class: every class before any repeats
+    return np.sort(chosen)
+
+
 def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataBundle:
     (xt, yt), (xv, yv) = train_xy, val_xy
     contents = in_memory(train_xy, val_xy)  # the whole splits: the limit is a setting beside them
     if cfg.train_limit is not None:
-        xt, yt = xt[: cfg.train_limit], yt[: cfg.train_limit]
+        kept = torch.from_numpy(balanced_subset(yt.numpy(), cfg.train_limit))
+        xt, yt = xt[kept], yt[kept]
     common = dict(img_size=cfg.img_size, norm=norm)
     return DataBundle(
         name,
@@ -200,7 +222,7 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.train_limit is not None:
         from torch.utils.data import Subset
 
-        train = Subset(train, range(min(cfg.train_limit, len(train))))
+        train = Subset(train, balanced_subset(np.array(train.targets), cfg.train_limit).tolist())
     return DataBundle(
         "imagefolder",
         LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),

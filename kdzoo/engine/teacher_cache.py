@@ -37,7 +37,7 @@ from kdzoo.errors import KdzooError
 from kdzoo.paths import cache_dir
 from kdzoo.reporting import DamagedFile, read_json
 
-FORMAT = 2  # 2: keyed by the data's contents
+FORMAT = 3  # 2: keyed by the data's contents; 3: data.train_limit is a class-balanced subset
 
 
 def _key(data: Any) -> str:

@@ -25,7 +25,7 @@ from kdzoo.errors import KdzooError
 from kdzoo.models import cached_pretrained_file, create_model, folder_name, load_weights
 from kdzoo.paths import cache_dir
 
-CACHE_FORMAT = 3  # 3: keyed by the data's contents and the teacher's own data settings
+CACHE_FORMAT = 4  # 3: keyed by the data's contents and the teacher's own data settings; 4: balanced train_limit
 
 
 def teacher_data(config: RunConfig) -> DataConfig:

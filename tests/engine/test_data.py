@@ -87,6 +87,27 @@ def test_image_folder(tmp_path):
     assert [len(b[1]) for b in data.val.epoch(0)] == [6]
 
 
+def test_train_limit_is_a_seeded_class_balanced_subset_for_every_kind(tmp_path):
+    """An ImageFolder lists its files class by class: the first N would be one or two classes."""
+    from PIL import Image
+
+    for split, per_class in (("train", 12), ("val", 1)):
+        for cls in "abcd":
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (4, 4)).save(tmp_path / split / cls / f"{i}.png")
+    folder = DataConfig(name="imagefolder", root=str(tmp_path), img_size=8, batch_size=4, train_limit=10)
+    limited = load_data(folder, seed=0).train.dataset
+    labels = [limited.dataset.targets[i] for i in limited.indices]
+    assert sorted(np.bincount(labels).tolist()) == [2, 2, 3, 3]
+    assert load_data(folder, seed=7).train.dataset.indices == limited.indices  # the same subset for every seed
+
+    digits = load_data(DataConfig(train_limit=100), seed=0).train
+    assert np.bincount(digits.labels.numpy()).tolist() == [10] * 10
+    everything = load_data(DataConfig(), seed=0).train
+    assert load_data(DataConfig(train_limit=10**6), seed=0).train.num_samples == everything.num_samples
+
+
 def test_batch_shift_is_the_per_sample_crop_of_the_padded_images():
     from kdzoo.data.batches import shift
 
