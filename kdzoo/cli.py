@@ -257,8 +257,16 @@ def show(method: str | None, whole: bool) -> None:
 @main.command("eval")
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.* keys.")
+@click.option(
+    "--which",
+    type=click.Choice(["last", "best", "ema"]),
+    default="last",
+    show_default=True,
+    help="For a run folder: the last student, the best validation epoch's (student_best.safetensors) or the "
+    "EMA's (student_ema.safetensors, train.ema).",
+)
 @one_line_errors
-def eval_cmd(checkpoint_path: str, overrides) -> None:
+def eval_cmd(checkpoint_path: str, overrides, which: str) -> None:
     """Accuracy of a run's deployed student on its validation data.
 
     CHECKPOINT: a run folder (its student.safetensors, or its last.pt before the run has finished), a
@@ -270,7 +278,7 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
     from kdzoo.engine import pick_device
     from kdzoo.engine.evaluate import evaluate
 
-    path = _scored_file(Path(checkpoint_path))
+    path = _scored_file(Path(checkpoint_path), which)
     onnx = path.suffix == ".onnx"
     raw, weights, modules = (_read_config_beside(path), None, None) if onnx else _read_student(path)
     config = _eval_config(path, raw, overrides)
@@ -293,10 +301,18 @@ def eval_cmd(checkpoint_path: str, overrides) -> None:
 RUN_DIR_STUDENTS = ("student.safetensors", "last.pt")
 
 
-def _scored_file(path: Path) -> Path:
-    """The file ``kdzoo eval`` scores for what it was given: the file itself, or a run folder's student."""
+def _scored_file(path: Path, which: str = "last") -> Path:
+    """The file ``kdzoo eval`` scores for what it was given: the file itself, or a run folder's student
+    (``which``: the last, the best epoch's, the EMA's)."""
+    from kdzoo.engine.export import STUDENT_FILES
     from kdzoo.errors import KdzooError
 
+    if path.is_dir() and which != "last":
+        chosen = path / STUDENT_FILES[which]
+        if not chosen.is_file():
+            why = "the run did not keep an EMA (train.ema=true)" if which == "ema" else "no epoch has ended yet"
+            raise KdzooError(f"{path} holds no {chosen.name}: {why}")
+        return chosen
     if path.is_dir():
         found = next((path / name for name in RUN_DIR_STUDENTS if (path / name).is_file()), None)
         if found is None:
@@ -426,16 +442,29 @@ def _read_config_beside(path: Path) -> dict:
     help="With --format onnx: also student.int8.onnx, post-training static quantization calibrated on 256 "
     "training images, scored beside the fp32 file.",
 )
+@click.option(
+    "--which",
+    type=click.Choice(["last", "best", "ema"]),
+    default="last",
+    show_default=True,
+    help="With --format onnx: which weights student.onnx holds: the last student, the best validation epoch's, "
+    "or the EMA's (train.ema).",
+)
 @one_line_errors
-def export(run_dir: str, fmt: str, quantize: str | None) -> None:
+def export(run_dir: str, fmt: str, quantize: str | None, which: str) -> None:
     """Export what a finished run deploys (the student, or what a method builds around it) into RUN_DIR."""
     from kdzoo.errors import KdzooError
 
     if quantize and fmt != "onnx":
         raise KdzooError("--quantize int8 quantizes the ONNX export: add --format onnx")
+    if which != "last" and fmt != "onnx":
+        raise KdzooError(
+            f"--which {which}: the run already wrote student_{which}.safetensors; --format safetensors writes "
+            f"student.safetensors again from last.pt (add --format onnx to export the {which} student)"
+        )
     folder = _existing_run_dir(Path(run_dir))
     if fmt == "onnx":
-        _export_onnx(folder, quantize)
+        _export_onnx(folder, quantize, which)
     else:
         _export_safetensors(folder)
 
@@ -450,15 +479,15 @@ def _existing_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _export_onnx(run_dir: Path, quantize: str | None) -> None:
+def _export_onnx(run_dir: Path, quantize: str | None, which: str = "last") -> None:
     from kdzoo.tools.deploy import export_onnx, quantize_int8
     from kdzoo.tools.tradeoff import deploy_table, format_deploy_table
 
-    record = export_onnx(run_dir)
+    record = export_onnx(run_dir, which)
     click.echo(
-        f"{run_dir / record['file']}: opset {record['opset']}, onnxruntime agrees with PyTorch on "
-        f"{record['images']} validation images (top-1 agreement {100 * record['top1_agreement']:.2f}%, largest "
-        f"logit gap {record['max_logit_gap']:.1e}, {record['max_logit_gap_relative']:.1e} of the largest logit)"
+        f"{run_dir / record['file']} (from {record['weights']}): opset {record['opset']}, onnxruntime agrees with "
+        f"PyTorch on {record['images']} validation images (top-1 agreement {100 * record['top1_agreement']:.2f}%, "
+        f"largest logit gap {record['max_logit_gap']:.1e}, {record['max_logit_gap_relative']:.1e} of the largest logit)"
     )
     if quantize:
         q = quantize_int8(run_dir)

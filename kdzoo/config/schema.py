@@ -96,27 +96,73 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw", "adam"] = field(default="sgd", metadata={"help": "the optimizer"})
-    lr: float = field(default=0.05, metadata={"help": "the learning rate at the start of each stage"})
+    name: str = field(
+        default="sgd",
+        metadata={
+            "help": "the optimizer, made by timm's create_optimizer_v2: sgd (momentum SGD), adamw, adam, lamb, lars, "
+            "... (any name of timm.optim.list_optimizers())"
+        },
+    )
+    lr: float = field(default=0.05, metadata={"help": "the learning rate at the start of each stage (after warmup)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD's momentum, in [0, 1)"})
     weight_decay: float = field(default=5e-4, metadata={"help": "weight decay (decoupled for adamw)"})
+    decay_norm_bias: bool = field(
+        default=True,
+        metadata={
+            "help": "weight decay on biases and norm weights too (RepDistiller's setting); false: only on "
+            "weights of 2+ dimensions, not on the model's no_weight_decay() (timm's and DeiT's)"
+        },
+    )
     nesterov: bool = field(default=False, metadata={"help": "SGD with Nesterov momentum"})
     scheduler: Literal["cosine", "multistep", "constant"] = field(
-        default="cosine", metadata={"help": "the learning-rate schedule over each stage, stepped every batch"}
+        default="cosine",
+        metadata={"help": "the learning-rate schedule over each stage (timm.scheduler), updated every step"},
     )
     milestones: list[int] = field(
         default_factory=list,
         metadata={"help": "multistep: the epochs of the stage at which the rate is multiplied by gamma"},
     )
     gamma: float = field(default=0.1, metadata={"help": "multistep: the factor applied at each milestone"})
+    min_lr: float = field(default=0.0, metadata={"help": "cosine: the rate the schedule ends at"})
+    warmup_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "epochs (fractions allowed) over which the rate rises linearly from warmup_lr to lr, step by "
+            "step, before the schedule"
+        },
+    )
+    warmup_lr: float = field(default=0.0, metadata={"help": "the rate at the first step of the warmup"})
+    clip_grad: float | None = field(
+        default=None, metadata={"help": "clip the gradients to this norm (or value, or AGC ratio); null: no clipping"}
+    )
+    clip_mode: Literal["norm", "value", "agc"] = field(
+        default="norm", metadata={"help": "what clip_grad bounds (timm's dispatch_clip_grad)"}
+    )
 
     def validate(self, where: str) -> None:
         positive(self, where, "lr", "gamma")
-        non_negative(self, where, "weight_decay", "milestones")
+        non_negative(self, where, "weight_decay", "milestones", "min_lr", "warmup_epochs", "warmup_lr")
+        positive(self, where, "clip_grad")
         if not 0 <= self.momentum < 1:  # 1 never forgets a gradient: the steps grow without bound
             raise KdzooError(f"config key '{where}.momentum': must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.name == "sgd" and self.momentum == 0:
             raise KdzooError(f"config key '{where}.nesterov': Nesterov momentum needs {where}.momentum > 0")
+        _check_optimizer(self.name, where)
+
+
+def _check_optimizer(name: str, where: str) -> None:
+    if name in ("sgd", "adamw", "adam"):  # the usual ones, without importing timm's optimizers
+        return
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    if name not in known:
+        from kdzoo.errors import close_matches
+
+        raise KdzooError(
+            f"config key '{where}.name': unknown optimizer {shown(name)}{close_matches(name, known)}; "
+            f"sgd, adamw, adam, lamb, lars or another of timm.optim.list_optimizers()"
+        )
 
 
 @dataclass
@@ -226,14 +272,29 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = field(
         default="stop", metadata={"help": "a NaN/inf loss stops the run, or skips that step"}
     )
+    accumulate: int = field(
+        default=1,
+        metadata={
+            "help": "split each batch into this many micro-batches whose gradients add up to one update "
+            "(data.batch_size stays the update's batch; less memory, the same step)"
+        },
+    )
+    ema: bool = field(
+        default=False,
+        metadata={"help": "keep an EMA of the student's weights (timm's ModelEmaV3), evaluated each epoch and saved"},
+    )
+    ema_decay: float = field(default=0.9998, metadata={"help": "the EMA's decay per update"})
+    ema_warmup: bool = field(default=False, metadata={"help": "the EMA's decay warms up from 0 (timm's use_warmup)"})
 
     def validate(self, where: str) -> None:
         if self.epochs < 1:
             raise KdzooError(
                 f"config key '{where}.epochs': must be >= 1 (a run trains at least one epoch), got {self.epochs}"
             )
-        positive(self, where, "log_every")
+        positive(self, where, "log_every", "accumulate")
         non_negative(self, where, "checkpoint_every")
+        if not 0 <= self.ema_decay < 1:
+            raise KdzooError(f"config key '{where}.ema_decay': must be in [0, 1), got {self.ema_decay}")
         _check_seed(self.seed, where)
         if self.name:  # None or "": the run names itself
             _check_folder_name(self.name, f"{where}.name")

@@ -63,6 +63,10 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
+#: the deployed network's weights a run writes: at the end, at its best validation epoch, its EMA's
+STUDENT_FILES = {"last": "student.safetensors", "best": "student_best.safetensors", "ema": "student_ema.safetensors"}
+
+
 def export_student(
     student: nn.Module,
     config: RunConfig,
@@ -70,16 +74,20 @@ def export_student(
     in_chans: int,
     run_dir: Path,
     deployed_by: str | None = None,
+    which: str = "last",
 ) -> None:
     """The deployed network as a safetensors file + how to load it: the student alone (a timm model,
     no method modules), or, when a method changes what is deployed (``deployed_by``), the network it
     built around the student (SimKD: + projector + teacher classifier), which ``kdzoo eval`` and
-    :func:`kdzoo.load_student` rebuild through that method."""
+    :func:`kdzoo.load_student` rebuild through that method. ``which``: the last student
+    (``student.safetensors``), the best epoch's or the EMA's (:data:`STUDENT_FILES`), loaded the same way."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
     # written as bytes through open(): the file gets the same permissions as the run's other files
-    write_atomic(run_dir / "student.safetensors", save(state, metadata={"format": "pt"}))
+    write_atomic(run_dir / STUDENT_FILES[which], save(state, metadata={"format": "pt"}))
+    if which != "last":  # student.json says how to load all three
+        return
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **config.student.kwargs}
     model = config.student.model
     if deployed_by is None:
@@ -132,6 +140,7 @@ def summarise(
     deployed: dict[str, Any],
     teacher_cache_cpu_s: float | None = None,
     method_sources: dict[str, dict[str, str]] | None = None,
+    ema_val: dict[str, float] | None = None,
 ) -> RunSummary:
     """``summary.json``: teacher and student accuracy, per stage, wall and CPU time, the deployed network's cost."""
     return RunSummary(
@@ -143,6 +152,8 @@ def summarise(
         teacher_top1=None if teacher_metrics is None else teacher_metrics["top1"],
         student_top1=last_val["top1"],
         student_best_top1=max((r["val"]["top1"] for r in history), default=last_val["top1"]),
+        student_best_epoch=best_epoch(history),
+        student_ema_top1=None if ema_val is None else ema_val["top1"],
         epochs=len(history),
         stages=[
             StageResult(name=name, top1=records[-1]["val"]["top1"])
@@ -157,3 +168,12 @@ def summarise(
         deployed=deployed,
         method_sources=dict(method_sources or {}),
     )
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The run's epoch (from 1) of the best validation top-1: the first of equals (a later equal one is
+    no better)."""
+    if not history:
+        return None
+    best = max(history, key=lambda r: (r["val"]["top1"], -r["global_epoch"]))
+    return int(best["global_epoch"])

@@ -25,7 +25,7 @@ from kdzoo import checkpoint
 from kdzoo.api import Batch, KdzooError, ModelInfo, Stage, When
 from kdzoo.engine.distributed import any_across, broadcast_from_main
 from kdzoo.engine.evaluate import evaluate_across
-from kdzoo.engine.export import deployed_costs, export_student, summarise
+from kdzoo.engine.export import best_epoch, deployed_costs, export_student, summarise
 from kdzoo.engine.extract import describe
 from kdzoo.engine.locking import RunDirLock, claim_new_run_dir
 from kdzoo.engine.parts import RunParts
@@ -150,11 +150,13 @@ class Trainer:
                     global_epoch=global_epoch + 1,
                     train=train,
                     val=self._evaluate(self.objective.deployed_model(), "student"),
+                    val_ema=self._evaluate_ema(),
                     lr=self.step.optimizer.param_groups[0]["lr"],
                     epoch_time_s=round(time.perf_counter() - started, 3),
                 ).to_json()  # hooks and run.history see the record as the metrics file holds it
                 global_epoch += 1
                 self.history.append(record)
+                self._keep_if_best()
                 self.hooks.call("kdzoo_on_epoch_end", run=self, stage=stage, epoch=epoch, metrics=record)
                 done = epoch + 1 == stage.epochs
                 if done:  # before the checkpoint, so a resumed run sees what the stage handed over
@@ -167,14 +169,10 @@ class Trainer:
                 self.hooks.call("kdzoo_on_stage_end", run=self, stage=stage, index=index)
         summary = self._summary().to_json()
         if self.dist.main:
-            export_student(
-                self.objective.deployed_model(),
-                self.config,
-                self.data.num_classes,
-                self.data.in_chans,
-                self.run_dir,
-                self.objective.deploying,
-            )
+            self._export("last")
+            if self.step.ema is not None:
+                with self._ema_weights():
+                    self._export("ema")
             checkpoint.write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         self.hooks.call("kdzoo_on_run_end", run=self, summary=summary)
         return summary
@@ -242,6 +240,7 @@ class Trainer:
             partial_per_rank=partials if partial is not None else None,
             method_teacher=self.objective.teacher_side.state(),
             cpu_time_s=self._clock.cpu(),
+            ema=self.step.ema_state(),
         ).save(self.run_dir / "last.pt")
 
     def _restore(self, state: RunState) -> Position:
@@ -249,6 +248,7 @@ class Trainer:
         more ``train.epochs`` re-enters its last stage where it ended)."""
         self.student.load_state_dict(state.student)
         self.modules.load_state_dict(state.modules)
+        self.step.load_ema_state(state.ema)
         self.history = list(state.history)
         if state.method_teacher is not None:
             handed_over = self.student_copy()
@@ -277,6 +277,35 @@ class Trainer:
             f"the backward pass of the compiled step failed ({failed.reason}); {how}, "
             f"or pick another train.compile_backend"
         )
+
+    # ------------------------------------------------------------------ the best epoch, the EMA
+    def _export(self, which: str) -> None:
+        deployed = self.objective.deployed_model()
+        config, data = self.config, self.data
+        export_student(deployed, config, data.num_classes, data.in_chans, self.run_dir, self.objective.deploying, which)
+
+    def _keep_if_best(self) -> None:
+        """``student_best.safetensors``: the deployed network at the epoch of the best validation top-1
+        so far (selected on ``data.val``, the set every epoch is scored on)."""
+        if self.dist.main and best_epoch(self.history) == self.history[-1]["global_epoch"]:
+            self._export("best")
+
+    def _evaluate_ema(self) -> dict[str, float] | None:
+        if self.step.ema is None:
+            return None
+        with self._ema_weights():
+            return self._evaluate(self.objective.deployed_model(), "student", "EMA")
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        """The student holds the EMA's weights meanwhile (what a method deploys around it shares them)."""
+        assert self.step.ema is not None
+        own = {k: v.clone() for k, v in self.student.state_dict().items()}
+        self.student.load_state_dict(self.step.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.student.load_state_dict(own)
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -322,6 +351,7 @@ class Trainer:
             deployed=deployed_costs(deployed, self.data.in_chans, self.config.data.img_size, self.objective.deploying),
             teacher_cache_cpu_s=side.cache.fill_cpu_s() if side.cache is not None else None,
             method_sources=self.parts.method_sources,
+            ema_val=self.history[-1].get("val_ema") if self.history else None,
         )
 
     def _evaluate(self, model: nn.Module, role: str, name: str | None = None) -> dict[str, float]:

@@ -67,6 +67,7 @@ class RunState:
     method_teacher: dict[str, Any] | None = None
     partial_per_rank: list[dict[str, Any] | None] | None = None  # each process's epoch totals (torchrun)
     cpu_time_s: float = 0.0  # CPU seconds of this process (every thread): a cost other jobs barely change
+    ema: dict[str, Any] | None = None  # the student's EMA (train.ema): its "weights" and its "updates" so far
     format: str = field(default=FORMAT)
 
     def save(self, path: Path) -> None:
@@ -145,6 +146,7 @@ _SHAPES: dict[str, type | tuple[type, ...]] = {
     "partial_per_rank": list,
     "method_teacher": dict,
     "cpu_time_s": (int, float),
+    "ema": dict,
 }
 _REQUIRED = {"config", "student", "modules", "optimizer", "scheduler", "scaler", "position", "rng", "history"}
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +29,9 @@ from kdzoo.engine.extract import out_of_memory
 from kdzoo.engine.objective import Objective
 from kdzoo.errors import error_line
 from kdzoo.reporting import significant
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 
 class CompiledBackwardFailed(KdzooError):
@@ -56,9 +58,14 @@ class Step:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
         self.device_type = device.type
         self._optimizer: torch.optim.Optimizer | None = None
-        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._scheduler: StepSchedule | None = None
         self._ddp: nn.Module | None = None
         self._module: TrainingStep | None = None
+        self.clipping: tuple[float | None, str] = (None, "norm")
+        train = config.train
+        # the EMA follows the student over the whole run (every stage); timm keeps its weights in float32
+        self.ema: ModelEmaV3 | None = ema_of(self.student, train.ema_decay, train.ema_warmup) if train.ema else None
+        self.ema_updates = 0
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -68,7 +75,7 @@ class Step:
         return self._optimizer
 
     @property
-    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+    def scheduler(self) -> StepSchedule:
         """The stage's per-step LR schedule (:meth:`begin` makes it)."""
         if self._scheduler is None:
             raise RuntimeError("Step.begin(stage) makes the schedule; call it first")
@@ -91,8 +98,9 @@ class Step:
         cfg = self.config.optim
         cfg = build(type(cfg), {**dataclasses.asdict(cfg), **stage.optim}, "stage.optim") if stage.optim else cfg
         cfg = dataclasses.replace(cfg, lr=cfg.lr * stage.lr_scale)
-        self._optimizer = build_optimizer(cfg, params)
-        self._scheduler = build_scheduler(cfg, self._optimizer, stage.epochs, self.steps_per_epoch)
+        self._optimizer = build_optimizer(cfg, params, no_weight_decay(cfg, self.student, self.modules))
+        self._scheduler = StepSchedule(cfg, self._optimizer, stage.epochs, self.steps_per_epoch)
+        self.clipping = (cfg.clip_grad, cfg.clip_mode)
 
     def set_trainable(self, stage: Stage) -> list[nn.Parameter]:
         every = [*self.student.parameters(), *self.modules.parameters()]
@@ -107,6 +115,22 @@ class Step:
         scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": scaler}
 
+    def ema_state(self) -> dict[str, Any] | None:
+        """The EMA's weights and update count (``None`` without ``train.ema``), for the checkpoint."""
+        if self.ema is None:
+            return None
+        return {"weights": self.ema.module.state_dict(), "updates": self.ema_updates}
+
+    def load_ema_state(self, state: dict[str, Any] | None) -> None:
+        """The checkpoint's EMA; a run that turns ``train.ema`` on when resumed starts it from the student."""
+        if self.ema is None:
+            return
+        if state is None:
+            self.ema.module.load_state_dict(self.student.state_dict())
+            return
+        self.ema.module.load_state_dict(state["weights"])
+        self.ema_updates = int(state["updates"])
+
     def load_state_dict(self, optimizer: dict[str, Any], scheduler: dict[str, Any], scaler: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(scheduler)
@@ -116,24 +140,50 @@ class Step:
     # ------------------------------------------------------------------ a step
     def __call__(self, batch: Batch, when: When) -> StepResult:
         """One optimisation step on ``batch``, without any host sync (``loss`` is ``None`` for a
-        step skipped as non-finite under ``train.nonfinite: skip``)."""
+        step skipped as non-finite under ``train.nonfinite: skip``). Under ``train.accumulate: k`` the
+        batch runs as k micro-batches whose gradients add up (each loss weighted by its share of the
+        batch), then one update: the same step as the whole batch for losses that are means over samples."""
         first_of_stage = self._module is not None and self._ddp is None  # without DDP, to learn what it needs
-        result = self.losses(batch, when)
-        loss = result.loss
-        assert loss is not None  # the objective always computes one
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync
-            return dataclasses.replace(result, loss=None)
-        reached = reached_parameters(loss) if first_of_stage else set()
-        self._backward(self.scaler.scale(loss))
+        parts = micro_batches(batch, self.config.train.accumulate)
+        results: list[tuple[float, StepResult]] = []
+        reached: set[int] = set()
+        for i, part in enumerate(parts):
+            share = len(part.labels) / len(batch.labels)
+            defer = self._ddp is not None and i + 1 < len(parts)  # DDP averages once, with the last part
+            with self._ddp.no_sync() if defer else contextlib.nullcontext():  # type: ignore[union-attr, operator]
+                result = self.losses(part, when)
+                loss = result.loss
+                assert loss is not None  # the objective always computes one
+                results.append((share, result))
+                if self.config.train.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a host sync
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return dataclasses.replace(merged(results), loss=None)
+                if first_of_stage:
+                    reached |= reached_parameters(loss)
+                self._backward(self.scaler.scale(loss * share if len(parts) > 1 else loss))
+        trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self._module is not None and first_of_stage:
-            trained = [p for group in self.optimizer.param_groups for p in group["params"]]
             average_gradients(trained, self.processes)
             self._ddp = wrap(self._module, self.processes, any(id(p) not in reached for p in trained))
+        self._clip(trained)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return result
+        if self.ema is not None:
+            self.ema_updates += 1
+            self.ema.update(self.student, step=self.ema_updates)
+        return merged(results)
+
+    def _clip(self, params: list[nn.Parameter]) -> None:
+        """``optim.clip_grad``, on the gradients as they are applied (unscaled from fp16's loss scale)."""
+        value, mode = self.clipping
+        if value is None:
+            return
+        from timm.utils import dispatch_clip_grad
+
+        self.scaler.unscale_(self.optimizer)
+        dispatch_clip_grad([p for p in params if p.grad is not None], value, mode=mode)
 
     def losses(self, batch: Batch, when: When) -> StepResult:
         """The objective's loss for ``batch`` under the run's autocast (and DDP), without an update."""
@@ -166,35 +216,129 @@ class Step:
         return torch.autocast(self.device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def ema_of(student: nn.Module, decay: float, warmup: bool) -> ModelEmaV3:
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(student, decay=decay, use_warmup=warmup)
+
+
+# ---------------------------------------------------------------------- accumulation
+def micro_batches(batch: Batch, parts: int) -> list[Batch]:
+    """``batch`` in ``parts`` consecutive slices (fewer when it has fewer samples); the teacher's cached
+    outputs are sliced with it (every tensor whose first dimension is the batch's)."""
+    size = len(batch.labels)
+    parts = min(parts, size)
+    if parts <= 1:
+        return [batch]
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+
+    def cut(value: Any, lo: int, hi: int) -> Any:
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == size:
+            return value[lo:hi]
+        if isinstance(value, dict):
+            return {k: cut(v, lo, hi) for k, v in value.items()}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.replace(
+                value, **{f.name: cut(getattr(value, f.name), lo, hi) for f in dataclasses.fields(value)}
+            )
+        return value
+
+    return [cut(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+
+
+def merged(results: list[tuple[float, StepResult]]) -> StepResult:
+    """One step's result from its micro-batches' (share of the batch, result): the loss and the terms
+    weighted by share, the logits in order."""
+    if len(results) == 1:
+        return results[0][1]
+    last = results[-1][1]
+
+    def weighted(values: list[tuple[float, Tensor]]) -> Tensor:
+        return torch.stack([share * value.detach() for share, value in values]).sum(0)
+
+    losses = [(share, r.loss) for share, r in results if r.loss is not None]
+    logits = [r.logits for _, r in results if r.logits is not None]
+    return StepResult(
+        loss=weighted(losses),
+        terms={name: weighted([(share, r.terms[name]) for share, r in results]) for name in last.terms},
+        weights=last.weights,
+        logits=torch.cat(logits) if len(logits) == len(results) else None,
+    )
+
+
 # ---------------------------------------------------------------------- a stage's optimizer and schedule
-def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer the ``optim`` config section names, over ``params``."""
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
-        )
-    make = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return make(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def build_optimizer(
+    cfg: OptimConfig, params: Iterable[nn.Parameter], no_decay: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """The optimizer the ``optim`` config section names (timm's ``create_optimizer_v2``), over ``params``;
+    those also in ``no_decay`` get no weight decay."""
+    from timm.optim import create_optimizer_v2
+
+    params, skipped = list(params), {id(p) for p in no_decay}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if id(p) not in skipped]},
+        {"params": [p for p in params if id(p) in skipped], "weight_decay": 0.0},
+    ]
+    opt = {"sgd": "nesterov" if cfg.nesterov else "momentum"}.get(cfg.name, cfg.name)  # timm's "sgd" is Nesterov
+    return create_optimizer_v2(
+        [g for g in groups if g["params"]], opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
 
 
-def build_scheduler(
-    cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per batch. ``milestones`` are epochs of the stage.
+def no_weight_decay(cfg: OptimConfig, *models: nn.Module) -> list[nn.Parameter]:
+    """What ``optim.decay_norm_bias: false`` spares from weight decay, by timm's rule: biases, norm weights
+    (every parameter of fewer than 2 dimensions) and what each model's ``no_weight_decay()`` names
+    (a ViT's position embedding and class token)."""
+    if cfg.decay_norm_bias:
+        return []
+    spared = []
+    for model in models:
+        named = set(getattr(model, "no_weight_decay", lambda: ())())
+        spared += [p for name, p in model.named_parameters() if p.ndim <= 1 or name in named]
+    return spared
 
-    Every schedule is a closed-form function of the step, so a run resumed with more epochs
-    continues on the schedule of its new length (a recursive form would carry the old length)."""
-    total_steps = max(epochs * steps_per_epoch, 1)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
-    if cfg.scheduler == "multistep":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cfg.gamma ** sum(step >= m * steps_per_epoch for m in cfg.milestones)
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+class StepSchedule:
+    """A stage's learning rate per step: timm's scheduler (cosine, multistep or constant, after a linear
+    warmup) evaluated at the step count. Every rate is a closed-form function of the step, so a resumed
+    run sets the count and is exact, and one resumed with more epochs continues on the schedule of its
+    new length (a recursive form would carry the old one)."""
+
+    def __init__(self, cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+        from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
+        from timm.scheduler.scheduler import Scheduler
+
+        total = max(epochs * steps_per_epoch, 1)
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+        timed: dict[str, Any] = {
+            "warmup_t": warmup,
+            "warmup_lr_init": cfg.warmup_lr,
+            "warmup_prefix": True,
+            "t_in_epochs": False,
+        }
+        self.timm: Scheduler
+        if cfg.scheduler == "cosine":
+            self.timm = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=cfg.min_lr, **timed)
+        elif cfg.scheduler == "multistep":
+            # timm applies milestone d at step d - 1 (its historical convention); + 1 makes milestone epoch m's
+            # first update the first at the lowered rate, as in RepDistiller (torch's MultiStepLR)
+            decays = [m * steps_per_epoch - warmup + 1 for m in cfg.milestones]
+            self.timm = MultiStepLRScheduler(optimizer, decay_t=decays, decay_rate=cfg.gamma, **timed)
+        else:
+            self.timm = StepLRScheduler(optimizer, decay_t=float("inf"), decay_rate=1.0, **timed)
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        self.timm.step_update(self.steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # "last_epoch": the step count as checkpoints before timm's schedules held it (a LambdaLR's)
+        self.steps = int(state.get("steps", state.get("last_epoch", 0)))
+        self.timm.step_update(self.steps)
 
 
 # ---------------------------------------------------------------------- the steps of an epoch, summed

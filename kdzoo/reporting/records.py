@@ -34,9 +34,11 @@ class EpochRecord:
     val: dict[str, float]
     lr: float
     epoch_time_s: float
+    val_ema: dict[str, float] | None = None  #: the student's EMA on the same data (``train.ema``)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        return data if self.val_ema is not None else {k: v for k, v in data.items() if k != "val_ema"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class RunSummary:
     data: str = ""
     teacher_top1: float | None = None
     student_best_top1: float | None = None
+    #: the epoch (over the run, from 1) whose student is ``student_best.safetensors``: chosen on data.val
+    student_best_epoch: int | None = None
+    student_ema_top1: float | None = None  #: the EMA's (``train.ema``) at the end: ``student_ema.safetensors``
     epochs: int = 0
     stages: list[StageResult] = field(default_factory=list)
     cpu_time_s: float | None = None  #: CPU seconds of the run's process (a cost other jobs barely change)
@@ -82,7 +87,7 @@ class RunSummary:
         for key in ("student_top1", "wall_time_s"):  # what every summary holds
             if not isinstance(data.get(key), int | float):
                 raise DamagedFile(Path(path), f"no {key}", "")
-        for key in ("teacher_top1", "student_best_top1", "cpu_time_s", "teacher_cache_cpu_s"):
+        for key in ("teacher_top1", "student_best_top1", "student_ema_top1", "cpu_time_s", "teacher_cache_cpu_s"):
             if not isinstance(data.get(key), int | float | None):
                 raise DamagedFile(Path(path), f"{key} is not a number", "")
         if not isinstance(data.get("deployed") or {}, dict):
