@@ -455,6 +455,9 @@ class Batch:
     #: which of each sample's fixed augmented views the inputs are (``data.views``; 0 without), so a
     #: teacher-output cache gives the teacher's outputs of that view
     view: int = 0
+    #: the targets as class distributions (N, classes) when the batch was mixed (``data.mixup``/``cutmix``);
+    #: ``labels`` then hold each sample's dominant class
+    soft_targets: Tensor | None = None
 
 
 @dataclass

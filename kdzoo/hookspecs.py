@@ -195,6 +195,7 @@ class MethodSpec:
         views: dict[str, slice],
         plan: Any,
         modules: nn.ModuleDict,
+        soft_targets: Tensor | None,
     ) -> dict[str, Tensor] | None:
         """Named, *unweighted* scalar loss terms for one batch. Weights come from
         :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
@@ -208,12 +209,16 @@ class MethodSpec:
         :param student: the student's :class:`kdzoo.Outputs` for the batch (logits and the tapped features)
         :param teacher: the teacher's :class:`kdzoo.Outputs` (live, or from a teacher-output cache), or
             ``None`` when the run has no teacher
-        :param targets: the batch's labels (int64 class indices)
+        :param targets: the batch's labels (int64 class indices); under ``data.mixup`` / ``cutmix`` each
+            mixed sample's dominant class (the one covering at least half of it)
         :param stage: the :class:`kdzoo.Stage` being trained
         :param indices: each sample's position in the training set, or ``None``
         :param views: the rows of each view in ``student`` / ``teacher``
         :param plan: what this method's :meth:`kdzoo_plan` returned (``None`` without one)
         :param modules: this method's own modules (what its :meth:`kdzoo_build_modules` returned)
+        :param soft_targets: the batch's targets as class distributions (N, classes) under
+            ``data.mixup`` / ``cutmix`` (mixed and smoothed as the core's ``ce`` uses them), else ``None``;
+            a method that compares with the labels' distribution uses them when given
         :when: every training step, after the forward passes
         :returns: ``{term: scalar tensor}``, unweighted, or ``None`` for no terms; the core adds ``ce``
 

@@ -243,8 +243,9 @@ class OFA:
         return {"branches": branches}
 
     @hookimpl
-    def kdzoo_compute_losses(self, student, teacher, targets, plan, modules):
+    def kdzoo_compute_losses(self, student, teacher, targets, plan, modules, soft_targets):
         c, t, branches = self.config, teacher.logits, modules["branches"]
+        targets = targets if soft_targets is None else soft_targets  # mixed: the authors take the soft labels
         return {
             BRANCHES: sum(
                 ofa_loss(branches[str(s)](student.feature(s)), t, targets, eps, c.temperature)

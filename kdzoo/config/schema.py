@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kdzoo.config.checks import at_least, non_negative, positive, shown
+from kdzoo.config.checks import at_least, between, non_negative, positive, shown
 from kdzoo.config.typed import as_dict
 from kdzoo.errors import KdzooError
 
@@ -85,13 +85,54 @@ class DataConfig:
         default=0,
         metadata={"help": "more than 0: each sample has this many fixed augmented views (epoch e uses view e % views)"},
     )
+    # timm's data pipeline (timm.data.create_transform) for file-backed data (imagefolder)
+    auto_augment: str | None = field(
+        default=None,
+        metadata={"help": "imagefolder: timm's auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)"},
+    )
+    re_prob: float = field(default=0.0, metadata={"help": "imagefolder: random erasing's probability per image"})
+    re_mode: Literal["const", "rand", "pixel"] = field(
+        default="pixel", metadata={"help": "imagefolder: what random erasing fills with"}
+    )
+    color_jitter: float | None = field(
+        default=None, metadata={"help": "imagefolder: colour jitter's strength (null: none; off under auto_augment)"}
+    )
+    scale: list[float] = field(
+        default_factory=lambda: [0.35, 1.0],
+        metadata={"help": "imagefolder: RandomResizedCrop's range of the area kept (timm's default: [0.08, 1.0])"},
+    )
+    hflip: float = field(default=0.5, metadata={"help": "imagefolder: the probability of a horizontal flip"})
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = field(
+        default="bilinear", metadata={"help": "imagefolder: how images are resized"}
+    )
+    crop_pct: float = field(
+        default=0.875, metadata={"help": "imagefolder: evaluation's centre crop, as a share of the resized image"}
+    )
+    # on the batch, for every dataset: the teacher sees the mixed images too
+    mixup: float = field(default=0.0, metadata={"help": "mixup's alpha (0: off); soft targets reach the loss"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix's alpha (0: off); with mixup, one of them per batch"})
+    mix_prob: float = field(default=1.0, metadata={"help": "the probability that a batch is mixed"})
+    mix_switch_prob: float = field(
+        default=0.5, metadata={"help": "with mixup and cutmix both on: the probability of cutmix for a batch"}
+    )
 
     def validate(self, where: str) -> None:
         positive(self, where, "batch_size", "eval_batch_size")
         at_least(self, where, MIN_IMG_SIZE, "img_size")
-        non_negative(self, where, "num_workers", "views")
+        non_negative(self, where, "num_workers", "views", "mixup", "cutmix")
         # a negative limit would slice off the end (all but N samples), 0 would train on nothing
         at_least(self, where, 1, "train_limit")
+        between(self, where, 0.0, 1.0, "re_prob", "hflip", "mix_prob", "mix_switch_prob")
+        between(self, where, 0.05, 1.0, "crop_pct")
+        positive(self, where, "color_jitter")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise KdzooError(
+                f"config key '{where}.scale': must be [low, high] with 0 < low <= high <= 1, got {self.scale}"
+            )
+
+    @property
+    def mixing(self) -> bool:
+        return self.mix_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
 
 
 @dataclass
@@ -285,6 +326,9 @@ class TrainConfig:
     )
     ema_decay: float = field(default=0.9998, metadata={"help": "the EMA's decay per update"})
     ema_warmup: bool = field(default=False, metadata={"help": "the EMA's decay warms up from 0 (timm's use_warmup)"})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "the core's cross-entropy against smoothed labels (with mixup: its soft ones)"}
+    )
 
     def validate(self, where: str) -> None:
         if self.epochs < 1:
@@ -293,6 +337,7 @@ class TrainConfig:
             )
         positive(self, where, "log_every", "accumulate")
         non_negative(self, where, "checkpoint_every")
+        between(self, where, 0.0, 0.99, "label_smoothing")
         if not 0 <= self.ema_decay < 1:
             raise KdzooError(f"config key '{where}.ema_decay': must be in [0, 1), got {self.ema_decay}")
         _check_seed(self.seed, where)

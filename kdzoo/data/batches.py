@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -458,14 +459,18 @@ class _WithIndex(torch.utils.data.Dataset):
         index, epoch = key
         sample_seed = ((self.seed * 100_003 + epoch) * 1_000_003 + index) % 2**63
         # the process's own streams are put back: without workers this runs in the training process
-        python_state = random.getstate()
+        python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            random.seed(sample_seed)  # torchvision's RandomChoice and RandomOrder draw from Python's
+            # torchvision's RandomChoice and timm's crops and RandAugment draw from Python's; timm's
+            # RandAugment picks its operations with NumPy's
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
             try:
                 x, y = self.dataset[index]
             finally:
                 random.setstate(python_state)
+                np.random.set_state(numpy_state)
         return x, y, index
 
 

@@ -199,17 +199,12 @@ IMAGENET_NORM = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
     """``data.root/train/<class>/*`` and ``data.root/val/<class>/*``, as torchvision's ImageFolder reads them."""
-    from torchvision import transforms as T
 
     root = Path(cfg.root or "data")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise KdzooError(f"imagefolder: {root / split}/ not found; set data.root to a folder with train/ and val/")
-    size = cfg.img_size
-    norm = T.Normalize(IMAGENET_NORM.mean, IMAGENET_NORM.std)
-    augment = [T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()] if cfg.augment else []
-    train_tf = T.Compose([*(augment or [T.Resize(size), T.CenterCrop(size)]), T.ToTensor(), norm])
-    val_tf = T.Compose([T.Resize(int(round(size / 0.875))), T.CenterCrop(size), T.ToTensor(), norm])
+    train_tf, val_tf = image_transforms(cfg, IMAGENET_NORM)
     train, val = _image_folder(root / "train", train_tf), _image_folder(root / "val", val_tf)
     if train.classes != val.classes:
         raise KdzooError(f"imagefolder: train/ and val/ under {root} have different class folders")
@@ -231,6 +226,31 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         3,
         contents,
     )
+
+
+def image_transforms(cfg: DataConfig, norm: Normalisation) -> tuple[Callable, Callable]:
+    """timm's training and evaluation transforms (``timm.data.create_transform``) for the ``data``
+    settings: RandomResizedCrop, flip, colour jitter, auto-augment (RandAugment), random erasing;
+    the evaluation's resize and centre crop. Their random draws (Python's, NumPy's and torch's RNGs)
+    are seeded per sample by the loader, so a sample's augmentation does not depend on the process or
+    worker that decodes it."""
+    from timm.data import create_transform
+
+    common = {"input_size": cfg.img_size, "interpolation": cfg.interpolation, "mean": norm.mean, "std": norm.std}
+    val = create_transform(**common, is_training=False, crop_pct=cfg.crop_pct)
+    if not cfg.augment:
+        return val, val
+    train = create_transform(
+        **common,
+        is_training=True,
+        scale=tuple(cfg.scale),
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter or 0.0,
+        auto_augment=cfg.auto_augment,
+        re_prob=cfg.re_prob,
+        re_mode=cfg.re_mode,
+    )
+    return train, val
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -83,7 +83,9 @@ def build_run(
     ready = _Teacher(config, registry, data, dist, show_progress)
     cache = teacher_info = None
     if needs_teacher and teacher is None and config.teacher.cache:
-        cache = TeacherOutputCache(ready.identity(), data_settings(config, data.contents), check_cacheable(data.train))
+        cache = TeacherOutputCache(
+            ready.identity(), data_settings(config, data.contents), check_cacheable(data.train, config.data.mixing)
+        )
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
     if needs_teacher and teacher is None and any_across(teacher_info is None, dist):
         teacher = ready.model()  # every process together (some node may lack the cache entry)
@@ -105,6 +107,7 @@ def build_run(
         train_set,
         infos={info.name: info.for_config(config.method_configs[info.name]) for info in infos},
     ).to(device)
+    objective.label_smoothing = config.train.label_smoothing
     if cache is not None and objective.views:
         raise KdzooError(
             f"teacher.cache: methods {sorted(objective.view_methods)} train on {len(objective.views) + 1} views of "

@@ -73,22 +73,25 @@ class GlobalBatch:
         targets: Tensor,
         indices: Tensor | None,
         views: dict[str, slice],
+        soft_targets: Tensor | None = None,
     ):
         blocks = len(views)
         self.student = LazyOutputs(lambda: map_outputs(_resolved(student), lambda t: gather_blocks(t, blocks, info)))
         self.teacher = None
         if teacher is not None:
             self.teacher = LazyOutputs(lambda: map_outputs(teacher, lambda t: gather_blocks(t, blocks, info)))
-        self._local = (targets, indices)
+        self._local = (targets, indices, soft_targets)
         self._info = info
-        self._gathered: tuple[Tensor, Tensor | None] | None = None
+        self._gathered: tuple[Tensor, Tensor | None, Tensor | None] | None = None
         self.views = {name: slice(s.start * info.world, s.stop * info.world) for name, s in views.items()}
 
-    def labels_and_indices(self) -> tuple[Tensor, Tensor | None]:
+    def labels_and_indices(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The global batch's labels, sample indices and soft targets (``None`` where the batch has none)."""
         if self._gathered is None:
-            targets, indices = self._local
+            targets, indices, soft = self._local
             gathered_indices = None if indices is None else gather_blocks(indices, 1, self._info)
-            self._gathered = gather_blocks(targets, 1, self._info), gathered_indices
+            gathered_soft = None if soft is None else gather_blocks(soft, 1, self._info)
+            self._gathered = gather_blocks(targets, 1, self._info), gathered_indices, gathered_soft
         return self._gathered
 
 

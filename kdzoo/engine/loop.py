@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
 from kdzoo.api import Batch, KdzooError, ModelInfo, Stage, When
+from kdzoo.data.mixing import BatchMixing
 from kdzoo.engine.distributed import any_across, broadcast_from_main
 from kdzoo.engine.evaluate import evaluate_across
 from kdzoo.engine.export import best_epoch, deployed_costs, export_student, summarise
@@ -53,6 +54,20 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.history: list[dict[str, Any]] = []
         self.stop = StopRequests()
+        data, train = self.config.data, self.config.train
+        self.mixing = (
+            BatchMixing(
+                mixup=data.mixup,
+                cutmix=data.cutmix,
+                prob=data.mix_prob,
+                switch_prob=data.mix_switch_prob,
+                smoothing=train.label_smoothing,
+                num_classes=self.data.num_classes,
+                seed=train.seed,
+            )
+            if data.mixing
+            else None
+        )
 
     # ------------------------------------------------------------------ the run, as hooks see it
     dist = property(lambda self: self.parts.dist)
@@ -188,7 +203,11 @@ class Trainer:
         started, weights, every = time.perf_counter(), {}, self.config.train.checkpoint_every
         for step, (x, y, idx) in enumerate(bar, start=start_step):
             when = When(stage, epoch, (epoch + step / steps) / max(stage.epochs, 1))
-            result = self.step(Batch(x, y, idx, view=view), when)
+            batch = Batch(x, y, idx, view=view)
+            if self.mixing is not None:  # drawn from (seed, epoch, step): the same after a resume, on every process
+                mixed = self.mixing(x, y, global_epoch, step)
+                batch = Batch(mixed.inputs, mixed.labels, idx, view=view, soft_targets=mixed.soft_targets)
+            result = self.step(batch, when)
             weights = result.weights
             totals.add(step, result.loss, result.terms, len(y))
             done = step + 1

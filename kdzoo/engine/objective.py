@@ -101,6 +101,7 @@ class Objective(nn.Module):
         #: under torchrun, the processes whose shares make the global batch (:meth:`distribute`)
         self.processes = DistInfo()
         self.input_dtype: torch.dtype | None = None  # the models' dtype when not the batches' (to_dtype)
+        self.label_smoothing = 0.0  #: the core ``ce``'s (``train.label_smoothing``; set by the run builder)
         self.method_modules = nn.ModuleDict()
         for name in methods:
             built = self.call_one(
@@ -195,8 +196,8 @@ class Objective(nn.Module):
             )
             return self._weighted_terms(*args)
 
-    def _weighted_terms(self, student_out, teacher_out, targets, stage, indices, views, weights):
-        terms = self.terms(student_out, teacher_out, targets, stage, indices, views)
+    def _weighted_terms(self, student_out, teacher_out, targets, stage, indices, views, weights, soft_targets=None):
+        terms = self.terms(student_out, teacher_out, targets, stage, indices, views, soft_targets)
         # each term times its weight, summed in order: a weight of 1 multiplies nothing, and the sum
         # starts from the first term, not from 0 (both exact: the same total, two kernels fewer)
         weighted = [value if (w := weights.get(name, 1.0)) == 1.0 else w * value for name, value in terms.items()]
@@ -305,18 +306,20 @@ class Objective(nn.Module):
         stage: Stage,
         indices: Tensor | None = None,
         views: dict[str, slice] | None = None,
+        soft_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Unweighted terms from given outputs (for when you ran the models yourself); ``indices``
         are the samples' positions in the training set, for methods that keep per-sample state;
-        ``views`` the rows of each view when the outputs cover a stack of views (:meth:`stack_views`)."""
+        ``views`` the rows of each view when the outputs cover a stack of views (:meth:`stack_views`);
+        ``soft_targets`` the targets as distributions when the batch was mixed (the ``ce`` term's)."""
         views = views or {INPUT_VIEW: slice(0, len(targets))}
         if indices is not None:
             indices = indices.to(targets.device, non_blocking=True)
-        share = _MethodInputs(student, teacher, targets, indices, views, stage)
+        share = _MethodInputs(student, teacher, targets, indices, views, stage, soft_targets)
         whole = None  # the global batch under torchrun, gathered when a method that sees it is called
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
-            terms[CE] = F.cross_entropy(share.alone["student"].logits, targets)
+            terms[CE] = self._cross_entropy(share.alone["student"].logits, targets, soft_targets)
         # under autocast a method's terms are computed in float32 from upcast outputs, unless it opted in
         in_float32 = torch.is_autocast_enabled(targets.device.type)
         # called one implementation at a time, in selection order, so that a bad result names its method
@@ -328,7 +331,7 @@ class Objective(nn.Module):
             given = share
             if self.processes.enabled and (info is None or info.batch != "local"):
                 if whole is None:
-                    batch = GlobalBatch(self.processes, student, teacher, targets, indices, views)
+                    batch = GlobalBatch(self.processes, student, teacher, targets, indices, views, soft_targets)
                     whole = _MethodInputs.gathered(batch, stage)
                 given = whole
             arguments = given.stacked if impl.owner in self.view_methods else given.alone
@@ -351,6 +354,13 @@ class Objective(nn.Module):
                     terms[name] = value
         return terms
 
+    def _cross_entropy(self, logits: Tensor, targets: Tensor, soft_targets: Tensor | None) -> Tensor:
+        """The core's ``ce``: against the soft targets of a mixed batch (timm's SoftTargetCrossEntropy;
+        smoothed when they were made), else the labels, smoothed by ``train.label_smoothing``."""
+        if soft_targets is not None:
+            return torch.sum(-soft_targets.to(logits.dtype) * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
     def loss(self, batch: Batch, when: When = When()) -> StepResult:
         """The objective's one computation: both models' forward passes (the teacher's not at all when
         ``batch.teacher`` holds its outputs, e.g. from a teacher-output cache; the student's only when a
@@ -369,7 +379,9 @@ class Objective(nn.Module):
             lambda: named_forward(f"student ({self.student_info.name})", lambda: self.student_tap(x), x)
         )
         weights = self.loss_weights(when.stage, when.epoch, when.progress)
-        total, terms = self._losses(student_out, teacher_out, batch.labels, when.stage, batch.indices, views, weights)
+        total, terms = self._losses(
+            student_out, teacher_out, batch.labels, when.stage, batch.indices, views, weights, batch.soft_targets
+        )
         logits = student_out.logits[: len(batch.labels)].detach() if student_out.computed else None
         return StepResult(total, terms, weights, logits)
 
@@ -447,9 +459,9 @@ class _MethodInputs:
     """The arguments of ``kdzoo_compute_losses`` for one step: ``stacked`` for methods that asked for
     views (the outputs of the whole stack of views), ``alone`` for the others (the input's rows)."""
 
-    def __init__(self, student, teacher, targets, indices, views: dict[str, slice], stage: Stage):
+    def __init__(self, student, teacher, targets, indices, views: dict[str, slice], stage: Stage, soft_targets=None):
         rows = views[INPUT_VIEW]
-        common = {"targets": targets, "stage": stage, "indices": indices}
+        common = {"targets": targets, "stage": stage, "indices": indices, "soft_targets": soft_targets}
         self.stacked = {"student": student, "teacher": teacher, "views": views, **common}
         if len(views) > 1:  # methods that asked for no views see the input's rows only
             student, teacher = student.rows(rows), None if teacher is None else teacher.rows(rows)
@@ -457,8 +469,8 @@ class _MethodInputs:
 
     @classmethod
     def gathered(cls, batch: GlobalBatch, stage: Stage) -> _MethodInputs:
-        targets, indices = batch.labels_and_indices()
-        return cls(batch.student, batch.teacher, targets, indices, batch.views, stage)
+        targets, indices, soft_targets = batch.labels_and_indices()
+        return cls(batch.student, batch.teacher, targets, indices, batch.views, stage, soft_targets)
 
 
 def _in_float32(arguments: dict[str, Any]) -> dict[str, Any]:

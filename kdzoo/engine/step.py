@@ -224,26 +224,28 @@ def ema_of(student: nn.Module, decay: float, warmup: bool) -> ModelEmaV3:
 
 # ---------------------------------------------------------------------- accumulation
 def micro_batches(batch: Batch, parts: int) -> list[Batch]:
-    """``batch`` in ``parts`` consecutive slices (fewer when it has fewer samples); the teacher's cached
-    outputs are sliced with it (every tensor whose first dimension is the batch's)."""
+    """``batch`` in ``parts`` strided slices (rows ``j, j + parts, ...``; fewer slices when it has fewer
+    samples); the teacher's cached outputs and the soft targets are sliced with it (every tensor whose
+    first dimension is the batch's). Strided, not contiguous: under torchrun each process holds a
+    contiguous share of the global batch, and the j-th strided slices of the shares make the j-th strided
+    slice of the global batch, so N processes form the micro-batches one process forms (with global
+    batch norm, the same statistics)."""
     size = len(batch.labels)
     parts = min(parts, size)
     if parts <= 1:
         return [batch]
-    bounds = [round(i * size / parts) for i in range(parts + 1)]
 
-    def cut(value: Any, lo: int, hi: int) -> Any:
+    def cut(value: Any, j: int) -> Any:
         if isinstance(value, Tensor) and value.ndim and value.shape[0] == size:
-            return value[lo:hi]
+            return value[j::parts]
         if isinstance(value, dict):
-            return {k: cut(v, lo, hi) for k, v in value.items()}
+            return {k: cut(v, j) for k, v in value.items()}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return dataclasses.replace(
-                value, **{f.name: cut(getattr(value, f.name), lo, hi) for f in dataclasses.fields(value)}
-            )
+            fields = {f.name: cut(getattr(value, f.name), j) for f in dataclasses.fields(value)}
+            return dataclasses.replace(value, **fields)  # type: ignore[type-var]
         return value
 
-    return [cut(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return [cut(batch, j) for j in range(parts)]
 
 
 def merged(results: list[tuple[float, StepResult]]) -> StepResult:
@@ -257,12 +259,17 @@ def merged(results: list[tuple[float, StepResult]]) -> StepResult:
         return torch.stack([share * value.detach() for share, value in values]).sum(0)
 
     losses = [(share, r.loss) for share, r in results if r.loss is not None]
-    logits = [r.logits for _, r in results if r.logits is not None]
+    parts = [r.logits for _, r in results if r.logits is not None]
+    logits = None
+    if len(parts) == len(results):  # back in the batch's order (the micro-batches are strided)
+        logits = parts[0].new_empty((sum(len(p) for p in parts), *parts[0].shape[1:]))
+        for j, part in enumerate(parts):
+            logits[j :: len(parts)] = part
     return StepResult(
         loss=weighted(losses),
         terms={name: weighted([(share, r.terms[name]) for share, r in results]) for name in last.terms},
         weights=last.weights,
-        logits=torch.cat(logits) if len(logits) == len(results) else None,
+        logits=logits,
     )
 
 

@@ -44,9 +44,14 @@ def _key(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_cacheable(batches: Any) -> TensorBatches:
+def check_cacheable(batches: Any, mixing: bool = False) -> TensorBatches:
     if not isinstance(batches, TensorBatches):
         raise KdzooError("teacher.cache needs an in-memory dataset (digits, fashion_mnist, cifar10/100, synthetic)")
+    if mixing:
+        raise KdzooError(
+            "teacher.cache: data.mixup/cutmix mix each batch anew, so cached teacher outputs would not match the "
+            "mixed images; turn teacher.cache or the mixing off"
+        )
     if not batches.deterministic:
         raise KdzooError(
             "teacher.cache: the training inputs change every epoch (data.augment is on), so cached teacher "

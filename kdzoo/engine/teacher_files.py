@@ -30,10 +30,18 @@ CACHE_FORMAT = 4  # 3: keyed by the data's contents and the teacher's own data s
 
 def teacher_data(config: RunConfig) -> DataConfig:
     """The data settings the teacher trains with: the run's dataset and image size, the teacher's own
-    batch, augmentation and sample limit (never the student's)."""
-    t = config.teacher.train
-    return dataclasses.replace(
-        config.data, batch_size=t.batch_size, augment=t.augment, train_limit=t.train_limit, views=0
+    batch, augmentation and sample limit, and the dataset's plain augmentation (never the student's
+    recipe: RandAugment, erasing, mixup... are not in the trained-teacher cache key)."""
+    t, d = config.teacher.train, config.data
+    return DataConfig(
+        name=d.name,
+        root=d.root,
+        img_size=d.img_size,
+        eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers,
+        batch_size=t.batch_size,
+        augment=t.augment,
+        train_limit=t.train_limit,
     )
 
 

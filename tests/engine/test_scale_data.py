@@ -105,7 +105,23 @@ def test_evaluation_shares_are_contiguous_whole_batches_covering_the_set_once(wo
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 8, 7  # 24 training images, 21 for validation: odd
 BATCH, EVAL_BATCH, EPOCHS = 8, 5, 2  # 3 steps an epoch, 5 evaluation batches (the last of one image)
-CRASH_AT = 5  # the second step of the second epoch: resumed at its second batch
+ACCUMULATE = 2  # two micro-batches a step: two loss computations
+CRASH_AT = (TRAIN_PER_CLASS * CLASSES // BATCH + 1) * ACCUMULATE + 1  # the second step of the second epoch
+#: a paper's recipe on top (issue 31): timm's RandAugment and random erasing, mixup and cutmix with
+#: label smoothing, warmup, clipping, accumulation and the student's EMA; all of it drawn so that two
+#: processes train what one trains and a resumed run what an uninterrupted one does
+RECIPE = [
+    "data.auto_augment=rand-m9-mstd0.5-inc1",
+    "data.re_prob=0.25",
+    "data.mixup=0.8",
+    "data.cutmix=1.0",
+    "train.label_smoothing=0.1",
+    "optim.warmup_epochs=1",
+    "optim.clip_grad=5.0",
+    f"train.accumulate={ACCUMULATE}",
+    "train.ema=true",
+    "train.ema_decay=0.9",
+]
 
 
 def _image_folder(root: Path) -> None:
@@ -160,7 +176,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
     evaluation share, and the run equals one process's (per-epoch CE, weights, the student's and the
     teacher's top-1 on a validation set of 21 images); killed mid-epoch and resumed, it decodes no
     skipped image and ends bit-equal to its uninterrupted run. Each process's images all come from
-    one worker per loader: workers persist across epochs."""
+    one worker per loader: workers persist across epochs. All of it with a paper's recipe on (RECIPE)."""
     _image_folder(tmp_path / "images")
     teacher = _teacher_weights(tmp_path / "teacher.safetensors")
     sets = [
@@ -179,6 +195,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
         # float64: the processes' reductions round as one process's do to ~1e-16 (test_distributed)
         "train.precision=fp64",
         "train.log_every=1",
+        *RECIPE,
     ]
     env = {**subprocess_env(tmp_path), "PYTHONPATH": str(Path(__file__).parents[2])}
     launchers = {
@@ -207,7 +224,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
         assert together == train_one[b * BATCH : (b + 1) * BATCH], b
     val_one = [path for _, path in _split(single, "val")]
     val_ranks = [[path for _, path in _split(r, "val")] for r in ranks]
-    evaluations = 1 + EPOCHS  # the teacher once, the student after each epoch
+    evaluations = 1 + 2 * EPOCHS  # the teacher once, the student and its EMA after each epoch
     assert len(val_one) == evaluations * VAL_PER_CLASS * CLASSES
     share0 = 2 * EVAL_BATCH  # batches 0-1 of 5 on rank 0, 2-4 (11 images) on rank 1
     for e in range(evaluations):
@@ -225,6 +242,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
     for first, second in zip(a["history"], b["history"], strict=True):
         assert second["train"]["ce"] == pytest.approx(first["train"]["ce"], rel=1e-4)
         assert second["val"]["top1"] == first["val"]["top1"]
+        assert second["val_ema"]["top1"] == first["val_ema"]["top1"]
         assert second["val"]["loss"] == pytest.approx(first["val"]["loss"], rel=1e-9)
     assert a["teacher_metrics"]["top1"] == b["teacher_metrics"]["top1"]
     assert _gaps(a["student"], b["student"]) <= 5e-4
@@ -236,6 +254,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
         assert resumed == train_ranks[rank][(steps + 1) * half :], rank
     c = torch.load(two / "crashed" / "last.pt", weights_only=True)
     assert _gaps(b["student"], c["student"]) == 0.0
+    assert _gaps(b["ema"]["weights"], c["ema"]["weights"]) == 0.0
     assert [epoch["val"] for epoch in c["history"]] == [epoch["val"] for epoch in b["history"]]
     # the resumed epoch logs the uninterrupted means: each process went on from its own totals
     logged = [{k: v for k, v in epoch["train"].items() if k != "images_per_s"} for epoch in c["history"]]
