@@ -224,13 +224,14 @@ def list_cmd() -> None:
 
 
 @main.command()
-@click.argument("method", required=False)
+@click.argument("method", required=False, metavar="[METHOD|SECTION|FILE]")
 @click.option(
     "--config", "whole", is_flag=True, help="The run config's own sections, every key with its default and its help."
 )
 @one_line_errors
 def show(method: str | None, whole: bool) -> None:
-    """A method's config with its defaults (YAML, ready to paste under its name in a config file).
+    """A method's config with its defaults (YAML, ready to paste under its name in a config file); a
+    config FILE's recipe (what it reproduces and its source) and settings.
 
     With --config, the run config's own sections (teacher, student, data, optim, train) first, every key
     with its default and one line of help; a section's name (kdzoo show train) prints that section."""
@@ -242,6 +243,9 @@ def show(method: str | None, whole: bool) -> None:
     if method in CORE_SECTIONS or (whole and method is None):
         click.echo(config_yaml(None if whole else method))
         return
+    if method is not None and (method.endswith((".yaml", ".yml")) or Path(method).is_file()):
+        _show_recipe(Path(method))
+        return
     if method is None:
         raise click.UsageError("name a METHOD (kdzoo list shows them), a section (train, data, ...) or pass --config")
     if whole:
@@ -252,6 +256,17 @@ def show(method: str | None, whole: bool) -> None:
     click.echo(f"# {info.name}: {info.summary}\n# paper: {info.paper}")
     defaults = as_dict(info.config_class()) if dataclasses.is_dataclass(info.config_class) else {}
     click.echo(yaml.safe_dump({info.name: defaults}, sort_keys=False).rstrip())
+
+
+def _show_recipe(path: Path) -> None:
+    """A config file's recipe (what it reproduces and its source), then its settings."""
+    import yaml
+
+    from kdzoo.config import read_yaml
+
+    data = read_yaml(path)
+    click.echo(f"# recipe: {data.get('recipe') or 'not given (a recipe config names its source under recipe:)'}")
+    click.echo(yaml.safe_dump({k: v for k, v in data.items() if k != "recipe"}, sort_keys=False).rstrip())
 
 
 @main.command("eval")

@@ -45,6 +45,12 @@ class FlowOfSolutionProcedure:
         """The (student, teacher) stage pairs, of equal widths."""
         wanted = self.config.student_stages if self.config.student_stages is not None else range(len(student.stages))
         pairs = pair_stages(teacher, student, wanted, self.config.teacher_stages)
+        if len(pairs) < 2:  # a flow matrix is between two consecutive stages
+            raise KdzooError(
+                f"fsp matches flow matrices between consecutive stages, and {len(pairs)} stage pair of "
+                f"student {student.name} and teacher {teacher.name} was found; it needs two or more "
+                f"(fsp.student_stages / teacher_stages, or a deeper student)"
+            )
         unequal = [(s, t) for s, t in pairs if student.stages[s].channels != teacher.stages[t].channels]
         if unequal:
             s, t = unequal[0]

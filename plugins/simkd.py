@@ -17,17 +17,21 @@ labels' CE on the student's own head.
 
 A teacher whose classifier does not read its average-pooled last map (a ViT: a class token after a
 norm) gives the pooled projected map the teacher's pooled embedding to match instead, the input of
-the classifier it lends (``align: embedding``, chosen by ``auto``). The student must be a CNN whose
-``forward_features`` ends at its last stage (its pooled width is that stage's), so the deployed
-network runs the map it trained on (a head layer after its pooling, as MobileNetV3's conv_head, is not
-deployed and does not matter).
+the classifier it lends (``align: embedding``, chosen by ``auto``).
+
+The student's map is its last stage's, as the engine taps it (NCHW; a transformer's patch tokens laid
+out on their grid), and the deployed network runs the student up to that map: ``forward_features``
+where it ends there (ResNet, MobileNetV3, ConvNeXt), timm's ``forward_intermediates`` otherwise. So any
+student with stages can be distilled: the layers after its last stage (EfficientNet's conv_head, a
+ViT's final norm, MobileNetV3's conv_head after its pooling) belong to the head that SimKD replaces by
+the projector and the teacher's classifier, and are neither trained nor run.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +60,7 @@ def _cnn_whose_last_stage_is(info: ModelInfo, channels: int) -> bool:
 
 
 def ends_features_at_last_stage(info: ModelInfo) -> bool:
-    """A CNN whose ``forward_features`` returns its last stage's map (what a SimKD student deploys);
+    """A CNN whose ``forward_features`` returns its last stage's map, which the deployed network then runs;
     a head layer after the pooling (MobileNetV3's conv_head) is fine: SimKD does not deploy it."""
     return _cnn_whose_last_stage_is(info, info.feature_map_channels or info.embedding_dim)
 
@@ -100,21 +104,43 @@ def pooled_to(x: Tensor, side: int | None) -> Tensor:
 
 
 class DeployedSimKD(nn.Module):
-    """Student backbone -> (pooled to the teacher's side) projector -> average pool -> teacher classifier."""
+    """Student backbone up to its last stage -> (pooled to the teacher's side) projector -> average pool ->
+    teacher classifier. ``stage`` is that stage's index, ``None`` where ``forward_features`` returns its map."""
 
-    def __init__(self, student: nn.Module, projector: Projector, classifier: nn.Linear, side: int | None):
+    def __init__(
+        self,
+        student: nn.Module,
+        projector: Projector,
+        classifier: nn.Linear,
+        side: int | None,
+        stage: int | None = None,
+    ):
         super().__init__()
-        self.student, self.projector, self.classifier, self.side = student, projector, classifier, side
+        self.student, self.projector, self.classifier = student, projector, classifier
+        self.side, self.stage = side, stage
+        if stage is not None and not hasattr(student, "forward_intermediates"):
+            raise KdzooError(
+                f"simkd deploys the student up to its last stage's map: {type(student).__name__}'s forward_features "
+                "does not end there and it has no forward_intermediates (timm's) to stop there"
+            )
+
+    def last_map(self, x: Tensor) -> Tensor:
+        """The student's last stage's map, as the engine tapped it in training."""
+        if self.stage is None:
+            return self.student.forward_features(x)
+        student: Any = self.student  # a timm model: forward_intermediates is not nn.Module's own
+        return student.forward_intermediates(x, indices=[self.stage], intermediates_only=True)[-1]
 
     def forward(self, x: Tensor) -> Tensor:
-        projected = self.projector(pooled_to(self.student.forward_features(x), self.side))
+        projected = self.projector(pooled_to(self.last_map(x), self.side))
         return self.classifier(projected.mean(dim=(2, 3)))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What SimKD matches: the student's last map against the teacher's last map (``map``) or its pooled
-    embedding (``embedding``); the side each map is pooled to (``None``: kept), and the projector's width."""
+    """What SimKD matches: the student's last stage's map against the teacher's last map (``map``) or its
+    pooled embedding (``embedding``); the side each map is pooled to (``None``: kept), and the projector's
+    width."""
 
     align: str
     student_stage: int
@@ -122,6 +148,9 @@ class Plan:
     student_side: int | None
     teacher_side: int | None
     teacher_width: int
+    #: whether the student's ``forward_features`` returns that map (else the deployed network asks timm's
+    #: ``forward_intermediates`` for it)
+    student_features_end_there: bool = True
 
 
 class SimKD:
@@ -131,12 +160,10 @@ class SimKD:
 
     @hookimpl
     def kdzoo_plan(self, teacher: ModelInfo, student: ModelInfo) -> Plan:
-        if not ends_features_at_last_stage(student):
+        if not student.stages:
             raise KdzooError(
-                f"simkd deploys the student's last feature map through a projector and the teacher's classifier: "
-                f"student {student.name} is not a CNN whose forward_features ends at its last stage "
-                f"({student.feature_map_channels or student.embedding_dim} channels out of forward_features); "
-                "use a CNN student such as a ResNet or a MobileNetV3"
+                f"simkd projects the student's last stage's map: student {student.name} exposes no stages "
+                "(timm's feature_info)"
             )
         align = self.config.align
         align = ("map" if reads_pooled_last_map(teacher) else "embedding") if align == "auto" else align
@@ -151,6 +178,7 @@ class SimKD:
             t_side if align == "map" and s_side > t_side else None,
             s_side if align == "map" and t_side > s_side else None,
             teacher.stages[-1].channels if align == "map" else teacher.embedding_dim,
+            ends_features_at_last_stage(student),
         )
 
     @hookimpl
@@ -207,7 +235,8 @@ class SimKD:
 
     @hookimpl
     def kdzoo_deployed_model(self, student, modules, plan):
-        return DeployedSimKD(student, modules["projector"], modules["teacher_classifier"], plan.student_side)
+        stage = None if plan.student_features_end_there else plan.student_stage
+        return DeployedSimKD(student, modules["projector"], modules["teacher_classifier"], plan.student_side, stage)
 
     @hookimpl
     def kdzoo_loss_weights(self):

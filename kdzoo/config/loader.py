@@ -152,11 +152,14 @@ def load_config(
     if len(set(selected)) != len(selected):
         raise KdzooError(f"method selected twice: {shown(selected)}")
     _refuse_renamed_keys(data)
+    recipe = data.pop("recipe", None)
+    if recipe is not None and not isinstance(recipe, str):
+        raise KdzooError(f"config key 'recipe': expected text naming the recipe and its source, got {shown(recipe)}")
     core = {key: build(cls, data.pop(key, None), key) for key, cls in CORE_SECTIONS.items()}
     method_configs = {}
     for key, section in data.items():
         if key not in method_config_classes:
-            choices = [*CORE_SECTIONS, "methods", *method_config_classes]
+            choices = [*CORE_SECTIONS, "methods", "recipe", *method_config_classes]
             raise KdzooError(
                 f"unknown config key '{clip(str(key))}'{close_matches(str(key), choices)}; "
                 f"top-level keys: {', '.join(choices)}"
@@ -166,7 +169,7 @@ def load_config(
             method_configs[key] = cfg
     for name in selected:
         method_configs.setdefault(name, build(method_config_classes[name], {}, name))
-    return RunConfig(methods=selected, method_configs=method_configs, **core)
+    return RunConfig(methods=selected, method_configs=method_configs, recipe=recipe, **core)
 
 
 RENAMED_KEYS = {("teacher", "train_epochs"): "teacher.train.epochs"}
@@ -193,4 +196,5 @@ def config_from_dict(data: dict[str, Any], method_config_classes: dict[str, type
         if name not in method_config_classes:
             raise KdzooError(f"this checkpoint was made with method '{clip(name)}', which is not installed here")
         method_configs[name] = build(method_config_classes[name], overrides_free.get(name), name)
-    return RunConfig(methods=methods, method_configs=method_configs, **core)
+    recipe = data.get("recipe") if isinstance(data.get("recipe"), str) else None
+    return RunConfig(methods=methods, method_configs=method_configs, recipe=recipe, **core)

@@ -102,11 +102,16 @@ class DataConfig:
         metadata={"help": "imagefolder: RandomResizedCrop's range of the area kept (timm's default: [0.08, 1.0])"},
     )
     hflip: float = field(default=0.5, metadata={"help": "imagefolder: the probability of a horizontal flip"})
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = field(
-        default="bilinear", metadata={"help": "imagefolder: how images are resized"}
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = field(
+        default=None,
+        metadata={"help": "how images are resized (null: a pretrained student's own, else bilinear)"},
     )
-    crop_pct: float = field(
-        default=0.875, metadata={"help": "imagefolder: evaluation's centre crop, as a share of the resized image"}
+    crop_pct: float | None = field(
+        default=None,
+        metadata={
+            "help": "imagefolder: evaluation's centre crop, as a share of the resized image "
+            "(null: a pretrained student's own, else 0.875)"
+        },
     )
     # on the batch, for every dataset: the teacher sees the mixed images too
     mixup: float = field(default=0.0, metadata={"help": "mixup's alpha (0: off); soft targets reach the loss"})
@@ -202,7 +207,7 @@ def _check_optimizer(name: str, where: str) -> None:
 
         raise KdzooError(
             f"config key '{where}.name': unknown optimizer {shown(name)}{close_matches(name, known)}; "
-            f"sgd, adamw, adam, lamb, lars or another of timm.optim.list_optimizers()"
+            f"'sgd', 'adamw', 'adam', 'lamb', 'lars' or another of timm.optim.list_optimizers()"
         )
 
 
@@ -248,6 +253,13 @@ class TeacherConfig(ModelConfig):
         default_factory=TeacherTrainConfig,
         metadata={"help": "how kdzoo trains the teacher when no checkpoint is given (trained once, cached, reused)"},
     )
+    img_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "the teacher's input size (null: data.img_size); its input is made from the student's batch, "
+            "re-normalised (a pretrained teacher: its own mean and std) and resized on the device"
+        },
+    )
     cache: bool = field(
         default=False,
         metadata={
@@ -255,6 +267,9 @@ class TeacherConfig(ModelConfig):
             "needs fixed inputs: data.augment=false or data.views"
         },
     )
+
+    def validate(self, where: str) -> None:
+        at_least(self, where, MIN_IMG_SIZE, "img_size")
 
 
 @dataclass
@@ -391,6 +406,13 @@ class RunConfig:
         default_factory=TrainConfig,
         metadata={"help": "the run: epochs, seed, device, run directory, precision, compiling"},
     )
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "what this config reproduces and its source (a paper's table, a repository's config), "
+            "shown by kdzoo show FILE and kept with the run"
+        },
+    )
     method_configs: dict[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -399,7 +421,9 @@ class RunConfig:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"methods": list(self.methods)}
+        out: dict[str, Any] = {"methods": list(self.methods)}
+        if self.recipe is not None:
+            out["recipe"] = self.recipe
         out.update({name: as_dict(getattr(self, name)) for name in CORE_SECTIONS})
         out.update({name: as_dict(cfg) for name, cfg in self.method_configs.items()})
         return out

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from kdzoo.data.contents import DataContents
+from kdzoo.data.inputs import RunInputs
 from kdzoo.errors import KdzooError
 
 
@@ -294,6 +295,15 @@ class DataBundle:
     num_classes: int
     in_chans: int
     contents: DataContents | None = None
+    #: each model's input (:mod:`kdzoo.data.inputs`): ``train`` is drawn at ``inputs.render``, ``val`` is
+    #: the student's; ``None``: one input for both (a user's own loader)
+    inputs: RunInputs | None = None
+    teacher_val: Batches | None = None  #: the validation set as the teacher's own transform makes it
+
+    @property
+    def teacher_val_batches(self) -> Batches:
+        """The validation batches the configured teacher is scored on."""
+        return self.teacher_val if self.teacher_val is not None else self.val
 
 
 class LoaderBatches(Batches):

@@ -23,6 +23,7 @@ from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
 from kdzoo.data.contents import in_memory, of_files
 from kdzoo.data.idx import read_idx
+from kdzoo.data.inputs import InputPrep, InputRequests
 from kdzoo.errors import KdzooError, close_matches
 
 
@@ -59,23 +60,43 @@ def balanced_subset(labels: np.ndarray, limit: int, seed: int = LIMIT_SEED) -> n
     return np.sort(chosen)
 
 
-def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip) -> DataBundle:
+def _bundle(name, cfg, seed, train_xy, val_xy, num_classes, norm, flip, requests: InputRequests) -> DataBundle:
     (xt, yt), (xv, yv) = train_xy, val_xy
     contents = in_memory(train_xy, val_xy)  # the whole splits: the limit is a setting beside them
     if cfg.train_limit is not None:
         kept = torch.from_numpy(balanced_subset(yt.numpy(), cfg.train_limit))
         xt, yt = xt[kept], yt[kept]
-    common = dict(img_size=cfg.img_size, norm=norm)
+    inputs = requests.resolve(InputPrep(mean=norm.mean, std=norm.std, size=cfg.img_size))
+
+    def val_for(prep: InputPrep) -> TensorBatches:
+        return TensorBatches(xv, yv, cfg.eval_batch_size, img_size=prep.size, norm=_norm(prep), train=False)
+
+    render = inputs.render
     return DataBundle(
         name,
         TensorBatches(
-            xt, yt, cfg.batch_size, train=True, augment=cfg.augment, flip=flip, seed=seed, views=cfg.views, **common
+            xt,
+            yt,
+            cfg.batch_size,
+            img_size=render.size,
+            norm=_norm(render),
+            train=True,
+            augment=cfg.augment,
+            flip=flip,
+            seed=seed,
+            views=cfg.views,
         ),
-        TensorBatches(xv, yv, cfg.eval_batch_size, train=False, **common),
+        val_for(inputs.student),
         num_classes,
         xt.shape[1],
         contents,
+        inputs=inputs,
+        teacher_val=None if inputs.teacher == inputs.student else val_for(inputs.teacher),
     )
+
+
+def _norm(prep: InputPrep) -> Normalisation:
+    return Normalisation(prep.mean, prep.std)
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +106,13 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 1, 8, 8) / 16.0, table[:, -1].astype(np.int64)
 
 
-def digits(cfg: DataConfig, seed: int) -> DataBundle:
+def digits(cfg: DataConfig, seed: int, requests: InputRequests = InputRequests()) -> DataBundle:
     images, labels = load_digits_arrays()
     train_idx, val_idx = stratified_split(labels, 0.2, seed=0)  # fixed: comparable across seeds
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     norm = Normalisation((0.305,), (0.376,))
-    return _bundle("digits", cfg, seed, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), 10, norm, flip=False)
+    train, val = (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+    return _bundle("digits", cfg, seed, train, val, 10, norm, flip=False, requests=requests)
 
 
 DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -118,18 +140,18 @@ def _idx_pair(root: Path, images_name: str, labels_name: str) -> tuple[Tensor, T
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
-def fashion_mnist(cfg: DataConfig, seed: int) -> DataBundle:
+def fashion_mnist(cfg: DataConfig, seed: int, requests: InputRequests = InputRequests()) -> DataBundle:
     root = Path(cfg.root or DEBIAN_FASHION_ROOT)
     train = _idx_pair(root, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
     test = _idx_pair(root, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     norm = Normalisation((0.286,), (0.353,))
-    return _bundle("fashion_mnist", cfg, seed, train, test, 10, norm, flip=True)
+    return _bundle("fashion_mnist", cfg, seed, train, test, 10, norm, flip=True, requests=requests)
 
 
 def _cifar(
     cls_name: str, folder: str, num_classes: int, norm: Normalisation
-) -> Callable[[DataConfig, int], DataBundle]:
-    def load(cfg: DataConfig, seed: int) -> DataBundle:
+) -> Callable[[DataConfig, int, InputRequests], DataBundle]:
+    def load(cfg: DataConfig, seed: int, requests: InputRequests = InputRequests()) -> DataBundle:
         import torchvision.datasets as tvd
 
         root = Path(cfg.root or "data")
@@ -144,7 +166,8 @@ def _cifar(
         def as_tensor(ds):
             return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
-        return _bundle(cls_name.lower(), cfg, seed, as_tensor(train), as_tensor(test), num_classes, norm, flip=True)
+        train_xy, test_xy = as_tensor(train), as_tensor(test)
+        return _bundle(cls_name.lower(), cfg, seed, train_xy, test_xy, num_classes, norm, flip=True, requests=requests)
 
     return load
 
@@ -182,30 +205,33 @@ def _cifar_damage(make: type, folder: Path, exc: Exception) -> str:
     return f"{make.__name__}: {folder} cannot be read ({clip(str(exc))}); {_FRESH_COPY.format(folder=folder)}"
 
 
-def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
+def synthetic(cfg: DataConfig, seed: int, requests: InputRequests = InputRequests()) -> DataBundle:
     """Random images whose class is a fixed pattern plus noise: learnable, instant, for tests."""
     gen = torch.Generator().manual_seed(1234)
     patterns = torch.rand(10, 3, 8, 8, generator=gen)
     labels = torch.arange(640) % 10
     images = (patterns[labels] + 0.3 * torch.randn(640, 3, 8, 8, generator=gen)).clamp(0, 1)
     norm = Normalisation((0.5,) * 3, (0.3,) * 3)
-    return _bundle(
-        "synthetic", cfg, seed, (images[:512], labels[:512]), (images[512:], labels[512:]), 10, norm, flip=False
-    )
+    train, val = (images[:512], labels[:512]), (images[512:], labels[512:])
+    return _bundle("synthetic", cfg, seed, train, val, 10, norm, flip=False, requests=requests)
 
 
 IMAGENET_NORM = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
+def image_folder(cfg: DataConfig, seed: int, requests: InputRequests = InputRequests()) -> DataBundle:
     """``data.root/train/<class>/*`` and ``data.root/val/<class>/*``, as torchvision's ImageFolder reads them."""
 
     root = Path(cfg.root or "data")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise KdzooError(f"imagefolder: {root / split}/ not found; set data.root to a folder with train/ and val/")
-    train_tf, val_tf = image_transforms(cfg, IMAGENET_NORM)
-    train, val = _image_folder(root / "train", train_tf), _image_folder(root / "val", val_tf)
+    own = InputPrep(
+        IMAGENET_NORM.mean, IMAGENET_NORM.std, cfg.img_size, cfg.interpolation or "bilinear", cfg.crop_pct or 0.875
+    )
+    inputs = requests.resolve(own)
+    train_tf, _ = image_transforms(cfg, inputs.render)
+    train, val = _image_folder(root / "train", train_tf), _image_folder(root / "val", eval_transform(inputs.student))
     if train.classes != val.classes:
         raise KdzooError(f"imagefolder: train/ and val/ under {root} have different class folders")
     if len(train.classes) < 2:
@@ -218,6 +244,10 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         from torch.utils.data import Subset
 
         train = Subset(train, balanced_subset(np.array(train.targets), cfg.train_limit).tolist())
+    teacher_val = None
+    if inputs.teacher != inputs.student:
+        teacher_images = ImageFiles(val.classes, val.samples, eval_transform(inputs.teacher))
+        teacher_val = LoaderBatches(teacher_images, cfg.eval_batch_size, False, cfg.num_workers, seed)
     return DataBundle(
         "imagefolder",
         LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
@@ -225,23 +255,27 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         len(val.classes),
         3,
         contents,
+        inputs=inputs,
+        teacher_val=teacher_val,
     )
 
 
-def image_transforms(cfg: DataConfig, norm: Normalisation) -> tuple[Callable, Callable]:
+def image_transforms(cfg: DataConfig, prep: InputPrep) -> tuple[Callable, Callable]:
     """timm's training and evaluation transforms (``timm.data.create_transform``) for the ``data``
-    settings: RandomResizedCrop, flip, colour jitter, auto-augment (RandAugment), random erasing;
-    the evaluation's resize and centre crop. Their random draws (Python's, NumPy's and torch's RNGs)
-    are seeded per sample by the loader, so a sample's augmentation does not depend on the process or
-    worker that decodes it."""
+    settings, made at ``prep`` (size, interpolation, crop, mean and std): RandomResizedCrop, flip, colour
+    jitter, auto-augment (RandAugment), random erasing; the evaluation's resize and centre crop. Their
+    random draws (Python's, NumPy's and torch's RNGs) are seeded per sample by the loader, so a sample's
+    augmentation does not depend on the process or worker that decodes it."""
     from timm.data import create_transform
 
-    common = {"input_size": cfg.img_size, "interpolation": cfg.interpolation, "mean": norm.mean, "std": norm.std}
-    val = create_transform(**common, is_training=False, crop_pct=cfg.crop_pct)
+    val = eval_transform(prep)
     if not cfg.augment:
         return val, val
     train = create_transform(
-        **common,
+        input_size=prep.size,
+        interpolation=prep.interpolation,
+        mean=prep.mean,
+        std=prep.std,
         is_training=True,
         scale=tuple(cfg.scale),
         hflip=cfg.hflip,
@@ -251,6 +285,20 @@ def image_transforms(cfg: DataConfig, norm: Normalisation) -> tuple[Callable, Ca
         re_mode=cfg.re_mode,
     )
     return train, val
+
+
+def eval_transform(prep: InputPrep) -> Callable:
+    """timm's evaluation transform for one model's input: resize to size / crop_pct, centre crop, normalise."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=prep.size,
+        interpolation=prep.interpolation,
+        mean=prep.mean,
+        std=prep.std,
+        crop_pct=prep.crop_pct,
+        is_training=False,
+    )
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -364,7 +412,7 @@ def decode_image(path: str):
 
 
 CIFAR_NORM = Normalisation((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
-DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
+DATASETS: dict[str, Callable[[DataConfig, int, InputRequests], DataBundle]] = {
     "digits": digits,
     "fashion_mnist": fashion_mnist,
     "cifar10": _cifar("CIFAR10", "cifar-10-batches-py", 10, CIFAR_NORM),
@@ -374,10 +422,12 @@ DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
 }
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataBundle:
+def load_data(cfg: DataConfig, seed: int, requests: InputRequests | None = None) -> DataBundle:
+    """The dataset ``cfg`` names; ``requests``: what the student's and the teacher's inputs must be
+    (:mod:`kdzoo.data.inputs`; none: the dataset's, for both)."""
     cfg.validate("data")  # a DataConfig made in code skips the loader's checks: a negative train_limit slices
     if cfg.name not in DATASETS:
         raise KdzooError(
             f"unknown dataset '{cfg.name}'{close_matches(cfg.name, DATASETS)}; known: {', '.join(DATASETS)}"
         )
-    return DATASETS[cfg.name](cfg, seed)
+    return DATASETS[cfg.name](cfg, seed, requests or InputRequests())

@@ -25,6 +25,7 @@ from kdzoo import checkpoint
 from kdzoo.api import KdzooError, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
+from kdzoo.data.inputs import requests_of
 from kdzoo.engine import locking
 from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
@@ -74,6 +75,8 @@ def build_run(
     data = data or _loaded_everywhere(config, dist)
     data.train.to(device)
     data.val.to(device)
+    if data.teacher_val is not None:
+        data.teacher_val.to(device)
     infos = [registry.get(name) for name in config.methods]
     methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
     needs_teacher = any(info.wants_teacher(config.method_configs[info.name]) for info in infos)
@@ -84,7 +87,9 @@ def build_run(
     cache = teacher_info = None
     if needs_teacher and teacher is None and config.teacher.cache:
         cache = TeacherOutputCache(
-            ready.identity(), data_settings(config, data.contents), check_cacheable(data.train, config.data.mixing)
+            ready.identity(),
+            data_settings(config, data.contents, data.inputs),
+            check_cacheable(data.train, config.data.mixing),
         )
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
     if needs_teacher and teacher is None and any_across(teacher_info is None, dist):
@@ -92,7 +97,7 @@ def build_run(
     teacher = teacher if needs_teacher else None
     check_pair(teacher, student, config.teacher.model, config.student.model)
     if teacher is not None:
-        teacher_info = describe(teacher, config.teacher.model, config.data.img_size)
+        teacher_info = describe(teacher, config.teacher.model, config.teacher.img_size or config.data.img_size)
     student.to(device)
     s_info = describe(student, config.student.model, config.data.img_size)
     train_set = TrainingSet(
@@ -108,6 +113,8 @@ def build_run(
         infos={info.name: info.for_config(config.method_configs[info.name]) for info in infos},
     ).to(device)
     objective.label_smoothing = config.train.label_smoothing
+    if data.inputs is not None:
+        objective.use_inputs(data.inputs)
     if cache is not None and objective.views:
         raise KdzooError(
             f"teacher.cache: methods {sorted(objective.view_methods)} train on {len(objective.views) + 1} views of "
@@ -146,7 +153,7 @@ def _loaded_everywhere(config: RunConfig, dist: DistInfo) -> DataBundle:
     load it ends every process with its one line (the others would wait for it in the next collective)."""
     data, error = None, None
     try:
-        data = load_data(config.data, config.train.seed)
+        data = load_data(config.data, config.train.seed, requests_of(config))
     except KdzooError as exc:
         error = str(exc)
     failure = first_failure(error, dist)
@@ -263,7 +270,7 @@ def obtain_teacher(config: RunConfig, registry: Registry, data: DataBundle, show
 
 def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_progress, say, why: str) -> nn.Module:
     run = teachers.teacher_run_config(config)
-    data = load_data(run.data, run.train.seed)
+    data = load_data(run.data, run.train.seed, requests_of(run))  # the teacher's own input
     checkpoint.seed_everything(run.train.seed)  # the teacher's init depends on its own settings only
     model = create_model(config.teacher, "teacher", data.num_classes, data.in_chans)
     last = folder / "last.pt"
@@ -313,7 +320,9 @@ def _warm(
                 assert model is not None and tap is not None  # set just above
                 who = f"teacher ({ready.config.teacher.model})"
                 # the teacher's accuracy first: a process that finds the outputs complete finds it too
-                cache.remember(info, evaluate(model, ready.data.val.epoch(0), ready.data.num_classes, who))
+                cache.remember(
+                    info, evaluate(model, ready.data.teacher_val_batches.epoch(0), ready.data.num_classes, who)
+                )
                 if not filled:
                     cache.fill(tap, ready.config.data.eval_batch_size, device)
                     cache.select(objective.taps)

@@ -87,6 +87,9 @@ class FeatureExtractor:
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         to_nchw = lambda t: tokens_to_nchw(t, prefix) if t.ndim == 3 else t  # noqa: E731
         self.preact = PreActivationTaps(model, info, preact, to_nchw) if preact else None
+        #: makes this model's own input from the batch (re-normalised, resized: :mod:`kdzoo.data.inputs`)
+        #: when the batches are drawn for another model's; ``None``: the batch is its input
+        self.prepare: Callable[[Tensor], Tensor] | None = None
 
     def _install_hooks(self) -> list:
         handles = []
@@ -120,6 +123,8 @@ class FeatureExtractor:
         return named_forward(f"teacher ({self.info.name})", lambda: run_teacher(self, x), x)
 
     def __call__(self, x: Tensor) -> Outputs:
+        if self.prepare is not None:
+            x = self.prepare(x)
         out = self._run(x)
         if self.preact is not None:
             out.preact = self.preact.take()

@@ -128,7 +128,8 @@ class Trainer:
                 checkpoint.write_text_atomic(json.dumps(recorded, indent=2), self.run_dir / "config.json")
             at = self._restore(resume) if resume is not None else Position()
             if self.teacher is not None and self.teacher_metrics is None:
-                self.teacher_metrics = self._evaluate(self.teacher, "teacher")
+                # on the validation set as the teacher's own transform makes it (kdzoo.data.inputs)
+                self.teacher_metrics = self._evaluate(self.teacher, "teacher", batches=self.data.teacher_val_batches)
             self._clock = RunClock(resume.wall_time_s, resume.cpu_time_s) if resume is not None else RunClock()
             with self._reporters(at.global_epoch), self.stop:
                 try:
@@ -373,10 +374,10 @@ class Trainer:
             ema_val=self.history[-1].get("val_ema") if self.history else None,
         )
 
-    def _evaluate(self, model: nn.Module, role: str, name: str | None = None) -> dict[str, float]:
+    def _evaluate(self, model: nn.Module, role: str, name: str | None = None, batches=None) -> dict[str, float]:
         who = f"{role} ({name or getattr(self.config, role).model})"
         # each process scores its share of the set; the counts are summed over the processes
-        return evaluate_across(model, self.data.val, self.data.num_classes, self.dist, who)
+        return evaluate_across(model, batches or self.data.val, self.data.num_classes, self.dist, who)
 
     def _quiet(self) -> bool | None:
         show = self.parts.show_progress

@@ -35,6 +35,7 @@ from kdzoo.api import (
     union,
 )
 from kdzoo.data.batches import DistInfo
+from kdzoo.data.inputs import RunInputs
 from kdzoo.engine.extract import FeatureExtractor, LazyOutputs, describe, device_of, model_name, named_forward
 from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
 from kdzoo.engine.hooks import Implementation, RunHooks
@@ -160,6 +161,17 @@ class Objective(nn.Module):
         else:
             self.teacher_side.set_by_method(model, info, by_method, device)
         self.hooks.call("kdzoo_on_teacher", teacher=model, info=info)
+
+    def use_inputs(self, inputs: RunInputs) -> None:
+        """Each model its own input (:mod:`kdzoo.data.inputs`): the training batches are drawn at
+        ``inputs.render``; the student's and the teacher's inputs are made from them on the device."""
+        from kdzoo.data.inputs import adapter
+
+        render, side = inputs.render, self.teacher_side
+        self.student_tap.prepare = adapter(render, inputs.student)
+        side.prepare, side.student_prepare = adapter(render, inputs.teacher), self.student_tap.prepare
+        if side.tap is not None:
+            side.tap.prepare = side.student_prepare if side.method_name is not None else side.prepare
 
     def close(self) -> None:
         """Remove the forward hooks the extractors put on models without native taps."""

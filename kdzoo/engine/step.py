@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -325,7 +326,13 @@ class StepSchedule:
         }
         self.timm: Scheduler
         if cfg.scheduler == "cosine":
-            self.timm = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=cfg.min_lr, **timed)
+            cosine_log = logging.getLogger(CosineLRScheduler.__module__)
+            level = cosine_log.level
+            cosine_log.setLevel(logging.ERROR)  # its warning that a one-step cosine stays at lr is no news here
+            try:
+                self.timm = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=cfg.min_lr, **timed)
+            finally:
+                cosine_log.setLevel(level)
         elif cfg.scheduler == "multistep":
             # timm applies milestone d at step d - 1 (its historical convention); + 1 makes milestone epoch m's
             # first update the first at the lowered rate, as in RepDistiller (torch's MultiStepLR)

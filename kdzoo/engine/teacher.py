@@ -41,6 +41,10 @@ class Teacher:
         #: what answers for a step's teacher outputs, chosen when the teacher is set: the live model's
         #: frozen forward (:meth:`FeatureExtractor.frozen`), the cache's lookup, or ``None`` (no teacher)
         self.supply: Supply | None = None
+        #: the configured teacher's input from the batch, and a student-architecture teacher's (a method's
+        #: generation), when the batches are drawn for another input (:mod:`kdzoo.data.inputs`)
+        self.prepare: Callable[[Tensor], Tensor] | None = None
+        self.student_prepare: Callable[[Tensor], Tensor] | None = None
 
     # ------------------------------------------------------------------ where outputs come from
     @property
@@ -67,6 +71,7 @@ class Teacher:
         self.tap = FeatureExtractor(
             model, info, taps.teacher, taps.teacher_embedding, taps.teacher_summaries, taps.teacher_preact
         )
+        self.tap.prepare = self.student_prepare if self.method_name is not None else self.prepare
         if self.cache is None:  # while a cache is filled for these taps, it answers
             self.supply = self.tap.frozen
 

@@ -31,13 +31,14 @@ from kdzoo.api import ModelInfo, Outputs, StageInfo, Taps
 from kdzoo.checkpoint import check_free_space, disk_full, write_text_atomic
 from kdzoo.config import as_dict
 from kdzoo.data import DataContents, TensorBatches, fits_on, to_device
+from kdzoo.data.inputs import RunInputs
 from kdzoo.engine.cache_entries import remember_key, why_new_entry
 from kdzoo.engine.extract import FeatureExtractor
 from kdzoo.errors import KdzooError
 from kdzoo.paths import cache_dir
 from kdzoo.reporting import DamagedFile, read_json
 
-FORMAT = 3  # 2: keyed by the data's contents; 3: data.train_limit is a class-balanced subset
+FORMAT = 4  # 2: keyed by the data's contents; 3: balanced data.train_limit; 4: each model's input
 
 
 def _key(data: Any) -> str:
@@ -306,7 +307,7 @@ def _reserve(fd: int, nbytes: int) -> None:
     os.ftruncate(fd, nbytes)
 
 
-def data_settings(config, contents: DataContents | None) -> dict[str, Any]:
+def data_settings(config, contents: DataContents | None, inputs: RunInputs | None = None) -> dict[str, Any]:
     """What a teacher's stored outputs depend on in the data: the samples (the splits' contents and
     the sample limit), how they become inputs, and the fixed views; not where the files are."""
     d = config.data
@@ -319,4 +320,5 @@ def data_settings(config, contents: DataContents | None) -> dict[str, Any]:
         settings |= {"img_size": d.img_size, "augment": d.augment, "views": d.views, "train_limit": d.train_limit}
     if d.augment and d.views:
         settings["seed"] = config.train.seed  # per-sample views are drawn from the run's seed
+    settings["inputs"] = inputs.as_record() if inputs is not None else None  # each model's (kdzoo.data.inputs)
     return settings

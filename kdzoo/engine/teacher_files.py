@@ -36,7 +36,7 @@ def teacher_data(config: RunConfig) -> DataConfig:
     return DataConfig(
         name=d.name,
         root=d.root,
-        img_size=d.img_size,
+        img_size=config.teacher.img_size or d.img_size,
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
         batch_size=t.batch_size,
@@ -58,7 +58,7 @@ def teacher_key(config: RunConfig, contents: DataContents | None) -> dict[str, A
         "train": as_dict(t.train),
         "data": {
             "name": config.data.name,
-            "img_size": config.data.img_size,
+            "img_size": config.teacher.img_size or config.data.img_size,
             "contents": contents.train if contents is not None else _settings_only(config),
         },
     }

@@ -38,6 +38,18 @@ def test_fsp_refuses_stages_of_unequal_width_in_one_line(tmp_path):
         build_trainer(tiny_config(["fsp"], out_dir=str(tmp_path)), registry(), tmp_path / "run")
 
 
+def test_fsp_refuses_a_single_stage_pair_in_one_line(tmp_path):
+    """A flow matrix joins two consecutive stages: one pair has none (a one-block transformer)."""
+    from kdzoo import KdzooError
+    from kdzoo.engine import build_trainer
+    from kdzoo.registry import registry
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(["fsp"], "fsp.student_stages=[0]", out_dir=str(tmp_path), pair="resnet->resnet")
+    with pytest.raises(KdzooError, match=r"fsp matches flow matrices between consecutive stages, and 1 stage pair"):
+        build_trainer(cfg, registry(), tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     "sizes, agreement",
     [((8, 4), None), ((2, 1), None), ((2, 1), 1e-2), ((2, 1), 1e-3), ((4, 2), None), ((4, 2), 1e-3)],

@@ -150,7 +150,7 @@ def test_terms_sum_the_branches_with_their_own_eps():
     s_logits = model.forward_head(logits)
     t_logits, y = torch.randn(4, 10, generator=_gen(1)), torch.randint(0, 10, (4,), generator=_gen(2))
     out = SimpleNamespace(logits=s_logits, feature=features.__getitem__)
-    terms = method.kdzoo_compute_losses(out, SimpleNamespace(logits=t_logits), y, plan, modules)
+    terms = method.kdzoo_compute_losses(out, SimpleNamespace(logits=t_logits), y, plan, modules, None)
     expected = sum(
         _authors_form(branches[str(s)](features[s]), t_logits, y, e, 2.0)
         for s, e in zip((1, 2, 3, 4), (1.0, 1.2, 1.4, 1.6), strict=True)

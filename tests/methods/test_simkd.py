@@ -1,6 +1,7 @@
 """SimKD (issue 14, a method that changes the deployed student): the loss and the deployed logits by
 hand from the authors' equations; a run evaluates, exports, scores and counts the deployed network
-(student + projector + the teacher's classifier); the one-line refusals."""
+(student + projector + the teacher's classifier); students whose forward_features does not end at their
+last stage (EfficientNet's conv_head, a ViT's tokens) deploy up to that stage's map; the one-line refusals."""
 
 from __future__ import annotations
 
@@ -42,12 +43,25 @@ def _authors_simkd(feat_s, feat_t, transfer, cls_t):
         ("test_resnet", "resnet10t", 64),
         ("resnet18", "resnet10t", 32),
         ("resnet10t", "mobilenetv3_small_050", 64),
+        ("resnet10t", "test_efficientnet", 64),
+        ("resnet10t", "test_convnext", 64),
+        ("resnet10t", "test_vit", 32),
     ],
-    ids=["student-map-larger", "teacher-map-larger", "same-side", "student-with-a-head-conv-after-pooling"],
+    ids=[
+        "student-map-larger",
+        "teacher-map-larger",
+        "same-side",
+        "student-with-a-head-conv-after-pooling",
+        "student-with-a-head-conv-before-pooling",
+        "convnext-student",
+        "vit-student-patch-tokens-as-a-map",
+    ],
 )
 def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, img_size):
     torch.manual_seed(0)
-    t_model, s_model = timm.create_model(teacher, num_classes=7).eval(), timm.create_model(student, num_classes=7)
+    s_kwargs = {"img_size": img_size, "patch_size": 4} if student == "test_vit" else {}
+    t_model = timm.create_model(teacher, num_classes=7).eval()
+    s_model = timm.create_model(student, num_classes=7, **s_kwargs)
     objective = kdzoo.get_method("simkd", teacher=t_model, student=s_model, img_size=img_size)
     projector = objective.method_modules["simkd"]["projector"]
     x, y = torch.randn(3, 3, img_size, img_size), torch.arange(3)
@@ -56,7 +70,10 @@ def test_loss_and_deployed_logits_equal_the_authors_equations(teacher, student, 
     result = objective.loss(kdzoo.Batch(x, y))
     loss = result.loss
     with torch.no_grad():
-        feat_s, feat_t = s_model.forward_features(x), t_model.forward_features(x)
+        # the student's last stage's map: forward_features' output where it ends there (ResNet, MobileNetV3)
+        last = len(s_model.feature_info) - 1
+        feat_s = s_model.forward_intermediates(x, indices=[last], intermediates_only=True)[-1]
+        feat_t = t_model.forward_features(x)
         projected, target, pred = _authors_simkd(feat_s, feat_t, projector.transfer, t_model.get_classifier())
         assert result.terms["simkd"].item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)
         assert loss.item() == pytest.approx(F.mse_loss(projected, target).item(), rel=1e-5)  # CE weight 0
@@ -94,14 +111,30 @@ def test_a_run_evaluates_exports_scores_and_counts_the_deployed_network(tmp_path
 
 
 def test_students_and_caches_simkd_cannot_deploy_with_are_refused_in_one_line(tmp_path):
-    teacher = timm.create_model("test_resnet", num_classes=4)
-    vit = timm.create_model("test_vit", num_classes=4, img_size=32, patch_size=4)
-    with pytest.raises(KdzooError, match="student test_vit is not a CNN") as error:
-        kdzoo.get_method("simkd", teacher=teacher, student=vit, img_size=32)
+    from kdzoo import ModelInfo
+    from kdzoo_plugins.simkd import SimKD, SimKDConfig
+
+    teacher = ModelInfo("test_resnet", (kdzoo.StageInfo(0, 8, 32, "layer4"),), 4, 8, 32)
+    flat = ModelInfo("flat", (), 4, 8, 32)  # no feature_info: no map to project
+    with pytest.raises(KdzooError, match="student flat exposes no stages") as error:
+        SimKD(SimKDConfig()).kdzoo_plan(teacher, flat)
     assert "\n" not in str(error.value)
     cfg = tiny_config(["simkd"], "teacher.cache=true", "data.augment=false", out_dir=str(tmp_path))
     with pytest.raises(KdzooError, match="set teacher.cache=false"):
         build_trainer(cfg, registry(), tmp_path / "cached", show_progress=False).fit()
+
+
+def test_an_efficientnet_student_trains_and_deploys_up_to_its_last_stage(tmp_path):
+    """EfficientNet's forward_features ends in conv_head (256 channels here, 64 out of its last stage):
+    the projector reads the last stage's map, and the deployed network stops there too."""
+    cfg = tiny_config(["simkd"], pair="resnet->efficientnet", out_dir=str(tmp_path))
+    trainer = build_trainer(cfg, registry(), tmp_path / "run", show_progress=False)
+    trainer.fit()
+    deployed = trainer.objective.deployed_model()
+    assert deployed.stage == len(trainer.student.feature_info) - 1
+    x = torch.randn(4, 3, 32, 32)
+    loaded = kdzoo.load_student(tmp_path / "run" / "student.safetensors")
+    torch.testing.assert_close(loaded(x), deployed.eval()(x))
 
 
 def test_compares_trade_off_table_counts_what_simkd_deploys(tmp_path):
