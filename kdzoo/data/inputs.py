@@ -65,13 +65,45 @@ def pretrained_request(model: str, pretrained: bool, size: int | None = None) ->
         return PrepRequest(size=size)
     from timm.models import get_pretrained_cfg
 
-    sourced = model.lower().startswith(("hf-hub:", "hf_hub:", "local-dir:"))
-    cfg = None if sourced else get_pretrained_cfg(model)
-    if cfg is None:  # hf-hub:/local-dir: carry theirs in config.json; read when the model is built
+    source, _, where = model.partition(":")
+    if source.lower() in ("hf-hub", "hf_hub", "local-dir"):
+        found = _saved_pretrained_cfg(source.lower(), where)
+    else:
+        cfg = get_pretrained_cfg(model)
+        found = None if cfg is None else cfg.to_dict()
+    if not found:
         return PrepRequest(size=size)
     return PrepRequest(
-        mean=tuple(cfg.mean), std=tuple(cfg.std), size=size, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
+        mean=tuple(found["mean"]) if found.get("mean") else None,
+        std=tuple(found["std"]) if found.get("std") else None,
+        size=size,
+        interpolation=found.get("interpolation") or None,
+        crop_pct=found.get("crop_pct") or None,
     )
+
+
+def _saved_pretrained_cfg(source: str, where: str) -> dict | None:
+    """The ``pretrained_cfg`` in an ``hf-hub:`` / ``local-dir:`` model's config.json (timm's
+    ``save_for_hf`` layout), from the folder or the Hugging Face cache (downloaded when missing and
+    allowed: timm fetches it to build the model anyway); ``None`` when it cannot be read."""
+    import json
+    import os
+    from pathlib import Path
+
+    try:
+        if source == "local-dir":
+            path = Path(where) / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            repo, _, revision = where.partition("@")
+            path = Path(hf_hub_download(repo, "config.json", revision=revision or None,
+                                        cache_dir=os.environ.get("HF_HUB_CACHE")))  # fmt: skip
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, ImportError):  # no file, offline, not JSON: the model's build says so
+        return None
+    cfg = data.get("pretrained_cfg", data) if isinstance(data, dict) else None
+    return cfg if isinstance(cfg, dict) else None
 
 
 @dataclass(frozen=True)

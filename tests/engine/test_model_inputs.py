@@ -109,3 +109,17 @@ def test_in_memory_data_and_the_teacher_cache_key_follow_each_models_input(tmp_p
     same = build_trainer(plain, registry(), tmp_path / "plain", show_progress=False)
     assert same.objective.student_tap.prepare is None and same.objective.teacher_side.prepare is None
     assert data_settings(plain, contents, same.data.inputs) != data_settings(bigger, contents, trainer.data.inputs)
+
+
+def test_a_saved_models_input_comes_from_its_config_json(tmp_path):
+    """local-dir: (and hf-hub:, the same file in the hub cache) carry their pretrained_cfg in config.json."""
+    from timm.models import save_for_hf
+
+    from kdzoo.data.inputs import pretrained_request
+
+    save_for_hf(timm.create_model("test_vit"), str(tmp_path / "saved"))
+    asked = pretrained_request(f"local-dir:{tmp_path / 'saved'}", True, 32)
+    expected = timm.models.get_pretrained_cfg("test_vit")
+    assert (asked.mean, asked.std, asked.size) == (tuple(expected.mean), tuple(expected.std), 32)
+    assert asked.interpolation == expected.interpolation and asked.crop_pct == expected.crop_pct
+    assert pretrained_request(f"local-dir:{tmp_path / 'missing'}", True).mean is None  # the model's build says why
