@@ -114,6 +114,36 @@ def registering(*methods: MethodInfo) -> Callable[[Callable[[MethodInfo], None]]
     return kdzoo_register_methods
 
 
+# ----------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class DatasetSplits:
+    """What a dataset plugin's loader returns: the training and validation sets as map-style datasets
+    of ``(image, label)`` (a PIL image, decoded on access; an int class index), and the number of
+    classes. kdzoo makes the images the models' inputs (timm's transforms, each model's own input) and
+    reads ``targets`` (every sample's label, in order) where the set has it, for methods that need the
+    classes of the whole set (CRD)."""
+
+    train: Any  #: a ``torch.utils.data.Dataset`` of (PIL image, int)
+    val: Any
+    num_classes: int
+    in_chans: int = 3
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset a plugin adds (``kdzoo_register_datasets``), selected by ``data.name``. ``load`` gets
+    ``data.root`` (``None``: the dataset's usual place) and returns its :class:`DatasetSplits`; a missing
+    or broken file is a :class:`KdzooError` of one line naming it and what to do."""
+
+    name: str
+    load: Callable[[str | None], DatasetSplits]
+    summary: str = ""
+    #: filled in by kdzoo when it loads the plugin
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+
 # ----------------------------------------------------------------------------- models and taps
 @dataclass(frozen=True)
 class StageInfo:

@@ -202,7 +202,8 @@ def _resume_target(resume: str, configs: list[str], overrides: list[str], method
 
 
 @main.command("list")
-def list_cmd() -> None:
+@click.option("--datasets", is_flag=True, help="The datasets data.name selects: built in, and from plugins.")
+def list_cmd(datasets: bool) -> None:
     """Installed methods, their papers and the plugins they come from.
 
     A method name that two distributions register is listed once per distribution, as DISTRIBUTION:METHOD
@@ -210,6 +211,9 @@ def list_cmd() -> None:
     from kdzoo.api import KINDS
 
     reg = registry()
+    if datasets:
+        _list_datasets(reg)
+        return
     for kind in KINDS:
         methods = sorted((name, info) for name, info in reg.methods.items() if info.kind == kind)
         if methods:
@@ -221,6 +225,21 @@ def list_cmd() -> None:
         click.echo(f"{'[clash]':<14} {line}")
     for plugin, error in sorted(reg.failures.items()):
         click.echo(f"{'[failed]':<14} plugin '{plugin}' did not load: {error}")
+
+
+def _list_datasets(reg: Registry) -> None:
+    from kdzoo.data import DATASETS
+    from kdzoo.data.datasets import SUMMARIES
+
+    click.echo("== built-in datasets ==")
+    for name in DATASETS:
+        click.echo(f"{name:<14} {SUMMARIES.get(name, '')}".rstrip())
+    if reg.datasets:
+        click.echo("== datasets from plugins ==")
+    for name, info in sorted(reg.datasets.items()):
+        source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
+        shadowed = " [shadowed by the built-in dataset of this name]" if name in DATASETS else ""
+        click.echo(f"{name:<14} {info.summary}{shadowed}\n{'':<14} plugin: {source}")
 
 
 @main.command()

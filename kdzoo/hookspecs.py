@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 from torch import Tensor, nn
 
-from kdzoo.api import MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet, View
+from kdzoo.api import DatasetInfo, MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet, View
 
 hookspec = pluggy.HookspecMarker("kdzoo")
 
@@ -72,6 +72,22 @@ class DiscoverySpec:
             @kdzoo.hookimpl
             def kdzoo_register_models(register):
                 register(resnet8x4)  # def resnet8x4(pretrained=False, **kwargs) -> nn.Module
+        """
+
+    @hookspec
+    def kdzoo_register_datasets(self, register: Callable[[DatasetInfo], None]) -> None:
+        """Register the datasets this plugin module provides (``data.name`` selects one): call
+        ``register`` once per dataset.
+
+        :param register: call it with one :class:`kdzoo.DatasetInfo` (name, loader, summary)
+        :when: once per process, when the plugins load
+        :returns: nothing: the datasets go through ``register``
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_register_datasets(register):
+                register(kdzoo.DatasetInfo(name="my_scans", load=load_my_scans, summary="CT scans, 4 classes"))
         """
 
 

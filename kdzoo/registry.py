@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from kdzoo import hookspecs
-from kdzoo.api import BATCHES, KINDS, MethodInfo, Stage, hookimpl
+from kdzoo.api import BATCHES, KINDS, DatasetInfo, MethodInfo, Stage, hookimpl
 from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 ENTRY_POINT_GROUP = "kdzoo"
@@ -112,6 +112,8 @@ class Registry:
     slow: dict[str, float] = field(default_factory=dict)
     clashes: dict[str, list[MethodInfo]] = field(default_factory=dict)
     shared_entry_points: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    #: the datasets plugins add (``kdzoo_register_datasets``), by the ``data.name`` that selects them
+    datasets: dict[str, DatasetInfo] = field(default_factory=dict)
 
     def get(self, name: str) -> MethodInfo:
         """The method ``name`` selects (see :meth:`find`), or a one-line :class:`KdzooError` saying why none."""
@@ -209,6 +211,18 @@ class Registry:
         for each in self.clashes[info.name]:
             self.methods[qualified_name(each)] = replace(each, name=qualified_name(each))
 
+    def _check_dataset(self, info: object, earlier: list[DatasetInfo]) -> None:
+        """A registered dataset is a :class:`DatasetInfo` with a name no other plugin took."""
+        if not isinstance(info, DatasetInfo) or not isinstance(info.name, str) or not callable(info.load):
+            raise ValueError(f"kdzoo_register_datasets must register DatasetInfo(name=..., load=...), got {info!r:.80}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", info.name):
+            raise ValueError(f"dataset name {info.name!r:.60} must be letters, digits, '_', '.' or '-' (no '/')")
+        taken = self.datasets.get(info.name) or next((d for d in earlier if d.name == info.name), None)
+        if taken is not None:
+            raise ValueError(
+                f"dataset name '{info.name}' is already registered by plugin '{taken.plugin or 'this one'}'"
+            )
+
     def _check_name_free(self, info: MethodInfo, distribution: str, earlier: list[MethodInfo]) -> None:
         """A name another distribution registers is a clash (both kept); one that cannot be told apart by
         ``DISTRIBUTION:METHOD`` (the same distribution, or a plugin from none) fails the later plugin."""
@@ -228,10 +242,13 @@ class Registry:
     ) -> None:
         """Load one plugin object (usually a module); failures are recorded, never raised."""
         found: list[MethodInfo] = []
-        _, failure = _guarded(lambda: self._discover(plugin, name, distribution, found))
+        datasets: list[DatasetInfo] = []
+        _, failure = _guarded(lambda: self._discover(plugin, name, distribution, found, datasets))
         if failure is not None:  # a broken plugin must not take the others (or kdzoo) down
             self.failures[name] = failure
             return
+        for dataset in datasets:
+            self.datasets[dataset.name] = replace(dataset, plugin=name, distribution=distribution, version=version)
         loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin), import_s=import_s)
         for info in found:
             self._add_method(replace(info, plugin=name, distribution=distribution, version=version))
@@ -239,8 +256,11 @@ class Registry:
             loaded.hooks = sorted(set(loaded.hooks) | set(_hook_names(info.factory)))
         self.plugins.append(loaded)
 
-    def _discover(self, plugin: object, name: str, distribution: str, found: list[MethodInfo]) -> None:
-        """Call ``plugin``'s discovery hooks: its methods into ``found`` (checked), its models into timm."""
+    def _discover(
+        self, plugin: object, name: str, distribution: str, found: list[MethodInfo], datasets: list[DatasetInfo]
+    ) -> None:
+        """Call ``plugin``'s discovery hooks: its methods into ``found`` (checked), its models into timm,
+        its datasets into ``datasets`` (checked)."""
         pm = pluggy.PluginManager("kdzoo")
         pm.add_hookspecs(hookspecs.DiscoverySpec)
         pm.register(plugin, name=name)
@@ -249,6 +269,10 @@ class Registry:
             impl.function(**{arg: found.append for arg in impl.argnames})
         for impl in pm.hook.kdzoo_register_models.get_hookimpls():
             impl.function(**{arg: _register_timm_model for arg in impl.argnames})
+        for impl in pm.hook.kdzoo_register_datasets.get_hookimpls():
+            impl.function(**{arg: datasets.append for arg in impl.argnames})
+        for i, dataset in enumerate(datasets):
+            self._check_dataset(dataset, datasets[:i])
         for i, info in enumerate(found):
             _check_method(info)
             self._check_name_free(info, distribution, found[:i])

@@ -21,6 +21,11 @@ ViT->CNN) with synthetic data, and asserts what every method owes its users: reg
 metadata, a typed config with defaults that round-trips, named finite scalar loss terms, weights
 only for terms that exist, gradients reaching the student and the method's own modules and never
 the teacher, and a checkpoint that restores the run exactly.
+
+A dataset plugin (``kdzoo_register_datasets``) is checked by :func:`check_dataset`::
+
+    def test_my_dataset_conforms(tmp_path):
+        check_dataset("my_scans", tmp_path, method="kd", root="tests/data/scans")
 """
 
 from __future__ import annotations
@@ -236,3 +241,52 @@ def _checkpoint(case: Case, tmp_path: Path) -> None:
     assert before.keys() == after.keys(), "checkpoint keys differ from a fresh build of the same config"
     for name, value in before.items():
         assert torch.equal(value, after[name]), f"{name} differs after a checkpoint round trip"
+
+
+# ----------------------------------------------------------------------------- a dataset plugin
+def check_dataset(
+    name: str, tmp_path: str | Path, method: str, root: str | None = None, cache: str | Path | None = None
+) -> None:
+    """What a dataset plugin owes its users (``kdzoo_register_datasets``): it is registered under
+    ``name``, its loader returns :class:`kdzoo.DatasetSplits` whose samples are (image, label) with
+    labels among its classes, and a run of ``method`` on it (``"kd"``; tiny models, 32 px, one epoch over
+    a few samples) trains and evaluates; ``root`` is the ``data.root`` it is given. Raises AssertionError
+    on the first failure."""
+    from kdzoo.api import DatasetSplits
+    from kdzoo.engine import build_trainer
+
+    tmp_path = Path(tmp_path)
+    datasets = registry().datasets
+    assert name in datasets, f"no plugin registers dataset '{name}' (registered: {sorted(datasets)})"
+    splits = datasets[name].load(root)
+    assert isinstance(splits, DatasetSplits), f"{name}: load returned {type(splits).__name__}, not DatasetSplits"
+    for split in (splits.train, splits.val):
+        assert len(split) > 0, f"{name}: a split is empty"
+        for index in (0, len(split) - 1):
+            image, label = split[index]
+            assert 0 <= int(label) < splits.num_classes, f"{name}: label {label} outside 0..{splits.num_classes - 1}"
+            assert hasattr(image, "convert") or isinstance(image, torch.Tensor), f"{name}: sample {index} is no image"
+    sets = [
+        f"data.name={name}",
+        "data.img_size=32",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "data.train_limit=8",
+        "data.num_workers=1",
+        "teacher.model=test_resnet",
+        "teacher.train.epochs=1",
+        "teacher.train.train_limit=8",
+        "student.model=test_resnet",
+        "train.epochs=1",
+        f"train.out_dir={tmp_path}",
+    ]
+    if root is not None:
+        sets.append(f"data.root={root}")
+    config = load_config([], sets, [method], registry().config_classes())
+    with using_cache(cache or TESTING_CACHE):
+        trainer = build_trainer(config, registry(), tmp_path / "run", show_progress=False)
+        trainer.fit()
+    record = trainer.history[-1]
+    assert trainer.data.num_classes == splits.num_classes
+    assert torch.isfinite(torch.tensor(record["train"]["loss"])), f"{name}: the loss is not finite ({record})"
+    assert 0.0 <= record["val"]["top1"] <= 100.0

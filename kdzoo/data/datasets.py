@@ -6,10 +6,11 @@ fetched from the network, and a missing or broken file is a one-line error namin
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdzoo.api import DatasetInfo, DatasetSplits
 from kdzoo.config.checks import clip
 from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
@@ -422,12 +424,104 @@ DATASETS: dict[str, Callable[[DataConfig, int, InputRequests], DataBundle]] = {
 }
 
 
-def load_data(cfg: DataConfig, seed: int, requests: InputRequests | None = None) -> DataBundle:
-    """The dataset ``cfg`` names; ``requests``: what the student's and the teacher's inputs must be
+#: one line per built-in dataset, for ``kdzoo list --datasets``
+SUMMARIES = {
+    "digits": "scikit-learn's 1,797 8x8 digit scans, embedded in kdzoo (the default)",
+    "fashion_mnist": "Fashion-MNIST from its idx files under data.root (default: Debian's dataset-fashion-mnist)",
+    "cifar10": "CIFAR-10, torchvision's python version under data.root",
+    "cifar100": "CIFAR-100, torchvision's python version under data.root",
+    "imagefolder": "data.root/train/<class>/* and data.root/val/<class>/*, through timm's transforms",
+    "synthetic": "random class patterns plus noise: instant, for tests",
+}
+
+
+def load_data(
+    cfg: DataConfig,
+    seed: int,
+    requests: InputRequests | None = None,
+    plugins: Mapping[str, DatasetInfo] | None = None,
+) -> DataBundle:
+    """The dataset ``cfg`` names: a built-in one, or one a plugin registers (``plugins``; none given:
+    the installed plugins'); ``requests``: what the student's and the teacher's inputs must be
     (:mod:`kdzoo.data.inputs`; none: the dataset's, for both)."""
     cfg.validate("data")  # a DataConfig made in code skips the loader's checks: a negative train_limit slices
-    if cfg.name not in DATASETS:
+    requests = requests or InputRequests()
+    if cfg.name in DATASETS:  # a built-in name is the built-in dataset (kdzoo list --datasets says so)
+        return DATASETS[cfg.name](cfg, seed, requests)
+    if plugins is None:
+        from kdzoo.registry import registry
+
+        plugins = registry().datasets
+    if cfg.name in plugins:
+        return plugin_dataset(plugins[cfg.name], cfg, seed, requests)
+    known = [*DATASETS, *sorted(plugins)]
+    raise KdzooError(f"unknown dataset '{cfg.name}'{close_matches(cfg.name, known)}; known: {', '.join(known)}")
+
+
+def plugin_dataset(info: DatasetInfo, cfg: DataConfig, seed: int, requests: InputRequests) -> DataBundle:
+    """A plugin's dataset (:class:`~kdzoo.api.DatasetSplits` of PIL images and labels) made into batches
+    as an image folder is: timm's transforms, each model's own input, a class-balanced ``train_limit``."""
+    who = f"dataset '{info.name}' (plugin '{info.plugin}')" if info.plugin else f"dataset '{info.name}'"
+    try:
+        splits = info.load(cfg.root)
+    except KdzooError:
+        raise
+    except Exception as exc:  # a plugin's bug: one line naming it, not its traceback
+        raise KdzooError(f"{who} failed to load: {type(exc).__name__}: {clip(str(exc))}") from None
+    if not isinstance(splits, DatasetSplits):
         raise KdzooError(
-            f"unknown dataset '{cfg.name}'{close_matches(cfg.name, DATASETS)}; known: {', '.join(DATASETS)}"
+            f"{who}: its load must return kdzoo.DatasetSplits(train, val, num_classes), got {clip(repr(splits))}"
         )
-    return DATASETS[cfg.name](cfg, seed, requests or InputRequests())
+    for split in ("train", "val"):
+        if len(getattr(splits, split)) == 0:
+            raise KdzooError(f"{who}: its {split} split is empty")
+    if splits.num_classes < 2:
+        raise KdzooError(f"{who}: {splits.num_classes} class; classification needs at least two")
+    c = splits.in_chans
+    norm = IMAGENET_NORM if c == 3 else Normalisation((0.5,) * c, (0.5,) * c)
+    own = InputPrep(norm.mean, norm.std, cfg.img_size, cfg.interpolation or "bilinear", cfg.crop_pct or 0.875)
+    inputs = requests.resolve(own)
+    train_tf, _ = image_transforms(cfg, inputs.render)
+    train = Transformed(splits.train, train_tf)
+    if cfg.train_limit is not None:
+        from torch.utils.data import Subset
+
+        train = Subset(train, balanced_subset(np.array(train.targets), cfg.train_limit).tolist())
+    teacher_val = None
+    if inputs.teacher != inputs.student:
+        teacher_val = LoaderBatches(
+            Transformed(splits.val, eval_transform(inputs.teacher)), cfg.eval_batch_size, False, cfg.num_workers, seed
+        )
+    val = Transformed(splits.val, eval_transform(inputs.student))
+    return DataBundle(
+        info.name,
+        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
+        LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
+        splits.num_classes,
+        c,
+        None,  # what a plugin's files hold is not seen by kdzoo: caches are keyed by the settings
+        inputs=inputs,
+        teacher_val=teacher_val,
+    )
+
+
+class Transformed(torch.utils.data.Dataset):
+    """A dataset of (image, label) with ``transform`` applied to the image; ``targets``: the labels in
+    order, the dataset's own when it has them (else read once, sample by sample)."""
+
+    def __init__(self, dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), int(label)
+
+    @functools.cached_property
+    def targets(self) -> list[int]:
+        own = getattr(self.dataset, "targets", None)
+        if own is not None:
+            return [int(t) for t in own]
+        return [int(self.dataset[i][1]) for i in range(len(self.dataset))]
