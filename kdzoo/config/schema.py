@@ -62,8 +62,15 @@ class StudentConfig(ModelConfig):
 class DataConfig:
     name: str = field(
         default="digits",
-        metadata={"help": "the dataset: digits (embedded), fashion_mnist, cifar10, cifar100, imagefolder or synthetic"},
+        metadata={
+            "help": "the dataset: digits (embedded), fashion_mnist, cifar10, cifar100, imagefolder, synthetic, "
+            "hfds/NAME or torch/NAME (timm's readers), or one a plugin adds (kdzoo list --datasets)"
+        },
     )
+    train_split: str = field(
+        default="train", metadata={"help": "hfds/, torch/ datasets: the split trained on (timm's create_dataset)"}
+    )
+    val_split: str = field(default="validation", metadata={"help": "hfds/, torch/ datasets: the split evaluated on"})
     root: str | None = field(
         default=None,
         metadata={"help": "the dataset's folder (null: the dataset's usual place, e.g. data/); never downloaded"},

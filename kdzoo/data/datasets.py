@@ -23,10 +23,10 @@ from kdzoo.api import DatasetInfo, DatasetSplits
 from kdzoo.config.checks import clip
 from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
-from kdzoo.data.contents import in_memory, of_files
+from kdzoo.data.contents import DataContents, in_memory, of_files
 from kdzoo.data.idx import read_idx
 from kdzoo.data.inputs import InputPrep, InputRequests
-from kdzoo.errors import KdzooError, close_matches
+from kdzoo.errors import KdzooError, close_matches, first_line
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -448,6 +448,8 @@ def load_data(
     requests = requests or InputRequests()
     if cfg.name in DATASETS:  # a built-in name is the built-in dataset (kdzoo list --datasets says so)
         return DATASETS[cfg.name](cfg, seed, requests)
+    if cfg.name.split("/", 1)[0].lower() in TIMM_READERS and "/" in cfg.name:
+        return timm_dataset(cfg, seed, requests)
     if plugins is None:
         from kdzoo.registry import registry
 
@@ -472,6 +474,22 @@ def plugin_dataset(info: DatasetInfo, cfg: DataConfig, seed: int, requests: Inpu
         raise KdzooError(
             f"{who}: its load must return kdzoo.DatasetSplits(train, val, num_classes), got {clip(repr(splits))}"
         )
+    return image_sets(info.name, splits, cfg, seed, requests, who)
+
+
+def image_sets(
+    name: str,
+    splits: DatasetSplits,
+    cfg: DataConfig,
+    seed: int,
+    requests: InputRequests,
+    who: str,
+    contents: DataContents | None = None,
+) -> DataBundle:
+    """Map-style sets of (PIL image, label) as batches: timm's transforms, each model's own input, a
+    class-balanced ``train_limit``, each process decoding its share (:class:`LoaderBatches`).
+    ``contents``: digests of what the splits hold, where the source has them (else caches are keyed
+    by the settings)."""
     for split in ("train", "val"):
         if len(getattr(splits, split)) == 0:
             raise KdzooError(f"{who}: its {split} split is empty")
@@ -494,15 +512,101 @@ def plugin_dataset(info: DatasetInfo, cfg: DataConfig, seed: int, requests: Inpu
         )
     val = Transformed(splits.val, eval_transform(inputs.student))
     return DataBundle(
-        info.name,
+        name,
         LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
         LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
         splits.num_classes,
         c,
-        None,  # what a plugin's files hold is not seen by kdzoo: caches are keyed by the settings
+        contents,
         inputs=inputs,
         teacher_val=teacher_val,
     )
+
+
+#: timm's dataset readers (``timm.data.create_dataset``), by the prefix of ``data.name``
+TIMM_READERS = ("hfds", "hfids", "wds", "tfds", "torch")
+STREAMING_READERS = ("hfids", "wds", "tfds")
+
+
+def timm_dataset(cfg: DataConfig, seed: int, requests: InputRequests) -> DataBundle:
+    """``hfds/NAME`` (a Hugging Face dataset: on the Hub, in the cache, or a local folder of its files)
+    and ``torch/NAME`` (torchvision's) through timm's ``create_dataset``, with ``data.train_split`` /
+    ``data.val_split``; timm reads them, kdzoo makes the images inputs as for an image folder."""
+    prefix = cfg.name.split("/", 1)[0].lower()
+    if prefix in STREAMING_READERS:
+        raise KdzooError(
+            f"data.name '{clip(cfg.name)}': timm's streaming readers ({', '.join(p + '/' for p in STREAMING_READERS)}) "
+            f"are not supported yet; use hfds/ (the map-style dataset), imagefolder, or a dataset plugin"
+        )
+    train, val = (
+        _timm_split(cfg, split, training) for split, training in ((cfg.train_split, True), (cfg.val_split, False))
+    )
+    splits = DatasetSplits(train=TimmImages(train), val=TimmImages(val), num_classes=_classes_of(train, val))
+    fingerprints = [
+        getattr(getattr(getattr(d, "reader", None), "dataset", None), "_fingerprint", None) for d in (train, val)
+    ]
+    contents = None
+    if all(isinstance(f, str) for f in fingerprints):  # Hugging Face's digest of what a split holds
+        contents = DataContents(lambda: str(fingerprints[0]), lambda: str(fingerprints[1]))
+    return image_sets(cfg.name, splits, cfg, seed, requests, f"data.name '{cfg.name}'", contents)
+
+
+def _timm_split(cfg: DataConfig, split: str, training: bool):
+    from timm.data import create_dataset
+
+    try:
+        return create_dataset(cfg.name, root=cfg.root, split=split, is_training=training, download=False)
+    except ImportError as exc:
+        raise KdzooError(
+            f"data.name '{clip(cfg.name)}' reads through a library that is not installed ({exc.name or exc}): "
+            f"pip install 'kdzoo[hf]'"
+        ) from None
+    except KdzooError:
+        raise
+    except Exception as exc:  # the readers' own errors: no such dataset or split, offline, unreadable files
+        problem = f"{type(exc).__name__}: {clip(first_line(exc), 200)}"
+        raise KdzooError(
+            f"data.name '{clip(cfg.name)}': cannot read split '{split}' ({problem}); "
+            f"check the name, data.train_split / data.val_split and data.root (offline, HF_HUB_OFFLINE=1: the "
+            f"dataset must be a local folder or in the Hugging Face cache)"
+        ) from None
+
+
+class TimmImages(torch.utils.data.Dataset):
+    """A timm dataset (no transform: (PIL image, label)) with ``targets``, its labels in order."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    @functools.cached_property
+    def targets(self) -> list[int]:
+        own = getattr(self.dataset, "targets", None)
+        if own is not None:  # torchvision's sets
+            return [int(t) for t in own]
+        reader = getattr(self.dataset, "reader", None)
+        rows = getattr(reader, "dataset", None)
+        if rows is not None and getattr(reader, "label_key", None) in getattr(rows, "column_names", ()):
+            return [int(t) for t in rows[reader.label_key]]  # a Hugging Face dataset: the column, no image decoded
+        samples = getattr(reader, "samples", None)
+        if samples is not None:
+            return [int(t) for _, t in samples]
+        return [int(self.dataset[i][1]) for i in range(len(self.dataset))]
+
+
+def _classes_of(train, val) -> int:
+    for dataset in (train, val):
+        mapping = getattr(getattr(dataset, "reader", None), "class_to_idx", None) or getattr(
+            dataset, "class_to_idx", None
+        )
+        if mapping:
+            return len(mapping)
+    return max(TimmImages(train).targets) + 1
 
 
 class Transformed(torch.utils.data.Dataset):
