@@ -274,9 +274,17 @@ class TeacherConfig(ModelConfig):
             "needs fixed inputs: data.augment=false or data.views"
         },
     )
+    cache_topk: int | None = field(
+        default=None,
+        metadata={
+            "help": "teacher.cache: store each sample's K largest logits (fp16, with their classes) and one logit "
+            "sharing the rest of the probability evenly, not all of them; null: every logit"
+        },
+    )
 
     def validate(self, where: str) -> None:
         at_least(self, where, MIN_IMG_SIZE, "img_size")
+        at_least(self, where, 1, "cache_topk")
 
 
 @dataclass

@@ -90,6 +90,7 @@ def build_run(
             ready.identity(),
             data_settings(config, data.contents, data.inputs),
             check_cacheable(data.train, config.data.mixing),
+            topk=config.teacher.cache_topk,
         )
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled
     if needs_teacher and teacher is None and any_across(teacher_info is None, dist):

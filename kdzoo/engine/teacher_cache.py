@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -65,8 +67,13 @@ def check_cacheable(batches: Any, mixing: bool = False) -> TensorBatches:
 class TeacherOutputCache:
     """One teacher on one dataset: its ModelInfo, accuracy and per-sample outputs per set of taps."""
 
-    def __init__(self, teacher_identity: str, data_settings: dict[str, Any], batches: TensorBatches):
+    def __init__(
+        self, teacher_identity: str, data_settings: dict[str, Any], batches: TensorBatches, topk: int | None = None
+    ):
         self.batches = batches
+        #: store only each sample's ``topk`` largest logits, their classes and one logit for all the
+        #: others (``teacher.cache_topk``); ``None``: every logit
+        self.topk = topk
         self.views = max(1, batches.views if batches.augment else 1)
         self.key = {"format": FORMAT, "teacher": teacher_identity, "data": data_settings}
         self.root = cache_dir() / "teacher_outputs" / _key(self.key)
@@ -133,6 +140,8 @@ class TeacherOutputCache:
             what["summaries"] = [s.key for s in taps.teacher_summaries]
         if taps.teacher_preact:
             what["preact"] = list(taps.teacher_preact)
+        if self.topk is not None:
+            what["topk"] = self.topk
         self._folder = self.root / f"taps-{_key(what)}"
         self.damage = None
         meta_file = self.folder / "meta.json"
@@ -145,7 +154,7 @@ class TeacherOutputCache:
         files = meta.get("files") or {name: f"{name}.f16" for name in meta["shapes"]}
         for name, shape in meta["shapes"].items():
             path = self.folder / files.get(name, f"{name}.f16")
-            expected = self._bytes(shape)
+            expected = self._bytes(shape, name)
             if not path.is_file() or path.stat().st_size != expected:
                 found = f"{path.stat().st_size:,} bytes" if path.is_file() else "missing"
                 self.damage = f"{path} is {found}, expected {expected:,}"
@@ -160,13 +169,14 @@ class TeacherOutputCache:
             raise RuntimeError("TeacherOutputCache.select(taps) first")
         return self._folder
 
-    def _bytes(self, shape: list[int]) -> int:
-        return self.views * self.batches.num_samples * int(np.prod(shape, dtype=np.int64)) * 2  # float16
+    def _bytes(self, shape: list[int], name: str = "") -> int:
+        itemsize = np.dtype(_dtype(name)).itemsize
+        return self.views * self.batches.num_samples * int(np.prod(shape, dtype=np.int64)) * itemsize
 
     def _open(self, shapes: dict[str, list[int]], files: dict[str, str], mode: str) -> None:
         n = self.batches.num_samples
         self.arrays = {
-            name: np.memmap(self.folder / files[name], dtype=np.float16, mode=mode, shape=(self.views, n, *shape))  # type: ignore[call-overload]  # numpy's stubs take no Path here
+            name: np.memmap(self.folder / files[name], dtype=_dtype(name), mode=mode, shape=(self.views, n, *shape))  # type: ignore[call-overload]  # numpy's stubs take no Path here
             for name, shape in shapes.items()
         }
         self._resident = None
@@ -177,18 +187,18 @@ class TeacherOutputCache:
         map. Fresh names, so a process still reading an earlier (damaged) generation is not disturbed."""
         generation = uuid.uuid4().hex[:8]
         files = {name: f"{name}-{generation}.f16" for name in shapes}
-        total = sum(self._bytes(shape) for shape in shapes.values())
+        total = sum(self._bytes(shape, name) for name, shape in shapes.items())
         check_free_space(self.folder / "meta.json", total)
         for name, shape in shapes.items():
             path = self.folder / files[name]
             try:
                 with open(path, "wb") as fh:
-                    _reserve(fh.fileno(), self._bytes(shape))
+                    _reserve(fh.fileno(), self._bytes(shape, name))
             except OSError as exc:
                 if path.exists():
                     path.unlink()
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise KdzooError(disk_full(path, self._bytes(shape), previous=False)) from None
+                    raise KdzooError(disk_full(path, self._bytes(shape, name), previous=False)) from None
                 raise
         return files
 
@@ -205,13 +215,14 @@ class TeacherOutputCache:
                 x = self.batches.view(idx, view).to(device)
                 with torch.inference_mode():
                     out = extractor(x)
-                named = self._named(out)
+                named = self._named(out, self.topk)
                 if not self.arrays:
                     shapes = {k: list(v.shape[1:]) for k, v in named.items()}
                     files = self._allocate(shapes)
                     self._open(shapes, files, mode="r+")
                 for name, value in named.items():
-                    self.arrays[name][view, start : start + len(idx)] = value.float().cpu().numpy()
+                    stored = value.cpu().numpy() if name == TOPK_INDEX else value.float().cpu().numpy()
+                    self.arrays[name][view, start : start + len(idx)] = stored
         for array in self.arrays.values():
             array.flush()
         shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
@@ -237,8 +248,9 @@ class TeacherOutputCache:
         return float(meta.get("fill_cpu_s", 0.0))
 
     @staticmethod
-    def _named(out: Outputs) -> dict[str, Tensor]:
-        named = {"logits": out.logits, **{f"feature{i}": f for i, f in out.features.items()}}
+    def _named(out: Outputs, topk: int | None = None) -> dict[str, Tensor]:
+        logits = {"logits": out.logits} if topk is None else top_logits(out.logits, topk)
+        named = {**logits, **{f"feature{i}": f for i, f in out.features.items()}}
         named |= {f"summary-{key}": v for key, v in out.summaries.items()}
         named |= {f"preact{i}": v for i, v in out.preact.items()}
         if out.embedding is not None:
@@ -267,7 +279,17 @@ class TeacherOutputCache:
         summaries = {k[len("summary-") :]: read(k) for k in self.arrays if k.startswith("summary-")}
         preact = {int(k[len("preact") :]): read(k) for k in self.arrays if k.startswith("preact")}
         embedding = read("embedding") if "embedding" in self.arrays else None
-        return Outputs(read("logits"), features, embedding, summaries, preact)
+        if TOPK_VALUES in self.arrays:
+            logits = full_logits(read(TOPK_VALUES), read(TOPK_INDEX).long(), read(TOPK_REST), self._classes())
+        else:
+            logits = read("logits")
+        return Outputs(logits, features, embedding, summaries, preact)
+
+    @functools.cache  # noqa: B019  (one cache object per run: read info.json once, not every step)
+    def _classes(self) -> int:
+        info = self.teacher_info()
+        assert info is not None  # written before the outputs are
+        return info.num_classes
 
     def _resident_on(self, device: torch.device) -> dict[str, Tensor]:
         """On a GPU, the whole cache in device memory when it fits: a lookup is then an on-device
@@ -286,6 +308,46 @@ class TeacherOutputCache:
 
     def describe(self) -> str:
         return f"teacher-output cache {self.folder} ({self.size_mb:.1f} MB, {self.views} view(s))"
+
+
+TOPK_VALUES, TOPK_INDEX, TOPK_REST = "logits-topk", "logits-index", "logits-rest"
+
+
+MAX_TOPK_CLASSES = 2**16  # the classes of the top logits are stored as uint16
+
+
+def _dtype(name: str) -> type:
+    """How an output is stored: classes as uint16, every value as float16."""
+    return np.uint16 if name == TOPK_INDEX else np.float16
+
+
+def top_logits(logits: Tensor, k: int) -> dict[str, Tensor]:
+    """Each row's ``k`` largest logits, their classes, and the one logit that gives every other class an
+    equal share of the probability the top ``k`` leave (at temperature 1): what ``teacher.cache_topk``
+    stores instead of every logit (the top-k soft labels of FKD, Shen & Xing, ECCV 2022; TRL's top-k
+    teacher logits)."""
+    logits = logits.float()
+    if logits.shape[1] > MAX_TOPK_CLASSES:
+        raise KdzooError(
+            f"teacher.cache_topk stores classes as 16-bit numbers; this teacher has {logits.shape[1]} classes "
+            f"(at most {MAX_TOPK_CLASSES}): set teacher.cache_topk=null"
+        )
+    k = min(k, logits.shape[1])
+    values, index = logits.topk(k, dim=1)
+    rest = torch.zeros(len(logits), 1, device=logits.device)
+    others = logits.shape[1] - k
+    if others:
+        total = torch.logsumexp(logits, dim=1, keepdim=True)
+        left = 1.0 - torch.exp(values - total).sum(dim=1, keepdim=True)
+        rest = total + torch.log(left.clamp_min(torch.finfo(torch.float32).tiny)) - math.log(others)
+    return {TOPK_VALUES: values, TOPK_INDEX: index.int(), TOPK_REST: rest}
+
+
+def full_logits(values: Tensor, index: Tensor, rest: Tensor, classes: int) -> Tensor:
+    """Logits for every class from :func:`top_logits`' three: the stored ones where stored, the shared
+    one elsewhere (with ``k`` = every class, exactly the stored logits)."""
+    full = rest.expand(len(values), classes).clone()
+    return full.scatter_(1, index, values)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
