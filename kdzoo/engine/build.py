@@ -325,7 +325,7 @@ def _warm(
                     info, evaluate(model, ready.data.teacher_val_batches.epoch(0), ready.data.num_classes, who)
                 )
                 if not filled:
-                    cache.fill(tap, ready.config.data.eval_batch_size, device)
+                    cache.fill(tap, ready.config.data.eval_batch_size, device, say)
                     cache.select(objective.taps)
     objective.teacher_side.use_cache(cache, info)
     objective.teacher_side.metrics = cache.teacher_metrics()

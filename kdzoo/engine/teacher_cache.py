@@ -22,6 +22,7 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,29 +203,47 @@ class TeacherOutputCache:
                 raise
         return files
 
-    def fill(self, extractor: FeatureExtractor, batch_size: int, device: torch.device) -> None:
-        """Run the teacher once over every sample (and view) and store its outputs."""
+    def fill(
+        self,
+        extractor: FeatureExtractor,
+        batch_size: int,
+        device: torch.device,
+        say: Callable[[str], None] = lambda _text: None,
+    ) -> None:
+        """Run the teacher once over every sample (and view) and store its outputs; ``say`` gets the
+        size the entry takes, before anything is written. A fill that was killed goes on where its last
+        progress record (``fill.json``, written every few seconds) says, not from the start."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n = self.batches.num_samples
-        started = time.process_time()
-        files: dict[str, str] = {}
-        self.arrays = {}
-        for view in range(self.views):
-            for start in range(0, n, batch_size):
-                idx = torch.arange(start, min(start + batch_size, n))
-                x = self.batches.view(idx, view).to(device)
-                with torch.inference_mode():
-                    out = extractor(x)
-                named = self._named(out, self.topk)
-                if not self.arrays:
-                    shapes = {k: list(v.shape[1:]) for k, v in named.items()}
-                    files = self._allocate(shapes)
-                    self._open(shapes, files, mode="r+")
-                for name, value in named.items():
-                    stored = value.cpu().numpy() if name == TOPK_INDEX else value.float().cpu().numpy()
-                    self.arrays[name][view, start : start + len(idx)] = stored
-        for array in self.arrays.values():
-            array.flush()
+        starts = [(view, start) for view in range(self.views) for start in range(0, n, batch_size)]
+        progress = self._progress(batch_size)
+        done, cpu_before = (progress["done"], progress["cpu_s"]) if progress else (0, 0.0)
+        files: dict[str, str] = progress["files"] if progress else {}
+        if progress:
+            self._open(progress["shapes"], files, mode="r+")
+            say(f"teacher-output cache: going on with the fill at batch {done + 1} of {len(starts)}")
+        else:
+            self.arrays = {}
+        started, recorded = time.process_time(), time.monotonic()
+        for number, (view, start) in enumerate(starts[done:], start=done + 1):
+            idx = torch.arange(start, min(start + batch_size, n))
+            x = self.batches.view(idx, view).to(device)
+            with torch.inference_mode():
+                out = extractor(x)
+            named = self._named(out, self.topk)
+            if not self.arrays:
+                shapes = {k: list(v.shape[1:]) for k, v in named.items()}
+                total = sum(self._bytes(shape, name) for name, shape in shapes.items())
+                size = f"{total:,} bytes ({total / 2**20:.1f} MB)"
+                say(f"teacher-output cache: {n:,} samples x {self.views} view(s) take {size}")
+                files = self._allocate(shapes)
+                self._open(shapes, files, mode="r+")
+            for name, value in named.items():
+                stored = value.cpu().numpy() if name == TOPK_INDEX else value.float().cpu().numpy()
+                self.arrays[name][view, start : start + len(idx)] = stored
+            if time.monotonic() - recorded > FILL_RECORD_S or number == len(starts):
+                self._record_progress(number, files, batch_size, cpu_before + time.process_time() - started)
+                recorded = time.monotonic()
         shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
         meta = {
             "complete": True,
@@ -232,14 +251,41 @@ class TeacherOutputCache:
             "files": files,
             "samples": n,
             "views": self.views,
-            "fill_cpu_s": round(time.process_time() - started, 2),
+            "fill_cpu_s": round(cpu_before + time.process_time() - started, 2),
         }
         # the outputs are on disk before the record that says so (atomically): a kill leaves no "complete"
         # entry with missing outputs
         write_text_atomic(json.dumps(meta, indent=2), self.folder / "meta.json")
+        (self.folder / FILL_PROGRESS).unlink(missing_ok=True)
         for stale in self.folder.glob("*.f16"):  # an earlier, damaged generation: mapped readers keep theirs
             if stale.name not in files.values():
                 stale.unlink(missing_ok=True)
+
+    def _record_progress(self, done: int, files: dict[str, str], batch_size: int, cpu_s: float) -> None:
+        """The batches filled so far, once their outputs are on disk (flushed first)."""
+        for array in self.arrays.values():
+            array.flush()
+        shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
+        record = {"done": done, "files": files, "shapes": shapes, "batch_size": batch_size, "cpu_s": cpu_s}
+        record |= {"samples": self.batches.num_samples, "views": self.views}
+        write_text_atomic(json.dumps(record, indent=2), self.folder / FILL_PROGRESS)
+
+    def _progress(self, batch_size: int) -> dict[str, Any] | None:
+        """The killed fill's progress record, when its files are all there to go on with."""
+        record = _read_json(self.folder / FILL_PROGRESS)
+        if record is None:
+            return None
+        same = (record.get("samples"), record.get("views"), record.get("batch_size"))
+        if same != (self.batches.num_samples, self.views, batch_size) or not isinstance(record.get("done"), int):
+            return None
+        files, shapes = record.get("files"), record.get("shapes")
+        if not isinstance(files, dict) or not isinstance(shapes, dict) or files.keys() != shapes.keys():
+            return None
+        for name, shape in shapes.items():
+            path = self.folder / files[name]
+            if not path.is_file() or path.stat().st_size != self._bytes(shape, name):
+                return None
+        return record
 
     def fill_cpu_s(self) -> float:
         """CPU seconds the teacher's pass over every sample took when these outputs were stored: what a
@@ -311,6 +357,8 @@ class TeacherOutputCache:
 
 
 TOPK_VALUES, TOPK_INDEX, TOPK_REST = "logits-topk", "logits-index", "logits-rest"
+FILL_PROGRESS = "fill.json"  # how far a fill got: a killed one goes on from there
+FILL_RECORD_S = 5.0  # seconds between progress records (each flushes the outputs written)
 
 
 MAX_TOPK_CLASSES = 2**16  # the classes of the top logits are stored as uint16
