@@ -271,7 +271,7 @@ class TeacherConfig(ModelConfig):
         default=False,
         metadata={
             "help": "the teacher's outputs computed once per sample, then reused (offline KD); "
-            "needs fixed inputs: data.augment=false or data.views"
+            "needs fixed inputs: data.augment=false or data.views (in memory or file-backed)"
         },
     )
     cache_topk: int | None = field(

@@ -316,11 +316,24 @@ class LoaderBatches(Batches):
     batch without decoding the ones before, and the workers persist across epochs.
     """
 
-    def __init__(self, dataset, batch_size: int, train: bool, num_workers: int, seed: int = 0):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        train: bool,
+        num_workers: int,
+        seed: int = 0,
+        views: int = 0,
+        augment: bool = True,
+    ):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         # 0 means "choose": file-backed images need decoding workers to keep up with the model
         self.num_workers = num_workers or min(4, os.cpu_count() or 1)
         self.seed = seed
+        #: more than 0: each sample's augmentation is one of ``views`` fixed draws, epoch e using e % views
+        #: (seeded by the view rather than the epoch): what a teacher-output cache can hold
+        self.views = views if train and augment else 0
+        self.augment = augment
         self._loader: DataLoader | None = None  # made at the first epoch, then kept: its workers persist
         self._loader_busy = False  # an epoch is iterating the kept loader (see _batches)
         super().__init__()
@@ -334,6 +347,20 @@ class LoaderBatches(Batches):
 
     def class_labels(self) -> Tensor | None:
         return _as_labels(getattr(self.dataset, "targets", None))
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether a sample looks the same in every epoch (no augmentation, or a fixed set of views)."""
+        return not (self.train and self.augment) or self.views > 0
+
+    def view_of(self, epoch: int) -> int:
+        return epoch % self.views if self.views else 0
+
+    def view(self, idx: Tensor, view: int) -> Tensor:
+        """The model input of samples ``idx`` in fixed view ``view`` (what training sees in the epochs
+        that use it), decoded here."""
+        items = _WithIndex(self.dataset, self.seed, self.views)
+        return torch.stack([items[(int(i), view)][0] for i in idx])
 
     def epoch(self, epoch: int, start: int = 0, with_index: bool = False) -> Iterator:
         """The batches of one epoch from batch ``start`` on; ``with_index`` adds each batch's sample indices."""
@@ -379,7 +406,7 @@ class LoaderBatches(Batches):
 
     def _new_loader(self, persistent: bool) -> DataLoader:
         return DataLoader(
-            _WithIndex(self.dataset, self.seed),
+            _WithIndex(self.dataset, self.seed, self.views),
             batch_sampler=GlobalBatchSampler(len(self.dataset), self.batch_size, self.train, self.seed),
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
@@ -452,6 +479,9 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+VIEW_SEED_OFFSET = 1_000_000  # a fixed view's draw is never an epoch's own (runs without views differ)
+
+
 class _WithIndex(torch.utils.data.Dataset):
     """A map-style dataset read by ``(index, epoch)`` keys whose items also carry their index (the
     position per-sample state uses). A sample's random augmentation is seeded by (seed, epoch, index):
@@ -459,15 +489,17 @@ class _WithIndex(torch.utils.data.Dataset):
     processes augment as one does, a resumed epoch needs none of the samples before it, and
     workers can persist across epochs."""
 
-    def __init__(self, dataset, seed: int = 0):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset, seed: int = 0, views: int = 0):
+        self.dataset, self.seed, self.views = dataset, seed, views
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        sample_seed = ((self.seed * 100_003 + epoch) * 1_000_003 + index) % 2**63
+        # with fixed views the draw is the view's (epoch e shows view e % views): the same every time
+        drawn = epoch % self.views + VIEW_SEED_OFFSET if self.views else epoch
+        sample_seed = ((self.seed * 100_003 + drawn) * 1_000_003 + index) % 2**63
         # the process's own streams are put back: without workers this runs in the training process
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):

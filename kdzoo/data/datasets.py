@@ -252,7 +252,7 @@ def image_folder(cfg: DataConfig, seed: int, requests: InputRequests = InputRequ
         teacher_val = LoaderBatches(teacher_images, cfg.eval_batch_size, False, cfg.num_workers, seed)
     return DataBundle(
         "imagefolder",
-        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
+        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed, views=cfg.views, augment=cfg.augment),
         LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
         len(val.classes),
         3,
@@ -513,7 +513,7 @@ def image_sets(
     val = Transformed(splits.val, eval_transform(inputs.student))
     return DataBundle(
         name,
-        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed),
+        LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed, views=cfg.views, augment=cfg.augment),
         LoaderBatches(val, cfg.eval_batch_size, False, cfg.num_workers, seed),
         splits.num_classes,
         c,

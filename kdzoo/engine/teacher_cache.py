@@ -33,7 +33,7 @@ from torch import Tensor
 from kdzoo.api import ModelInfo, Outputs, StageInfo, Taps
 from kdzoo.checkpoint import check_free_space, disk_full, write_text_atomic
 from kdzoo.config import as_dict
-from kdzoo.data import DataContents, TensorBatches, fits_on, to_device
+from kdzoo.data import DataContents, LoaderBatches, TensorBatches, fits_on, to_device
 from kdzoo.data.inputs import RunInputs
 from kdzoo.engine.cache_entries import remember_key, why_new_entry
 from kdzoo.engine.extract import FeatureExtractor
@@ -48,9 +48,12 @@ def _key(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_cacheable(batches: Any, mixing: bool = False) -> TensorBatches:
-    if not isinstance(batches, TensorBatches):
-        raise KdzooError("teacher.cache needs an in-memory dataset (digits, fashion_mnist, cifar10/100, synthetic)")
+def check_cacheable(batches: Any, mixing: bool = False) -> TensorBatches | LoaderBatches:
+    if not isinstance(batches, TensorBatches | LoaderBatches):
+        raise KdzooError(
+            "teacher.cache needs a dataset kdzoo loads (in memory, an image folder, hfds/, a plugin's): "
+            "a user's own DataLoader gives no sample's view twice"
+        )
     if mixing:
         raise KdzooError(
             "teacher.cache: data.mixup/cutmix mix each batch anew, so cached teacher outputs would not match the "
@@ -69,7 +72,11 @@ class TeacherOutputCache:
     """One teacher on one dataset: its ModelInfo, accuracy and per-sample outputs per set of taps."""
 
     def __init__(
-        self, teacher_identity: str, data_settings: dict[str, Any], batches: TensorBatches, topk: int | None = None
+        self,
+        teacher_identity: str,
+        data_settings: dict[str, Any],
+        batches: TensorBatches | LoaderBatches,
+        topk: int | None = None,
     ):
         self.batches = batches
         #: store only each sample's ``topk`` largest logits, their classes and one logit for all the
@@ -428,6 +435,9 @@ def data_settings(config, contents: DataContents | None, inputs: RunInputs | Non
     else:
         settings = {"name": d.name, "contents": {"train": contents.train, "val": contents.val}}
         settings |= {"img_size": d.img_size, "augment": d.augment, "views": d.views, "train_limit": d.train_limit}
+        # how an image folder's views are drawn (timm's transforms): other settings, other crops
+        drawn = ("auto_augment", "re_prob", "re_mode", "color_jitter", "scale", "hflip", "interpolation", "crop_pct")
+        settings |= {key: getattr(d, key) for key in drawn}
     if d.augment and d.views:
         settings["seed"] = config.train.seed  # per-sample views are drawn from the run's seed
     settings["inputs"] = inputs.as_record() if inputs is not None else None  # each model's (kdzoo.data.inputs)

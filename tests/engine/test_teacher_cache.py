@@ -154,8 +154,9 @@ def test_a_fill_that_would_not_fit_is_refused_before_anything_is_written(tmp_pat
 
     usage = namedtuple("usage", "total used free")
     real = shutil.disk_usage
-    # a disk with room for the teacher's training, not for its outputs
-    full = lambda path: usage(*real(path)[:2], 1000) if "teacher_outputs" in str(path) else real(path)  # noqa: E731
+    # a disk with room for the teacher's training and the entry's small records (key.json, info.json: ~1 KB
+    # each), not for its outputs (feature maps: tens of KB)
+    full = lambda path: usage(*real(path)[:2], 4000) if "teacher_outputs" in str(path) else real(path)  # noqa: E731
     monkeypatch.setattr(shutil, "disk_usage", full)
-    with pytest.raises(KdzooError, match=r"no space left for .*meta.json: it needs [\d,]+ bytes, 1,000 are free"):
-        _filled(tmp_path)
+    with pytest.raises(KdzooError, match=r"no space left for .*meta.json: it needs [\d,]+ bytes, 4,000 are free"):
+        _trainer(tmp_path, "data.augment=false", "teacher.cache=true")  # fitnets + rkd: their feature maps too
