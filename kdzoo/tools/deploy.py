@@ -88,18 +88,20 @@ def export_onnx(run_dir: str | Path, which: str = "last") -> dict[str, Any]:
         raise KdzooError(f"{run_dir} has no {weights.name}: {why or 'the run has not finished (resume it first)'}")
     config = run_config(run_dir)
     data = load_data(config.data, config.train.seed)
-    record = export_verified(load_student(weights).float(), run_dir / "student.onnx", data, "student")
-    return {**record, "weights": weights.name}
+    model = load_student(weights).float()
+    return export_verified(model, run_dir / "student.onnx", data, "student", {"weights": weights.name})
 
 
-def export_verified(model: nn.Module, target: Path, data, what: str) -> dict[str, Any]:
+def export_verified(
+    model: nn.Module, target: Path, data, what: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``model`` as ``target`` (checked), kept only when onnxruntime agrees with it on ``data.val``;
     the check's record lands beside it (``<target>.json``). Exported, checked and verified in memory:
     ``target`` is written (atomically) only once it is known good."""
     sample = next(iter(data.val.epoch(0)))[0][:2]
     exported = _onnx_bytes(model, sample)
     check = verify_onnx(target, model, data.val.epoch(0), exported)
-    record = {"file": target.name, "opset": _opset(exported), **check}
+    record = {"file": target.name, "opset": _opset(exported), **check, **(extra or {})}
     record_file = target.with_name(target.name + ".json")
     if not check["agrees"]:
         target.unlink(missing_ok=True)  # an older export of this file no longer stands for the model

@@ -266,3 +266,15 @@ def test_a_damaged_summary_json_is_refused_in_one_line_not_replaced(finished_run
     with pytest.raises(KdzooError, match=r"summary\.json is damaged \(not JSON") as said:
         record_in_summary(run_dir, "deploy", {"rows": []})
     assert "\n" not in str(said.value) and (run_dir / "summary.json").read_text() == '{"epochs": 1,'
+
+
+def test_export_which_best_puts_the_best_epochs_student_in_the_onnx_file(finished_run, tmp_path):
+    """`--which best` exports student_best.safetensors (named in the record); a file the run did not keep
+    (no EMA) and --which without --format onnx are each one line."""
+    run_dir = copy_run(finished_run, tmp_path)
+    exported = invoke("export", run_dir, "--format", "onnx", "--which", "best")
+    assert exported.exit_code == 0, exported.output
+    assert "(from student_best.safetensors)" in exported.output
+    assert json.loads((run_dir / "student.onnx.json").read_text())["weights"] == "student_best.safetensors"
+    one_line(invoke("export", run_dir, "--format", "onnx", "--which", "ema"), "no student_ema.safetensors", "train.ema")
+    one_line(invoke("export", run_dir, "--which", "best"), "--which best", "--format onnx")
