@@ -302,7 +302,9 @@ class TeacherOutputCache:
 
     @staticmethod
     def _named(out: Outputs, topk: int | None = None) -> dict[str, Tensor]:
-        logits = {"logits": out.logits} if topk is None else top_logits(out.logits, topk)
+        # K of every class: the logits themselves are smaller than values and classes, and the same
+        every = topk is None or topk >= out.logits.shape[1]
+        logits = {"logits": out.logits} if every else top_logits(out.logits, topk)
         named = {**logits, **{f"feature{i}": f for i, f in out.features.items()}}
         named |= {f"summary-{key}": v for key, v in out.summaries.items()}
         named |= {f"preact{i}": v for i, v in out.preact.items()}

@@ -30,6 +30,7 @@ def test_topk_of_every_class_equals_the_full_cache_bit_for_bit(tmp_path):
     for key, value in full.student.state_dict().items():
         assert torch.equal(value, topk.student.state_dict()[key]), key
     assert topk.teacher_cache.folder != full.teacher_cache.folder  # two entries: their own keys
+    assert "logits" in topk.teacher_cache.arrays  # K = every class: the logits themselves, the smaller form
 
 
 def test_fewer_classes_keep_the_top_probabilities_and_share_the_rest(tmp_path):
