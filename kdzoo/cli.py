@@ -338,15 +338,11 @@ RUN_DIR_STUDENTS = ("student.safetensors", "last.pt")
 def _scored_file(path: Path, which: str = "last") -> Path:
     """The file ``kdzoo eval`` scores for what it was given: the file itself, or a run folder's student
     (``which``: the last, the best epoch's, the EMA's)."""
-    from kdzoo.engine.export import STUDENT_FILES
+    from kdzoo.engine.export import kept_student
     from kdzoo.errors import KdzooError
 
     if path.is_dir() and which != "last":
-        chosen = path / STUDENT_FILES[which]
-        if not chosen.is_file():
-            why = "the run did not keep an EMA (train.ema=true)" if which == "ema" else "no epoch has ended yet"
-            raise KdzooError(f"{path} holds no {chosen.name}: {why}")
-        return chosen
+        return kept_student(path, which)
     if path.is_dir():
         found = next((path / name for name in RUN_DIR_STUDENTS if (path / name).is_file()), None)
         if found is None:

@@ -67,6 +67,17 @@ def _free_bytes(folder: Path) -> int | None:
 STUDENT_FILES = {"last": "student.safetensors", "best": "student_best.safetensors", "ema": "student_ema.safetensors"}
 
 
+def kept_student(run_dir: Path, which: str) -> Path:
+    """The run's ``which`` student file (:data:`STUDENT_FILES`), or one line saying why it has none."""
+    path = run_dir / STUDENT_FILES[which]
+    if not path.is_file():
+        why = {"ema": "the run kept no EMA (train.ema=true)", "best": "no epoch has ended yet"}
+        raise KdzooError(
+            f"{run_dir} has no {path.name}: {why.get(which, 'the run has not finished (resume it first)')}"
+        )
+    return path
+
+
 def export_student(
     student: nn.Module,
     config: RunConfig,

@@ -303,8 +303,10 @@ class TeacherOutputCache:
     @staticmethod
     def _named(out: Outputs, topk: int | None = None) -> dict[str, Tensor]:
         # K of every class: the logits themselves are smaller than values and classes, and the same
-        every = topk is None or topk >= out.logits.shape[1]
-        logits = {"logits": out.logits} if every else top_logits(out.logits, topk)
+        if topk is None or topk >= out.logits.shape[1]:
+            logits = {"logits": out.logits}
+        else:
+            logits = top_logits(out.logits, topk)
         named = {**logits, **{f"feature{i}": f for i, f in out.features.items()}}
         named |= {f"summary-{key}": v for key, v in out.summaries.items()}
         named |= {f"preact{i}": v for i, v in out.preact.items()}

@@ -76,16 +76,13 @@ def run_config(run_dir: Path) -> RunConfig:
 def export_onnx(run_dir: str | Path, which: str = "last") -> dict[str, Any]:
     """Write ``run_dir/student.onnx`` (dynamic batch) from the run's last student, or its best epoch's or
     EMA's (``which``; the record names the weights file), check it, verify it on the validation set."""
-    from kdzoo.engine.export import STUDENT_FILES
+    from kdzoo.engine.export import kept_student
 
     require_deploy_extra("kdzoo export --format onnx")
     run_dir = Path(run_dir)
-    weights = run_dir / STUDENT_FILES[which]
     if not run_dir.is_dir():
         raise KdzooError(f"run folder {run_dir} does not exist: give the folder of a kdzoo run")
-    if not weights.is_file():
-        why = {"ema": "the run kept no EMA (train.ema=true)", "best": "no epoch has ended yet"}.get(which)
-        raise KdzooError(f"{run_dir} has no {weights.name}: {why or 'the run has not finished (resume it first)'}")
+    weights = kept_student(run_dir, which)
     config = run_config(run_dir)
     data = load_data(config.data, config.train.seed)
     model = load_student(weights).float()

@@ -145,5 +145,5 @@ def test_ema_best_and_all_of_it_resume_bit_exact(tmp_path):
 def test_which_without_the_file_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = CliRunner().invoke(main, ["eval", str(tmp_path), "--which", "ema"])
-    assert result.exit_code != 0 and "holds no student_ema.safetensors" in result.output
+    assert result.exit_code != 0 and "has no student_ema.safetensors" in result.output
     assert "train.ema=true" in result.output and "Traceback" not in result.output
