@@ -4,7 +4,10 @@ the live teacher, the full teacher-output cache, and the top-K cache for several
 table (cache size and fill time per 1,000 images and views, epoch seconds, top-1) for
 docs/performance.md.
 
-    python scripts/teacher_cache_table.py [--classes 10 100] [--per-class 40] [--epochs 4]
+    python scripts/teacher_cache_table.py [--classes 10 100] [--images 3000] [--epochs 4]
+
+Every class count gets the same number of training images (``--images``), so the rows differ in
+their classes only.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def run(root: Path, out: Path, name: str, epochs: int, *extra: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument("--images", type=int, default=3000, help="training images, split evenly over the classes")
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
     from kdzoo.paths import using_cache
@@ -79,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for classes in args.classes:
             root = Path(tmp) / f"folder{classes}"
-            make_folder(root, classes, args.per_class)
+            make_folder(root, classes, args.images // classes)
             with using_cache(Path(tmp) / f"cache{classes}"):
                 variants = [("live teacher", ())]
                 variants.append(("cache, every logit", ("teacher.cache=true",)))

@@ -228,3 +228,57 @@ def installed_distribution(root, dist, module, source, entry_points):
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
     (info / "entry_points.txt").write_text("[kdzoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+
+
+def coloured_image(label: int, rng, size: tuple[int, int] = (20, 20), noise: float = 30.0):
+    """A small RGB image of class ``label`` of three (its channel bright, the others dark) with noise:
+    what tests of file-backed data store as images."""
+    import numpy as np
+    from PIL import Image
+
+    colour = np.array([200 if c == label else 40 for c in range(3)])
+    return Image.fromarray(np.clip(colour + rng.normal(0, noise, (*size, 3)), 0, 255).astype(np.uint8))
+
+
+def teacher_weights(path, classes: int, model: str = "test_resnet"):
+    """A seeded, untrained timm ``model``'s weights for ``classes`` classes saved as safetensors at ``path``."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    teacher = timm.create_model(model, num_classes=classes)
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
+    return path
+
+
+TORCHRUN_TWO = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+def one_and_two_processes(worker, tmp_path, crash_at: int, sets: list[str], **per_run: list[str]) -> tuple:
+    """``worker`` (tests/engine/scale_data_worker.py) run at once on one process (in tmp_path/one) and,
+    crashing at loss computation ``crash_at`` and resumed, on two gloo processes under torchrun (in
+    tmp_path/two); ``per_run``: settings one of them adds (keyed one=, two=). Their folders."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**subprocess_env(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    launchers = {"one": ([], []), "two": (TORCHRUN_TWO, [str(crash_at)])}
+    running = {}
+    for out, (launcher, crash) in launchers.items():
+        (tmp_path / out).mkdir()
+        command = [
+            sys.executable,
+            *launcher,
+            str(worker),
+            str(tmp_path / out),
+            *crash,
+            "--",
+            *sets,
+            *per_run.get(out, []),
+        ]
+        running[out] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for out, process in running.items():
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{out}: {output[-4000:]}"
+    return tmp_path / "one", tmp_path / "two"

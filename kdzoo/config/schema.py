@@ -64,7 +64,8 @@ class DataConfig:
         default="digits",
         metadata={
             "help": "the dataset: digits (embedded), fashion_mnist, cifar10, cifar100, imagefolder, synthetic, "
-            "hfds/NAME or torch/NAME (timm's readers), or one a plugin adds (kdzoo list --datasets)"
+            "hfds/NAME or torch/NAME (timm's readers), wds/PATH or hfids/NAME (streamed), or one a plugin adds "
+            "(kdzoo list --datasets)"
         },
     )
     train_split: str = field(
@@ -91,6 +92,22 @@ class DataConfig:
     views: int = field(
         default=0,
         metadata={"help": "more than 0: each sample has this many fixed augmented views (epoch e uses view e % views)"},
+    )
+    # streamed datasets (wds/, hfids/): trained by steps in one order for any number of processes
+    steps_per_epoch: int | None = field(
+        default=None,
+        metadata={"help": "wds/, hfids/: training steps per epoch (null: the samples the stream states / batch_size)"},
+    )
+    stream_partitions: int = field(
+        default=0,
+        metadata={
+            "help": "wds/, hfids/: the stream is read as this many partitions of its shards, each batch taking "
+            "equally from each; runs with the same value train alike on any process count dividing it "
+            "(0: one per process)"
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000, metadata={"help": "wds/, hfids/: samples each partition shuffles among (0: stored order)"}
     )
     # timm's data pipeline (timm.data.create_transform) for file-backed data (imagefolder)
     auto_augment: str | None = field(
@@ -131,9 +148,9 @@ class DataConfig:
     def validate(self, where: str) -> None:
         positive(self, where, "batch_size", "eval_batch_size")
         at_least(self, where, MIN_IMG_SIZE, "img_size")
-        non_negative(self, where, "num_workers", "views", "mixup", "cutmix")
+        non_negative(self, where, "num_workers", "views", "mixup", "cutmix", "stream_partitions", "shuffle_buffer")
         # a negative limit would slice off the end (all but N samples), 0 would train on nothing
-        at_least(self, where, 1, "train_limit")
+        at_least(self, where, 1, "train_limit", "steps_per_epoch")
         between(self, where, 0.0, 1.0, "re_prob", "hflip", "mix_prob", "mix_switch_prob")
         between(self, where, 0.05, 1.0, "crop_pct")
         positive(self, where, "color_jitter")

@@ -20,10 +20,12 @@ import math
 import multiprocessing.util  # noqa: F401  (its exit handler registers on import; ours, registered later, runs first)
 import os
 import random
+import re
 import signal
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from kdzoo.data.contents import DataContents
 from kdzoo.data.inputs import RunInputs
 from kdzoo.errors import KdzooError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -383,8 +387,8 @@ class LoaderBatches(Batches):
             for x, y, idx in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 yield (x, y, idx) if with_index else (x, y)
-        except KdzooError as exc:  # raised in a worker, it arrives wrapped in that worker's traceback
-            raise KdzooError(str(exc).strip().splitlines()[-1].removeprefix("kdzoo.errors.KdzooError: ")) from None
+        except KdzooError as exc:
+            raise from_worker(exc) from None
         finally:
             if kept:
                 self._loader_busy = False
@@ -414,7 +418,7 @@ class LoaderBatches(Batches):
             # the workers' base seed is drawn from this generator, not from the global RNG (which would
             # then differ from a run without workers); it seeds nothing a batch depends on (_WithIndex)
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=_leave_stop_signals_to_the_trainer,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
         )
 
 
@@ -424,7 +428,7 @@ _KEEPING_WORKERS: weakref.WeakSet[LoaderBatches] = weakref.WeakSet()
 @atexit.register
 def _end_kept_workers() -> None:
     """At exit, end the workers every kept loader holds. multiprocessing's exit handler would end them
-    with SIGTERM, which they ignore (:func:`_leave_stop_signals_to_the_trainer`), and then wait for them
+    with SIGTERM, which they ignore (:func:`leave_stop_signals_to_the_trainer`), and then wait for them
     forever; the loader ends them by telling them to stop. Registered after multiprocessing's handler
     (imported above), it runs before it."""
     for batches in list(_KEEPING_WORKERS):
@@ -469,7 +473,12 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(index, epoch) for index in share.tolist()]
 
 
-def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
+def from_worker(exc: KdzooError) -> KdzooError:
+    """A KdzooError raised in a loader worker arrives wrapped in that worker's traceback: its one line."""
+    return KdzooError(re.sub(r"^(kdzoo\.\w+\.)?KdzooError: ", "", str(exc).strip().splitlines()[-1]))
+
+
+def leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     """In each loader worker: ignore SIGINT and SIGTERM. Ctrl-C, ``timeout`` and schedulers signal a
     job's whole process group; a worker killed by it would take the training process down mid-step
     (the loader raises from its SIGCHLD handler) before it can checkpoint. The training process
@@ -480,6 +489,29 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
 
 
 VIEW_SEED_OFFSET = 1_000_000  # a fixed view's draw is never an epoch's own (runs without views differ)
+
+
+def sample_seed(seed: int, drawn: int, index: int) -> int:
+    """The seed of a sample's random augmentation: the run's seed, the epoch (or fixed view) drawn
+    for, and the sample's place."""
+    return ((seed * 100_003 + drawn) * 1_000_003 + index) % 2**63
+
+
+def seeded(seed: int, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` with torch's, Python's and NumPy's random streams seeded by ``seed``, and the
+    process's own streams put back after (without workers this runs in the training process):
+    torchvision's RandomChoice and timm's crops and RandAugment draw from Python's; timm's
+    RandAugment picks its operations with NumPy's."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return fn(*args)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class _WithIndex(torch.utils.data.Dataset):
@@ -499,20 +531,7 @@ class _WithIndex(torch.utils.data.Dataset):
         index, epoch = key
         # with fixed views the draw is the view's (epoch e shows view e % views): the same every time
         drawn = epoch % self.views + VIEW_SEED_OFFSET if self.views else epoch
-        sample_seed = ((self.seed * 100_003 + drawn) * 1_000_003 + index) % 2**63
-        # the process's own streams are put back: without workers this runs in the training process
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            # torchvision's RandomChoice and timm's crops and RandAugment draw from Python's; timm's
-            # RandAugment picks its operations with NumPy's
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            try:
-                x, y = self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        x, y = seeded(sample_seed(self.seed, drawn, index), self.dataset.__getitem__, index)
         return x, y, index
 
 

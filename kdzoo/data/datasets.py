@@ -11,6 +11,7 @@ import gzip
 import os
 import stat
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from kdzoo.config.schema import DataConfig
 from kdzoo.data.batches import DataBundle, LoaderBatches, Normalisation, TensorBatches
 from kdzoo.data.contents import DataContents, in_memory, of_files
 from kdzoo.data.idx import read_idx
-from kdzoo.data.inputs import InputPrep, InputRequests
+from kdzoo.data.inputs import InputPrep, InputRequests, RunInputs
 from kdzoo.errors import KdzooError, close_matches, first_line
 
 
@@ -496,21 +497,18 @@ def image_sets(
     if splits.num_classes < 2:
         raise KdzooError(f"{who}: {splits.num_classes} class; classification needs at least two")
     c = splits.in_chans
-    norm = IMAGENET_NORM if c == 3 else Normalisation((0.5,) * c, (0.5,) * c)
-    own = InputPrep(norm.mean, norm.std, cfg.img_size, cfg.interpolation or "bilinear", cfg.crop_pct or 0.875)
-    inputs = requests.resolve(own)
-    train_tf, _ = image_transforms(cfg, inputs.render)
-    train = Transformed(splits.train, train_tf)
+    made = ImageTransforms.of(cfg, requests, c)
+    train = Transformed(splits.train, made.train)
     if cfg.train_limit is not None:
         from torch.utils.data import Subset
 
         train = Subset(train, balanced_subset(np.array(train.targets), cfg.train_limit).tolist())
     teacher_val = None
-    if inputs.teacher != inputs.student:
+    if made.teacher_val is not None:
         teacher_val = LoaderBatches(
-            Transformed(splits.val, eval_transform(inputs.teacher)), cfg.eval_batch_size, False, cfg.num_workers, seed
+            Transformed(splits.val, made.teacher_val), cfg.eval_batch_size, False, cfg.num_workers, seed
         )
-    val = Transformed(splits.val, eval_transform(inputs.student))
+    val = Transformed(splits.val, made.val)
     return DataBundle(
         name,
         LoaderBatches(train, cfg.batch_size, True, cfg.num_workers, seed, views=cfg.views, augment=cfg.augment),
@@ -518,14 +516,102 @@ def image_sets(
         splits.num_classes,
         c,
         contents,
-        inputs=inputs,
+        inputs=made.inputs,
         teacher_val=teacher_val,
     )
+
+
+@dataclass(frozen=True)
+class ImageTransforms:
+    """How decoded images become each model's inputs (timm's transforms): training's, drawn at the
+    larger model's input; the student's evaluation; the teacher's own (``None``: the student's)."""
+
+    inputs: RunInputs
+    train: Callable
+    val: Callable
+    teacher_val: Callable | None
+
+    @classmethod
+    def of(cls, cfg: DataConfig, requests: InputRequests, in_chans: int) -> ImageTransforms:
+        norm = IMAGENET_NORM if in_chans == 3 else Normalisation((0.5,) * in_chans, (0.5,) * in_chans)
+        own = InputPrep(norm.mean, norm.std, cfg.img_size, cfg.interpolation or "bilinear", cfg.crop_pct or 0.875)
+        inputs = requests.resolve(own)
+        train, _ = image_transforms(cfg, inputs.render)
+        teacher_val = eval_transform(inputs.teacher) if inputs.teacher != inputs.student else None
+        return cls(inputs=inputs, train=train, val=eval_transform(inputs.student), teacher_val=teacher_val)
 
 
 #: timm's dataset readers (``timm.data.create_dataset``), by the prefix of ``data.name``
 TIMM_READERS = ("hfds", "hfids", "wds", "tfds", "torch")
 STREAMING_READERS = ("hfids", "wds", "tfds")
+
+
+def streamed_dataset(cfg: DataConfig, seed: int, requests: InputRequests) -> DataBundle:
+    """``wds/PATH`` (webdataset tar shards, :func:`~kdzoo.data.stream_sources.shard_files`) and
+    ``hfids/NAME`` (a Hugging Face dataset read as a stream) trained by steps in one global order
+    (:mod:`kdzoo.data.stream_batches`); the validation split is read whole, in stored order."""
+    from kdzoo.data.stream_batches import StreamBatches
+    from kdzoo.data.stream_sources import StreamSource
+
+    prefix, _, path = cfg.name.partition("/")
+    where = f"data.name '{clip(cfg.name)}'"
+    for key, why in (
+        ("train_limit", "a stream has no class-balanced subset"),
+        ("views", "a stream's samples are not revisited by place"),
+    ):
+        if getattr(cfg, key):
+            raise KdzooError(f"{where}: data.{key} is not available for a streamed dataset ({why}); unset it")
+    sources: list[StreamSource] = [
+        _stream_source(prefix.lower(), path, split, cfg, where) for split in (cfg.train_split, cfg.val_split)
+    ]
+    train_source, val_source = sources
+    made = ImageTransforms.of(cfg, requests, 3)
+    workers = cfg.num_workers or min(4, os.cpu_count() or 1)
+
+    def evaluation(transform: Callable) -> StreamBatches:
+        return StreamBatches(val_source, transform, cfg.eval_batch_size, False, workers, seed)
+
+    train = StreamBatches(
+        train_source,
+        made.train,
+        cfg.batch_size,
+        True,
+        workers,
+        seed,
+        steps=cfg.steps_per_epoch,
+        partitions=cfg.stream_partitions,
+        shuffle_buffer=cfg.shuffle_buffer,
+    )
+    classes = max(train_source.num_classes, val_source.num_classes)
+    teacher_val = evaluation(made.teacher_val) if made.teacher_val is not None else None
+    return DataBundle(
+        cfg.name, train, evaluation(made.val), classes, 3, None, inputs=made.inputs, teacher_val=teacher_val
+    )
+
+
+def _stream_source(prefix: str, path: str, split: str, cfg: DataConfig, where: str):
+    from kdzoo.data.stream_sources import HubStream, TarShards, shard_files
+
+    if prefix == "wds":
+        return TarShards(f"{cfg.name}:{split}", shard_files(Path(path).expanduser(), split, where))
+    if prefix == "hfids":
+        try:
+            return HubStream(f"{cfg.name}:{split}", path, split, cfg.root)
+        except ImportError as exc:
+            raise KdzooError(
+                f"{where} reads through a library that is not installed ({exc.name or exc}): pip install 'kdzoo[hf]'"
+            ) from None
+        except KdzooError:
+            raise
+        except Exception as exc:  # the datasets library's own errors: no such dataset or split, offline
+            raise KdzooError(
+                f"{where}: cannot stream split '{split}' ({type(exc).__name__}: {clip(first_line(exc), 200)}); check "
+                f"the name, data.train_split / data.val_split and data.root (offline, HF_HUB_OFFLINE=1: the dataset "
+                f"must be a local folder or in the Hugging Face cache)"
+            ) from None
+    raise KdzooError(
+        f"{where}: timm's {prefix}/ reader (TensorFlow datasets) is not supported; use hfids/, wds/ or hfds/"
+    )
 
 
 def timm_dataset(cfg: DataConfig, seed: int, requests: InputRequests) -> DataBundle:
@@ -534,10 +620,7 @@ def timm_dataset(cfg: DataConfig, seed: int, requests: InputRequests) -> DataBun
     ``data.val_split``; timm reads them, kdzoo makes the images inputs as for an image folder."""
     prefix = cfg.name.split("/", 1)[0].lower()
     if prefix in STREAMING_READERS:
-        raise KdzooError(
-            f"data.name '{clip(cfg.name)}': timm's streaming readers ({', '.join(p + '/' for p in STREAMING_READERS)}) "
-            f"are not supported yet; use hfds/ (the map-style dataset), imagefolder, or a dataset plugin"
-        )
+        return streamed_dataset(cfg, seed, requests)
     train, val = (
         _timm_split(cfg, split, training) for split, training in ((cfg.train_split, True), (cfg.val_split, False))
     )

@@ -86,10 +86,11 @@ def build_run(
     ready = _Teacher(config, registry, data, dist, show_progress)
     cache = teacher_info = None
     if needs_teacher and teacher is None and config.teacher.cache:
+        cacheable = check_cacheable(data.train, config.data.mixing)  # before the teacher is trained for it
         cache = TeacherOutputCache(
             ready.identity(),
             data_settings(config, data.contents, data.inputs),
-            check_cacheable(data.train, config.data.mixing),
+            cacheable,
             topk=config.teacher.cache_topk,
         )
         teacher_info = cache.teacher_info()  # known without the teacher once the cache was filled

@@ -51,8 +51,8 @@ def _key(data: Any) -> str:
 def check_cacheable(batches: Any, mixing: bool = False) -> TensorBatches | LoaderBatches:
     if not isinstance(batches, TensorBatches | LoaderBatches):
         raise KdzooError(
-            "teacher.cache needs a dataset kdzoo loads (in memory, an image folder, hfds/, a plugin's): "
-            "a user's own DataLoader gives no sample's view twice"
+            "teacher.cache needs a dataset kdzoo loads by sample (in memory, an image folder, hfds/, a plugin's): "
+            "a streamed one (wds/, hfids/) or a user's own DataLoader gives no sample's view twice"
         )
     if mixing:
         raise KdzooError(

@@ -67,5 +67,5 @@ def test_a_local_hugging_face_dataset_trains_an_epoch(method, saved, tmp_path):
 def test_a_dataset_that_cannot_be_read_is_one_line(tmp_path):
     with pytest.raises(KdzooError, match=r"data.name 'hfds/.*nothing': cannot read split 'train'"):
         load_data(DataConfig(name=f"hfds/{tmp_path / 'nothing'}", root=str(tmp_path / "cache")), seed=0)
-    with pytest.raises(KdzooError, match=r"streaming readers .* are not supported yet"):
-        load_data(DataConfig(name="wds/shards"), seed=0)
+    with pytest.raises(KdzooError, match=r"data.name 'wds/.*nothing': no webdataset shards for split 'train'"):
+        load_data(DataConfig(name=f"wds/{tmp_path / 'nothing'}"), seed=0)

@@ -4,8 +4,6 @@ processes with one process's counts."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from kdzoo.data.batches import (
     TensorBatches,
     evaluation_batches,
 )
-from tests.helpers import subprocess_env
+from tests.helpers import one_and_two_processes
 
 WORKER = Path(__file__).with_name("scale_data_worker.py")
 
@@ -197,20 +195,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
         "train.log_every=1",
         *RECIPE,
     ]
-    env = {**subprocess_env(tmp_path), "PYTHONPATH": str(Path(__file__).parents[2])}
-    launchers = {
-        "one": ([], []),
-        "two": (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], [str(CRASH_AT)]),
-    }
-    running = {}
-    for out, (launcher, crash) in launchers.items():
-        (tmp_path / out).mkdir()
-        command = [sys.executable, *launcher, str(WORKER), str(tmp_path / out), *crash, "--", *sets]
-        running[out] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for out, process in running.items():
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{out}: {output[-4000:]}"
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = one_and_two_processes(WORKER, tmp_path, CRASH_AT, sets)
 
     # what each process decoded: its half of every global batch of the one order, its evaluation share
     steps, half = TRAIN_PER_CLASS * CLASSES // BATCH, BATCH // 2
