@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from kdzoo.data.inputs import requests_of
 from kdzoo.engine import locking
 from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
+from kdzoo.engine.cache_fill import fill_together
 from kdzoo.engine.distributed import (
     any_across,
     broadcast_from_main,
@@ -124,8 +126,22 @@ def build_run(
             "set teacher.cache=false"
         )
     if cache is not None and warm_cache and teacher_info is not None:
-        if objective.teacher is None and any_across(not cache.complete_for(objective.taps), dist):
+        incomplete = any_across(not cache.complete_for(objective.taps), dist)
+        if objective.teacher is None and incomplete:
             objective.set_teacher(ready.model(), teacher_info)  # every process together, before any waits
+        if incomplete and dist.enabled:  # the processes fill it together, each its share of the batches
+            tap = objective.teacher_tap
+            assert tap is not None  # set just above
+            fill_together(
+                cache,
+                objective.taps,
+                tap,
+                lambda: _remember_accuracy(cache, objective, ready, teacher_info),
+                config.data.eval_batch_size,
+                device,
+                _say(show_progress),
+                dist,
+            )
         with ready.main_first():
             _warm(cache, objective, ready, teacher_info, device, show_progress)
     stages = objective.schedule(config.train.epochs)
@@ -309,7 +325,7 @@ def _warm(
         with locking.writing(cache.root, lambda: tqdm.write(waiting) if show_progress is not False else None):
             filled = cache.select(objective.taps)  # again: it may have been written while we waited
             if not filled or cache.teacher_metrics() is None:
-                say = tqdm.write if show_progress is not False else (lambda _text: None)
+                say = _say(show_progress)
                 if cache.damage is not None:
                     say(f"teacher-output cache: {cache.damage}; filling it again")
                 elif not filled and not cache.info_file.is_file():
@@ -318,13 +334,10 @@ def _warm(
                     raise KdzooError(
                         f"teacher-output cache {cache.root} changed while this run started; start it again"
                     )
-                model, tap = objective.teacher, objective.teacher_tap
-                assert model is not None and tap is not None  # set just above
-                who = f"teacher ({ready.config.teacher.model})"
+                tap = objective.teacher_tap
+                assert tap is not None  # set just above
                 # the teacher's accuracy first: a process that finds the outputs complete finds it too
-                cache.remember(
-                    info, evaluate(model, ready.data.teacher_val_batches.epoch(0), ready.data.num_classes, who)
-                )
+                _remember_accuracy(cache, objective, ready, info)
                 if not filled:
                     cache.fill(tap, ready.config.data.eval_batch_size, device, say)
                     cache.select(objective.taps)
@@ -332,6 +345,18 @@ def _warm(
     objective.teacher_side.metrics = cache.teacher_metrics()
     if show_progress is not False:
         tqdm.write(cache.describe())
+
+
+def _remember_accuracy(cache: TeacherOutputCache, objective: Objective, ready: _Teacher, info: ModelInfo) -> None:
+    """The teacher's accuracy on its own validation inputs, kept with its outputs."""
+    assert objective.teacher is not None  # set before a fill
+    who = f"teacher ({ready.config.teacher.model})"
+    metrics = evaluate(objective.teacher, ready.data.teacher_val_batches.epoch(0), ready.data.num_classes, who)
+    cache.remember(info, metrics)
+
+
+def _say(show_progress) -> Callable[[str], None]:
+    return tqdm.write if show_progress is not False else (lambda _text: None)
 
 
 def _set_up_precision_and_compile(config: RunConfig, objective: Objective) -> None:

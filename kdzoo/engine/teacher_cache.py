@@ -218,80 +218,157 @@ class TeacherOutputCache:
         say: Callable[[str], None] = lambda _text: None,
     ) -> None:
         """Run the teacher once over every sample (and view) and store its outputs; ``say`` gets the
-        size the entry takes, before anything is written. A fill that was killed goes on where its last
-        progress record (``fill.json``, written every few seconds) says, not from the start."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        size the entry takes, before anything is written. A fill that was killed goes on with the
+        batches its last progress record (written every few seconds) does not count as done."""
+        self.begin_fill(extractor, batch_size, device, say)
+        self.fill_share(extractor, batch_size, device, 0, 1)
+        self.end_fill(batch_size)
+
+    def _batch_starts(self, batch_size: int) -> list[tuple[int, int]]:
         n = self.batches.num_samples
-        starts = [(view, start) for view in range(self.views) for start in range(0, n, batch_size)]
+        return [(view, start) for view in range(self.views) for start in range(0, n, batch_size)]
+
+    def begin_fill(
+        self,
+        extractor: FeatureExtractor,
+        batch_size: int,
+        device: torch.device,
+        say: Callable[[str], None] = lambda _text: None,
+    ) -> None:
+        """The files of a fill, made (their size said first: the first batch's outputs give the shapes;
+        that batch is stored) or, after a kill, found with the record of the batches done. Then any
+        number of processes sharing this folder fill their share (:meth:`fill_share`) and one ends it
+        (:meth:`end_fill`)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         progress = self._progress(batch_size)
-        done, cpu_before = (progress["done"], progress["cpu_s"]) if progress else (0, 0.0)
-        files: dict[str, str] = progress["files"] if progress else {}
         if progress:
-            self._open(progress["shapes"], files, mode="r+")
-            say(f"teacher-output cache: going on with the fill at batch {done + 1} of {len(starts)}")
-        else:
-            self.arrays = {}
-        started, recorded = time.process_time(), time.monotonic()
-        for number, (view, start) in enumerate(starts[done:], start=done + 1):
-            idx = torch.arange(start, min(start + batch_size, n))
-            x = self.batches.view(idx, view).to(device)
-            with torch.inference_mode():
-                out = extractor(x)
-            named = self._named(out, self.topk)
-            if not self.arrays:
-                shapes = {k: list(v.shape[1:]) for k, v in named.items()}
-                total = sum(self._bytes(shape, name) for name, shape in shapes.items())
-                size = f"{total:,} bytes ({total / 2**20:.1f} MB)"
-                say(f"teacher-output cache: {n:,} samples x {self.views} view(s) take {size}")
-                files = self._allocate(shapes)
-                self._open(shapes, files, mode="r+")
-            for name, value in named.items():
-                stored = value.cpu().numpy() if name == TOPK_INDEX else value.float().cpu().numpy()
-                self.arrays[name][view, start : start + len(idx)] = stored
-            if time.monotonic() - recorded > FILL_RECORD_S or number == len(starts):
-                self._record_progress(number, files, batch_size, cpu_before + time.process_time() - started)
-                recorded = time.monotonic()
-        shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
+            done, total = (
+                int(np.count_nonzero(self._done_marks(progress["files"], mode="r"))),
+                len(self._batch_starts(batch_size)),
+            )
+            say(f"teacher-output cache: going on with the fill, {done} of {total} batches done")
+            return
+        n, started = self.batches.num_samples, time.process_time()
+        named = self._outputs(extractor, 0, torch.arange(0, min(batch_size, n)), device)
+        shapes = {k: list(v.shape[1:]) for k, v in named.items()}
+        total = sum(self._bytes(shape, name) for name, shape in shapes.items())
+        say(f"teacher-output cache: {n:,} samples x {self.views} view(s) take {total:,} bytes ({total / 2**20:.1f} MB)")
+        for spent in self.folder.glob(f"{FILL_CPU}-*"):  # an abandoned fill's
+            spent.unlink(missing_ok=True)
+        files = self._allocate(shapes)
+        files[DONE_MARKS] = f"{DONE_MARKS}-{uuid.uuid4().hex[:8]}.u8"
+        np.memmap(
+            self.folder / files[DONE_MARKS], dtype=np.uint8, mode="w+", shape=(len(self._batch_starts(batch_size)),)
+        ).flush()
+        self._open(shapes, {k: v for k, v in files.items() if k != DONE_MARKS}, mode="r+")
+        self._store(named, 0, 0)
+        self._record_progress(files, shapes, batch_size, [0], time.process_time() - started)
+
+    def fill_share(
+        self, extractor: FeatureExtractor, batch_size: int, device: torch.device, member: int, members: int
+    ) -> None:
+        """This process's part of a begun fill: of the batches not yet done, every ``members``-th from
+        ``member`` on. Each batch counts as done once its outputs are on disk (flushed every few seconds)."""
+        progress = self._progress(batch_size)
+        if progress is None:
+            raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
+        files, shapes = progress["files"], progress["shapes"]
+        self._open(shapes, {k: v for k, v in files.items() if k != DONE_MARKS}, mode="r+")
+        marks = self._done_marks(files, mode="r")
+        starts = self._batch_starts(batch_size)
+        mine = [b for b in np.flatnonzero(marks == 0).tolist()][member::members]
+        started, recorded, finished = time.process_time(), time.monotonic(), []
+        for number, b in enumerate(mine, start=1):
+            view, start = starts[b]
+            idx = torch.arange(start, min(start + batch_size, self.batches.num_samples))
+            self._store(self._outputs(extractor, view, idx, device), view, start)
+            finished.append(b)
+            if time.monotonic() - recorded > FILL_RECORD_S or number == len(mine):
+                self._record_progress(files, shapes, batch_size, finished, time.process_time() - started)
+                finished, started, recorded = [], time.process_time(), time.monotonic()
+
+    def end_fill(self, batch_size: int) -> None:
+        """Mark the entry complete once every batch is done (by whichever processes filled it)."""
+        record = self._progress(batch_size)
+        if record is None:
+            raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
+        files, shapes = dict(record["files"]), record["shapes"]
+        marks = self._done_marks(files, mode="r")
+        if not marks.all():
+            raise KdzooError(
+                f"teacher-output cache {self.folder}: {int((marks == 0).sum())} batches were not filled; start again"
+            )
+        cpu_s = sum(_seconds(p) for p in self.folder.glob(f"{FILL_CPU}-*"))
+        marks_file = files.pop(DONE_MARKS)
+        self._open(shapes, files, mode="r")
         meta = {
             "complete": True,
             "shapes": shapes,
             "files": files,
-            "samples": n,
+            "samples": self.batches.num_samples,
             "views": self.views,
-            "fill_cpu_s": round(cpu_before + time.process_time() - started, 2),
+            "fill_cpu_s": round(cpu_s, 2),
         }
         # the outputs are on disk before the record that says so (atomically): a kill leaves no "complete"
         # entry with missing outputs
         write_text_atomic(json.dumps(meta, indent=2), self.folder / "meta.json")
         (self.folder / FILL_PROGRESS).unlink(missing_ok=True)
-        for stale in self.folder.glob("*.f16"):  # an earlier, damaged generation: mapped readers keep theirs
+        (self.folder / marks_file).unlink(missing_ok=True)
+        for spent in self.folder.glob(f"{FILL_CPU}-*"):
+            spent.unlink(missing_ok=True)
+        for stale in [*self.folder.glob("*.f16"), *self.folder.glob("*.u8")]:  # an earlier, damaged generation
             if stale.name not in files.values():
                 stale.unlink(missing_ok=True)
 
-    def _record_progress(self, done: int, files: dict[str, str], batch_size: int, cpu_s: float) -> None:
-        """The batches filled so far, once their outputs are on disk (flushed first)."""
+    def _outputs(self, extractor: FeatureExtractor, view: int, idx: Tensor, device: torch.device) -> dict[str, Tensor]:
+        x = self.batches.view(idx, view).to(device)
+        with torch.inference_mode():
+            out = extractor(x)
+        return self._named(out, self.topk)
+
+    def _store(self, named: dict[str, Tensor], view: int, start: int) -> None:
+        for name, value in named.items():
+            stored = value.cpu().numpy() if name == TOPK_INDEX else value.float().cpu().numpy()
+            self.arrays[name][view, start : start + len(stored)] = stored
+
+    def _done_marks(self, files: dict[str, str], mode: str) -> np.memmap:
+        return np.memmap(self.folder / files[DONE_MARKS], dtype=np.uint8, mode=mode)  # type: ignore[call-overload]  # numpy's stubs take no Path here
+
+    def _record_progress(
+        self, files: dict[str, str], shapes: dict[str, list[int]], batch_size: int, done: list[int], cpu_s: float
+    ) -> None:
+        """Batches ``done`` by this process, marked once their outputs are on disk (flushed first: a mark
+        written before its outputs could survive a kill that they do not); and its CPU seconds so far."""
         for array in self.arrays.values():
             array.flush()
-        shapes = {k: list(v.shape[2:]) for k, v in self.arrays.items()}
-        record = {"done": done, "files": files, "shapes": shapes, "batch_size": batch_size, "cpu_s": cpu_s}
+        marks = self._done_marks(files, mode="r+")
+        marks[done] = 1
+        marks.flush()
+        spent = self.folder / f"{FILL_CPU}-{os.getpid()}"
+        write_text_atomic(str(_seconds(spent) + cpu_s), spent)
+        record = {"files": files, "shapes": shapes, "batch_size": batch_size}
         record |= {"samples": self.batches.num_samples, "views": self.views}
-        write_text_atomic(json.dumps(record, indent=2), self.folder / FILL_PROGRESS)
+        if _read_json(self.folder / FILL_PROGRESS) != record:
+            write_text_atomic(json.dumps(record, indent=2), self.folder / FILL_PROGRESS)
 
     def _progress(self, batch_size: int) -> dict[str, Any] | None:
-        """The killed fill's progress record, when its files are all there to go on with."""
+        """The begun (or killed) fill's record, when its files are all there to go on with."""
         record = _read_json(self.folder / FILL_PROGRESS)
         if record is None:
             return None
         same = (record.get("samples"), record.get("views"), record.get("batch_size"))
-        if same != (self.batches.num_samples, self.views, batch_size) or not isinstance(record.get("done"), int):
+        if same != (self.batches.num_samples, self.views, batch_size):
             return None
         files, shapes = record.get("files"), record.get("shapes")
-        if not isinstance(files, dict) or not isinstance(shapes, dict) or files.keys() != shapes.keys():
+        if not isinstance(files, dict) or not isinstance(shapes, dict) or files.keys() != {*shapes, DONE_MARKS}:
             return None
         for name, shape in shapes.items():
             path = self.folder / files[name]
             if not path.is_file() or path.stat().st_size != self._bytes(shape, name):
                 return None
+        marks = self.folder / files[DONE_MARKS]
+        if not marks.is_file() or marks.stat().st_size != len(self._batch_starts(batch_size)):
+            return None
         return record
 
     def fill_cpu_s(self) -> float:
@@ -368,6 +445,8 @@ class TeacherOutputCache:
 
 
 TOPK_VALUES, TOPK_INDEX, TOPK_REST = "logits-topk", "logits-index", "logits-rest"
+DONE_MARKS = "done"  #: a fill's record of its batches done, one byte each (any process may mark its own)
+FILL_CPU = "fill-cpu-s"  #: each filling process's CPU seconds so far
 FILL_PROGRESS = "fill.json"  # how far a fill got: a killed one goes on from there
 FILL_RECORD_S = 5.0  # seconds between progress records (each flushes the outputs written)
 
@@ -407,6 +486,14 @@ def full_logits(values: Tensor, index: Tensor, rest: Tensor, classes: int) -> Te
     one elsewhere (with ``k`` = every class, exactly the stored logits)."""
     full = rest.expand(len(values), classes).clone()
     return full.scatter_(1, index, values)
+
+
+def _seconds(path: Path) -> float:
+    """A filling process's CPU seconds so far (0 before its first record)."""
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -260,7 +260,8 @@ def _written_in_place(path: str) -> bool:
     kinds that are safe to write so: a temporary file renamed over its target once whole (or a scratch
     file removed after use), a lock, the
     out-dir write probe, TensorBoard's append-only event log (its reader drops a cut last record), a
-    teacher-output array (written before the meta.json that says it is complete, under a fresh name)."""
+    teacher-output array (written before the meta.json that says it is complete, under a fresh name)
+    and its fill's done marks (a byte per batch, set once the batch's outputs are flushed)."""
     name = Path(path).name
     safe = (
         (name.startswith(".") and not Path(path).exists())  # a temp file renamed, or a scratch file removed
@@ -268,7 +269,7 @@ def _written_in_place(path: str) -> bool:
         or name == ".lock"
         or name.startswith(".kdzoo-write-check-")
         or name.startswith("events.out.tfevents.")
-        or (name.endswith(".f16") and "teacher_outputs" in path)
+        or (name.endswith((".f16", ".u8")) and "teacher_outputs" in path)
     )
     return not safe and not Path(path).is_dir()
 
