@@ -47,6 +47,13 @@ def one_line_errors(fn):
     return wrapper
 
 
+def which_student(help_text: str):
+    """The ``--which last|best|ema`` option of the commands that read a run's kept student."""
+    return click.option(
+        "--which", type=click.Choice(["last", "best", "ema"]), default="last", show_default=True, help=help_text
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdzoo")
 def main() -> None:
@@ -291,13 +298,9 @@ def _show_recipe(path: Path) -> None:
 @main.command("eval")
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.* keys.")
-@click.option(
-    "--which",
-    type=click.Choice(["last", "best", "ema"]),
-    default="last",
-    show_default=True,
-    help="For a run folder: the last student, the best validation epoch's (student_best.safetensors) or the "
-    "EMA's (student_ema.safetensors, train.ema).",
+@which_student(
+    "For a run folder: the last student, the best validation epoch's (student_best.safetensors) or the "
+    "EMA's (student_ema.safetensors, train.ema)."
 )
 @one_line_errors
 def eval_cmd(checkpoint_path: str, overrides, which: str) -> None:
@@ -472,13 +475,9 @@ def _read_config_beside(path: Path) -> dict:
     help="With --format onnx: also student.int8.onnx, post-training static quantization calibrated on 256 "
     "training images, scored beside the fp32 file.",
 )
-@click.option(
-    "--which",
-    type=click.Choice(["last", "best", "ema"]),
-    default="last",
-    show_default=True,
-    help="With --format onnx: which weights student.onnx holds: the last student, the best validation epoch's, "
-    "or the EMA's (train.ema).",
+@which_student(
+    "With --format onnx: which weights student.onnx holds: the last student, the best validation epoch's, "
+    "or the EMA's (train.ema)."
 )
 @one_line_errors
 def export(run_dir: str, fmt: str, quantize: str | None, which: str) -> None:

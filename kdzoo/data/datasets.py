@@ -669,17 +669,23 @@ class TimmImages(torch.utils.data.Dataset):
 
     @functools.cached_property
     def targets(self) -> list[int]:
-        own = getattr(self.dataset, "targets", None)
-        if own is not None:  # torchvision's sets
-            return [int(t) for t in own]
-        reader = getattr(self.dataset, "reader", None)
-        rows = getattr(reader, "dataset", None)
-        if rows is not None and getattr(reader, "label_key", None) in getattr(rows, "column_names", ()):
-            return [int(t) for t in rows[reader.label_key]]  # a Hugging Face dataset: the column, no image decoded
-        samples = getattr(reader, "samples", None)
-        if samples is not None:
-            return [int(t) for _, t in samples]
-        return [int(self.dataset[i][1]) for i in range(len(self.dataset))]
+        return labels_of(self.dataset)
+
+
+def labels_of(dataset) -> list[int]:
+    """The labels of a dataset of (image, label) in order, without decoding an image where it says them:
+    its ``targets`` (torchvision's), a timm reader's Hugging Face column or samples; else read one by one."""
+    own = getattr(dataset, "targets", None)
+    if own is not None:
+        return [int(t) for t in own]
+    reader = getattr(dataset, "reader", None)
+    rows = getattr(reader, "dataset", None)
+    if rows is not None and getattr(reader, "label_key", None) in getattr(rows, "column_names", ()):
+        return [int(t) for t in rows[reader.label_key]]  # a Hugging Face dataset: the column, no image decoded
+    samples = getattr(reader, "samples", None)
+    if samples is not None:
+        return [int(t) for _, t in samples]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
 
 
 def _classes_of(train, val) -> int:
@@ -708,7 +714,4 @@ class Transformed(torch.utils.data.Dataset):
 
     @functools.cached_property
     def targets(self) -> list[int]:
-        own = getattr(self.dataset, "targets", None)
-        if own is not None:
-            return [int(t) for t in own]
-        return [int(self.dataset[i][1]) for i in range(len(self.dataset))]
+        return labels_of(self.dataset)

@@ -4,13 +4,13 @@ source that cannot be read is one line. The run reads nothing from the network (
 
 import numpy as np
 import pytest
-import torch
 
 from kdzoo.config import DataConfig, load_config
 from kdzoo.data import load_data
 from kdzoo.engine import build_trainer
 from kdzoo.errors import KdzooError
 from kdzoo.registry import registry
+from tests.helpers import coloured_image, teacher_weights
 
 datasets = pytest.importorskip("datasets")  # kdzoo[hf], part of kdzoo[test]
 
@@ -19,25 +19,16 @@ datasets = pytest.importorskip("datasets")  # kdzoo[hf], part of kdzoo[test]
 def saved(tmp_path_factory):
     """A 3-class image dataset in a folder of parquet files (train and validation splits), and a
     teacher's weights for it."""
-    import timm
-    from PIL import Image
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("hfds")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["r", "g", "b"])})
     rng = np.random.default_rng(0)
     (root / "squares" / "data").mkdir(parents=True)
     for split, count in (("train", 24), ("validation", 9)):
         labels = [i % 3 for i in range(count)]
-        images = []
-        for label in labels:
-            colour = np.array([200 if c == label else 40 for c in range(3)])
-            images.append(Image.fromarray(np.clip(colour + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)))
+        images = [coloured_image(label, rng) for label in labels]
         rows = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
         rows.to_parquet(str(root / "squares" / "data" / f"{split}.parquet"))
-    torch.manual_seed(0)
-    teacher = timm.create_model("test_resnet", num_classes=3)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(root / "teacher.safetensors"))
+    teacher_weights(root / "teacher.safetensors", 3)
     return root
 
 

@@ -19,7 +19,7 @@ from kdzoo.data.batches import (
     TensorBatches,
     evaluation_batches,
 )
-from tests.helpers import one_and_two_processes
+from tests.helpers import coloured_image, one_and_two_processes, teacher_weights
 
 WORKER = Path(__file__).with_name("scale_data_worker.py")
 
@@ -123,27 +123,13 @@ RECIPE = [
 
 
 def _image_folder(root: Path) -> None:
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     for label in range(CLASSES):
-        colour = np.array([200 if c == label else 40 for c in range(3)])
         for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True)
             for i in range(count):
-                pixels = np.clip(colour + rng.normal(0, 40, (20, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
-def _teacher_weights(path: Path) -> Path:
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", num_classes=CLASSES)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+                coloured_image(label, rng, (20, 24), 40).save(folder / f"{i}.png")
 
 
 def _decoded(out: Path, phase: str, rank: int) -> list[tuple[int, str]]:
@@ -176,7 +162,7 @@ def test_two_processes_decode_only_their_share_train_what_one_trains_and_resume_
     skipped image and ends bit-equal to its uninterrupted run. Each process's images all come from
     one worker per loader: workers persist across epochs. All of it with a paper's recipe on (RECIPE)."""
     _image_folder(tmp_path / "images")
-    teacher = _teacher_weights(tmp_path / "teacher.safetensors")
+    teacher = teacher_weights(tmp_path / "teacher.safetensors", CLASSES)
     sets = [
         "data.name=imagefolder",
         f"data.root={tmp_path / 'images'}",

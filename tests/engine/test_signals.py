@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from kdzoo.engine.state import RunState
-from tests.helpers import subprocess_env
+from tests.helpers import subprocess_env, teacher_weights
 
 
 def _processes_mentioning(marker: str) -> list[int]:
@@ -38,20 +37,10 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> No
         time.sleep(0.2)
 
 
-def _teacher_weights(path: Path, classes: int) -> Path:
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", num_classes=classes)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
     """A tiny teacher's weights: the runs here train no teacher."""
-    return _teacher_weights(tmp_path_factory.mktemp("teacher") / "test_resnet.safetensors", 10)
+    return teacher_weights(tmp_path_factory.mktemp("teacher") / "test_resnet.safetensors", 10)
 
 
 def _start(tmp_path, teacher: Path, *sets, nproc: int = 1, **popen) -> tuple[subprocess.Popen, Path]:
@@ -110,7 +99,7 @@ def test_a_process_group_sigterm_during_an_image_folder_run_leaves_a_resumable_c
                 Image.new("RGB", (16, 16), tuple(min(255, c + i) for c in colour)).save(folder / f"{i}.png")
     process, run_dir = _start(
         tmp_path,
-        _teacher_weights(tmp_path / "two_classes.safetensors", 2),
+        teacher_weights(tmp_path / "two_classes.safetensors", 2),
         "data.name=imagefolder",
         f"data.root={tmp_path / 'images'}",
         "data.num_workers=2",

@@ -11,26 +11,19 @@ from kdzoo.config import load_config
 from kdzoo.engine import build_trainer
 from kdzoo.engine.extract import FeatureExtractor
 from kdzoo.registry import registry
+from tests.helpers import coloured_image, teacher_weights
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    import timm
-    from PIL import Image
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("cached-crops")
     rng = np.random.default_rng(0)
     for split, count in (("train", 4), ("val", 2)):
         for label in range(3):
             (root / "images" / split / f"c{label}").mkdir(parents=True)
             for i in range(count):
-                colour = np.array([200 if c == label else 40 for c in range(3)])
-                pixels = np.clip(colour + rng.normal(0, 40, (28, 30, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / "images" / split / f"c{label}" / f"{i}.png")
-    torch.manual_seed(0)
-    teacher = timm.create_model("test_resnet", num_classes=3)
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(root / "teacher.safetensors"))
+                coloured_image(label, rng, (28, 30), 40).save(root / "images" / split / f"c{label}" / f"{i}.png")
+    teacher_weights(root / "teacher.safetensors", 3)
     return root
 
 
