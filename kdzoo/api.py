@@ -99,19 +99,21 @@ class MethodInfo:
         return bool(self.needs_teacher(config) if callable(self.needs_teacher) else self.needs_teacher)
 
 
-def registering(*methods: MethodInfo) -> Callable[[Callable[[MethodInfo], None]], None]:
+def registering(*infos: MethodInfo | DatasetInfo | LoggerInfo) -> Callable[[Callable[[Any], None]], None]:
     """A plugin module's registration in one statement::
 
         kdzoo_register_methods = kdzoo.registering(MethodInfo(name="mine", factory=Mine, ...))
+        kdzoo_register_loggers = kdzoo.registering(LoggerInfo(name="mytracker", factory=MyTracker))
 
-    the ``kdzoo_register_methods`` hook implementation that registers ``methods``."""
+    the discovery hook implementation (bound to the module attribute of the hook's name) that
+    registers ``infos``: methods, datasets or trackers."""
 
     @hookimpl
-    def kdzoo_register_methods(register: Callable[[MethodInfo], None]) -> None:
-        for info in methods:
+    def kdzoo_register(register: Callable[[Any], None]) -> None:
+        for info in infos:
             register(info)
 
-    return kdzoo_register_methods
+    return kdzoo_register
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -138,6 +140,27 @@ class DatasetInfo:
     name: str
     load: Callable[[str | None], DatasetSplits]
     summary: str = ""
+    #: filled in by kdzoo when it loads the plugin
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class LoggerInfo:
+    """An experiment tracker a plugin adds (``kdzoo_register_loggers``), selected by ``train.loggers``.
+    ``factory(run_dir, first_epoch)`` makes it for one run (on the main process; ``first_epoch``: the
+    epochs a resumed run already has): an object whose lifecycle hooks (``kdzoo_on_run_start``,
+    ``kdzoo_on_epoch_end``, ``kdzoo_on_run_end``, marked with :data:`kdzoo.hookimpl`) receive the run's
+    records, and whose ``close()``, where it has one, is called when the run ends or stops.
+    ``requires``: the modules it imports, checked when the run is built; one missing is one line naming
+    ``extra`` (``pip install 'kdzoo[EXTRA]'``)."""
+
+    name: str
+    factory: Callable[[Path, int], object]
+    summary: str = ""
+    requires: tuple[str, ...] = ()
+    extra: str = ""
     #: filled in by kdzoo when it loads the plugin
     plugin: str = ""
     distribution: str = ""

@@ -210,7 +210,8 @@ def _resume_target(resume: str, configs: list[str], overrides: list[str], method
 
 @main.command("list")
 @click.option("--datasets", is_flag=True, help="The datasets data.name selects: built in, and from plugins.")
-def list_cmd(datasets: bool) -> None:
+@click.option("--loggers", is_flag=True, help="The experiment trackers train.loggers selects, and their plugins.")
+def list_cmd(datasets: bool, loggers: bool) -> None:
     """Installed methods, their papers and the plugins they come from.
 
     A method name that two distributions register is listed once per distribution, as DISTRIBUTION:METHOD
@@ -220,6 +221,14 @@ def list_cmd(datasets: bool) -> None:
     reg = registry()
     if datasets:
         _list_datasets(reg)
+        return
+    if loggers:
+        from kdzoo.reporting.reporters import CORE_LOGGERS
+
+        for name, info in sorted({**reg.loggers, **CORE_LOGGERS}.items()):
+            source = f"{info.plugin} ({info.distribution} {info.version})".replace(" ( )", "")
+            install = f" [pip install 'kdzoo[{info.extra}]']" if info.extra else ""
+            click.echo(f"{name:<14} {info.summary}{install}\n{'':<14} plugin: {source}")
         return
     for kind in KINDS:
         methods = sorted((name, info) for name, info in reg.methods.items() if info.kind == kind)
@@ -236,11 +245,14 @@ def list_cmd(datasets: bool) -> None:
 
 def _list_datasets(reg: Registry) -> None:
     from kdzoo.data import DATASETS
-    from kdzoo.data.datasets import SUMMARIES
+    from kdzoo.data.datasets import READER_SUMMARIES, SUMMARIES
 
     click.echo("== built-in datasets ==")
     for name in DATASETS:
         click.echo(f"{name:<14} {SUMMARIES.get(name, '')}".rstrip())
+    click.echo("== dataset readers (data.name) ==")
+    for name, summary in READER_SUMMARIES.items():
+        click.echo(f"{name:<14} {summary}")
     if reg.datasets:
         click.echo("== datasets from plugins ==")
     for name, info in sorted(reg.datasets.items()):

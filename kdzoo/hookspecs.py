@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 from torch import Tensor, nn
 
-from kdzoo.api import DatasetInfo, MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet, View
+from kdzoo.api import DatasetInfo, LoggerInfo, MethodInfo, ModelInfo, Outputs, Run, Stage, Taps, TrainingSet, View
 
 hookspec = pluggy.HookspecMarker("kdzoo")
 
@@ -88,6 +88,22 @@ class DiscoverySpec:
             @kdzoo.hookimpl
             def kdzoo_register_datasets(register):
                 register(kdzoo.DatasetInfo(name="my_scans", load=load_my_scans, summary="CT scans, 4 classes"))
+        """
+
+    @hookspec
+    def kdzoo_register_loggers(self, register: Callable[[LoggerInfo], None]) -> None:
+        """Register the experiment trackers this plugin module provides (``train.loggers`` selects them):
+        call ``register`` once per tracker. ``metrics.jsonl`` stays the run's record; a tracker mirrors it.
+
+        :param register: call it with one :class:`kdzoo.LoggerInfo` (name, factory, summary, requires, extra)
+        :when: once per process, when the plugins load
+        :returns: nothing: the trackers go through ``register``
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_register_loggers(register):
+                register(kdzoo.LoggerInfo(name="mytracker", factory=MyTracker, requires=("mytracker",)))
         """
 
 

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from kdzoo import hookspecs
-from kdzoo.api import BATCHES, KINDS, DatasetInfo, MethodInfo, Stage, hookimpl
+from kdzoo.api import BATCHES, KINDS, DatasetInfo, LoggerInfo, MethodInfo, Stage, hookimpl
 from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
 
 ENTRY_POINT_GROUP = "kdzoo"
@@ -114,6 +114,8 @@ class Registry:
     shared_entry_points: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     #: the datasets plugins add (``kdzoo_register_datasets``), by the ``data.name`` that selects them
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
+    #: the experiment trackers plugins add (``kdzoo_register_loggers``), by the name ``train.loggers`` uses
+    loggers: dict[str, LoggerInfo] = field(default_factory=dict)
 
     def get(self, name: str) -> MethodInfo:
         """The method ``name`` selects (see :meth:`find`), or a one-line :class:`KdzooError` saying why none."""
@@ -213,15 +215,11 @@ class Registry:
 
     def _check_dataset(self, info: object, earlier: list[DatasetInfo]) -> None:
         """A registered dataset is a :class:`DatasetInfo` with a name no other plugin took."""
-        if not isinstance(info, DatasetInfo) or not isinstance(info.name, str) or not callable(info.load):
-            raise ValueError(f"kdzoo_register_datasets must register DatasetInfo(name=..., load=...), got {info!r:.80}")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", info.name):
-            raise ValueError(f"dataset name {info.name!r:.60} must be letters, digits, '_', '.' or '-' (no '/')")
-        taken = self.datasets.get(info.name) or next((d for d in earlier if d.name == info.name), None)
-        if taken is not None:
-            raise ValueError(
-                f"dataset name '{info.name}' is already registered by plugin '{taken.plugin or 'this one'}'"
-            )
+        _check_registered(info, DatasetInfo, "load", "dataset", earlier, self.datasets)
+
+    def _check_logger(self, info: object, earlier: list[LoggerInfo]) -> None:
+        """A registered tracker is a :class:`LoggerInfo` with a name no other plugin took."""
+        _check_registered(info, LoggerInfo, "factory", "logger", earlier, self.loggers)
 
     def _check_name_free(self, info: MethodInfo, distribution: str, earlier: list[MethodInfo]) -> None:
         """A name another distribution registers is a clash (both kept); one that cannot be told apart by
@@ -243,12 +241,15 @@ class Registry:
         """Load one plugin object (usually a module); failures are recorded, never raised."""
         found: list[MethodInfo] = []
         datasets: list[DatasetInfo] = []
-        _, failure = _guarded(lambda: self._discover(plugin, name, distribution, found, datasets))
+        loggers: list[LoggerInfo] = []
+        _, failure = _guarded(lambda: self._discover(plugin, name, distribution, found, datasets, loggers))
         if failure is not None:  # a broken plugin must not take the others (or kdzoo) down
             self.failures[name] = failure
             return
         for dataset in datasets:
             self.datasets[dataset.name] = replace(dataset, plugin=name, distribution=distribution, version=version)
+        for logger in loggers:
+            self.loggers[logger.name] = replace(logger, plugin=name, distribution=distribution, version=version)
         loaded = LoadedPlugin(name, distribution, version, hooks=_hook_names(plugin), import_s=import_s)
         for info in found:
             self._add_method(replace(info, plugin=name, distribution=distribution, version=version))
@@ -257,10 +258,16 @@ class Registry:
         self.plugins.append(loaded)
 
     def _discover(
-        self, plugin: object, name: str, distribution: str, found: list[MethodInfo], datasets: list[DatasetInfo]
+        self,
+        plugin: object,
+        name: str,
+        distribution: str,
+        found: list[MethodInfo],
+        datasets: list[DatasetInfo],
+        loggers: list[LoggerInfo],
     ) -> None:
         """Call ``plugin``'s discovery hooks: its methods into ``found`` (checked), its models into timm,
-        its datasets into ``datasets`` (checked)."""
+        its datasets into ``datasets`` and its trackers into ``loggers`` (checked)."""
         pm = pluggy.PluginManager("kdzoo")
         pm.add_hookspecs(hookspecs.DiscoverySpec)
         pm.register(plugin, name=name)
@@ -273,9 +280,32 @@ class Registry:
             impl.function(**{arg: datasets.append for arg in impl.argnames})
         for i, dataset in enumerate(datasets):
             self._check_dataset(dataset, datasets[:i])
+        for impl in pm.hook.kdzoo_register_loggers.get_hookimpls():
+            impl.function(**{arg: loggers.append for arg in impl.argnames})
+        for i, logger in enumerate(loggers):
+            self._check_logger(logger, loggers[:i])
         for i, info in enumerate(found):
             _check_method(info)
             self._check_name_free(info, distribution, found[:i])
+
+
+def _check_registered(info: Any, kind: type, loader: str, what: str, earlier: list, registered: dict) -> None:
+    """``info`` is a ``kind`` whose ``loader`` is callable, named plainly (no '/': ``data.name`` keeps
+    those for timm's readers), and its name is not taken by an earlier registration."""
+    if (
+        not isinstance(info, kind)
+        or not isinstance(getattr(info, "name", None), str)
+        or not callable(getattr(info, loader, None))
+    ):
+        raise ValueError(
+            f"kdzoo_register_{what}s must register {kind.__name__}(name=..., {loader}=...), got {info!r:.80}"
+        )
+    name = info.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{what} name {name!r:.60} must be letters, digits, '_', '.' or '-' (no '/')")
+    taken = registered.get(name) or next((d for d in earlier if d.name == name), None)
+    if taken is not None:
+        raise ValueError(f"{what} name '{name}' is already registered by plugin '{taken.plugin or 'this one'}'")
 
 
 class MethodConfigClasses(dict):

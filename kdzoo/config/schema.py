@@ -324,6 +324,13 @@ class TrainConfig:
     log_every: int = field(
         default=10, metadata={"help": "steps between progress updates and NaN/inf checks (the loop's only host syncs)"}
     )
+    loggers: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={
+            "help": "experiment trackers mirroring metrics.jsonl: tensorboard, wandb (kdzoo[wandb]), mlflow "
+            "(kdzoo[mlflow]), or one a plugin adds (kdzoo list --loggers)"
+        },
+    )
     # bf16/fp16: the models' forward passes under autocast (fp16 adds a grad scaler); fp64: every model,
     # method module and batch in float64, slow, for checking that results are exact (N processes = 1)
     precision: Literal["fp32", "bf16", "fp16", "fp64"] = field(

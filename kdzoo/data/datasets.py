@@ -434,6 +434,13 @@ SUMMARIES = {
     "imagefolder": "data.root/train/<class>/* and data.root/val/<class>/*, through timm's transforms",
     "synthetic": "random class patterns plus noise: instant, for tests",
 }
+#: one line per reader prefix of data.name, for ``kdzoo list --datasets``
+READER_SUMMARIES = {
+    "hfds/NAME": "a Hugging Face dataset (Hub, cache or local folder) through timm's reader; pip install 'kdzoo[hf]'",
+    "torch/NAME": "a torchvision dataset under data.root through timm's reader",
+    "hfids/NAME": "a Hugging Face dataset read as a stream, by steps (data.steps_per_epoch)",
+    "wds/PATH": "webdataset tar shards (KEY.jpg|png + KEY.cls), streamed by steps",
+}
 
 
 def load_data(

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdzoo import checkpoint
-from kdzoo.api import KdzooError, ModelInfo, TrainingSet
+from kdzoo.api import KdzooError, LoggerInfo, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.data.inputs import requests_of
@@ -49,6 +49,7 @@ from kdzoo.engine.step import Step
 from kdzoo.engine.teacher_cache import TeacherOutputCache, check_cacheable, data_settings
 from kdzoo.models import check_label_sets, check_pair, create_model, folder_name
 from kdzoo.registry import Registry
+from kdzoo.reporting.reporters import CORE_LOGGERS
 
 
 def build_trainer(config: RunConfig, registry: Registry, run_dir: str | Path, **options: Any) -> Trainer:
@@ -71,6 +72,7 @@ def build_run(
     """Everything a run needs, built from ``config``. ``warm_cache=False`` leaves the teacher-output cache
     as it is (a check that the run can be built, which must not run the teacher over the data)."""
     dist = init_from_env() if distributed else DistInfo()
+    loggers = chosen_loggers(config.train.loggers, registry)  # before anything slow: a typo fails at once
     show_progress = show_progress if dist.main else False
     checkpoint.seed_everything(config.train.seed)  # the same seed everywhere: identical replicas
     device = pick_device(config.train.device, dist)
@@ -163,7 +165,27 @@ def build_run(
         show_progress=show_progress,
         label=label,
         method_sources=registry.method_sources(config.methods),
+        loggers=loggers,
     )
+
+
+def chosen_loggers(names: list[str], registry: Registry) -> tuple[LoggerInfo, ...]:
+    """The trackers ``train.loggers`` names, each installed (else one line naming its extra)."""
+    import importlib.util
+
+    available = {**registry.loggers, **CORE_LOGGERS}  # a plugin's tracker does not replace the core's
+    chosen = []
+    for name in names:
+        if name not in available:
+            known = ", ".join(sorted(available))
+            raise KdzooError(f"config key 'train.loggers': unknown logger '{name}' (installed: {known})")
+        info = available[name]
+        missing = [module for module in info.requires if importlib.util.find_spec(module) is None]
+        if missing:
+            install = f"pip install 'kdzoo[{info.extra}]'" if info.extra else f"pip install {' '.join(missing)}"
+            raise KdzooError(f"train.loggers: {name} needs {', '.join(missing)}, which is not installed: {install}")
+        chosen.append(info)
+    return tuple(chosen)
 
 
 def _loaded_everywhere(config: RunConfig, dist: DistInfo) -> DataBundle:

@@ -35,7 +35,7 @@ from kdzoo.engine.state import Position, RunClock, RunState
 from kdzoo.engine.step import CompiledBackwardFailed, EpochTotals, Step
 from kdzoo.errors import RunStopped
 from kdzoo.models import create_model
-from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter, TensorBoardReporter
+from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter
 from kdzoo.reporting.records import EpochRecord, RunSummary
 
 
@@ -334,18 +334,22 @@ class Trainer:
         if not self.dist.main:
             yield
             return
-        board = TensorBoardReporter(self.run_dir, first_epoch)
-        reporters = [MetricsFileReporter(self.run_dir), board, PlotReporter()]
+        reporters: list[object] = [MetricsFileReporter(self.run_dir), PlotReporter()]
         if self.parts.show_progress is not False:
             reporters.append(ConsoleReporter(self.parts.label))
-        for reporter in reporters:
+        # the trackers after the plots, which they may upload, and the metrics file they mirror
+        trackers = [info.factory(self.run_dir, first_epoch) for info in self.parts.loggers]
+        for reporter in [*reporters, *trackers]:
             self.hooks.register(reporter)
         try:
             yield
         finally:
-            for reporter in reporters:
+            for reporter in [*reporters, *trackers]:
                 self.hooks.unregister(reporter)
-            board.close()
+            for tracker in trackers:
+                close = getattr(tracker, "close", None)
+                if callable(close):
+                    close()
 
     def _summary(self) -> RunSummary:
         deployed = self.objective.deployed_model()

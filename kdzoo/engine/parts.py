@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdzoo.api import Stage
+from kdzoo.api import LoggerInfo, Stage
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo
 from kdzoo.engine.step import Step
@@ -29,3 +29,5 @@ class RunParts:
     #: for each selected method (as the config names it): the distribution and version that supplied
     #: it, its plugin (entry point) and the name it registered, recorded in config.json and summary.json
     method_sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the experiment trackers ``train.loggers`` chose, made by the loop on the main process
+    loggers: tuple[LoggerInfo, ...] = ()

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdzoo.api import Run, hookimpl
+from kdzoo.api import LoggerInfo, Run, hookimpl
 from kdzoo.reporting.metrics_file import write_jsonl
 
 
@@ -48,8 +48,31 @@ class ConsoleReporter:
         )
 
 
+def epoch_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """An epoch's record (``metrics.jsonl``) as the named scalars every tracker logs: ``train/TERM``,
+    ``weight/TERM``, ``throughput/images_per_s``, ``val/NAME`` (and ``val_ema/NAME``), ``lr``."""
+    scalars: dict[str, float] = {}
+    for name, value in metrics["train"].items():
+        if name == "weights":
+            scalars |= {f"weight/{term}": float(weight) for term, weight in value.items()}
+        elif name == "images_per_s":
+            scalars["throughput/images_per_s"] = float(value)
+        elif isinstance(value, int | float):
+            scalars[f"train/{name}"] = float(value)
+    for section in ("val", "val_ema"):
+        scalars |= {f"{section}/{name}": float(value) for name, value in metrics.get(section, {}).items()}
+    scalars["lr"] = float(metrics["lr"])
+    return scalars
+
+
+def summary_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a run's summary (``summary.json``), by their keys."""
+    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 class TensorBoardReporter:
-    """Every loss term, loss weight, accuracy, the LR and throughput per epoch, in ``tensorboard/``."""
+    """Every loss term, loss weight, accuracy, the LR and throughput per epoch (:func:`epoch_scalars`),
+    in ``tensorboard/``: the ``tensorboard`` tracker of ``train.loggers`` (the default)."""
 
     def __init__(self, run_dir: Path, first_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -65,17 +88,8 @@ class TensorBoardReporter:
     @hookimpl
     def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
         step = metrics["global_epoch"]
-        for name, value in metrics["train"].items():
-            if name == "weights":
-                for term, weight in value.items():
-                    self.writer.add_scalar(f"weight/{term}", weight, step)
-            elif name == "images_per_s":
-                self.writer.add_scalar("throughput/images_per_s", value, step)
-            else:
-                self.writer.add_scalar(f"train/{name}", value, step)
-        for name, value in metrics["val"].items():
-            self.writer.add_scalar(f"val/{name}", value, step)
-        self.writer.add_scalar("lr", metrics["lr"], step)
+        for name, value in epoch_scalars(metrics).items():
+            self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -90,3 +104,16 @@ class PlotReporter:
         from kdzoo.reporting.plots import plot_run
 
         plot_run(run.run_dir)
+
+
+#: the trackers of kdzoo's core, beside those plugins register (``kdzoo_register_loggers``): never
+#: disabled with the plugins, so runs log to TensorBoard by default whatever KDZOO_DISABLE_PLUGINS says
+CORE_LOGGERS = {
+    "tensorboard": LoggerInfo(
+        name="tensorboard",
+        factory=TensorBoardReporter,
+        summary="TensorBoard event files in RUN_DIR/tensorboard/ (the default)",
+        requires=("tensorboard",),
+        plugin="kdzoo core",
+    )
+}

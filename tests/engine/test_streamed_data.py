@@ -251,3 +251,13 @@ def test_a_stream_on_two_processes_trains_what_one_trains_and_resumes_mid_epoch_
     c = torch.load(two / "crashed" / "last.pt", weights_only=True)
     assert all(torch.equal(value, c["student"][name]) for name, value in b["student"].items())
     assert [epoch["val"] for epoch in c["history"]] == [epoch["val"] for epoch in b["history"]]
+
+
+def test_kdzoo_list_names_the_readers():
+    from click.testing import CliRunner
+
+    from kdzoo.cli import main
+
+    listed = CliRunner().invoke(main, ["list", "--datasets"]).output
+    assert "== dataset readers (data.name) ==" in listed
+    assert all(prefix in listed for prefix in ("wds/PATH", "hfids/NAME", "hfds/NAME", "torch/NAME"))
