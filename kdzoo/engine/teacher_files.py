@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,12 @@ def teacher_data(config: RunConfig) -> DataConfig:
     batch, augmentation and sample limit, and the dataset's plain augmentation (never the student's
     recipe: RandAugment, erasing, mixup... are not in the trained-teacher cache key)."""
     t, d = config.teacher.train, config.data
+    # a streamed dataset's epoch: as many samples as the student's, in the teacher's batches
+    steps = None if d.steps_per_epoch is None else math.ceil(d.steps_per_epoch * d.batch_size / t.batch_size)
     return DataConfig(
         name=d.name,
+        train_split=d.train_split,
+        val_split=d.val_split,
         root=d.root,
         img_size=config.teacher.img_size or d.img_size,
         eval_batch_size=d.eval_batch_size,
@@ -42,6 +47,9 @@ def teacher_data(config: RunConfig) -> DataConfig:
         batch_size=t.batch_size,
         augment=t.augment,
         train_limit=t.train_limit,
+        steps_per_epoch=steps,
+        stream_partitions=d.stream_partitions,
+        shuffle_buffer=d.shuffle_buffer,
     )
 
 

@@ -261,3 +261,21 @@ def test_kdzoo_list_names_the_readers():
     listed = CliRunner().invoke(main, ["list", "--datasets"]).output
     assert "== dataset readers (data.name) ==" in listed
     assert all(prefix in listed for prefix in ("wds/PATH", "hfids/NAME", "hfds/NAME", "torch/NAME"))
+
+
+def test_a_teacher_kdzoo_trains_reads_the_same_splits_and_samples_per_epoch():
+    """The teacher kdzoo trains first reads the run's splits and stream, an epoch of as many samples in
+    its own batches (teacher.train.batch_size)."""
+    from kdzoo.engine.teacher_files import teacher_data
+
+    sets = [
+        "data.name=hfids/somewhere",
+        "data.train_split=fit",
+        "data.val_split=check",
+        "data.batch_size=32",
+        "data.steps_per_epoch=10",
+        "data.stream_partitions=4",
+        "teacher.train.batch_size=64",
+    ]
+    data = teacher_data(load_config([], sets, ["kd"], registry().config_classes()))
+    assert (data.train_split, data.val_split, data.steps_per_epoch, data.stream_partitions) == ("fit", "check", 5, 4)
