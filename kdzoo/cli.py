@@ -1,4 +1,4 @@
-"""The ``kdzoo`` command line: run, list, show, eval, export, plot, compare, bench, plugins.
+"""The ``kdzoo`` command line: run, list, show, eval, export, push, plot, compare, bench, plugins.
 
 Only click is imported up front: each command imports what it uses (torch, the engine) and loads the
 plugins (:func:`registry`) when it runs, so ``kdzoo --help`` and ``kdzoo --version`` answer at once
@@ -474,11 +474,13 @@ def _read_config_beside(path: Path) -> dict:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["onnx", "safetensors"]),
+    type=click.Choice(["onnx", "safetensors", "hf"]),
     default="safetensors",
     show_default=True,
     help="onnx: PyTorch's exporter, checked by onnx and verified with onnxruntime on the validation set "
-    "(pip install 'kdzoo[deploy]'); safetensors: written again from last.pt.",
+    "(pip install 'kdzoo[deploy]'); safetensors: written again from last.pt; hf: RUN_DIR/hf, a folder "
+    "timm.create_model('local-dir:RUN_DIR/hf', pretrained=True) loads (weights, config.json with the "
+    "student's input preparation, a model card).",
 )
 @click.option(
     "--quantize",
@@ -506,8 +508,25 @@ def export(run_dir: str, fmt: str, quantize: str | None, which: str) -> None:
     folder = _existing_run_dir(Path(run_dir))
     if fmt == "onnx":
         _export_onnx(folder, quantize, which)
+    elif fmt == "hf":
+        from kdzoo.tools.hub import write_hf_folder
+
+        click.echo(str(write_hf_folder(folder)))
     else:
         _export_safetensors(folder)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@one_line_errors
+def push(run_dir: str, repo_id: str, private: bool) -> None:
+    """Upload a run's student to the Hugging Face Hub as REPO_ID (its RUN_DIR/hf folder, written first
+    if missing: `kdzoo export RUN_DIR --format hf`). Log in first (`hf auth login`)."""
+    from kdzoo.tools.hub import push as push_folder
+
+    click.echo(push_folder(_existing_run_dir(Path(run_dir)), repo_id, private))
 
 
 def _existing_run_dir(run_dir: Path) -> Path:
@@ -558,7 +577,11 @@ def _export_safetensors(run_dir: Path) -> None:
     deployed = build_deployed(config, num_classes, in_chans)
     deployed.load_checkpoint_weights(state.student, state.modules)
     deploying = next((m for m in config.methods if m in deployed.modules), None)
-    export_student(deployed.network, config, num_classes, in_chans, run_dir, deploying)
+    try:  # how the student's inputs were made, kept from the record being replaced
+        inputs = json.loads(record.read_text()).get("input")
+    except (OSError, ValueError, AttributeError):
+        inputs = None
+    export_student(deployed.network, config, num_classes, in_chans, run_dir, deploying, inputs=inputs)
     click.echo(str(run_dir / "student.safetensors"))
 
 

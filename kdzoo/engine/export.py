@@ -86,12 +86,15 @@ def export_student(
     run_dir: Path,
     deployed_by: str | None = None,
     which: str = "last",
+    inputs: dict[str, Any] | None = None,
 ) -> None:
     """The deployed network as a safetensors file + how to load it: the student alone (a timm model,
     no method modules), or, when a method changes what is deployed (``deployed_by``), the network it
     built around the student (SimKD: + projector + teacher classifier), which ``kdzoo eval`` and
     :func:`kdzoo.load_student` rebuild through that method. ``which``: the last student
-    (``student.safetensors``), the best epoch's or the EMA's (:data:`STUDENT_FILES`), loaded the same way."""
+    (``student.safetensors``), the best epoch's or the EMA's (:data:`STUDENT_FILES`), loaded the same way.
+    ``inputs``: how images became the student's input in training (mean, std, size, interpolation, crop),
+    recorded in ``student.json`` for what is exported from it (the hub folder's ``pretrained_cfg``)."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -109,7 +112,7 @@ def export_student(
         )
     else:
         load = f"kdzoo.load_student({str(run_dir / 'student.safetensors')!r})"
-    record = {"model": model, "kwargs": kwargs, "deployed_by": deployed_by, "load": load}
+    record = {"model": model, "kwargs": kwargs, "deployed_by": deployed_by, "load": load, "input": inputs}
     write_atomic(run_dir / "student.json", json.dumps(record, indent=2))
 
 

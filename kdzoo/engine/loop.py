@@ -302,7 +302,10 @@ class Trainer:
     def _export(self, which: str) -> None:
         deployed = self.objective.deployed_model()
         config, data = self.config, self.data
-        export_student(deployed, config, data.num_classes, data.in_chans, self.run_dir, self.objective.deploying, which)
+        inputs = data.inputs.student.as_record() if data.inputs is not None else None
+        export_student(
+            deployed, config, data.num_classes, data.in_chans, self.run_dir, self.objective.deploying, which, inputs
+        )
 
     def _keep_if_best(self) -> None:
         """``student_best.safetensors``: the deployed network at the epoch of the best validation top-1
