@@ -118,7 +118,7 @@ class StreamBatches(Batches):
         self.source, self.transform, self.batch_size, self.train = source, transform, batch_size, train
         self.num_workers, self.seed = num_workers, seed
         self.partitions, self.shuffle_buffer = partitions, shuffle_buffer
-        self._size = source.size() if train else source.counted()
+        self._size = source.size() if train else source.counted
         if train and steps is None:
             if self._size is None:
                 raise KdzooError(

@@ -61,8 +61,10 @@ class StreamSource(abc.ABC):
         """Every sample's class by ``sample_id``, where the source gives them without a pass."""
         return None
 
+    @functools.cached_property
     def counted(self) -> int:
-        """The number of samples: stated, or counted by reading every shard once (nothing decoded)."""
+        """The number of samples: stated, or counted by reading every shard once (nothing decoded); once
+        per source, however many batch sources evaluate on it (the student's, the teacher's inputs)."""
         size = self.size()
         return size if size is not None else sum(1 for s in range(self.shards) for _ in self.samples(s))
 

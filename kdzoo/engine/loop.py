@@ -333,18 +333,21 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
     def _reporters(self, first_epoch: int):
-        """The metrics file, console lines, TensorBoard and plots: on the main process only."""
+        """The metrics file, console lines, plots and the trackers train.loggers chooses: on the main process only."""
         if not self.dist.main:
             yield
             return
         reporters: list[object] = [MetricsFileReporter(self.run_dir), PlotReporter()]
         if self.parts.show_progress is not False:
             reporters.append(ConsoleReporter(self.parts.label))
-        # the trackers after the plots, which they may upload, and the metrics file they mirror
-        trackers = [info.factory(self.run_dir, first_epoch) for info in self.parts.loggers]
-        for reporter in [*reporters, *trackers]:
-            self.hooks.register(reporter)
+        trackers: list[object] = []
         try:
+            # the trackers after the plots, which they may upload, and the metrics file they mirror; made
+            # inside the try: one that fails to start still gets those made before it closed
+            for info in self.parts.loggers:
+                trackers.append(info.factory(self.run_dir, first_epoch))
+            for reporter in [*reporters, *trackers]:
+                self.hooks.register(reporter)
             yield
         finally:
             for reporter in [*reporters, *trackers]:

@@ -260,7 +260,7 @@ class TeacherOutputCache:
         np.memmap(
             self.folder / files[DONE_MARKS], dtype=np.uint8, mode="w+", shape=(len(self._batch_starts(batch_size)),)
         ).flush()
-        self._open(shapes, {k: v for k, v in files.items() if k != DONE_MARKS}, mode="r+")
+        self._open(shapes, _outputs_of(files), mode="r+")
         self._store(named, 0, 0)
         self._record_progress(files, shapes, batch_size, [0], time.process_time() - started)
 
@@ -273,10 +273,10 @@ class TeacherOutputCache:
         if progress is None:
             raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
         files, shapes = progress["files"], progress["shapes"]
-        self._open(shapes, {k: v for k, v in files.items() if k != DONE_MARKS}, mode="r+")
+        self._open(shapes, _outputs_of(files), mode="r+")
         marks = self._done_marks(files, mode="r")
         starts = self._batch_starts(batch_size)
-        mine = [b for b in np.flatnonzero(marks == 0).tolist()][member::members]
+        mine = np.flatnonzero(marks == 0).tolist()[member::members]
         started, recorded, finished = time.process_time(), time.monotonic(), []
         for number, b in enumerate(mine, start=1):
             view, start = starts[b]
@@ -292,14 +292,13 @@ class TeacherOutputCache:
         record = self._progress(batch_size)
         if record is None:
             raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
-        files, shapes = dict(record["files"]), record["shapes"]
-        marks = self._done_marks(files, mode="r")
+        shapes, marks = record["shapes"], self._done_marks(record["files"], mode="r")
         if not marks.all():
             raise KdzooError(
                 f"teacher-output cache {self.folder}: {int((marks == 0).sum())} batches were not filled; start again"
             )
         cpu_s = sum(_seconds(p) for p in self.folder.glob(f"{FILL_CPU}-*"))
-        marks_file = files.pop(DONE_MARKS)
+        files = _outputs_of(record["files"])
         self._open(shapes, files, mode="r")
         meta = {
             "complete": True,
@@ -313,7 +312,7 @@ class TeacherOutputCache:
         # entry with missing outputs
         write_text_atomic(json.dumps(meta, indent=2), self.folder / "meta.json")
         (self.folder / FILL_PROGRESS).unlink(missing_ok=True)
-        (self.folder / marks_file).unlink(missing_ok=True)
+        (self.folder / record["files"][DONE_MARKS]).unlink(missing_ok=True)
         for spent in self.folder.glob(f"{FILL_CPU}-*"):
             spent.unlink(missing_ok=True)
         for stale in [*self.folder.glob("*.f16"), *self.folder.glob("*.u8")]:  # an earlier, damaged generation
@@ -486,6 +485,11 @@ def full_logits(values: Tensor, index: Tensor, rest: Tensor, classes: int) -> Te
     one elsewhere (with ``k`` = every class, exactly the stored logits)."""
     full = rest.expand(len(values), classes).clone()
     return full.scatter_(1, index, values)
+
+
+def _outputs_of(files: dict[str, str]) -> dict[str, str]:
+    """A fill record's output arrays (its files less the done marks)."""
+    return {name: file for name, file in files.items() if name != DONE_MARKS}
 
 
 def _seconds(path: Path) -> float:
