@@ -58,9 +58,15 @@ class WandbLogger:
             self.wb.log(plots, commit=True)
 
     def close(self) -> None:
+        import wandb
+
         if self.wb is not None:
             self.wb.finish()
             self.wb = None
+            # finish() can return before W&B's core process has written the last records of the run's
+            # file (seen offline: the first epoch's row missing when read at once); teardown waits for
+            # that process to end, so the run's files are whole when the run is
+            wandb.teardown()
 
 
 kdzoo_register_loggers = kdzoo.registering(
