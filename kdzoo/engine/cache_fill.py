@@ -4,7 +4,8 @@ The processes that see the same cache folder (one node's, or every node's on a s
 found by each leaving a mark in the folder) fill it as one: the lowest of them takes the entry's lock
 (another run waits), records the teacher's accuracy and begins the fill (its files, their size said
 first, or a killed fill's record of the batches done); each then computes every N-th batch still to
-do, marking each done once its outputs are on disk; the lowest ends it. A kill at any point leaves a
+do (the list read by every process before any marks a batch done), marking each done once its
+outputs are on disk; the lowest ends it. A kill at any point leaves a
 record the next fill, on any number of processes, goes on from. Nodes with caches of their own each
 fill theirs, at the same time.
 """
@@ -59,15 +60,21 @@ def fill_together(
                 if not cache.select(taps):
                     cache.begin_fill(extractor, batch_size, device, say)
 
-        def share() -> None:
+        mine: list[int] = []
+
+        def plan() -> None:  # every process reads the batches to do before any marks one done
             if not cache.select(taps):
-                cache.fill_share(extractor, batch_size, device, member, members)
+                mine.extend(cache.batches_to_do(batch_size)[member::members])
+
+        def share() -> None:
+            if mine:
+                cache.fill_share(extractor, batch_size, device, mine)
 
         def end() -> None:
             if member == 0 and not cache.select(taps):
                 cache.end_fill(batch_size)
 
-        for phase in (begin, share, end):
+        for phase in (begin, plan, share, end):
             _together(phase, info, waiting)
     finally:
         lock.close()

@@ -221,7 +221,7 @@ class TeacherOutputCache:
         size the entry takes, before anything is written. A fill that was killed goes on with the
         batches its last progress record (written every few seconds) does not count as done."""
         self.begin_fill(extractor, batch_size, device, say)
-        self.fill_share(extractor, batch_size, device, 0, 1)
+        self.fill_share(extractor, batch_size, device, self.batches_to_do(batch_size))
         self.end_fill(batch_size)
 
     def _batch_starts(self, batch_size: int) -> list[tuple[int, int]]:
@@ -264,19 +264,19 @@ class TeacherOutputCache:
         self._store(named, 0, 0)
         self._record_progress(files, shapes, batch_size, [0], time.process_time() - started)
 
-    def fill_share(
-        self, extractor: FeatureExtractor, batch_size: int, device: torch.device, member: int, members: int
-    ) -> None:
-        """This process's part of a begun fill: of the batches not yet done, every ``members``-th from
-        ``member`` on. Each batch counts as done once its outputs are on disk (flushed every few seconds)."""
-        progress = self._progress(batch_size)
-        if progress is None:
-            raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
+    def batches_to_do(self, batch_size: int) -> list[int]:
+        """The numbers of a begun fill's batches not yet done. Processes that share the fill each read
+        this before any of them marks a batch (each takes every N-th): read later, the list would differ
+        between them and some batches would be nobody's."""
+        return np.flatnonzero(self._done_marks(self._begun(batch_size)["files"], mode="r") == 0).tolist()
+
+    def fill_share(self, extractor: FeatureExtractor, batch_size: int, device: torch.device, mine: list[int]) -> None:
+        """This process's part of a begun fill: the batches numbered ``mine`` (of :meth:`batches_to_do`).
+        Each counts as done once its outputs are on disk (flushed every few seconds)."""
+        progress = self._begun(batch_size)
         files, shapes = progress["files"], progress["shapes"]
         self._open(shapes, _outputs_of(files), mode="r+")
-        marks = self._done_marks(files, mode="r")
         starts = self._batch_starts(batch_size)
-        mine = np.flatnonzero(marks == 0).tolist()[member::members]
         started, recorded, finished = time.process_time(), time.monotonic(), []
         for number, b in enumerate(mine, start=1):
             view, start = starts[b]
@@ -289,9 +289,7 @@ class TeacherOutputCache:
 
     def end_fill(self, batch_size: int) -> None:
         """Mark the entry complete once every batch is done (by whichever processes filled it)."""
-        record = self._progress(batch_size)
-        if record is None:
-            raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
+        record = self._begun(batch_size)
         shapes, marks = record["shapes"], self._done_marks(record["files"], mode="r")
         if not marks.all():
             raise KdzooError(
@@ -349,6 +347,12 @@ class TeacherOutputCache:
         record |= {"samples": self.batches.num_samples, "views": self.views}
         if _read_json(self.folder / FILL_PROGRESS) != record:
             write_text_atomic(json.dumps(record, indent=2), self.folder / FILL_PROGRESS)
+
+    def _begun(self, batch_size: int) -> dict[str, Any]:
+        record = self._progress(batch_size)
+        if record is None:
+            raise KdzooError(f"teacher-output cache {self.folder}: its fill record vanished while filling; start again")
+        return record
 
     def _progress(self, batch_size: int) -> dict[str, Any] | None:
         """The begun (or killed) fill's record, when its files are all there to go on with."""

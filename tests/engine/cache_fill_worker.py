@@ -4,13 +4,15 @@ counting the teacher's batches each process computes for the fill.
 usage: python tests/engine/cache_fill_worker.py OUT_DIR -- KEY=VALUE ...
 
 The run's cache is OUT_DIR/cache; process R writes the number of batches it computed to
-OUT_DIR/batches-rankR.txt.
+OUT_DIR/batches-rankR.txt. Process 1 reads the batches to do 2 s late, so a fill that let one
+process mark batches before the other had read them fails here every time, not once in a while.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +32,14 @@ def main(out: Path, sets: list[str]) -> None:
         return named(outputs, topk)
 
     teacher_cache.TeacherOutputCache._named = staticmethod(counting)  # type: ignore[method-assign]
+    if os.environ.get("RANK") == "1":
+        to_do = teacher_cache.TeacherOutputCache.batches_to_do
+
+        def late(self, batch_size):
+            time.sleep(2.0)
+            return to_do(self, batch_size)
+
+        teacher_cache.TeacherOutputCache.batches_to_do = late  # type: ignore[method-assign]
     with using_cache(out / "cache"):
         config = load_config([], sets, ["kd"], registry().config_classes())
         build_trainer(config, registry(), out / "run", show_progress=False)

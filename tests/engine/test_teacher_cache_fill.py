@@ -76,7 +76,7 @@ def test_a_fill_another_process_left_part_done_is_finished_with_the_batches_not_
 
     def killed_after_the_other_process_did_its_share(self, extractor, batch_size, device, say=lambda _t: None):
         self.begin_fill(extractor, batch_size, device, say)
-        self.fill_share(extractor, batch_size, device, 1, 2)
+        self.fill_share(extractor, batch_size, device, self.batches_to_do(batch_size)[1::2])
         raise _Stop
 
     monkeypatch.setattr(cache_class, "_named", staticmethod(counting))
