@@ -408,6 +408,40 @@ class MethodSpec:
         """
 
     @hookspec
+    def kdzoo_on_train_log(
+        self,
+        run: Run,
+        stage: Stage,
+        epoch: int,
+        step: int,
+        global_step: int,
+        values: dict[str, float],
+        weights: dict[str, float],
+        lr: float,
+    ) -> None:
+        """Called every ``train.log_every`` steps and at each epoch's last step (the loop's host syncs),
+        on every process, with the loss and each term averaged over the steps since the last call (and
+        over processes): the per-step record trackers log (``metrics.jsonl`` holds the epochs').
+
+        :param run: the run (:class:`kdzoo.Run`)
+        :param stage: the :class:`kdzoo.Stage` being trained
+        :param epoch: the epoch inside ``stage``, from 0
+        :param step: steps done in this epoch, from 1
+        :param global_step: steps done over the whole run (the epoch records' ``global_step`` at their ends)
+        :param values: ``loss`` and every unweighted term, each its per-step mean since the last call
+        :param weights: each term's weight at this step
+        :param lr: the learning rate of the optimizer's first group
+        :when: every ``train.log_every`` steps and at each epoch's last step, on every process
+        :returns: nothing
+
+        Example::
+
+            @kdzoo.hookimpl
+            def kdzoo_on_train_log(self, global_step, values):
+                print(global_step, values["loss"])
+        """
+
+    @hookspec
     def kdzoo_on_stage_end(self, run: Run, stage: Stage, index: int) -> None:
         """Called after the last epoch of ``stage`` and before its checkpoint is written: the
         place to hand the trained student over as the next stage's teacher.

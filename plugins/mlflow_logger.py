@@ -2,7 +2,8 @@
 
 MLflow's own settings choose the server: ``MLFLOW_TRACKING_URI`` (unset: a file store in
 RUN_DIR/mlruns, nothing written outside the run's folder), ``MLFLOW_EXPERIMENT_NAME`` (default
-``kdzoo``). The run gets the config as parameters (dotted keys), every epoch's scalars (the names
+``kdzoo``). The run gets the config as parameters (dotted keys), the terms, weights and LR every
+``train.log_every`` steps (``step/...``, at the run's step), every epoch's scalars (the names
 TensorBoard uses, at the global epoch as the step), the teacher's accuracy, the summary's numbers, the
 summary and the plots as artifacts. A resumed run continues the same MLflow run (its id is kept in
 RUN_DIR/mlflow_run_id). ``metrics.jsonl`` stays the record.
@@ -17,7 +18,7 @@ from typing import Any
 
 import kdzoo
 from kdzoo.config import as_dict
-from kdzoo.reporting.reporters import epoch_scalars, summary_scalars
+from kdzoo.reporting.reporters import epoch_scalars, step_scalars, summary_scalars
 
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM = 6000  # MLflow's limit on a parameter's value
@@ -72,6 +73,10 @@ class MlflowLogger:
             self.client.log_batch(self.run_id, params=params[start : start + 100])
         if run.teacher_metrics is not None:
             self.client.log_metric(self.run_id, "teacher/top1", float(run.teacher_metrics["top1"]), step=0)
+
+    @kdzoo.hookimpl
+    def kdzoo_on_train_log(self, global_step: int, values: dict[str, float], weights: dict[str, float], lr: float):
+        self._metrics(step_scalars(values, weights, lr), global_step)
 
     @kdzoo.hookimpl
     def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 W&B's own settings choose where the run goes: ``WANDB_PROJECT`` (default ``kdzoo``), ``WANDB_ENTITY``,
 ``WANDB_MODE`` (``offline`` writes the run under RUN_DIR/wandb/ for ``wandb sync`` later). The run
-gets the config, every epoch's scalars (the names TensorBoard uses, at the global epoch as the step),
-the teacher's accuracy, the summary's numbers and the run's plots. A resumed run continues the same
+gets the config, the terms, weights and LR every ``train.log_every`` steps (at the run's step), every
+epoch's scalars (the names TensorBoard uses, at the epoch's last step, plotted against ``epoch``), the
+teacher's accuracy, the summary's numbers and the run's plots. A resumed run continues the same
 W&B run (its id is kept in RUN_DIR/wandb_run_id). ``metrics.jsonl`` stays the record.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import kdzoo
 from kdzoo.config import as_dict
-from kdzoo.reporting.reporters import epoch_scalars, summary_scalars
+from kdzoo.reporting.reporters import epoch_scalars, step_scalars, summary_scalars
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -41,12 +42,21 @@ class WandbLogger:
             dir=str(self.run_dir),  # W&B's files stay in the run's folder
             config=as_dict(run.config),
         )
+        self.wb.define_metric("epoch")
+        for section in ("train", "weight", "val", "val_ema", "throughput"):
+            self.wb.define_metric(f"{section}/*", step_metric="epoch")
+        self.wb.define_metric("lr", step_metric="epoch")
         if run.teacher_metrics is not None:
             self.wb.summary["teacher/top1"] = run.teacher_metrics["top1"]
 
     @kdzoo.hookimpl
+    def kdzoo_on_train_log(self, global_step: int, values: dict[str, float], weights: dict[str, float], lr: float):
+        self.wb.log(step_scalars(values, weights, lr), step=global_step)
+
+    @kdzoo.hookimpl
     def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
-        self.wb.log(epoch_scalars(metrics), step=metrics["global_epoch"])
+        # at the epoch's last step (W&B's steps only go up), with the epoch, the x-axis of these scalars
+        self.wb.log({**epoch_scalars(metrics), "epoch": metrics["global_epoch"]}, step=metrics["global_step"])
 
     @kdzoo.hookimpl
     def kdzoo_on_run_end(self, summary: dict[str, Any]) -> None:

@@ -164,6 +164,7 @@ class Trainer:
                     stage_index=index,
                     epoch=epoch + 1,
                     global_epoch=global_epoch + 1,
+                    global_step=(global_epoch + 1) * len(self.data.train),
                     train=train,
                     val=self._evaluate(self.objective.deployed_model(), "student"),
                     val_ema=self._evaluate_ema(),
@@ -217,6 +218,17 @@ class Trainer:
                 # under torchrun rank 0 shows throughput only; terms are averaged over ranks at epoch end
                 shown = {} if self.dist.enabled else totals.running_means(done - start_step)
                 bar.set_postfix({**shown, "img/s": f"{totals.rate(time.perf_counter() - started):.0f}"})
+                self.hooks.call(
+                    "kdzoo_on_train_log",
+                    run=self,
+                    stage=stage,
+                    epoch=epoch,
+                    step=done,
+                    global_step=global_epoch * steps + done,
+                    values=totals.means_since_log(self.dist),
+                    weights=weights,
+                    lr=self.step.optimizer.param_groups[0]["lr"],
+                )
             stop = self.stop.signal is not None
             if self.dist.enabled:  # every rank stops at the same step (one process has no one to ask)
                 stop = any_across(stop, self.dist)

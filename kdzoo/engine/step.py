@@ -368,6 +368,10 @@ class EpochTotals:
         self.seen_before = self.seen  # ...of which this process trained none (its rate leaves them out)
         self.skipped = partial.get("skipped", 0)
         self.first_bad: dict[str, Tensor] = {}  # term -> first step where it was NaN/inf, on the device
+        # the sums at the last log point and the steps counted (not skipped) since: kept in a mid-epoch
+        # checkpoint, so a resumed epoch's first log point has the same values as the run never stopped
+        self.logged = {k: torch.tensor(v) for k, v in partial.get("logged", {}).items()}
+        self.counted_since_log = partial.get("counted_since_log", 0)
 
     def add(self, step: int, loss: Tensor | None, terms: dict[str, Tensor], batch: int) -> None:
         """Count one step; ``loss`` is ``None`` for a step skipped as non-finite."""
@@ -375,6 +379,7 @@ class EpochTotals:
             self.skipped += 1
             return
         self.seen += batch
+        self.counted_since_log += 1
         for name, value in {"loss": loss, **terms}.items():
             value = value.detach()
             self.sums[name] = self.sums.get(name, 0.0) + value
@@ -385,10 +390,24 @@ class EpochTotals:
 
     def partial(self) -> dict[str, Any]:
         """What a mid-epoch checkpoint keeps, so the resumed epoch logs the same means."""
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "skipped": self.skipped}
+        return {
+            "sums": {k: float(v) for k, v in self.sums.items()},
+            "seen": self.seen,
+            "skipped": self.skipped,
+            "logged": {k: float(v) for k, v in self.logged.items()},
+            "counted_since_log": self.counted_since_log,
+        }
 
     def running_means(self, steps_done: int) -> dict[str, str]:
         return {k: f"{(v / max(steps_done, 1)).item():.4g}" for k, v in self.sums.items()}
+
+    def means_since_log(self, dist: DistInfo) -> dict[str, float]:
+        """Per-step means since the last call (or the epoch's start), averaged over processes, to 7
+        significant digits: what the trackers log per step. Every process calls it at the same steps."""
+        since = {k: v - self.logged.get(k, 0.0) for k, v in self.sums.items()}
+        counted = max(self.counted_since_log, 1)
+        self.logged, self.counted_since_log = dict(self.sums), 0
+        return {k: significant(float(v) / counted) for k, v in mean_across(since, dist).items()}
 
     def rate(self, seconds: float) -> float:
         return (self.seen - self.seen_before) / max(seconds, 1e-9)

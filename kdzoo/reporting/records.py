@@ -30,6 +30,7 @@ class EpochRecord:
     stage_index: int
     epoch: int  #: within the stage, from 1
     global_epoch: int  #: over the whole run, from 1
+    global_step: int  #: optimizer steps over the whole run up to this epoch's end (the per-step logs' x-axis)
     train: dict[str, Any]
     val: dict[str, float]
     lr: float

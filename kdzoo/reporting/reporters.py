@@ -65,25 +65,48 @@ def epoch_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return scalars
 
 
+def step_scalars(values: dict[str, float], weights: dict[str, float], lr: float) -> dict[str, float]:
+    """A log point's values (:meth:`~kdzoo.hookspecs.MethodSpec.kdzoo_on_train_log`) as the named scalars
+    every tracker logs against the run's step: ``step/train/TERM``, ``step/weight/TERM``, ``step/lr``
+    (their own names: an epoch's scalars are plotted against the epoch)."""
+    scalars = {f"step/train/{name}": float(value) for name, value in values.items()}
+    scalars |= {f"step/weight/{name}": float(weight) for name, weight in weights.items()}
+    return scalars | {"step/lr": float(lr)}
+
+
 def summary_scalars(summary: dict[str, Any]) -> dict[str, float]:
     """The numbers of a run's summary (``summary.json``), by their keys."""
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 class TensorBoardReporter:
-    """Every loss term, loss weight, accuracy, the LR and throughput per epoch (:func:`epoch_scalars`),
-    in ``tensorboard/``: the ``tensorboard`` tracker of ``train.loggers`` (the default)."""
+    """Every loss term, loss weight, accuracy, the LR and throughput per epoch (:func:`epoch_scalars`), and
+    the terms, weights and LR every ``train.log_every`` steps (:func:`step_scalars`, in ``steps/``), in
+    ``tensorboard/``: the ``tensorboard`` tracker of ``train.loggers`` (the default)."""
 
     def __init__(self, run_dir: Path, first_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events a killed run wrote after its last checkpoint
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch + 1 if first_epoch else None)
+        self.steps_folder = run_dir / "tensorboard" / "steps"
+        self.steps: Any = None
 
     @hookimpl
     def kdzoo_on_run_start(self, run: Run) -> None:
         if run.teacher_metrics is not None:
             self.writer.add_scalar("teacher/top1", run.teacher_metrics["top1"], 0)
+
+    @hookimpl
+    def kdzoo_on_train_log(self, global_step: int, values: dict[str, float], weights: dict[str, float], lr: float):
+        if self.steps is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # their own folder, purged from this run's first log point: the log points are the same steps
+            # in every run of the config, so a killed run's points after its checkpoint start there
+            self.steps = SummaryWriter(str(self.steps_folder), purge_step=global_step)
+        for name, value in step_scalars(values, weights, lr).items():
+            self.steps.add_scalar(name, value, global_step)
 
     @hookimpl
     def kdzoo_on_epoch_end(self, metrics: dict[str, Any]) -> None:
@@ -94,6 +117,8 @@ class TensorBoardReporter:
 
     def close(self) -> None:
         self.writer.close()
+        if self.steps is not None:
+            self.steps.close()
 
 
 class PlotReporter:

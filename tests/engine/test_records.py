@@ -72,12 +72,13 @@ def test_an_epoch_record_is_the_metrics_line_every_reader_knows():
         stage_index=0,
         epoch=1,
         global_epoch=1,
+        global_step=8,
         train={"ce": 1.0, "weights": {"ce": 1.0}},
         val={"top1": 50.0},
         lr=0.1,
         epoch_time_s=0.5,
     ).to_json()
-    keys = ["stage", "stage_index", "epoch", "global_epoch", "train", "val", "lr", "epoch_time_s"]
+    keys = ["stage", "stage_index", "epoch", "global_epoch", "global_step", "train", "val", "lr", "epoch_time_s"]
     assert list(record) == keys
 
 
