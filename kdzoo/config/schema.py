@@ -267,6 +267,27 @@ class TeacherTrainConfig:
 
 
 @dataclass
+class AssistantConfig:
+    """A teacher assistant (TAKD, Mirzadeh et al. AAAI 2020): a model between the teacher and the
+    student, distilled from the link before it by this run's methods and settings (its own epochs),
+    trained once and cached, then teaching the next link."""
+
+    model: str = field(metadata={"help": "the assistant's timm model name (or one a plugin registers)"})
+    kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "more keyword arguments for timm.create_model"}
+    )
+    checkpoint: str | None = field(
+        default=None, metadata={"help": "an assistant trained before: its weights file, used as it is (not trained)"}
+    )
+    epochs: int | None = field(
+        default=None, metadata={"help": "epochs to distil the assistant (null: train.epochs, the student's)"}
+    )
+
+    def validate(self, where: str) -> None:
+        at_least(self, where, 1, "epochs")
+
+
+@dataclass
 class TeacherConfig(ModelConfig):
     """Where the teacher comes from, in this order: ``checkpoint`` (a file, used as is); else a
     timm model (``pretrained`` weights, downloaded if not cached) that kdzoo trains with its
@@ -298,6 +319,21 @@ class TeacherConfig(ModelConfig):
             "sharing the rest of the probability evenly, not all of them; null: every logit"
         },
     )
+    assistants: list[AssistantConfig] = field(
+        default_factory=list,
+        metadata={
+            "help": "teacher assistants (TAKD): the chain teacher -> assistants -> student, each link distilled by "
+            "this run's methods from the one before and cached; each {model, kwargs, checkpoint, epochs}, "
+            "e.g. [{model: resnet18}]"
+        },
+    )
+
+    def student_teacher(self) -> ModelConfig:
+        """The architecture the student learns from: the last assistant's, else this teacher's."""
+        if not self.assistants:
+            return ModelConfig(model=self.model, kwargs=dict(self.kwargs))
+        last = self.assistants[-1]
+        return ModelConfig(model=last.model, kwargs=dict(last.kwargs))
 
     def validate(self, where: str) -> None:
         at_least(self, where, MIN_IMG_SIZE, "img_size")

@@ -120,13 +120,17 @@ class InputRequests:
 def requests_of(config: RunConfig) -> InputRequests:
     """What a run's config asks of its models' inputs: a model that starts from pretrained weights (not
     a checkpoint of kdzoo's) gets its ``pretrained_cfg``'s; ``data.interpolation`` / ``crop_pct``, when
-    set, are the student's; ``teacher.img_size`` the teacher's size."""
+    set, are the student's; ``teacher.img_size`` the teacher's size. Under ``teacher.assistants`` the
+    student's teacher is the last assistant, trained as a student from scratch: the dataset's statistics
+    at the run's size."""
     s, t, d = config.student, config.teacher, config.data
     student = pretrained_request(s.model, s.pretrained and not s.checkpoint)
     student = replace(
         student, interpolation=d.interpolation or student.interpolation, crop_pct=d.crop_pct or student.crop_pct
     )
     teacher = pretrained_request(t.model, t.pretrained and not t.checkpoint, t.img_size)
+    if t.assistants:  # the student's teacher is the last assistant, trained from scratch on this data
+        teacher = PrepRequest(interpolation=d.interpolation, crop_pct=d.crop_pct)
     return InputRequests(student=student, teacher=teacher)
 
 

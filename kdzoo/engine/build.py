@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from kdzoo.api import KdzooError, LoggerInfo, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
 from kdzoo.data.inputs import requests_of
-from kdzoo.engine import locking
+from kdzoo.engine import assistants, locking
 from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
 from kdzoo.engine.cache_fill import fill_together
@@ -87,6 +88,11 @@ def build_run(
     if needs_teacher:
         check_label_sets(config, data.num_classes)
     student = student or create_model(config.student, "student", data.num_classes, data.in_chans)
+    if needs_teacher and teacher is not None and config.teacher.assistants:
+        raise KdzooError(
+            "teacher.assistants: the chain starts from the config's teacher, and a teacher model was given; "
+            "give the chain's start as teacher.model / teacher.checkpoint instead"
+        )
     ready = _Teacher(config, registry, data, dist, show_progress)
     cache = teacher_info = None
     if needs_teacher and teacher is None and config.teacher.cache:
@@ -101,9 +107,10 @@ def build_run(
     if needs_teacher and teacher is None and any_across(teacher_info is None, dist):
         teacher = ready.model()  # every process together (some node may lack the cache entry)
     teacher = teacher if needs_teacher else None
-    check_pair(teacher, student, config.teacher.model, config.student.model)
+    learned_from = ready.config.teacher  # the run's teacher, or the last of its assistants
+    check_pair(teacher, student, learned_from.model, config.student.model)
     if teacher is not None:
-        teacher_info = describe(teacher, config.teacher.model, config.teacher.img_size or config.data.img_size)
+        teacher_info = describe(teacher, learned_from.model, learned_from.img_size or config.data.img_size)
     student.to(device)
     s_info = describe(student, config.student.model, config.data.img_size)
     train_set = TrainingSet(
@@ -166,6 +173,7 @@ def build_run(
         label=label,
         method_sources=registry.method_sources(config.methods),
         loggers=loggers,
+        assistant_runs=assistants.link_runs(config, data.contents) if ready.chain_used else (),
     )
 
 
@@ -217,10 +225,16 @@ def pick_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
 
 
 class _Teacher:
-    """The run's teacher model, obtained at most once, on the main process first under torchrun
-    (it trains and caches the teacher; the others then read it), without shifting the run's RNG."""
+    """The teacher the student learns from, obtained at most once, on the main process first under
+    torchrun (it trains and caches the teacher, and the chain of assistants after it; the others then
+    read it), without shifting the run's RNG. ``config`` is the run's with that teacher as its teacher:
+    under ``teacher.assistants`` the last of them, whose weights the chain stores."""
 
     def __init__(self, config: RunConfig, registry: Registry, data: DataBundle, dist: DistInfo, show_progress):
+        self.chain = config
+        self.chain_used = bool(config.teacher.assistants)  # the student learns from the chain's last link
+        if config.teacher.assistants:
+            config = dataclasses.replace(config, teacher=assistants.teacher_of_the_student(config, data.contents))
         self.config, self.registry, self.data, self.dist, self.show_progress = (
             config,
             registry,
@@ -238,6 +252,9 @@ class _Teacher:
             rng = checkpoint.rng_state()
             with self.main_first():
                 if self.dist.main:
+                    if self.chain.teacher.assistants:
+                        link = functools.partial(_train_link, registry=self.registry, show_progress=self.show_progress)
+                        assistants.train_assistants(self.chain, self.data.contents, link, _say(self.show_progress))
                     self._model = obtain_teacher(self.config, self.registry, self.data, self.show_progress)
                 else:  # the architecture only: the weights come from the main process
                     cfg = dataclasses.replace(self.config.teacher, pretrained=False, checkpoint=None)
@@ -313,22 +330,30 @@ def _train_teacher(config: RunConfig, registry: Registry, folder: Path, show_pro
     data = load_data(run.data, run.train.seed, requests_of(run))  # the teacher's own input
     checkpoint.seed_everything(run.train.seed)  # the teacher's init depends on its own settings only
     model = create_model(config.teacher, "teacher", data.num_classes, data.in_chans)
+    said = f"teacher: training {config.teacher.model} for {run.train.epochs} epochs (cached in {folder}; {why})"
+    trainer = _fit_in_cache(run, registry, folder, "teacher ", said, say, show_progress, data=data, student=model)
+    return trainer.student.cpu()
+
+
+def _train_link(config: RunConfig, folder: Path, label: str, why: str, registry: Registry, show_progress) -> None:
+    """One assistant of a teacher-assistant chain distilled into ``folder`` (a run of its own, on the
+    main process: its teacher, the link before it, was obtained there)."""
+    said = f"{label.strip()}: distilling it for {config.train.epochs} epochs (cached in {folder}; {why})"
+    _fit_in_cache(config, registry, folder, label, said, _say(show_progress), show_progress)
+
+
+def _fit_in_cache(
+    run: RunConfig, registry: Registry, folder: Path, label: str, said: str, say, show_progress, **given: Any
+) -> Trainer:
+    """``run`` trained in cache entry ``folder`` on this process alone, going on from the checkpoint a
+    killed training left there (which says where it resumes itself; a fresh one says ``said``)."""
     last = folder / "last.pt"
     resume = RunState.load(last) if last.is_file() else None
-    if resume is None:  # a resumed training says where it resumes itself
-        say(f"teacher: training {config.teacher.model} for {run.train.epochs} epochs (cached in {folder}; {why})")
-    trainer = build_trainer(
-        run,
-        registry,
-        folder,
-        data=data,
-        student=model,
-        show_progress=show_progress,
-        label="teacher ",
-        distributed=False,
-    )
+    if resume is None:
+        say(said)
+    trainer = build_trainer(run, registry, folder, show_progress=show_progress, label=label, distributed=False, **given)
     trainer.fit(resume=resume)
-    return trainer.student.cpu()
+    return trainer
 
 
 def _warm(

@@ -49,11 +49,14 @@ def build_deployed(config: RunConfig, num_classes: int, in_chans: int, reg: Regi
     deploying = {name: m for name, m in methods.items() if callable(getattr(m, "kdzoo_deployed_model", None))}
     if not deploying:
         return Deployed(student, student, nn.ModuleDict())
+    learned_from = config.teacher.student_teacher()  # the teacher, or the last of its assistants
     teacher = create_model(
-        dataclasses.replace(config.teacher, pretrained=False, checkpoint=None), "teacher", num_classes, in_chans
-    )
+        dataclasses.replace(config.teacher, model=learned_from.model, kwargs=learned_from.kwargs, pretrained=False,
+                            checkpoint=None, assistants=[]),
+        "teacher", num_classes, in_chans,
+    )  # fmt: skip
     s_info = describe(student, config.student.model, config.data.img_size)
-    t_info = describe(teacher, config.teacher.model, config.data.img_size)
+    t_info = describe(teacher, learned_from.model, config.data.img_size)
     objective = Objective(deploying, student, s_info, None, t_info)
     network = objective.deployed_model()
     objective.close()

@@ -21,7 +21,7 @@ from kdzoo.checkpoint import disk_full, write_bytes_atomic
 from kdzoo.config import RunConfig
 from kdzoo.engine.state import RunClock
 from kdzoo.errors import KdzooError
-from kdzoo.reporting.records import RunSummary, StageResult, TeacherSource
+from kdzoo.reporting.records import AssistantResult, RunSummary, StageResult, TeacherSource
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -155,6 +155,7 @@ def summarise(
     teacher_cache_cpu_s: float | None = None,
     method_sources: dict[str, dict[str, str]] | None = None,
     ema_val: dict[str, float] | None = None,
+    assistants: list[AssistantResult] | None = None,
 ) -> RunSummary:
     """``summary.json``: teacher and student accuracy, per stage, wall and CPU time, the deployed network's cost."""
     return RunSummary(
@@ -181,6 +182,7 @@ def summarise(
         run_dir=str(run_dir),
         deployed=deployed,
         method_sources=dict(method_sources or {}),
+        assistants=list(assistants or []),
     )
 
 

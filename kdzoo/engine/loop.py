@@ -36,7 +36,7 @@ from kdzoo.engine.step import CompiledBackwardFailed, EpochTotals, Step
 from kdzoo.errors import RunStopped
 from kdzoo.models import create_model
 from kdzoo.reporting import ConsoleReporter, MetricsFileReporter, PlotReporter
-from kdzoo.reporting.records import EpochRecord, RunSummary
+from kdzoo.reporting.records import AssistantResult, EpochRecord, RunSummary
 
 
 class Trainer:
@@ -373,10 +373,11 @@ class Trainer:
         deployed = self.objective.deployed_model()
         last = self.history[-1]["val"] if self.history else self._evaluate(deployed, "student")
         side = self.objective.teacher_side
+        learned_from = self.config.teacher.student_teacher().model  # the teacher, or its last assistant
         teacher = {
             None: None,
-            "model": self.config.teacher.model,
-            "cached outputs": f"{self.config.teacher.model} (cached outputs)",
+            "model": learned_from,
+            "cached outputs": f"{learned_from} (cached outputs)",
             "method": f"{self.config.student.model} ({side.method_name})",
         }[side.source]
         return summarise(
@@ -394,10 +395,25 @@ class Trainer:
             teacher_cache_cpu_s=side.cache.fill_cpu_s() if side.cache is not None else None,
             method_sources=self.parts.method_sources,
             ema_val=self.history[-1].get("val_ema") if self.history else None,
+            assistants=self._assistants(),
         )
 
+    def _assistants(self) -> list[AssistantResult]:
+        """The teacher-assistant chain the student learned through: each link's model, top-1 and folder."""
+        if not self.parts.assistant_runs:  # no chain, or no teacher used
+            return []
+        links = []
+        for assistant, folder in zip(self.config.teacher.assistants, self.parts.assistant_runs, strict=True):
+            if folder is None:  # given by its weights file
+                links.append(AssistantResult(model=assistant.model))
+                continue
+            top1 = RunSummary.read(folder / "summary.json").student_top1
+            links.append(AssistantResult(model=assistant.model, top1=top1, run_dir=str(folder)))
+        return links
+
     def _evaluate(self, model: nn.Module, role: str, name: str | None = None, batches=None) -> dict[str, float]:
-        who = f"{role} ({name or getattr(self.config, role).model})"
+        named = self.config.teacher.student_teacher() if role == "teacher" else self.config.student
+        who = f"{role} ({name or named.model})"
         # each process scores its share of the set; the counts are summed over the processes
         return evaluate_across(model, batches or self.data.val, self.data.num_classes, self.dist, who)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -31,3 +32,6 @@ class RunParts:
     method_sources: dict[str, dict[str, str]] = field(default_factory=dict)
     #: the experiment trackers ``train.loggers`` chose, made by the loop on the main process
     loggers: tuple[LoggerInfo, ...] = ()
+    #: each link of the teacher-assistant chain (``teacher.assistants``): its run folder in the cache, or
+    #: ``None`` for one given by its weights file
+    assistant_runs: tuple[Path | None, ...] = ()

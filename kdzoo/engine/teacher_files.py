@@ -136,8 +136,8 @@ def save_trained_teacher(config: RunConfig, contents: DataContents | None, model
 def teacher_weights_file(config: RunConfig, contents: DataContents | None) -> Path | None:
     """The file the teacher's weights come from, if it exists yet (not before kdzoo trained it)."""
     cfg = config.teacher
-    if cfg.checkpoint:
-        return Path(cfg.checkpoint)
+    if cfg.checkpoint:  # not there yet: an assistant of a chain not trained yet (or a wrong path, said on loading)
+        return Path(cfg.checkpoint) if Path(cfg.checkpoint).is_file() else None
     if cfg.train.epochs == 0:
         return cached_pretrained_file(cfg.model) if cfg.pretrained else None
     trained = teacher_cache_dir(config, contents) / "teacher.pt"

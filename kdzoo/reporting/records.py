@@ -49,6 +49,16 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class AssistantResult:
+    """A link of the run's teacher-assistant chain (``teacher.assistants``), in order: its model, and
+    where kdzoo trained it (its run folder in the cache) with its top-1 there; ``None`` for one given."""
+
+    model: str
+    top1: float | None = None
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """``summary.json``: what a finished run reached and cost. ``teacher`` is how the teacher is shown
     (e.g. ``resnet18 (cached outputs)``), ``teacher_source`` where its outputs came from."""
@@ -67,6 +77,8 @@ class RunSummary:
     student_ema_top1: float | None = None  #: the EMA's (``train.ema``) at the end: ``student_ema.safetensors``
     epochs: int = 0
     stages: list[StageResult] = field(default_factory=list)
+    #: the teacher-assistant chain between the run's teacher and ``teacher`` (its last link), in order
+    assistants: list[AssistantResult] = field(default_factory=list)
     cpu_time_s: float | None = None  #: CPU seconds of the run's process (a cost other jobs barely change)
     torch_threads: int | None = None  #: what the times above were measured with
     teacher_cache_cpu_s: float | None = None  #: the teacher's pass that filled the cache this run read
@@ -96,8 +108,14 @@ class RunSummary:
         stages = data.get("stages") or []
         if not all(isinstance(s, dict) and isinstance(s.get("top1"), int | float) for s in stages):
             raise DamagedFile(Path(path), "stages are not (name, top1) records", "")
+        links = data.get("assistants") or []
+        if not all(isinstance(a, dict) and isinstance(a.get("top1"), int | float | None) for a in links):
+            raise DamagedFile(Path(path), "assistants are not (model, top1, run_dir) records", "")
         values = {k: v for k, v in data.items() if k in known}
         values["stages"] = [StageResult(name=str(s.get("name")), top1=s["top1"]) for s in stages]
+        values["assistants"] = [
+            AssistantResult(model=str(a.get("model")), top1=a.get("top1"), run_dir=a.get("run_dir")) for a in links
+        ]
         values["deployed"] = data.get("deployed") or {}
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
