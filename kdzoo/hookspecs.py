@@ -228,6 +228,7 @@ class MethodSpec:
         plan: Any,
         modules: nn.ModuleDict,
         soft_targets: Tensor | None,
+        teachers: list[Outputs] | None,
     ) -> dict[str, Tensor] | None:
         """Named, *unweighted* scalar loss terms for one batch. Weights come from
         :meth:`kdzoo_loss_weights`; the core adds ``ce`` (the student's cross-entropy with the
@@ -251,6 +252,10 @@ class MethodSpec:
         :param soft_targets: the batch's targets as class distributions (N, classes) under
             ``data.mixup`` / ``cutmix`` (mixed and smoothed as the core's ``ce`` uses them), else ``None``;
             a method that compares with the labels' distribution uses them when given
+        :param teachers: every teacher's :class:`kdzoo.Outputs` (their logits), in ``teachers:`` order, for a
+            method that weighs its teachers itself; ``[teacher]`` with one teacher, ``None`` without. With
+            several, ``teacher`` is their ensemble (the mean of their logits), so a method written for one
+            teacher distils the ensemble unchanged
         :when: every training step, after the forward passes
         :returns: ``{term: scalar tensor}``, unweighted, or ``None`` for no terms; the core adds ``ce``
 

@@ -251,6 +251,24 @@ def teacher_weights(path, classes: int, model: str = "test_resnet"):
     return path
 
 
+VIT = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm's pretrained_cfg: mean/std 0.5, bicubic, crop 0.9
+VIT_KWARGS = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 48, "num_heads": 2}
+
+
+def random_image_folder(root):
+    """An image folder of 4 classes, 4 random 37x45 images each in train/ and val/."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in range(4):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{label}" / f"{i}.png")
+
+
 TORCHRUN_TWO = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from kdzoo.config.checks import MAX_TEXT, clip, shown
-from kdzoo.config.schema import CORE_SECTIONS, RunConfig
+from kdzoo.config.schema import CORE_SECTIONS, RunConfig, TeacherConfig
 from kdzoo.config.typed import build
 from kdzoo.config.yamlio import load_yaml, read_text
 from kdzoo.errors import KdzooError, close_matches, first_line, unknown_method
@@ -94,7 +94,7 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 def _qualify(path: list[str], methods: list[str], method_fields: dict[str, set[str]], known: Mapping) -> list[str]:
     """Route a bare ``--set schedule=...`` to the one selected method whose config has it."""
-    if path[0] in CORE_SECTIONS or path[0] in known or path[0] == "methods":
+    if path[0] in CORE_SECTIONS or path[0] in known or path[0] in ("methods", "teachers"):
         return path
     owners = [m for m in methods if path[0] in method_fields.get(m, set())]
     if len(owners) == 1:
@@ -155,11 +155,18 @@ def load_config(
     recipe = data.pop("recipe", None)
     if recipe is not None and not isinstance(recipe, str):
         raise KdzooError(f"config key 'recipe': expected text naming the recipe and its source, got {shown(recipe)}")
+    given_teacher = "teacher" in data
     core = {key: build(cls, data.pop(key, None), key) for key, cls in CORE_SECTIONS.items()}
+    teachers = _teachers(data.pop("teachers", None))
+    if teachers and given_teacher:
+        raise KdzooError(
+            "config keys 'teacher' and 'teachers' are both given: list every teacher under teachers: "
+            "(teacher: is the one-teacher form)"
+        )
     method_configs = {}
     for key, section in data.items():
         if key not in method_config_classes:
-            choices = [*CORE_SECTIONS, "methods", "recipe", *method_config_classes]
+            choices = [*CORE_SECTIONS, "teachers", "methods", "recipe", *method_config_classes]
             raise KdzooError(
                 f"unknown config key '{clip(str(key))}'{close_matches(str(key), choices)}; "
                 f"top-level keys: {', '.join(choices)}"
@@ -169,7 +176,25 @@ def load_config(
             method_configs[key] = cfg
     for name in selected:
         method_configs.setdefault(name, build(method_config_classes[name], {}, name))
-    return RunConfig(methods=selected, method_configs=method_configs, recipe=recipe, **core)
+    return RunConfig(methods=selected, method_configs=method_configs, recipe=recipe, **_with_teachers(core, teachers))
+
+
+def _teachers(raw: Any) -> list[TeacherConfig]:
+    """``teachers:``, each a teacher section."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise KdzooError(f"config key 'teachers': expected a list of teacher sections, got {shown(raw)}")
+    teachers = [build(TeacherConfig, item, f"teachers[{i}]") for i, item in enumerate(raw)]
+    if len(teachers) == 1:
+        raise KdzooError("config key 'teachers': one teacher is the teacher: section; list two or more here")
+    return teachers
+
+
+def _with_teachers(core: dict[str, Any], teachers: list[TeacherConfig]) -> dict[str, Any]:
+    """The core sections with ``teachers``; ``teacher`` is then the first of them, whose settings the
+    ensemble's inputs and its output cache follow."""
+    return {**core, "teachers": teachers, "teacher": teachers[0]} if teachers else core
 
 
 RENAMED_KEYS = {("teacher", "train_epochs"): "teacher.train.epochs"}
@@ -191,6 +216,7 @@ def config_from_dict(data: dict[str, Any], method_config_classes: dict[str, type
     data.pop("methods")
     overrides_free = {k: v for k, v in data.items() if k in CORE_SECTIONS or k in methods}
     core = {key: build(cls, overrides_free.get(key), key) for key, cls in CORE_SECTIONS.items()}
+    core = _with_teachers(core, _teachers(data.get("teachers")))
     method_configs = {}
     for name in methods:
         if name not in method_config_classes:

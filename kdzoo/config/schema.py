@@ -469,6 +469,14 @@ class RunConfig:
         default_factory=TeacherConfig,
         metadata={"help": "the teacher: a checkpoint, or a timm model kdzoo trains first (and caches)"},
     )
+    teachers: list[TeacherConfig] = field(
+        default_factory=list,
+        metadata={
+            "help": "several teachers (each a teacher: section; then leave teacher: out): methods learn from their "
+            "ensemble, the mean of their logits (the geometric mean of their soft targets at any temperature), "
+            "and a method that takes every teacher's outputs gets them (kdzoo_compute_losses' teachers)"
+        },
+    )
     student: StudentConfig = field(
         default_factory=StudentConfig, metadata={"help": "the student: the timm model distilled"}
     )
@@ -498,8 +506,17 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"methods": list(self.methods), "recipe": self.recipe}
         out.update({name: as_dict(getattr(self, name)) for name in CORE_SECTIONS})
+        if self.teachers:
+            out["teachers"] = as_dict(self.teachers)
         out.update({name: as_dict(cfg) for name, cfg in self.method_configs.items()})
         return out
+
+    def taught_by(self) -> str:
+        """The teacher the student learns from, as runs name it: the teacher, the last of its assistants,
+        or several teachers' ensemble (``a + b``)."""
+        if self.teachers:
+            return " + ".join(t.model for t in self.teachers)
+        return self.teacher.student_teacher().model
 
 
 # ----------------------------------------------------------------------------- the reference

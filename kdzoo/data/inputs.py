@@ -112,9 +112,14 @@ class InputRequests:
 
     student: PrepRequest = PrepRequest()
     teacher: PrepRequest = PrepRequest()
+    members: tuple[PrepRequest, ...] = ()  #: each of several teachers' (``teachers:``), in order
 
     def resolve(self, dataset: InputPrep) -> RunInputs:
-        return RunInputs(student=self.student.resolve(dataset), teacher=self.teacher.resolve(dataset))
+        return RunInputs(
+            student=self.student.resolve(dataset),
+            teacher=self.teacher.resolve(dataset),
+            members=tuple(member.resolve(dataset) for member in self.members),
+        )
 
 
 def requests_of(config: RunConfig) -> InputRequests:
@@ -129,9 +134,11 @@ def requests_of(config: RunConfig) -> InputRequests:
         student, interpolation=d.interpolation or student.interpolation, crop_pct=d.crop_pct or student.crop_pct
     )
     teacher = pretrained_request(t.model, t.pretrained and not t.checkpoint, t.img_size)
+    # several teachers: each its own input, made from the first's (the ensemble's input)
+    members = tuple(pretrained_request(m.model, m.pretrained and not m.checkpoint, m.img_size) for m in config.teachers)
     if t.assistants:  # the student's teacher is the last assistant, trained from scratch on this data
         teacher = PrepRequest(interpolation=d.interpolation, crop_pct=d.crop_pct)
-    return InputRequests(student=student, teacher=teacher)
+    return InputRequests(student=student, teacher=teacher, members=members)
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ class RunInputs:
 
     student: InputPrep
     teacher: InputPrep
+    #: several teachers' (``teachers:``), in order; ``teacher`` is then the first's, the ensemble's input
+    members: tuple[InputPrep, ...] = ()
 
     @property
     def render(self) -> InputPrep:
@@ -147,7 +156,8 @@ class RunInputs:
         return replace(larger, mean=self.student.mean, std=self.student.std)
 
     def as_record(self) -> dict:
-        return {"student": self.student.as_record(), "teacher": self.teacher.as_record()}
+        record = {"student": self.student.as_record(), "teacher": self.teacher.as_record()}
+        return record | {"members": [m.as_record() for m in self.members]} if self.members else record
 
 
 class InputAdapter(nn.Module):

@@ -27,7 +27,7 @@ from kdzoo import checkpoint
 from kdzoo.api import KdzooError, LoggerInfo, ModelInfo, TrainingSet
 from kdzoo.config import RunConfig
 from kdzoo.data import DataBundle, DistInfo, load_data
-from kdzoo.data.inputs import requests_of
+from kdzoo.data.inputs import adapter, requests_of
 from kdzoo.engine import assistants, locking
 from kdzoo.engine import teacher_files as teachers
 from kdzoo.engine.cache_entries import why_new_entry
@@ -40,6 +40,7 @@ from kdzoo.engine.distributed import (
     global_batchnorm,
     init_from_env,
 )
+from kdzoo.engine.ensemble import TeacherEnsemble
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.extract import describe
 from kdzoo.engine.loop import Trainer
@@ -88,6 +89,10 @@ def build_run(
     if needs_teacher:
         check_label_sets(config, data.num_classes)
     student = student or create_model(config.student, "student", data.num_classes, data.in_chans)
+    if config.teachers and any(t.assistants for t in config.teachers):
+        raise KdzooError("teachers: a teacher of several has teacher assistants; give assistants to one teacher only")
+    if needs_teacher and teacher is not None and config.teachers:
+        raise KdzooError("teachers: several teachers are built from the config, and a teacher model was given")
     if needs_teacher and teacher is not None and config.teacher.assistants:
         raise KdzooError(
             "teacher.assistants: the chain starts from the config's teacher, and a teacher model was given; "
@@ -107,10 +112,10 @@ def build_run(
     if needs_teacher and teacher is None and any_across(teacher_info is None, dist):
         teacher = ready.model()  # every process together (some node may lack the cache entry)
     teacher = teacher if needs_teacher else None
-    learned_from = ready.config.teacher  # the run's teacher, or the last of its assistants
-    check_pair(teacher, student, learned_from.model, config.student.model)
+    check_pair(teacher, student, config.taught_by(), config.student.model)
     if teacher is not None:
-        teacher_info = describe(teacher, learned_from.model, learned_from.img_size or config.data.img_size)
+        img_size = ready.config.teacher.img_size or config.data.img_size
+        teacher_info = describe(teacher, config.taught_by(), img_size)
     student.to(device)
     s_info = describe(student, config.student.model, config.data.img_size)
     train_set = TrainingSet(
@@ -124,6 +129,7 @@ def build_run(
         teacher_info,
         train_set,
         infos={info.name: info.for_config(config.method_configs[info.name]) for info in infos},
+        teacher_members=len(config.teachers),
     ).to(device)
     objective.label_smoothing = config.train.label_smoothing
     if data.inputs is not None:
@@ -242,6 +248,8 @@ class _Teacher:
             dist,
             show_progress,
         )
+        #: the run's config for each teacher to obtain: one, or each of several (``teachers:``)
+        self.each = [dataclasses.replace(config, teacher=one, teachers=[]) for one in config.teachers] or [config]
         self._model: nn.Module | None = None
 
     def model(self) -> nn.Module:
@@ -255,10 +263,18 @@ class _Teacher:
                     if self.chain.teacher.assistants:
                         link = functools.partial(_train_link, registry=self.registry, show_progress=self.show_progress)
                         assistants.train_assistants(self.chain, self.data.contents, link, _say(self.show_progress))
-                    self._model = obtain_teacher(self.config, self.registry, self.data, self.show_progress)
-                else:  # the architecture only: the weights come from the main process
-                    cfg = dataclasses.replace(self.config.teacher, pretrained=False, checkpoint=None)
-                    self._model = create_model(cfg, "teacher", self.data.num_classes, self.data.in_chans)
+                    models = [obtain_teacher(one, self.registry, self.data, self.show_progress) for one in self.each]
+                else:  # the architectures only: the weights come from the main process
+                    models = [
+                        create_model(
+                            dataclasses.replace(one.teacher, pretrained=False, checkpoint=None),
+                            "teacher",
+                            self.data.num_classes,
+                            self.data.in_chans,
+                        )
+                        for one in self.each
+                    ]
+                self._model = models[0] if len(models) == 1 else self._ensemble(models)
             if self.dist.enabled:
                 broadcast_module_state(self._model)
             checkpoint.restore_rng(rng)
@@ -267,12 +283,27 @@ class _Teacher:
     def identity(self) -> str:
         """What the teacher's outputs are cached under: its weights (trained first if need be), as the
         main process finds them (every process calls this together under torchrun)."""
-        identity = broadcast_from_main(teachers.teacher_identity(self.config, self.data.contents), self.dist)
+        identity = broadcast_from_main(self._identity(), self.dist)
         if identity is None:
             self.model()
-            identity = broadcast_from_main(teachers.teacher_identity(self.config, self.data.contents), self.dist)
+            identity = broadcast_from_main(self._identity(), self.dist)
         assert identity is not None  # the teacher's weights file exists once it is trained
         return identity
+
+    def _identity(self) -> str | None:
+        """The teacher's weights (each of several teachers', in order), or ``None`` before they exist."""
+        found = [teachers.teacher_identity(one, self.data.contents) for one in self.each]
+        if any(identity is None for identity in found):
+            return None
+        return found[0] if len(found) == 1 else "ensemble of " + " | ".join(str(identity) for identity in found)
+
+    def _ensemble(self, models: list[nn.Module]) -> TeacherEnsemble:
+        """Several teachers as one model, each fed its own input made from the first's."""
+        inputs = self.data.inputs
+        adapters: list[nn.Module | None] = [None] * len(models)
+        if inputs is not None:
+            adapters = [adapter(inputs.teacher, member) for member in inputs.members]
+        return TeacherEnsemble(models, adapters, [one.teacher.model for one in self.each])
 
     @contextlib.contextmanager
     def main_first(self):

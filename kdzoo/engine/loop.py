@@ -373,7 +373,7 @@ class Trainer:
         deployed = self.objective.deployed_model()
         last = self.history[-1]["val"] if self.history else self._evaluate(deployed, "student")
         side = self.objective.teacher_side
-        learned_from = self.config.teacher.student_teacher().model  # the teacher, or its last assistant
+        learned_from = self.config.taught_by()  # the teacher, its last assistant, or several teachers
         teacher = {
             None: None,
             "model": learned_from,
@@ -412,8 +412,7 @@ class Trainer:
         return links
 
     def _evaluate(self, model: nn.Module, role: str, name: str | None = None, batches=None) -> dict[str, float]:
-        named = self.config.teacher.student_teacher() if role == "teacher" else self.config.student
-        who = f"{role} ({name or named.model})"
+        who = f"{role} ({name or (self.config.taught_by() if role == 'teacher' else self.config.student.model)})"
         # each process scores its share of the set; the counts are summed over the processes
         return evaluate_across(model, batches or self.data.val, self.data.num_classes, self.dist, who)
 

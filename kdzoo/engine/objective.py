@@ -10,6 +10,7 @@ The engine uses the same object for every step, so the library and the CLI compu
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -36,6 +37,7 @@ from kdzoo.api import (
 )
 from kdzoo.data.batches import DistInfo
 from kdzoo.data.inputs import RunInputs
+from kdzoo.engine.ensemble import member_outputs
 from kdzoo.engine.extract import FeatureExtractor, LazyOutputs, describe, device_of, model_name, named_forward
 from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
 from kdzoo.engine.hooks import Implementation, RunHooks
@@ -75,6 +77,7 @@ class Objective(nn.Module):
         teacher_info: ModelInfo | None = None,
         train_set: TrainingSet | None = None,
         infos: dict[str, MethodInfo] | None = None,
+        teacher_members: int = 0,
     ):
         super().__init__()
         self.methods = methods
@@ -89,7 +92,14 @@ class Objective(nn.Module):
         for name, plan in self.hooks.results("kdzoo_plan", teacher=teacher_info, student=student_info):
             self.hooks.own.setdefault(name, {})["plan"] = plan
         self.student_info = student_info
-        self.taps: Taps = union(self.hooks.call("kdzoo_feature_taps", teacher=teacher_info, student=student_info))
+        method_taps = self.hooks.results("kdzoo_feature_taps", teacher=teacher_info, student=student_info)
+        self.taps: Taps = union(taps for _, taps in method_taps)
+        #: several teachers (``teachers:``): the teacher is their ensemble, each member's logits one of its
+        #: stages, always tapped (:mod:`kdzoo.engine.ensemble`); 0: one teacher
+        self.teacher_members = teacher_members
+        if teacher_members:
+            _refuse_teacher_taps(method_taps)
+            self.taps = dataclasses.replace(self.taps, teacher=tuple(range(teacher_members)))
         self.views: list[View] = []  # extra views of each image, stacked after the batch
         self.view_methods: set[str] = set()  # the methods that asked for them (and see the whole stack)
         for name in methods:
@@ -327,7 +337,7 @@ class Objective(nn.Module):
         views = views or {INPUT_VIEW: slice(0, len(targets))}
         if indices is not None:
             indices = indices.to(targets.device, non_blocking=True)
-        share = _MethodInputs(student, teacher, targets, indices, views, stage, soft_targets)
+        share = _MethodInputs(student, teacher, targets, indices, views, stage, soft_targets, self.teacher_members)
         whole = None  # the global batch under torchrun, gathered when a method that sees it is called
         terms: dict[str, Tensor] = {}
         if stage.term_on(CE):
@@ -344,7 +354,7 @@ class Objective(nn.Module):
             if self.processes.enabled and (info is None or info.batch != "local"):
                 if whole is None:
                     batch = GlobalBatch(self.processes, student, teacher, targets, indices, views, soft_targets)
-                    whole = _MethodInputs.gathered(batch, stage)
+                    whole = _MethodInputs.gathered(batch, stage, self.teacher_members)
                 given = whole
             arguments = given.stacked if impl.owner in self.view_methods else given.alone
             if in_float32 and not (info is not None and info.autocast):
@@ -471,18 +481,37 @@ class _MethodInputs:
     """The arguments of ``kdzoo_compute_losses`` for one step: ``stacked`` for methods that asked for
     views (the outputs of the whole stack of views), ``alone`` for the others (the input's rows)."""
 
-    def __init__(self, student, teacher, targets, indices, views: dict[str, slice], stage: Stage, soft_targets=None):
+    def __init__(
+        self, student, teacher, targets, indices, views: dict[str, slice], stage: Stage, soft_targets=None, members=0
+    ):
         rows = views[INPUT_VIEW]
         common = {"targets": targets, "stage": stage, "indices": indices, "soft_targets": soft_targets}
         self.stacked = {"student": student, "teacher": teacher, "views": views, **common}
+        self.stacked["teachers"] = member_outputs(teacher, members)
         if len(views) > 1:  # methods that asked for no views see the input's rows only
             student, teacher = student.rows(rows), None if teacher is None else teacher.rows(rows)
         self.alone = {"student": student, "teacher": teacher, "views": {INPUT_VIEW: slice(0, len(targets))}, **common}
+        self.alone["teachers"] = member_outputs(teacher, members)
 
     @classmethod
-    def gathered(cls, batch: GlobalBatch, stage: Stage) -> _MethodInputs:
+    def gathered(cls, batch: GlobalBatch, stage: Stage, members: int) -> _MethodInputs:
         targets, indices, soft_targets = batch.labels_and_indices()
-        return cls(batch.student, batch.teacher, targets, indices, batch.views, stage, soft_targets)
+        return cls(batch.student, batch.teacher, targets, indices, batch.views, stage, soft_targets, members)
+
+
+def _refuse_teacher_taps(method_taps: list[tuple[str, Taps | None]]) -> None:
+    """Several teachers: a method that reads a teacher's inner outputs cannot run (they differ from
+    teacher to teacher, and the ensemble has none of its own)."""
+    for name, taps in method_taps:
+        inner = taps is not None and (
+            taps.teacher or taps.teacher_embedding or taps.teacher_summaries or taps.teacher_preact
+        )
+        if inner:
+            raise KdzooError(
+                f"teachers: method '{name}' reads the teacher's feature maps or embedding, which differ from "
+                "teacher to teacher; several teachers teach through their logits (logit methods, or a method "
+                "taking every teacher's outputs): use one teacher for it"
+            )
 
 
 def _in_float32(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -493,6 +522,8 @@ def _in_float32(arguments: dict[str, Any]) -> dict[str, Any]:
         out = arguments[role]
         if out is not None:
             upcast[role] = _upcast(out)
+    if arguments.get("teachers") is not None:
+        upcast["teachers"] = [_upcast(out) for out in arguments["teachers"]]
     return upcast
 
 

@@ -3,11 +3,9 @@
 it expects; the teacher's input is exactly what timm's own evaluation transform makes of the image."""
 
 import numpy as np
-import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from kdzoo.api import Batch, When
 from kdzoo.config import load_config
@@ -15,40 +13,11 @@ from kdzoo.data.inputs import InputPrep, adapter
 from kdzoo.engine import build_trainer
 from kdzoo.engine.teacher_cache import data_settings
 from kdzoo.registry import registry
-from tests.helpers import tiny_config
-
-VIT = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm's pretrained_cfg: mean/std 0.5, bicubic, crop 0.9
-VIT_KWARGS = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 48, "num_heads": 2}
-
-
-@pytest.fixture
-def vit_in_hub_cache(tmp_path, monkeypatch):
-    """The ViT's "pretrained" weights (a tiny variant's, random) where timm looks for them offline."""
-    hub = tmp_path / "hf"
-    entry = hub / f"models--timm--{VIT}"
-    snapshot = entry / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (entry / "refs").mkdir()
-    (entry / "refs" / "main").write_text("abc")
-    torch.manual_seed(0)
-    model = timm.create_model(VIT, num_classes=4, **VIT_KWARGS)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snapshot / "model.safetensors"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    return model
-
-
-def _image_folder(root):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for label in range(4):
-            (root / split / f"c{label}").mkdir(parents=True)
-            for i in range(4):
-                pixels = rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"c{label}" / f"{i}.png")
+from tests.helpers import VIT, VIT_KWARGS, random_image_folder, tiny_config
 
 
 def test_a_vit_teacher_gets_exactly_timms_eval_transform_of_the_image(tmp_path, vit_in_hub_cache):
-    _image_folder(tmp_path / "images")
+    random_image_folder(tmp_path / "images")
     sets = [
         "data.name=imagefolder",
         f"data.root={tmp_path / 'images'}",
