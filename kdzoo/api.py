@@ -79,6 +79,10 @@ class MethodInfo:
     #: compute its terms under the run's autocast (``train.precision`` bf16/fp16); by default they are
     #: computed in float32 outside it, from outputs upcast to float32, so no cast is the method's job
     autocast: bool = False
+    #: the fewest teachers it distils from: 2 or more for a method that weighs several teachers against
+    #: each other (``teachers:``); a run with fewer refuses it in one line, ``kdzoo compare --methods all``
+    #: leaves it out
+    min_teachers: int = 1
     plugin: str = ""
     distribution: str = ""
     version: str = ""

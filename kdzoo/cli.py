@@ -650,8 +650,9 @@ def compare(methods: str, configs, overrides, seeds: int, out: str | None, deplo
     reg = registry()
     asked = [m.strip() for m in methods.split(",") if m.strip()]
     _refuse_miscased_methods(tuple(asked), reg)
-    names = resolve_methods(asked, reg)
+    names = resolve_methods(asked, reg, teachers=len(reg.methods))  # every one, to read the config with
     base = load_config(list(configs), list(overrides), names[:1], reg.config_classes())
+    names = resolve_methods(asked, reg, teachers=max(len(base.teachers), 1))  # 'all': those its teachers can run
     folder = Path(out) if out else default_folder(base)
     first_seed = base.train.seed
     if deploy:

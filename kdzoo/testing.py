@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,12 @@ PAIRS: dict[str, tuple[str, dict, str, dict]] = {
         {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
     ),
 }
+#: several teachers (``teachers:``, each (model, kwargs)) -> a student (model, kwargs), for methods that
+#: distil from several (``MethodInfo.min_teachers``) and for one-teacher methods on an ensemble
+ENSEMBLES: dict[str, tuple[tuple[tuple[str, dict], ...], str, dict]] = {
+    "resnet+vit->resnet": ((("resnet10t", {}), ("test_vit", {"img_size": 32, "patch_size": 4})), "test_resnet", {}),
+    "resnet+resnet->mobilenetv3": ((("test_resnet", {}), ("resnet10t", {})), "mobilenetv3_small_050", {}),
+}
 CHECKS = ("registration", "config", "losses", "gradients", "checkpoint")
 _TINY = [
     "data.name=synthetic",
@@ -71,10 +78,9 @@ _TINY = [
     "data.batch_size=16",
     "data.train_limit=32",
     "train.epochs=1",
-    "teacher.train.epochs=1",
-    "teacher.train.train_limit=32",
     "train.log_every=1",
 ]
+_TINY_TEACHER_TRAINING = {"epochs": 1, "train_limit": 32}  # a teacher kdzoo trains first: a few steps
 
 
 @dataclass(frozen=True)
@@ -134,10 +140,17 @@ def run_case(case: Case, tmp_path: str | Path, cache: str | Path | None = None) 
 
 
 def tiny_config(case: Case, out_dir: Path) -> RunConfig:
-    teacher, t_kwargs, student, s_kwargs = PAIRS[case.pair]
-    sets = [*_TINY, f"teacher.model={teacher}", f"student.model={student}", f"train.out_dir={out_dir}", *case.settings]
+    """The case's run: tiny models of its pair (one teacher, or several: :data:`ENSEMBLES`), 32 px."""
+    if case.pair in ENSEMBLES:
+        members, student, s_kwargs = ENSEMBLES[case.pair]
+        teachers = [{"model": m, "kwargs": kw, "train": _TINY_TEACHER_TRAINING} for m, kw in members]
+        chosen = [f"teachers={json.dumps(teachers)}"]
+    else:
+        teacher, t_kwargs, student, s_kwargs = PAIRS[case.pair]
+        training = [f"teacher.train.{key}={value}" for key, value in _TINY_TEACHER_TRAINING.items()]
+        chosen = [f"teacher.model={teacher}", f"teacher.kwargs={json.dumps(t_kwargs)}", *training]
+    sets = [*_TINY, *chosen, f"student.model={student}", f"train.out_dir={out_dir}", *case.settings]
     cfg = load_config([], sets, [case.method], registry().config_classes())
-    cfg.teacher.kwargs.update(t_kwargs)
     cfg.student.kwargs.update(s_kwargs)
     return cfg
 

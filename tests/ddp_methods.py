@@ -11,6 +11,7 @@ so no teacher is trained here.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from kdzoo.engine import build_trainer, step
 from kdzoo.registry import registry
-from kdzoo.testing import PAIRS, Case
+from kdzoo.testing import ENSEMBLES, PAIRS, Case
 from kdzoo.testing import tiny_config as conformance_config
 
 #: every built-in method once, each stage of its schedule one epoch of two steps
@@ -55,18 +56,33 @@ CASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "self-distill": ("self-distill", "resnet->resnet", ("self-distill.generations=1",)),
     "byot": ("self-distill", "resnet->resnet", ("self-distill.variant=byot",)),
     "tfkd": ("tfkd", "resnet->resnet", ()),
+    "mtkd": ("mtkd", "resnet+vit->resnet", ()),
 }
+
+
+def teachers_of(pair: str) -> list[tuple[str, dict]]:
+    """The teachers (model, kwargs) of a conformance pair: one, or an ensemble's."""
+    if pair in ENSEMBLES:
+        return list(ENSEMBLES[pair][0])
+    return [(PAIRS[pair][0], PAIRS[pair][1])]
+
+
+def _given(pair: str, teachers: Path) -> str:
+    """The setting that gives the pair's teachers as their weight files."""
+    if pair not in ENSEMBLES:
+        return f"teacher.checkpoint={teachers / PAIRS[pair][0]}.safetensors"
+    given = [{"model": m, "kwargs": kw, "checkpoint": f"{teachers / m}.safetensors"} for m, kw in teachers_of(pair)]
+    return f"teachers={json.dumps(given)}"
 
 
 def run(name: str, out: Path, teachers: Path, extra: list[str]) -> dict:
     method, pair, settings = CASES[name]
-    teacher = PAIRS[pair][0]
     sets = (
         "data.train_limit=16",
         "data.batch_size=8",
         "data.augment=true",
         "train.epochs=1",
-        f"teacher.checkpoint={teachers / teacher}.safetensors",
+        _given(pair, teachers),
         *settings,
         *extra,
     )

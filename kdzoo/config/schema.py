@@ -506,8 +506,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"methods": list(self.methods), "recipe": self.recipe}
         out.update({name: as_dict(getattr(self, name)) for name in CORE_SECTIONS})
-        if self.teachers:
-            out["teachers"] = as_dict(self.teachers)
+        out["teachers"] = as_dict(self.teachers)
         out.update({name: as_dict(cfg) for name, cfg in self.method_configs.items()})
         return out
 

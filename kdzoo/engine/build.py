@@ -86,6 +86,12 @@ def build_run(
     infos = [registry.get(name) for name in config.methods]
     methods = {info.name: info.factory(config.method_configs[info.name]) for info in infos}
     needs_teacher = any(info.wants_teacher(config.method_configs[info.name]) for info in infos)
+    for info in infos:
+        if info.min_teachers > max(len(config.teachers), 1):
+            raise KdzooError(
+                f"method '{info.name}' distils from {info.min_teachers} teachers or more; list them under "
+                f"teachers: (this run has {max(len(config.teachers), 1)})"
+            )
     if needs_teacher:
         check_label_sets(config, data.num_classes)
     student = student or create_model(config.student, "student", data.num_classes, data.in_chans)

@@ -12,7 +12,7 @@ exactly.
 Each member's own logits are a stage of the ensemble (its ``feature_info``: the member's output), so
 the core's one teacher forward, its teacher-output cache and its gathering across processes carry
 them as they carry any tapped map; a method that takes ``teachers`` receives them as each teacher's
-:class:`~kdzoo.Outputs` (:func:`member_outputs`).
+:class:`~kdzoo.Outputs` (the objective makes them from the ensemble's outputs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdzoo.api import Outputs
 from kdzoo.errors import KdzooError
 
 
@@ -46,12 +45,3 @@ class TeacherEnsemble(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logits = [member(adapt(x)) for member, adapt in zip(self.members, self.adapters, strict=True)]
         return torch.stack(logits).mean(0)
-
-
-def member_outputs(teacher: Outputs | None, members: int) -> list[Outputs] | None:
-    """Each teacher's outputs (its logits) from the ensemble's, or ``[teacher]`` for a run with one."""
-    if teacher is None:
-        return None
-    if not members:
-        return [teacher]
-    return [Outputs(logits=teacher.features[k]) for k in range(members)]

@@ -37,7 +37,6 @@ from kdzoo.api import (
 )
 from kdzoo.data.batches import DistInfo
 from kdzoo.data.inputs import RunInputs
-from kdzoo.engine.ensemble import member_outputs
 from kdzoo.engine.extract import FeatureExtractor, LazyOutputs, describe, device_of, model_name, named_forward
 from kdzoo.engine.global_batch import GlobalBatch, map_outputs, views_of_global_batch
 from kdzoo.engine.hooks import Implementation, RunHooks
@@ -497,6 +496,16 @@ class _MethodInputs:
     def gathered(cls, batch: GlobalBatch, stage: Stage, members: int) -> _MethodInputs:
         targets, indices, soft_targets = batch.labels_and_indices()
         return cls(batch.student, batch.teacher, targets, indices, batch.views, stage, soft_targets, members)
+
+
+def member_outputs(teacher: Outputs | None, members: int) -> list[Outputs] | None:
+    """Each teacher's outputs (its logits) from several teachers' ensemble, whose stages they are
+    (:mod:`kdzoo.engine.ensemble`), or ``[teacher]`` for a run with one."""
+    if teacher is None:
+        return None
+    if not members:
+        return [teacher]
+    return [Outputs(logits=teacher.features[k]) for k in range(members)]
 
 
 def _refuse_teacher_taps(method_taps: list[tuple[str, Taps | None]]) -> None:

@@ -43,6 +43,8 @@ Per method, its terms first, then their building blocks:
 - ``sp``: ``sp_loss(f_s, f_t)``; ``similarity_matrix``
 - ``cc``: ``cc_loss(s_emb, t_emb, gamma, order)``; ``correlation_matrix``
 - ``crd``: ``nce_loss(scores, num_samples)``; ``contrast_scores``, ``other_class_draws``
+- ``mtkd``: ``multi_teacher_kl(s_logits, [t_logits, ...], y, T, weighting)`` (CA-MKD's confidence-weighted,
+  EBKD's entropy-weighted or the average soft-target term over several teachers); ``teacher_weights``
 - ``sskd``: ``sskd_terms(...)`` (KD, T-SS KD and SS-KD of rotated copies), ``contrastive_prediction_loss``
   (the teacher head's); ``similarities``, ``kept_rows``, ``softened_kl``
 """
@@ -68,6 +70,7 @@ from kdzoo.losses.ft import factor_loss, reconstruction_loss
 from kdzoo.losses.ickd import channel_correlation, ickd_loss
 from kdzoo.losses.kd import kd_loss, standardize
 from kdzoo.losses.mlkd import batch_level_loss, class_level_loss, confidence_fractions, instance_level_loss
+from kdzoo.losses.mtkd import multi_teacher_kl, teacher_weights
 from kdzoo.losses.nst import nst_loss
 from kdzoo.losses.ofa import ofa_loss
 from kdzoo.losses.ofd import negative_margin, ofd_loss, partial_l2
@@ -128,6 +131,7 @@ __all__ = [
     "kd_loss",
     "kept_rows",
     "kl_at",
+    "multi_teacher_kl",
     "negative_margin",
     "nce_loss",
     "normalised_distances",
@@ -155,6 +159,7 @@ __all__ = [
     "srd_loss",
     "sskd_terms",
     "standardize",
+    "teacher_weights",
     "teacher_relations",
     "triplet_cosines",
     "vid_loss",

@@ -48,10 +48,11 @@ COMPARISON = "comparison.json"  # in a comparison folder: the config its runs sh
 PER_RUN_KEYS = LOCATION_KEYS | {"train.seed"}  # what differs between a comparison's runs, or where they lie
 
 
-def resolve_methods(names: list[str], registry: Registry) -> list[str]:
-    """``all`` is every installed method, built-in and third-party; otherwise the names, checked."""
+def resolve_methods(names: list[str], registry: Registry, teachers: int = 1) -> list[str]:
+    """``all`` is every installed method, built-in and third-party, that ``teachers`` teachers can run
+    (a method that weighs several teachers needs ``teachers:``); otherwise the names, checked."""
     if names == [ALL]:
-        return list(registry.methods)
+        return [name for name, info in registry.methods.items() if info.min_teachers <= teachers]
     if not names or ALL in names:
         raise KdzooError("--methods: name methods (e.g. --methods kd,at) or 'all' alone for every installed one")
     for method in names:

@@ -73,6 +73,8 @@ def shared_teacher(
     from kdzoo.engine import obtain_teacher
     from kdzoo.engine.teacher_files import teacher_cache_dir
 
+    if config.teachers:  # several: each run obtains each, and the trained-teacher cache shares them
+        return None
     if config.teacher.checkpoint:
         return config.teacher.checkpoint
     if config.teacher.train.epochs == 0:

@@ -87,13 +87,15 @@ def test_the_first_steps_of_every_method_on_two_processes_equal_one_process(tmp_
     """Every built-in method, each stage of its schedule two steps, augmentation on: the terms and the
     weights of 2 gloo processes are those of one process (in float64, so rounding cannot hide a gap)."""
     from kdzoo.registry import registry
-    from kdzoo.testing import PAIRS
-    from tests.ddp_methods import CASES
+    from tests.ddp_methods import CASES, teachers_of
 
     builtin = {name for name, info in registry().methods.items() if info.plugin.startswith("kdzoo_plugins")}
     assert builtin <= {method for method, _, _ in CASES.values()}, "a built-in method has no case here"
     weights = tmp_path / "weights"
-    _teacher_weights(weights, {(PAIRS[pair][0], tuple(PAIRS[pair][1].items())) for _, pair, _ in CASES.values()})
+    _teacher_weights(
+        weights,
+        {(model, tuple(kwargs.items())) for _, pair, _ in CASES.values() for model, kwargs in teachers_of(pair)},
+    )
     env = {**subprocess_env(tmp_path), "PYTHONPATH": str(Path(__file__).parents[2])}
     script = str(Path(__file__).parents[1] / "ddp_methods.py")
     launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]}

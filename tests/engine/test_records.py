@@ -11,7 +11,7 @@ from kdzoo.reporting.records import EpochRecord, RunSummary, StageResult
 SUMMARY_KEYS = {
     "methods", "teacher", "teacher_source", "student", "data", "teacher_top1", "student_top1", "student_best_top1",
     "epochs", "stages", "wall_time_s", "cpu_time_s", "torch_threads", "teacher_cache_cpu_s", "run_dir", "deployed",
-    "method_sources", "student_best_epoch", "student_ema_top1",
+    "method_sources", "student_best_epoch", "student_ema_top1", "assistants",
 }  # fmt: skip
 
 

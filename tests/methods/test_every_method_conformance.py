@@ -42,6 +42,9 @@ CASES = [
     *conformance_cases("sskd", pairs=["resnet->resnet", "vit->resnet"], settings=("sskd.head_epochs=1",)),
     *conformance_cases("simkd", pairs=["resnet->resnet", "vit->resnet", "resnet->mobilenetv3"]),
     *conformance_cases("ofa", pairs=["vit->resnet", "resnet->vit"]),
+    *conformance_cases("mtkd", pairs=["resnet+vit->resnet", "resnet+resnet->mobilenetv3"]),
+    *conformance_cases("mtkd", pairs=["resnet+vit->resnet"], settings=("mtkd.weighting=entropy",)),
+    *conformance_cases("kd", pairs=["resnet+vit->resnet"]),  # a one-teacher method on an ensemble
 ]
 
 
