@@ -540,7 +540,8 @@ def _existing_run_dir(run_dir: Path) -> Path:
 
 
 def _export_onnx(run_dir: Path, quantize: str | None, which: str = "last") -> None:
-    from kdzoo.tools.deploy import export_onnx, quantize_int8
+    from kdzoo.tools.deploy import export_onnx
+    from kdzoo.tools.int8 import quantize_int8, verdict
     from kdzoo.tools.tradeoff import deploy_table, format_deploy_table
 
     record = export_onnx(run_dir, which)
@@ -556,6 +557,7 @@ def _export_onnx(run_dir: Path, quantize: str | None, which: str = "last") -> No
             f"{q['top1_change']:+.2f}), {q['int8_bytes'] / 1e6:.2f} MB (fp32 {q['fp32_bytes'] / 1e6:.2f} MB), "
             f"calibrated on {q['calibration_images']} training images"
         )
+        click.echo(verdict(q))
     click.echo("\n".join(["", *format_deploy_table(deploy_table(run_dir))]))
     click.echo(f"(in {run_dir / 'summary.json'}, 'deploy')")
 

@@ -21,7 +21,7 @@ from kdzoo.engine.export import count_flops
 from kdzoo.errors import error_line
 from kdzoo.models import create_model
 from kdzoo.tools.leaderboard import SCRATCH, RunResult, threads_text
-from kdzoo.tools.tradeoff import Measured, interleaved
+from kdzoo.tools.timing import Measured, interleaved
 
 
 def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -30,7 +30,8 @@ def deploy_best_runs(results: list[RunResult], out: Path, echo: Callable[[str], 
     export fails (onnxruntime disagreeing with PyTorch, say) gets ``{"seed", "error"}`` instead. The
     runs share one teacher, measured once (with the first method's run) and in every table alike,
     scratch's included; scratch comes last, as it has no teacher to measure."""
-    from kdzoo.tools.deploy import export_onnx, int8_is_current, quantize_int8
+    from kdzoo.tools.deploy import export_onnx
+    from kdzoo.tools.int8 import int8_is_current, quantize_int8
     from kdzoo.tools.tradeoff import deploy_table
 
     tables, teacher_rows = {}, None

@@ -22,7 +22,6 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,20 +32,13 @@ from torch import nn
 from kdzoo.config import RunConfig, config_from_dict
 from kdzoo.data import load_data
 from kdzoo.engine.deployed import load_student
-from kdzoo.engine.export import publish_atomic, write_atomic, write_failed
+from kdzoo.engine.export import write_atomic
 from kdzoo.errors import KdzooError, first_line
 from kdzoo.registry import registry
 from kdzoo.reporting import read_json
 
 #: largest |logit difference| allowed between onnxruntime and PyTorch, relative to the largest |logit|
 LOGIT_TOLERANCE = 1e-4
-#: training images the int8 quantization calibrates its activation ranges on (min-max, per tensor)
-CALIBRATION_IMAGES = 256
-#: the narrowest range an int8 tensor is given. A branch that no calibration image switches on (a dead
-#: squeeze-excite ReLU, say) calibrates to [0, 0], which onnxruntime would quantize in steps of 1.0: the
-#: smallest upstream rounding error then turns it on at full strength (an attention-transfer student of
-#: the Fashion-MNIST leaderboard fell from 78% to 45% that way). A range this narrow keeps it off.
-MIN_INT8_RANGE = 1e-4
 DEPLOY_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -138,74 +130,6 @@ def onnx_is_sound(path: Path) -> bool:
         return False
 
 
-def quantize_int8(run_dir: str | Path) -> dict[str, Any]:
-    """``student.int8.onnx``: post-training static quantization of ``student.onnx`` (QDQ, int8 weights
-    per channel and activations, ranges calibrated on :data:`CALIBRATION_IMAGES` training images),
-    scored beside the fp32 file on the validation set; recorded in ``student.onnx.json``."""
-    require_deploy_extra("kdzoo export --quantize int8")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from kdzoo.engine.evaluate import evaluate
-
-    run_dir = Path(run_dir)
-    fp32, int8 = run_dir / "student.onnx", run_dir / "student.int8.onnx"
-    if not fp32.is_file():
-        raise KdzooError(f"{run_dir} has no student.onnx to quantize: export it with --format onnx first")
-    config = run_config(run_dir)
-    data = load_data(config.data, config.train.seed)
-    name = onnx_session(fp32).get_inputs()[0].name
-
-    class TrainingImages(CalibrationDataReader):
-        def __init__(self):
-            self.batches = _first_images(data.train.epoch(0), CALIBRATION_IMAGES)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {name: batch.cpu().float().numpy()}
-
-    prepared = run_dir / ".student.prepared.onnx"
-    written = run_dir / f".{int8.name}.tmp{os.getpid()}"  # onnxruntime writes here; renamed once whole
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared),
-                str(written),
-                TrainingImages(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                extra_options={"MinimumRealRange": MIN_INT8_RANGE},
-            )
-        publish_atomic(written, int8)
-    except OSError as exc:  # the prepared copy and the int8 file each take up to the fp32 file's size
-        raise write_failed(int8, exc, 2 * fp32.stat().st_size) from None
-    finally:
-        prepared.unlink(missing_ok=True)
-        written.unlink(missing_ok=True)
-    scores = {
-        label: evaluate(OnnxStudent(path), data.val.epoch(0), data.num_classes, f"student ({path.name})")
-        for label, path in (("fp32", fp32), ("int8", int8))
-    }
-    record_file = run_dir / "student.onnx.json"
-    record = _read_record(record_file)
-    record["int8"] = {
-        "file": int8.name,
-        "calibration_images": CALIBRATION_IMAGES,
-        "min_range": MIN_INT8_RANGE,
-        "fp32_top1": scores["fp32"]["top1"],
-        "int8_top1": scores["int8"]["top1"],
-        "top1_change": scores["int8"]["top1"] - scores["fp32"]["top1"],
-        "fp32_bytes": fp32.stat().st_size,
-        "int8_bytes": int8.stat().st_size,
-    }
-    write_atomic(record_file, json.dumps(record, indent=2))
-    return record["int8"]
-
-
 def record_in_summary(run_dir: str | Path, key: str, value: Any) -> None:
     """The run's ``summary.json`` with ``key`` set to ``value``, written atomically (a kill leaves the
     previous summary, which marks the run finished); a damaged summary is refused in one line, never
@@ -216,7 +140,7 @@ def record_in_summary(run_dir: str | Path, key: str, value: Any) -> None:
     write_atomic(summary_file, json.dumps(summary, indent=2))
 
 
-def _read_record(record_file: Path) -> dict[str, Any]:
+def read_record(record_file: Path) -> dict[str, Any]:
     """A verification record, or {} when there is none or a damaged one (it is written again whole)."""
     try:
         record = json.loads(record_file.read_text())
@@ -225,17 +149,7 @@ def _read_record(record_file: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def int8_is_current(run_dir: str | Path) -> bool:
-    """Whether ``student.int8.onnx`` was made by today's recipe (its calibration count and narrowest
-    range, as recorded beside it): one made by an older kdzoo is made again, never reported as today's."""
-    run_dir = Path(run_dir)
-    if not onnx_is_sound(run_dir / "student.onnx") or not _onnx_file_checks(run_dir / "student.int8.onnx"):
-        return False
-    made = _read_record(run_dir / "student.onnx.json").get("int8", {})
-    return made.get("calibration_images") == CALIBRATION_IMAGES and made.get("min_range") == MIN_INT8_RANGE
-
-
-def _onnx_file_checks(path: Path) -> bool:
+def onnx_file_checks(path: Path) -> bool:
     """Whether ``path`` is a non-empty ONNX file the ``onnx`` checker accepts."""
     import onnx
 
@@ -248,7 +162,7 @@ def _onnx_file_checks(path: Path) -> bool:
     return True
 
 
-def _first_images(batches, count: int):
+def first_images(batches, count: int):
     """Batches of the first ``count`` training images (the last batch cut to size)."""
     taken = 0
     for x, _ in batches:
@@ -382,13 +296,14 @@ def _shape_text(shape: list) -> str:
 
 
 __all__ = [
-    "CALIBRATION_IMAGES",
     "LOGIT_TOLERANCE",
     "OnnxStudent",
     "export_onnx",
     "export_verified",
+    "first_images",
+    "onnx_file_checks",
     "onnx_is_sound",
-    "quantize_int8",
+    "read_record",
     "record_in_summary",
     "reuse_or_export",
     "require_deploy_extra",

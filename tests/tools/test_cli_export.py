@@ -155,7 +155,7 @@ def test_a_full_disk_during_an_onnx_export_is_one_line_and_keeps_the_previous_fi
 def test_a_full_disk_while_quantizing_is_one_line_and_leaves_no_int8_file(onnx_run, tmp_path, monkeypatch):
     import onnxruntime.quantization
 
-    from kdzoo.tools.deploy import quantize_int8
+    from kdzoo.tools.int8 import quantize_int8
 
     def quantize_onto_a_full_disk(model_input, model_output, *args, **kwargs):
         Path(model_output).write_bytes(b"\x08\x01" * 100)  # the part written before the disk filled up
@@ -218,12 +218,12 @@ def test_a_damaged_teacher_onnx_is_made_again_never_reused(tmp_path, synthetic_d
 
 
 def test_an_empty_int8_file_is_not_taken_for_todays_export(onnx_run, tmp_path):
-    from kdzoo.tools.deploy import CALIBRATION_IMAGES, MIN_INT8_RANGE, int8_is_current
+    from kdzoo.tools.int8 import CALIBRATION_IMAGES, MIN_INT8_RANGE, RECIPE, int8_is_current
 
     run_dir = copy_run(onnx_run, tmp_path)
     record_file = run_dir / "student.onnx.json"
     record = json.loads(record_file.read_text())
-    record["int8"] = {"calibration_images": CALIBRATION_IMAGES, "min_range": MIN_INT8_RANGE}
+    record["int8"] = {"recipe": RECIPE, "calibration_images": CALIBRATION_IMAGES, "min_range": MIN_INT8_RANGE}
     record_file.write_text(json.dumps(record))
     int8 = run_dir / "student.int8.onnx"
     int8.write_bytes((run_dir / "student.onnx").read_bytes())  # a whole ONNX file, as recorded

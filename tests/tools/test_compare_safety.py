@@ -304,7 +304,7 @@ def test_a_cost_ratio_is_checked_against_like_epochs_within_a_run_and_marked_whe
 def test_a_speed_up_whose_interleaved_rounds_disagree_is_marked_with_its_range():
     from kdzoo.tools.compare_costs import speedup_figures
     from kdzoo.tools.leaderboard import _costs_lines
-    from kdzoo.tools.tradeoff import Measured
+    from kdzoo.tools.timing import Measured
 
     def costs(teacher_ms, student_ms):
         t, s = Measured(teacher_ms), Measured(student_ms)

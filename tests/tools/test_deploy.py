@@ -133,6 +133,12 @@ def test_int8_keeps_the_fp32_accuracy_within_the_bound_on_the_embedded_digits_ru
     assert record["fp32_top1"] > 50  # a student worth quantizing
     assert abs(record["top1_change"]) <= INT8_BOUND, record
     assert record["int8_bytes"] < record["fp32_bytes"] / 2
+    # each way tried was scored and timed against fp32 here; the one kept and the verdict follow the numbers
+    tried = {c["name"]: c for c in record["candidates"]}
+    assert set(tried) == {"fused", "conv-matmul"} and record["chosen"] in tried
+    assert record["int8_top1"] == tried[record["chosen"]]["top1"] and record["fp32_images_per_s"] > 0
+    assert record["speedup"] == tried[record["chosen"]]["images_per_s"] / record["fp32_images_per_s"]
+    assert ("fp32 stays the recommendation" in said) == (record["recommendation"] == "fp32")
     scored = _cli("eval", tmp_path / "run" / "student.int8.onnx")
     assert scored.split()[0] == f"top1={record['int8_top1']:.2f}"
     refused = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--quantize", "int8"])
@@ -174,7 +180,7 @@ def test_compare_deploy_exports_and_measures_each_methods_best_run(tmp_path):
     int8 = tmp_path / "cmp" / "runs" / "kd-seed0" / "student.int8.onnx"
     assert int8.is_file()
 
-    from kdzoo.tools.deploy import int8_is_current
+    from kdzoo.tools.int8 import int8_is_current
 
     made = int8.stat().st_mtime_ns
     assert int8_is_current(int8.parent) and "ONNX, int8" in _cli(*args, *[a for s in sets for a in ("--set", s)])
@@ -207,25 +213,48 @@ class DeadBranch(nn.Module):
         return self.head(self.body(x).flatten(1)) + self.expand(dead)
 
 
-def test_int8_keeps_a_branch_that_no_calibration_image_switches_on_switched_off(tmp_path):
+@pytest.mark.parametrize("way", ["fused", "conv-matmul"])
+def test_int8_keeps_a_branch_that_no_calibration_image_switches_on_switched_off(tmp_path, way):
     from onnx import numpy_helper
 
     from kdzoo.data import load_data
-    from kdzoo.tools.deploy import MIN_INT8_RANGE, export_verified, quantize_int8
+    from kdzoo.tools.deploy import export_verified
+    from kdzoo.tools.int8 import CANDIDATES, MIN_INT8_RANGE, quantize_int8
 
     cfg = tiny_config(["tfkd"], "data.name=digits", "data.train_limit=null", out_dir=str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     data = load_data(cfg.data, cfg.train.seed)
     torch.manual_seed(0)
     export_verified(DeadBranch(data.in_chans, data.num_classes), tmp_path / "student.onnx", data, "student")
-    quantize_int8(tmp_path)
+    quantize_int8(tmp_path, candidates=tuple(c for c in CANDIDATES if c.name == way))
     model = onnx.load(str(tmp_path / "student.int8.onnx"))
-    scales = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    steps = {n.input[0]: float(scales[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    # every activation's step: the per-tensor (one-value) scales, in QDQ pairs or fused QLinear nodes
+    steps = {
+        i.name: float(numpy_helper.to_array(i))
+        for i in model.graph.initializer
+        if "scale" in i.name and i.dims in ([], [1])
+    }
     # onnxruntime's fallback for a [0, 0] range is a step of 1.0: rounding noise upstream would switch the
     # branch on at full strength; the narrowest range keeps its step (and all it can hold) near zero
-    assert max(steps.values()) < 1.0, steps
+    assert steps and max(steps.values()) < 1.0, steps
     assert min(steps.values()) <= MIN_INT8_RANGE / 255 * 1.01, steps
+
+
+def test_the_int8_choice_is_the_fastest_within_a_point_of_fp32_else_the_most_accurate():
+    from kdzoo.tools.int8 import Measured, choose, verdict
+
+    fp32 = Measured("fp32", 80.0, 100.0)
+    fast, close, far = Measured("fast", 78.5, 300.0), Measured("close", 79.5, 150.0), Measured("far", 60.0, 900.0)
+    assert choose(fp32, [fast, close, far]) == close  # the fastest within 1 point
+    assert choose(fp32, [fast, far]) == fast  # none within: the most accurate
+    record = {"speedup": 0.69, "throughput_batch": 64, "recommendation": "fp32", "chosen": "fused", "top1_change": 0.0}
+    assert verdict(record).startswith("int8 is not faster than fp32 here (0.69x fp32's images/s at batch 64")
+    assert verdict(record).endswith("fp32 stays the recommendation")
+    faster = {**record, "speedup": 3.0, "recommendation": "int8", "quantized": "every op"}
+    assert (
+        verdict(faster)
+        == "int8 (fused: every op) runs 3.00x fp32's images/s at batch 64 on this machine: the recommendation"
+    )
 
 
 def test_a_method_whose_export_fails_costs_its_own_row_not_the_report(tmp_path, monkeypatch):

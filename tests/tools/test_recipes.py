@@ -3,6 +3,7 @@ and each runs one step on tiny stand-in data: a 4-class image folder at 32 px, a
 test's own in place of the pretrained one (the recipe's student, optimizer, schedule and augmentation as
 written)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,10 @@ def test_each_recipe_names_its_source_and_runs_one_step(path, stand_in, tmp_path
     first = shown.output.splitlines()[0]
     assert first.startswith("# recipe: ") and SOURCES[path.parent.name] in first, first
 
-    methods = [] if read_yaml(path).get("methods") else ["kd"]  # the CIFAR-100 configs take --method
+    written = read_yaml(path)
+    methods = [] if written.get("methods") else ["kd"]  # the CIFAR-100 configs take --method
+    teacher = {"model": "test_resnet", "pretrained": False, "checkpoint": str(stand_in / "teacher.safetensors")}
+    teachers = [f"teachers={json.dumps([teacher] * len(written['teachers']))}"] if written.get("teachers") else None
     stand_ins = [
         "data.name=imagefolder",
         f"data.root={stand_in}",
@@ -60,10 +64,7 @@ def test_each_recipe_names_its_source_and_runs_one_step(path, stand_in, tmp_path
         "data.batch_size=8",
         "data.eval_batch_size=4",
         "data.num_workers=1",
-        "teacher.model=test_resnet",
-        "teacher.pretrained=false",
-        f"teacher.checkpoint={stand_in / 'teacher.safetensors'}",
-        "teacher.kwargs={}",
+        *(teachers or [f"teacher.{key}={json.dumps(value)}" for key, value in {**teacher, "kwargs": {}}.items()]),
         "train.epochs=1",
         f"train.out_dir={tmp_path}",
     ]
