@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdzoo.engine import build_trainer, step
+from kdzoo.engine.distributed import process_group_left_at_exit
 from kdzoo.registry import registry
 from kdzoo.testing import ENSEMBLES, PAIRS, Case
 from kdzoo.testing import tiny_config as conformance_config
@@ -110,4 +111,5 @@ def main(out_file: Path, teachers: Path, args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
+    with process_group_left_at_exit():  # a gloo group left to the interpreter's exit can abort it
+        main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

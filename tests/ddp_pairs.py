@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kdzoo.config import load_config
 from kdzoo.engine import build_trainer
+from kdzoo.engine.distributed import process_group_left_at_exit
 from kdzoo.registry import registry
 
 VIT = "{img_size: 32, patch_size: 4}"
@@ -41,4 +42,5 @@ def main(out: Path, weights: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    with process_group_left_at_exit():  # a gloo group left to the interpreter's exit can abort it
+        main(Path(sys.argv[1]), Path(sys.argv[2]))
