@@ -58,7 +58,7 @@ def main(size: int, models: list[str]) -> None:
                     quantize_as(candidate, folder / "prepared.onnx", folder / f"{candidate.name}.onnx", Random())
             images = torch.randn(THROUGHPUT_BATCH, 3, size, size).numpy()
             files = ["fp32", "former", *(c.name for c in CANDIDATES)]
-            sessions = {f: onnx_session(folder / f"{f}.onnx") for f in files}
+            sessions = {f: onnx_session(folder / f"{f}.onnx", spinning=False) for f in files}  # timed in turns
             feed = {"x": images}
             calls = {f: (lambda s=s, feed=feed: s.run(None, feed)) for f, s in sessions.items()}
             speed = {f: THROUGHPUT_BATCH / (m.median / 1000) for f, m in interleaved(calls, 5, 3).items()}

@@ -200,9 +200,11 @@ def _opset(exported: bytes) -> int:
     return int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
 
 
-def onnx_session(path: Path, exported: bytes | None = None):
+def onnx_session(path: Path, exported: bytes | None = None, spinning: bool = True):
     """An onnxruntime session on the CPU for ``path`` (or for ``exported``, the bytes meant for it); a
-    file onnxruntime cannot load (empty, truncated, not ONNX) is one line naming it."""
+    file onnxruntime cannot load (empty, truncated, not ONNX) is one line naming it. ``spinning=False``:
+    its threads sleep between runs instead of spinning, for sessions timed in turns (a session's
+    spinning threads take the cores from the next one's run)."""
     require_deploy_extra(f"scoring {path.name}")
     import onnxruntime as ort
 
@@ -211,6 +213,8 @@ def onnx_session(path: Path, exported: bytes | None = None):
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = torch.get_num_threads()  # as many as PyTorch uses: timings compare alike
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             str(path) if exported is None else exported, options, providers=["CPUExecutionProvider"]
