@@ -155,6 +155,15 @@ def _teacher_part(config: RunConfig, contents: DataContents | None, index: int) 
 
 
 def _digest(path: str, key: str) -> str:
-    if not Path(path).is_file():
+    file = Path(path)
+    if not file.is_file():
         raise KdzooError(f"config key '{key}': {path} is not a file; give the weights file of a trained model")
+    stat = file.stat()
+    return _digest_of(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    """A weights file's digest, read once per version of the file: every link's key holds the keys of
+    the links before it, so a chain's keys name a given file several times as the run is built."""
     return teachers.file_digest(Path(path))
